@@ -1,0 +1,120 @@
+"""The adapter SDK: the small interface every backend plug-in implements.
+
+An adapter speaks to one kind of backend (SOAP, REST, SQL). It is discovered
+through the ``lgsp.adapters`` entry-point group, built once per *connection*
+from that connection's settings, and called by the pipeline's ``invoke`` stage.
+
+An adapter never imports the web framework or the audit log: it receives plain
+parameters and a :class:`CallContext`, returns an :class:`AdapterResult` holding
+the backend's answer as plain data, and signals trouble by raising one of the
+:class:`UpstreamError` subclasses below. The pipeline turns those into stable
+error codes for callers and into audit records.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar, Mapping
+
+
+@dataclass(frozen=True)
+class Operation:
+    """One operation an adapter offers, as named in services (e.g. ``citizen.get``)."""
+
+    name: str
+    summary: str
+    # Operation-level mapping section in the adapter's mapping file.
+    mapping: str | None = None
+    # Parameters the operation takes (JSON Schema of an object); used by the
+    # pipeline and by the contract test kit.
+    params_schema: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class CallContext:
+    """Who asks and why; adapters forward what the backend wants of it."""
+
+    request_id: str
+    client_id: str
+    agency_code: str | None = None
+    officer: str | None = None
+    purpose: str | None = None
+    timeout: float | None = None
+
+
+@dataclass
+class AdapterResult:
+    """A backend's answer as plain data (national field names), before mapping."""
+
+    data: Any
+    # Attributes of the answer's envelope (e.g. a data timestamp) for the mapping.
+    meta: dict[str, Any] = field(default_factory=dict)
+    # What the adapter called (URL, table…) and its own trace id (e.g. the
+    # request id it sent upstream), both carried into the audit record.
+    upstream: str | None = None
+    trace_id: str | None = None
+
+
+class UpstreamError(Exception):
+    """Base class: the backend could not give a usable answer."""
+
+    code: ClassVar[str] = "upstream.error"
+
+    def __init__(self, detail: str, *, upstream: str | None = None, trace_id: str | None = None):
+        super().__init__(detail)
+        self.detail = detail
+        self.upstream = upstream
+        self.trace_id = trace_id
+
+
+class UpstreamTimeout(UpstreamError):
+    code = "upstream.timeout"
+
+
+class UpstreamUnavailable(UpstreamError):
+    code = "upstream.unavailable"
+
+
+class UpstreamFault(UpstreamError):
+    """The backend answered with an application fault (e.g. a SOAP Fault)."""
+
+    code = "upstream.fault"
+
+    def __init__(self, detail: str, *, fault_code: str | None = None, **kw: Any):
+        super().__init__(detail, **kw)
+        self.fault_code = fault_code
+
+
+class UpstreamMalformed(UpstreamError):
+    code = "upstream.malformed"
+
+
+class RecordNotFound(UpstreamError):
+    """The backend answered cleanly that the subject does not exist."""
+
+    code = "record.not_found"
+
+
+class Adapter:
+    """Base class for adapters. Subclasses set the class attributes and implement ``call``."""
+
+    #: Entry-point name and version, shown by ``lgsp adapters list``.
+    name: ClassVar[str] = ""
+    version: ClassVar[str] = "0"
+    #: JSON Schema of a connection's settings; validated before the adapter is built.
+    settings_schema: ClassVar[Mapping[str, Any]] = {"type": "object"}
+    #: Operations by name.
+    operations: ClassVar[Mapping[str, Operation]] = {}
+    #: Declarative mapping file (national → canonical), see lgsp.mapping.
+    mapping_file: ClassVar[Path | None] = None
+    #: "module:callable" returning the simulator's ASGI app, for demo and tests.
+    simulator: ClassVar[str | None] = None
+
+    def __init__(self, settings: Mapping[str, Any]):
+        self.settings = dict(settings)
+
+    async def call(self, operation: str, params: Mapping[str, Any], context: CallContext) -> AdapterResult:
+        raise NotImplementedError
+
+    async def aclose(self) -> None:
+        """Release connections; called when a connection is replaced or at shutdown."""

@@ -1,0 +1,180 @@
+"""Administrative actions on clients, grants, connections and services.
+
+One place for every change, whoever asks (CLI today, admin API later): each
+change bumps the configuration generation (workers pick it up within
+`config_poll_seconds`) and is recorded in the audit trail with who, what,
+before and after.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import re
+import secrets
+from typing import Any, Sequence
+
+from sqlalchemy import Connection, Engine, insert, select, update
+
+from lgsp import plugins, specs
+from lgsp.audit import AuditWriter
+from lgsp.crypto import hash_secret
+from lgsp.registry import bump_generation
+from lgsp.storage.schema import clients, connections, grants, services
+
+_ID = re.compile(r"^[a-z0-9][a-z0-9._-]{1,63}$")
+
+
+class AdminError(ValueError):
+    """A change that cannot be made, with a sentence saying why."""
+
+
+def _now() -> dt.datetime:
+    return dt.datetime.now(dt.timezone.utc)
+
+
+def _row(conn: Connection, table, key_col, key) -> dict | None:
+    row = conn.execute(select(table).where(key_col == key)).first()
+    return dict(row._mapping) if row else None
+
+
+def _public(row: dict | None) -> dict | None:
+    """What the audit trail may keep of a row: never secret material."""
+    if row is None:
+        return None
+    return {str(k): (v.isoformat() if isinstance(v, dt.datetime) else v) for k, v in row.items() if k != "secret_hash"}
+
+
+class Admin:
+    def __init__(self, engine: Engine, actor: str):
+        self.engine = engine
+        self.actor = actor
+
+    def _record(self, action: str, target: str, before: dict | None, after: dict | None) -> None:
+        writer = AuditWriter(self.engine, batch_max=1)
+        try:
+            writer.commit_sync({
+                "at": _now(), "kind": "admin", "outcome": "ok", "client_id": None, "service": None,
+                "detail": {"actor": self.actor, "action": action, "target": target,
+                           "before": _public(before), "after": _public(after)},
+            })
+        finally:
+            writer.close()
+
+    # -- clients ---------------------------------------------------------------
+    def create_client(self, client_id: str, name: str, agency_code: str | None = None,
+                      agency_name: str | None = None, secret: str | None = None) -> str:
+        """Create a client; returns its secret (shown once, stored only as a hash)."""
+        if not _ID.match(client_id):
+            raise AdminError("A client id is 2-64 characters: lower-case letters, digits, '.', '_' or '-'.")
+        secret = secret or secrets.token_urlsafe(32)
+        with self.engine.begin() as conn:
+            if _row(conn, clients, clients.c.client_id, client_id):
+                raise AdminError(f"Client '{client_id}' already exists.")
+            now = _now()
+            conn.execute(insert(clients).values(
+                client_id=client_id, name=name, agency_code=agency_code, agency_name=agency_name,
+                secret_hash=hash_secret(secret), status="active", created_at=now, updated_at=now,
+            ))
+            after = _row(conn, clients, clients.c.client_id, client_id)
+            bump_generation(conn)
+        self._record("client.create", client_id, None, after)
+        return secret
+
+    def list_clients(self) -> list[dict]:
+        with self.engine.connect() as conn:
+            return [_public(dict(r._mapping)) for r in conn.execute(select(clients).order_by(clients.c.client_id))]
+
+    def set_client_status(self, client_id: str, status: str) -> None:
+        with self.engine.begin() as conn:
+            before = _row(conn, clients, clients.c.client_id, client_id)
+            if before is None:
+                raise AdminError(f"No client '{client_id}'.")
+            conn.execute(update(clients).where(clients.c.client_id == client_id).values(status=status, updated_at=_now()))
+            after = _row(conn, clients, clients.c.client_id, client_id)
+            bump_generation(conn)
+        self._record(f"client.{'disable' if status == 'disabled' else 'enable'}", client_id, before, after)
+
+    # -- grants ----------------------------------------------------------------
+    def add_grant(self, client_id: str, service: str, fields: Sequence[str], purposes: Sequence[str]) -> int:
+        if not fields:
+            raise AdminError("A grant names at least one field (or '*'-free list of canonical fields).")
+        if not purposes:
+            raise AdminError("A grant names at least one allowed purpose.")
+        with self.engine.begin() as conn:
+            if not _row(conn, clients, clients.c.client_id, client_id):
+                raise AdminError(f"No client '{client_id}'.")
+            if not _row(conn, services, services.c.name, service):
+                raise AdminError(f"No service '{service}'; see `lgsp services list`.")
+            existing = conn.execute(select(grants.c.id).where(
+                grants.c.client_id == client_id, grants.c.service == service, grants.c.status == "active")).first()
+            if existing:
+                raise AdminError(f"Client '{client_id}' already has grant {existing.id} for '{service}'; revoke it first.")
+            grant_id = conn.execute(insert(grants).values(
+                client_id=client_id, service=service, allowed_fields=list(fields), allowed_purposes=list(purposes),
+                status="active", created_at=_now(),
+            )).inserted_primary_key[0]
+            after = _row(conn, grants, grants.c.id, grant_id)
+            bump_generation(conn)
+        self._record("grant.add", f"{client_id}/{service}", None, after)
+        return grant_id
+
+    def list_grants(self, client_id: str | None = None) -> list[dict]:
+        q = select(grants).order_by(grants.c.id)
+        if client_id:
+            q = q.where(grants.c.client_id == client_id)
+        with self.engine.connect() as conn:
+            return [_public(dict(r._mapping)) for r in conn.execute(q)]
+
+    def revoke_grant(self, grant_id: int) -> None:
+        with self.engine.begin() as conn:
+            before = _row(conn, grants, grants.c.id, grant_id)
+            if before is None or before["status"] != "active":
+                raise AdminError(f"No active grant {grant_id}.")
+            conn.execute(update(grants).where(grants.c.id == grant_id).values(status="revoked", revoked_at=_now()))
+            after = _row(conn, grants, grants.c.id, grant_id)
+            bump_generation(conn)
+        self._record("grant.revoke", str(grant_id), before, after)
+
+    # -- connections and services ---------------------------------------------
+    def set_connection(self, name: str, adapter: str, settings: dict[str, Any]) -> None:
+        try:
+            plugins.validate_settings(adapter, settings)
+        except (plugins.AdapterNotFound, plugins.InvalidSettings) as exc:
+            raise AdminError(str(exc)) from None
+        with self.engine.begin() as conn:
+            before = _row(conn, connections, connections.c.name, name)
+            values = dict(adapter=adapter, settings=settings, enabled=True, updated_at=_now())
+            if before:
+                conn.execute(update(connections).where(connections.c.name == name).values(**values))
+            else:
+                conn.execute(insert(connections).values(name=name, **values))
+            after = _row(conn, connections, connections.c.name, name)
+            bump_generation(conn)
+        self._record("connection.set", name, before, after)
+
+    def list_connections(self) -> list[dict]:
+        with self.engine.connect() as conn:
+            return [dict(r._mapping) for r in conn.execute(select(connections).order_by(connections.c.name))]
+
+    def register_spec_services(self) -> list[str]:
+        """Create the services that the shared API specs declare and the database lacks."""
+        created = []
+        with self.engine.begin() as conn:
+            for api in specs.shared_apis():
+                for name, svc in api.services.items():
+                    if _row(conn, services, services.c.name, name):
+                        continue
+                    conn.execute(insert(services).values(
+                        name=name, version=svc["version"], connection=svc["connection"], operation=svc["operation"],
+                        personal_data=bool(svc.get("personal_data", True)), description=api.title,
+                        enabled=True, updated_at=_now(),
+                    ))
+                    created.append(name)
+            if created:
+                bump_generation(conn)
+        for name in created:
+            self._record("service.create", name, None, {"name": name})
+        return created
+
+    def list_services(self) -> list[dict]:
+        with self.engine.connect() as conn:
+            return [_public(dict(r._mapping)) for r in conn.execute(select(services).order_by(services.c.name))]

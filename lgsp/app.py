@@ -1,0 +1,134 @@
+"""ASGI applications: the data plane (shared APIs), the control plane, or both.
+
+    lgsp.app:data_plane      shared APIs (REST door), /metrics, /healthz, /readyz
+    lgsp.app:control_plane   token endpoint, JWKS, metadata
+    lgsp.app:combined        both in one process (the embedded set-up and the demo)
+
+Each is a factory, for `uvicorn --factory` with several workers.
+"""
+from __future__ import annotations
+
+import contextlib
+
+
+import orjson
+from a2wsgi import WSGIMiddleware
+from connexion import AsyncApp
+from sqlalchemy import text
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import Response
+
+from lgsp import logs, metrics, specs
+from lgsp.config import settings
+from lgsp.control import JWKS_PATH, TOKEN_PATH, create_control_plane
+from lgsp.gateway import Gateway
+from lgsp.rest_door import MIDDLEWARES, add_shared_apis
+
+
+class BodyLimit:
+    """Refuses request bodies over the limit before they are read in full."""
+
+    def __init__(self, app, limit: int | None = None):
+        self.app = app
+        self.limit = limit if limit is not None else settings().max_body_bytes
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        declared = dict(scope["headers"]).get(b"content-length")
+        if declared and declared.isdigit() and int(declared) > self.limit:
+            raise HTTPException(413)
+        seen = 0
+
+        async def limited_receive():
+            nonlocal seen
+            message = await receive()
+            seen += len(message.get("body", b""))
+            if seen > self.limit:
+                raise HTTPException(413)
+            return message
+
+        return await self.app(scope, limited_receive, send)
+
+
+def _json(data, status: int = 200) -> Response:
+    return Response(orjson.dumps(data), status_code=status, media_type="application/json")
+
+
+def data_plane(gateway: Gateway | None = None) -> AsyncApp:
+    gw = gateway or Gateway()
+    logs.setup(gw.settings.log_level)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_app):
+        await gw.start()
+        yield
+        await gw.stop()
+
+    middlewares = list(MIDDLEWARES)
+    middlewares.insert(middlewares.index(MIDDLEWARES[1]) + 1, BodyLimit)  # inside the exception handlers
+    app = AsyncApp("lgsp", middlewares=middlewares, lifespan=lifespan)
+    add_shared_apis(app, gw)
+    base = gw.settings.public_url
+
+    async def catalog(_request: Request) -> Response:
+        return _json({
+            "apis": [
+                {
+                    "name": api.name, "title": api.title, "base_url": base + api.base_path,
+                    "openapi": f"{base}{api.base_path}/openapi.json", "docs": f"{base}{api.base_path}/ui/",
+                    "services": sorted(api.services),
+                }
+                for api in specs.shared_apis()
+            ],
+            "token_endpoint": base + TOKEN_PATH,
+            "jwks_uri": base + JWKS_PATH,
+        })
+
+    async def healthz(_request: Request) -> Response:
+        return _json({"status": "ok"})
+
+    async def readyz(_request: Request) -> Response:
+        checks = {"gateway": gw.ready}
+        try:
+            with gw.engine.connect() as conn:
+                conn.execute(text("SELECT 1"))
+            checks["database"] = True
+        except Exception:
+            checks["database"] = False
+        ok = all(checks.values())
+        return _json({"status": "ready" if ok else "not ready", "checks": checks}, 200 if ok else 503)
+
+    async def metrics_view(_request: Request) -> Response:
+        body, content_type = metrics.render()
+        return Response(body, media_type=content_type)
+
+    app.add_url_rule("/api", "catalog", catalog, methods=["GET"])
+    app.add_url_rule("/healthz", "healthz", healthz, methods=["GET"])
+    app.add_url_rule("/readyz", "readyz", readyz, methods=["GET"])
+    app.add_url_rule("/metrics", "metrics", metrics_view, methods=["GET"])
+    return app
+
+
+def control_plane(gateway: Gateway | None = None):
+    gw = gateway or Gateway()
+    return WSGIMiddleware(create_control_plane(gw.engine, gw.settings))
+
+
+CONTROL_PREFIXES = ("/oauth/", "/.well-known/", "/admin", "/console")
+
+
+def combined():
+    """Both planes in one process: control-plane prefixes go to Flask, the rest to the data plane."""
+    gw = Gateway()
+    data, control = data_plane(gw), control_plane(gw)
+
+    async def app(scope, receive, send):
+        if scope["type"] == "http" and scope["path"].startswith(CONTROL_PREFIXES):
+            return await control(scope, receive, send)
+        return await data(scope, receive, send)
+
+    return app
+
+

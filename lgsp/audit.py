@@ -1,0 +1,160 @@
+"""Audit records: one per exchange, hash-chained, committed before the answer leaves.
+
+Each gateway process writes its own chain (so replicas never share a lock).
+Records are written by one thread per process in groups: every waiting record
+is inserted in the same transaction (group commit), and each exchange waits
+until the transaction holding *its* record is durable. If that fails, the
+exchange fails closed with `audit.unavailable`.
+"""
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import datetime as dt
+import hashlib
+import logging
+import os
+import queue
+import secrets
+import socket
+import threading
+from typing import Any, Mapping
+
+import orjson
+from sqlalchemy import Engine, insert, select
+
+from lgsp import metrics
+from lgsp.storage.schema import audit_records
+
+log = logging.getLogger(__name__)
+
+GENESIS = "0" * 64
+
+# The columns covered by a record's hash, in a fixed order: the verifier
+# recomputes exactly this. Adding a column means adding it here, at the end.
+HASHED_FIELDS = (
+    "chain", "seq", "prev_hash", "at", "kind", "request_id", "door", "client_id", "agency_code",
+    "officer", "purpose", "service", "outcome", "status", "error_code", "latency_ms", "fields",
+    "subject_hash", "upstream", "trace_id", "request_bytes", "response_bytes", "response_sha256", "detail",
+)
+
+
+def _iso(value: dt.datetime) -> str:
+    if value.tzinfo is None:  # SQLite hands back naive UTC datetimes
+        value = value.replace(tzinfo=dt.timezone.utc)
+    return value.astimezone(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def record_hash(record: Mapping[str, Any]) -> str:
+    """SHA-256 over the record's canonical JSON (which includes prev_hash)."""
+    canon = [(_iso(record[k]) if k == "at" else record.get(k)) for k in HASHED_FIELDS]
+    return hashlib.sha256(orjson.dumps(canon)).hexdigest()
+
+
+def new_chain_id() -> str:
+    host = socket.gethostname()[:32]
+    return f"{host}:{os.getpid()}:{secrets.token_hex(4)}"
+
+
+class AuditUnavailable(Exception):
+    pass
+
+
+class AuditWriter:
+    """Group-commit writer of one chain. Thread-safe; usable from async and sync code."""
+
+    def __init__(self, engine: Engine, *, batch_max: int = 256, chain: str | None = None):
+        self.engine = engine
+        self.batch_max = batch_max
+        self.chain = chain or new_chain_id()
+        self._seq = 0
+        self._head = GENESIS
+        self._queue: queue.SimpleQueue = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._run, name="audit-writer", daemon=True)
+        self._stopping = False
+        self._thread.start()
+
+    # -- submitting ------------------------------------------------------
+    def submit(self, record: dict[str, Any]) -> concurrent.futures.Future:
+        fut: concurrent.futures.Future = concurrent.futures.Future()
+        if self._stopping:
+            fut.set_exception(AuditUnavailable("audit writer stopped"))
+        else:
+            self._queue.put((record, fut))
+        return fut
+
+    async def commit(self, record: dict[str, Any]) -> None:
+        """Wait until `record` is durable; raise AuditUnavailable if it cannot be."""
+        await asyncio.wrap_future(self.submit(record))
+
+    def commit_sync(self, record: dict[str, Any], timeout: float = 30) -> None:
+        self.submit(record).result(timeout)
+
+    def close(self, timeout: float = 10) -> None:
+        self._stopping = True
+        self._queue.put(None)
+        self._thread.join(timeout)
+
+    # -- writing ---------------------------------------------------------
+    def _run(self) -> None:
+        stmt = insert(audit_records)
+        while True:
+            first = self._queue.get()
+            if first is None:
+                return
+            batch = [first]
+            while len(batch) < self.batch_max:
+                try:
+                    item = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if item is None:
+                    self._stopping = True
+                    break
+                batch.append(item)
+            self._write(stmt, batch)
+            if self._stopping and self._queue.empty():
+                return
+
+    def _write(self, stmt, batch) -> None:
+        seq, head = self._seq, self._head
+        try:
+            rows = []
+            for record, _ in batch:
+                seq += 1
+                row = dict(record, chain=self.chain, seq=seq, prev_hash=head)
+                row["hash"] = head = record_hash(row)
+                rows.append(row)
+            with self.engine.begin() as conn:
+                conn.execute(stmt, rows)
+        except Exception as exc:
+            # The chain head stays where the database has it; the whole group fails.
+            log.error("audit write failed for %d records: %s: %s", len(batch), type(exc).__name__, exc)
+            for _, fut in batch:
+                fut.set_exception(AuditUnavailable(str(type(exc).__name__)))
+            return
+        self._seq, self._head = seq, head
+        metrics.audit_batch_records.observe(len(batch))
+        for _, fut in batch:
+            fut.set_result(None)
+
+
+def read_chain(engine: Engine, chain: str) -> list[dict]:
+    with engine.connect() as conn:
+        rows = conn.execute(select(audit_records).where(audit_records.c.chain == chain).order_by(audit_records.c.seq))
+        return [dict(r._mapping) for r in rows]
+
+
+def verify_rows(rows: list[Mapping[str, Any]]) -> list[str]:
+    """Findings for one chain's rows in seq order (empty list: the chain is intact)."""
+    findings = []
+    prev, expected_seq = GENESIS, 1
+    for row in rows:
+        if row["seq"] != expected_seq:
+            findings.append(f"record {row['id']}: seq {row['seq']} where {expected_seq} was expected")
+        if row["prev_hash"] != prev:
+            findings.append(f"record {row['id']}: does not link to the record before it")
+        if record_hash(row) != row["hash"]:
+            findings.append(f"record {row['id']}: content does not match its hash")
+        prev, expected_seq = row["hash"], row["seq"] + 1
+    return findings

@@ -1,0 +1,319 @@
+"""The `lgsp` command."""
+from __future__ import annotations
+
+import json
+import os
+import sys
+import tempfile
+
+import click
+
+
+def _engine():
+    from lgsp.config import settings
+    from lgsp.storage import engine_for
+
+    return engine_for(settings().db_url)
+
+
+def _admin():
+    from lgsp.admin import Admin
+
+    actor = f"cli:{os.environ.get('USER') or os.getuid()}"
+    return Admin(_engine(), actor)
+
+
+def _fail_on_admin_error(fn):
+    """Turn AdminError into a clean one-line error instead of a traceback."""
+    import functools
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        from lgsp.admin import AdminError
+
+        try:
+            return fn(*args, **kwargs)
+        except AdminError as exc:
+            raise click.ClickException(str(exc)) from None
+
+    return wrapper
+
+
+def _print_rows(rows: list[dict], columns: list[str]) -> None:
+    widths = {c: max([len(c)] + [len(str(r.get(c, ""))) for r in rows]) for c in columns}
+    click.echo("  ".join(c.upper().ljust(widths[c]) for c in columns))
+    for r in rows:
+        click.echo("  ".join(str(r.get(c, "")).ljust(widths[c]) for c in columns))
+
+
+def _csv(value: str) -> list[str]:
+    return [v.strip() for v in value.split(",") if v.strip()]
+
+
+@click.group()
+@click.version_option(package_name="lgsp")
+def main() -> None:
+    """LGSP — the provincial data-sharing platform.
+
+    Configuration comes from the environment: LGSP_DATABASE_URL (default: SQLite in
+    LGSP_HOME, ./.lgsp), LGSP_SECRET_KEY, LGSP_PUBLIC_URL.
+    """
+
+
+# -- serve ------------------------------------------------------------------------
+@main.command()
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=8080, show_default=True, type=int)
+@click.option("--workers", default=1, show_default=True, type=int, help="Worker processes.")
+@click.option("--plane", type=click.Choice(["all", "data", "control"]), default="all", show_default=True,
+              help="Serve the data plane (shared APIs), the control plane (tokens, admin), or both.")
+@click.option("--migrate/--no-migrate", default=False, help="Run database migrations first.")
+def serve(host: str, port: int, workers: int, plane: str, migrate: bool) -> None:
+    """Run the gateway."""
+    import uvicorn
+
+    from lgsp.config import settings
+
+    if migrate:
+        _upgrade()
+    _check_schema()
+    if workers > 1 and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="lgsp-metrics-")
+    os.environ.setdefault("LGSP_PUBLIC_URL", f"http://{host}:{port}")
+    settings.cache_clear()
+    factory = {"all": "lgsp.app:combined", "data": "lgsp.app:data_plane", "control": "lgsp.app:control_plane"}[plane]
+    uvicorn.run(factory, factory=True, host=host, port=port, workers=workers, log_config=None,
+                access_log=False, loop="auto", http="auto", lifespan="auto" if plane != "control" else "off",
+                timeout_graceful_shutdown=10)
+
+
+def _check_schema() -> None:
+    from sqlalchemy import inspect
+
+    if "audit_records" not in inspect(_engine()).get_table_names():
+        raise click.ClickException("The database has no LGSP schema yet: run `lgsp db upgrade` (or serve --migrate).")
+
+
+# -- db ---------------------------------------------------------------------------
+@main.group()
+def db() -> None:
+    """Database schema."""
+
+
+def _upgrade() -> None:
+    from lgsp import keys
+    from lgsp.config import settings
+    from lgsp.storage import upgrade
+
+    upgrade(settings().db_url)
+    created = _admin().register_spec_services()
+    keys.ensure_key(_engine())
+    for name in created:
+        click.echo(f"registered service {name}")
+
+
+@db.command("upgrade")
+def db_upgrade() -> None:
+    """Bring the schema to the latest version (Alembic), register the specs' services, make a signing key."""
+    _upgrade()
+    click.echo("database is up to date")
+
+
+# -- clients ----------------------------------------------------------------------
+@main.group()
+def clients() -> None:
+    """Client systems (OAuth2 client credentials)."""
+
+
+@clients.command("create")
+@click.argument("client_id")
+@click.option("--name", required=True, help="Name of the sector system.")
+@click.option("--agency-code", help="Agency identifier (QCVN 102), e.g. 000.00.31.H30.")
+@click.option("--agency-name")
+@click.option("--secret-from-env", metavar="VAR", help="Take the secret from this environment variable.")
+@_fail_on_admin_error
+def clients_create(client_id, name, agency_code, agency_name, secret_from_env) -> None:
+    """Create a client and print its secret (shown once; stored only as a hash)."""
+    secret = os.environ.get(secret_from_env) if secret_from_env else None
+    if secret_from_env and not secret:
+        raise click.ClickException(f"Environment variable {secret_from_env} is empty.")
+    secret = _admin().create_client(client_id, name, agency_code, agency_name, secret)
+    click.echo(f"client_id:     {client_id}")
+    if not secret_from_env:
+        click.echo(f"client_secret: {secret}")
+        click.echo("Keep the secret now: it cannot be shown again.", err=True)
+
+
+@clients.command("list")
+def clients_list() -> None:
+    _print_rows(_admin().list_clients(), ["client_id", "name", "agency_code", "status", "created_at"])
+
+
+@clients.command("disable")
+@click.argument("client_id")
+@_fail_on_admin_error
+def clients_disable(client_id) -> None:
+    """Disable a client: no new tokens, and live tokens refused within seconds."""
+    _admin().set_client_status(client_id, "disabled")
+    click.echo(f"client {client_id} disabled")
+
+
+@clients.command("enable")
+@click.argument("client_id")
+@_fail_on_admin_error
+def clients_enable(client_id) -> None:
+    _admin().set_client_status(client_id, "active")
+    click.echo(f"client {client_id} enabled")
+
+
+# -- grants -----------------------------------------------------------------------
+@main.group()
+def grants() -> None:
+    """Grants: client × service, with allowed fields and purposes."""
+
+
+@grants.command("add")
+@click.argument("client_id")
+@click.argument("service")
+@click.option("--fields", required=True, help="Comma-separated canonical fields (dotted paths allowed).")
+@click.option("--purposes", required=True, help="Comma-separated purpose codes the client may state.")
+@_fail_on_admin_error
+def grants_add(client_id, service, fields, purposes) -> None:
+    grant_id = _admin().add_grant(client_id, service, _csv(fields), _csv(purposes))
+    click.echo(f"grant {grant_id}: {client_id} → {service}")
+
+
+@grants.command("list")
+@click.option("--client", "client_id")
+def grants_list(client_id) -> None:
+    rows = _admin().list_grants(client_id)
+    for r in rows:
+        r["allowed_fields"] = ",".join(r["allowed_fields"])
+        r["allowed_purposes"] = ",".join(r["allowed_purposes"])
+    _print_rows(rows, ["id", "client_id", "service", "status", "allowed_purposes", "allowed_fields"])
+
+
+@grants.command("revoke")
+@click.argument("grant_id", type=int)
+@_fail_on_admin_error
+def grants_revoke(grant_id) -> None:
+    _admin().revoke_grant(grant_id)
+    click.echo(f"grant {grant_id} revoked")
+
+
+# -- connections, services, adapters, keys ----------------------------------------------
+@main.group()
+def connections() -> None:
+    """Connections: an adapter and its settings."""
+
+
+@connections.command("set")
+@click.argument("name")
+@click.option("--adapter", required=True)
+@click.option("--settings", "settings_json", required=True, help="Settings as JSON, e.g. '{\"endpoint\": \"...\"}'.")
+@_fail_on_admin_error
+def connections_set(name, adapter, settings_json) -> None:
+    try:
+        values = json.loads(settings_json)
+    except json.JSONDecodeError as exc:
+        raise click.ClickException(f"--settings is not valid JSON: {exc}") from None
+    _admin().set_connection(name, adapter, values)
+    click.echo(f"connection {name} ({adapter}) saved")
+
+
+@connections.command("list")
+def connections_list() -> None:
+    _print_rows(_admin().list_connections(), ["name", "adapter", "enabled", "updated_at"])
+
+
+@main.group()
+def services() -> None:
+    """Services offered on the shared APIs."""
+
+
+@services.command("list")
+def services_list() -> None:
+    _print_rows(_admin().list_services(), ["name", "version", "connection", "operation", "personal_data", "enabled"])
+
+
+@main.group()
+def adapters() -> None:
+    """Installed adapters (entry-point group lgsp.adapters)."""
+
+
+@adapters.command("list")
+def adapters_list() -> None:
+    from lgsp import plugins
+
+    rows = []
+    for name, ep in sorted(plugins.installed().items()):
+        cls = plugins.adapter_class(name)
+        dist = ep.dist.name if ep.dist else "?"
+        rows.append({"name": name, "version": cls.version, "package": dist, "operations": ",".join(cls.operations)})
+    _print_rows(rows, ["name", "version", "package", "operations"])
+
+
+@main.group()
+def keys() -> None:
+    """Token signing keys."""
+
+
+@keys.command("rotate")
+def keys_rotate() -> None:
+    """Make a new signing key; the old one keeps verifying until its tokens expire."""
+    from lgsp import keys as k
+
+    click.echo(f"new active key {k.rotate(_engine())}")
+
+
+@keys.command("list")
+def keys_list() -> None:
+    from lgsp import keys as k
+
+    rows = [{"kid": r.kid, "status": r.status, "created_at": r.created_at, "retired_at": r.retired_at or ""}
+            for r in k.load_rows(_engine())]
+    _print_rows(rows, ["kid", "status", "created_at", "retired_at"])
+
+
+# -- audit ------------------------------------------------------------------------
+@main.group()
+def audit() -> None:
+    """The audit trail."""
+
+
+@audit.command("verify")
+def audit_verify() -> None:
+    """Check every hash chain; exit non-zero on any finding."""
+    from sqlalchemy import select
+
+    from lgsp.audit import read_chain, verify_rows
+    from lgsp.storage.schema import audit_records
+
+    engine = _engine()
+    with engine.connect() as conn:
+        chains = conn.execute(select(audit_records.c.chain).distinct()).scalars().all()
+    findings, records = [], 0
+    for chain in chains:
+        rows = read_chain(engine, chain)
+        records += len(rows)
+        findings += [f"chain {chain}: {f}" for f in verify_rows(rows)]
+    for f in findings:
+        click.echo(f)
+    click.echo(f"{len(chains)} chains, {records} records, {len(findings)} findings")
+    sys.exit(1 if findings else 0)
+
+
+# -- demo -------------------------------------------------------------------------
+@main.command()
+@click.option("--port", default=8080, show_default=True, type=int)
+@click.option("--simulator-port", default=8081, show_default=True, type=int)
+@click.option("--check", is_flag=True, help="Run the printed requests, show the answers, and exit.")
+def demo(port: int, simulator_port: int, check: bool) -> None:
+    """Embedded demo: SQLite, the population database simulator, a client with a grant."""
+    from lgsp.demo import run
+
+    sys.exit(run(port, simulator_port, check))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,61 @@
+"""Settings, read once from the environment (twelve-factor: secrets never in the repo)."""
+from __future__ import annotations
+
+import os
+import secrets
+from dataclasses import dataclass, field
+from functools import cache
+from pathlib import Path
+
+
+def _env(name: str, default: str) -> str:
+    return os.environ.get(name, default)
+
+
+@dataclass(frozen=True)
+class Settings:
+    home: Path = field(default_factory=lambda: Path(_env("LGSP_HOME", ".lgsp")).resolve())
+    database_url: str = field(default_factory=lambda: _env("LGSP_DATABASE_URL", ""))
+    # Public base URL of this LGSP: the token issuer and the base of served documents.
+    public_url: str = field(default_factory=lambda: _env("LGSP_PUBLIC_URL", "http://127.0.0.1:8080").rstrip("/"))
+    token_ttl: int = field(default_factory=lambda: int(_env("LGSP_TOKEN_TTL", "900")))
+    max_body_bytes: int = field(default_factory=lambda: int(_env("LGSP_MAX_BODY_BYTES", str(64 * 1024))))
+    # How often a worker looks for configuration changes (clients, grants, keys).
+    config_poll_seconds: float = field(default_factory=lambda: float(_env("LGSP_CONFIG_POLL_SECONDS", "1")))
+    audit_batch_max: int = field(default_factory=lambda: int(_env("LGSP_AUDIT_BATCH_MAX", "256")))
+    log_level: str = field(default_factory=lambda: _env("LGSP_LOG_LEVEL", "INFO"))
+
+    @property
+    def issuer(self) -> str:
+        return self.public_url
+
+    @property
+    def audience(self) -> str:
+        # RFC 9068: the resource server the token is for — the shared APIs.
+        return f"{self.public_url}/api"
+
+    @property
+    def db_url(self) -> str:
+        return self.database_url or f"sqlite:///{self.home / 'lgsp.db'}"
+
+    def master_secret(self) -> bytes:
+        """The one root secret; every other key (audit HMAC, key encryption) derives from it.
+
+        Taken from LGSP_SECRET_KEY; for the embedded set-up it is generated once
+        into LGSP_HOME with owner-only permissions.
+        """
+        value = os.environ.get("LGSP_SECRET_KEY")
+        if value:
+            return value.encode()
+        path = self.home / "secret.key"
+        if not path.exists():
+            self.home.mkdir(parents=True, exist_ok=True)
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as f:
+                f.write(secrets.token_urlsafe(48))
+        return path.read_text().strip().encode()
+
+
+@cache
+def settings() -> Settings:
+    return Settings()

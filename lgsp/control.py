@@ -1,0 +1,125 @@
+"""The control plane (Flask): the OAuth2 token endpoint, its JWKS and metadata.
+
+Kept apart from the data plane so each can be served and scaled on its own; in
+the embedded set-up both run in one process (see lgsp.app). The control plane
+reads clients from the database on every token request, so a disabled client
+gets no new token at once.
+"""
+from __future__ import annotations
+
+from authlib.integrations.flask_oauth2 import AuthorizationServer
+from authlib.oauth2.rfc6749 import ClientMixin, grants
+from authlib.oauth2.rfc9068 import JWTBearerTokenGenerator
+from flask import Flask, jsonify
+from sqlalchemy import Engine, select
+
+from lgsp import keys
+from lgsp.config import Settings
+from lgsp.crypto import verify_secret
+from lgsp.storage.schema import clients, grants as grants_table
+
+TOKEN_PATH = "/oauth/token"
+JWKS_PATH = "/.well-known/jwks.json"
+
+
+class OAuthClient(ClientMixin):
+    """A client row as authlib sees it: client credentials only, scopes = granted services."""
+
+    def __init__(self, row, granted: list[str]):
+        self.row = row
+        self.granted = granted
+
+    def get_client_id(self) -> str:
+        return self.row.client_id
+
+    def get_default_redirect_uri(self):
+        return None
+
+    def get_allowed_scope(self, scope: str | None) -> str | None:
+        if not scope:
+            return " ".join(self.granted) or None
+        allowed = [s for s in scope.split() if s in self.granted]
+        return " ".join(allowed) or None
+
+    def check_redirect_uri(self, redirect_uri) -> bool:
+        return False
+
+    def check_client_secret(self, client_secret: str) -> bool:
+        return verify_secret(client_secret, self.row.secret_hash)
+
+    def check_endpoint_auth_method(self, method: str, endpoint: str) -> bool:
+        return method in ("client_secret_basic", "client_secret_post")
+
+    def check_response_type(self, response_type) -> bool:
+        return False
+
+    def check_grant_type(self, grant_type: str) -> bool:
+        return grant_type == "client_credentials"
+
+
+class TokenGenerator(JWTBearerTokenGenerator):
+    """RFC 9068 JWT access tokens signed with the active key (kid in the header)."""
+
+    def __init__(self, engine: Engine, cfg: Settings):
+        super().__init__(issuer=cfg.issuer, alg=keys.ALGORITHM, expires_generator=cfg.token_ttl)
+        self.engine = engine
+        self.cfg = cfg
+
+    def get_jwks(self):
+        return keys.active_private_key(self.engine)
+
+    def get_audiences(self, client, user, scope):
+        return self.cfg.audience
+
+
+def query_client(engine: Engine, client_id: str) -> OAuthClient | None:
+    with engine.connect() as conn:
+        row = conn.execute(select(clients).where(clients.c.client_id == client_id)).first()
+        if row is None or row.status != "active":
+            return None
+        granted = conn.execute(
+            select(grants_table.c.service)
+            .where(grants_table.c.client_id == client_id, grants_table.c.status == "active")
+            .order_by(grants_table.c.service)
+        ).scalars().all()
+    return OAuthClient(row, list(dict.fromkeys(granted)))
+
+
+def create_control_plane(engine: Engine, cfg: Settings) -> Flask:
+    app = Flask("lgsp.control")
+    server = AuthorizationServer(app, query_client=lambda cid: query_client(engine, cid), save_token=lambda t, r: None)
+    server.register_grant(grants.ClientCredentialsGrant)
+    server.register_token_generator("default", TokenGenerator(engine, cfg))
+
+    @app.post(TOKEN_PATH)
+    def issue_token():
+        return server.create_token_response()
+
+    @app.get(JWKS_PATH)
+    def jwks():
+        resp = jsonify({"keys": keys.published_keys(keys.load_rows(engine))})
+        resp.headers["Cache-Control"] = "public, max-age=60"
+        return resp
+
+    @app.get("/.well-known/oauth-authorization-server")
+    def metadata():
+        # RFC 8414, so standard clients can discover the token endpoint and keys.
+        return jsonify({
+            "issuer": cfg.issuer,
+            "token_endpoint": cfg.public_url + TOKEN_PATH,
+            "jwks_uri": cfg.public_url + JWKS_PATH,
+            "grant_types_supported": ["client_credentials"],
+            "token_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post"],
+            "response_types_supported": ["token"],
+        })
+
+    @app.errorhandler(404)
+    def not_found(_e):
+        return jsonify({"error": "not_found", "detail": "No such control-plane endpoint."}), 404
+
+    @app.errorhandler(Exception)
+    def failed(_e):
+        app.logger.exception("control plane request failed")
+        return jsonify({"error": "server_error", "detail": "The request could not be completed; it has been logged."}), 500
+
+    return app

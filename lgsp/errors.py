@@ -1,0 +1,78 @@
+"""One table of stable error codes, shared by both doors.
+
+REST answers them as RFC 9457 problem+json, SOAP as Faults; the audit record
+stores the code. Codes never change meaning once published; docs/errors.md lists them.
+"""
+from __future__ import annotations
+
+from typing import NamedTuple
+
+
+class ErrorKind(NamedTuple):
+    status: int
+    title: str
+    soap_fault: str  # "Client" (the caller's fault) or "Server"
+
+
+ERRORS: dict[str, ErrorKind] = {
+    "request.invalid": ErrorKind(400, "The request is not valid", "Client"),
+    "request.too_large": ErrorKind(413, "The request body is too large", "Client"),
+    "request.not_found": ErrorKind(404, "No such API", "Client"),
+    "request.method_not_allowed": ErrorKind(405, "Method not allowed", "Client"),
+    "request.unsupported_media_type": ErrorKind(415, "Unsupported media type", "Client"),
+    "personal_id.malformed": ErrorKind(400, "Malformed personal ID", "Client"),
+    "personal_id.impossible": ErrorKind(400, "Impossible personal ID", "Client"),
+    "auth.token_missing": ErrorKind(401, "Access token required", "Client"),
+    "auth.token_invalid": ErrorKind(401, "Access token not valid", "Client"),
+    "auth.token_expired": ErrorKind(401, "Access token expired", "Client"),
+    "auth.client_disabled": ErrorKind(401, "Client disabled", "Client"),
+    "access.no_grant": ErrorKind(403, "No grant for this service", "Client"),
+    "purpose.missing": ErrorKind(400, "Purpose required", "Client"),
+    "purpose.not_allowed": ErrorKind(403, "Purpose not allowed", "Client"),
+    "record.not_found": ErrorKind(404, "Record not found", "Client"),
+    "service.unavailable": ErrorKind(503, "Service not available", "Server"),
+    "upstream.timeout": ErrorKind(504, "Upstream system timed out", "Server"),
+    "upstream.unavailable": ErrorKind(502, "Upstream system unavailable", "Server"),
+    "upstream.fault": ErrorKind(502, "Upstream system reported a fault", "Server"),
+    "upstream.malformed": ErrorKind(502, "Upstream system answered with a malformed message", "Server"),
+    "upstream.error": ErrorKind(502, "Upstream system error", "Server"),
+    "audit.unavailable": ErrorKind(503, "Audit log unavailable; exchange refused", "Server"),
+    "internal.error": ErrorKind(500, "Internal error", "Server"),
+}
+
+
+class ExchangeError(Exception):
+    """A refusal or failure with a stable code and a sentence for a person."""
+
+    def __init__(self, code: str, detail: str, *, headers: dict[str, str] | None = None):
+        if code not in ERRORS:
+            raise ValueError(f"unknown error code {code!r}")
+        super().__init__(detail)
+        self.code = code
+        self.detail = detail
+        self.headers = headers or {}
+
+    @property
+    def status(self) -> int:
+        return ERRORS[self.code].status
+
+    @property
+    def outcome(self) -> str:
+        # "refused": the caller's side (4xx); "failed": ours or upstream's (5xx).
+        return "refused" if self.status < 500 else "failed"
+
+
+def problem(code: str, detail: str, request_id: str | None, instance: str | None = None) -> dict:
+    """RFC 9457 problem details with our extension members `code` and `request_id`."""
+    kind = ERRORS[code]
+    body = {
+        "type": f"/problems/{code}",
+        "title": kind.title,
+        "status": kind.status,
+        "detail": detail,
+        "code": code,
+        "request_id": request_id,
+    }
+    if instance:
+        body["instance"] = instance
+    return body

@@ -1,0 +1,27 @@
+"""The per-process gateway: database engine, configuration registry, audit writer."""
+from __future__ import annotations
+
+from lgsp.audit import AuditWriter
+from lgsp.config import Settings, settings
+from lgsp.registry import Registry
+from lgsp.storage import engine_for
+
+
+class Gateway:
+    def __init__(self, cfg: Settings | None = None):
+        self.settings = cfg or settings()
+        self.engine = engine_for(self.settings.db_url)
+        self.registry = Registry(self.engine, self.settings.config_poll_seconds)
+        self.audit: AuditWriter | None = None
+        self.ready = False
+
+    async def start(self) -> None:
+        self.audit = AuditWriter(self.engine, batch_max=self.settings.audit_batch_max)
+        await self.registry.start()
+        self.ready = True
+
+    async def stop(self) -> None:
+        self.ready = False
+        await self.registry.stop()
+        if self.audit:
+            self.audit.close()

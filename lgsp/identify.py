@@ -1,0 +1,76 @@
+"""Stage: identify the client from its bearer token (a JWT we issued, RFC 9068)."""
+from __future__ import annotations
+
+import time
+
+from joserfc import jwt
+from joserfc.errors import JoseError
+
+from lgsp.config import settings
+from lgsp.errors import ExchangeError
+from lgsp.exchange import Exchange
+from lgsp.registry import Snapshot
+
+# Verified tokens, so a client reusing its token costs one RSA verification,
+# not one per request. Bounded; expiry and client status are still checked each time.
+_verified: dict[str, dict] = {}
+_CACHE_MAX = 20_000
+
+
+def bearer_token(authorization: str | None) -> str | None:
+    if not authorization:
+        return None
+    scheme, _, token = authorization.partition(" ")
+    return token.strip() or None if scheme.lower() == "bearer" else None
+
+
+def verify_token(token: str, snap: Snapshot) -> dict:
+    claims = _verified.get(token)
+    if claims is None:
+        claims = _decode(token, snap)
+        if len(_verified) >= _CACHE_MAX:
+            _verified.clear()
+        _verified[token] = claims
+    elif claims["_kid"] not in snap.key_kids:
+        _verified.pop(token, None)
+        claims = _decode(token, snap)
+    if claims["exp"] <= time.time():
+        raise ExchangeError("auth.token_expired", "The access token has expired; request a new one.")
+    return claims
+
+
+def _decode(token: str, snap: Snapshot) -> dict:
+    cfg = settings()
+    if snap.key_set is None:
+        raise ExchangeError("auth.token_invalid", "No token signing keys are configured.")
+    try:
+        tok = jwt.decode(token, snap.key_set, algorithms=["RS256"])
+    except (JoseError, ValueError) as exc:
+        raise ExchangeError("auth.token_invalid", "The access token is not valid.") from exc
+    if tok.header.get("typ", "").lower() not in ("at+jwt", "application/at+jwt"):
+        raise ExchangeError("auth.token_invalid", "The token is not an access token.")
+    claims = dict(tok.claims)
+    aud = claims.get("aud")
+    if claims.get("iss") != cfg.issuer or cfg.audience not in (aud if isinstance(aud, list) else [aud]):
+        raise ExchangeError("auth.token_invalid", "The access token was not issued for this API.")
+    if not isinstance(claims.get("exp"), (int, float)) or not isinstance(claims.get("sub"), str):
+        raise ExchangeError("auth.token_invalid", "The access token lacks required claims.")
+    claims["_kid"] = tok.header.get("kid")
+    claims["_scopes"] = frozenset(str(claims.get("scope", "")).split())
+    return claims
+
+
+def identify(ex: Exchange, snap: Snapshot) -> None:
+    if not ex.token:
+        raise ExchangeError(
+            "auth.token_missing",
+            "Send an OAuth2 access token as 'Authorization: Bearer <token>'; get one from the token endpoint.",
+            headers={"WWW-Authenticate": 'Bearer realm="lgsp"'},
+        )
+    ex.claims = verify_token(ex.token, snap)
+    client = snap.clients.get(ex.claims["sub"])
+    if client is None:
+        raise ExchangeError("auth.token_invalid", "The access token names an unknown client.")
+    ex.client = client
+    if not client.active:
+        raise ExchangeError("auth.client_disabled", f"Client '{client.client_id}' is disabled.")

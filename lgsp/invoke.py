@@ -1,0 +1,34 @@
+"""Stage: call the backend through the service's connection and adapter."""
+from __future__ import annotations
+
+import time
+
+from lgsp import metrics
+from lgsp.adapter import CallContext, UpstreamError
+from lgsp.errors import ExchangeError
+from lgsp.exchange import Exchange
+from lgsp.registry import Registry
+
+
+async def invoke(ex: Exchange, registry: Registry) -> None:
+    service = ex.service
+    adapter = registry.adapter(service.connection)
+    if adapter is None:
+        raise ExchangeError("service.unavailable", f"The connection behind '{service.name}' is not available.")
+    context = CallContext(
+        request_id=ex.request_id, client_id=ex.client.client_id, agency_code=ex.client.agency_code,
+        officer=ex.officer, purpose=ex.purpose,
+    )
+    started = time.perf_counter()
+    outcome = "ok"
+    try:
+        ex.result = await adapter.call(service.operation, ex.params, context)
+    except UpstreamError as exc:
+        outcome = exc.code
+        ex.upstream, ex.trace_id = exc.upstream, exc.trace_id
+        raise ExchangeError(exc.code, exc.detail) from None
+    finally:
+        metrics.upstream_seconds.labels(service.connection, service.operation, outcome).observe(
+            time.perf_counter() - started
+        )
+    ex.upstream, ex.trace_id = ex.result.upstream, ex.result.trace_id

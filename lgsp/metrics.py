@@ -1,0 +1,33 @@
+"""Prometheus metrics. Labels never carry personal data (no IDs, no paths)."""
+from __future__ import annotations
+
+import os
+
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import multiprocess
+
+_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
+
+exchanges = Counter(
+    "lgsp_exchanges_total", "Exchanges through the LGSP", ["service", "client", "outcome", "code"]
+)
+exchange_seconds = Histogram(
+    "lgsp_exchange_duration_seconds", "Time from request to answer, audit included", ["service"], buckets=_BUCKETS
+)
+upstream_seconds = Histogram(
+    "lgsp_upstream_duration_seconds", "Time spent in the backend call", ["connection", "operation", "outcome"],
+    buckets=_BUCKETS,
+)
+audit_batch_records = Histogram(
+    "lgsp_audit_batch_records", "Audit records committed per transaction (group commit)",
+    buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512),
+)
+
+
+def render() -> tuple[bytes, str]:
+    """The exposition text; merges all worker processes when running several."""
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)
+        return generate_latest(registry), CONTENT_TYPE_LATEST
+    return generate_latest(), CONTENT_TYPE_LATEST

@@ -1,0 +1,50 @@
+"""Adapter discovery through the `lgsp.adapters` entry-point group.
+
+Built-in adapters are found exactly as third-party ones: by the entry points
+their package declares. Settings are validated against the adapter's schema
+before the adapter is built.
+"""
+from __future__ import annotations
+
+from functools import cache
+from importlib.metadata import entry_points
+from typing import Any, Mapping
+
+import jsonschema
+
+from lgsp.adapter import Adapter
+
+GROUP = "lgsp.adapters"
+
+
+class AdapterNotFound(LookupError):
+    pass
+
+
+class InvalidSettings(ValueError):
+    pass
+
+
+def installed() -> dict[str, Any]:
+    """Entry points of every installed adapter, by name."""
+    return {ep.name: ep for ep in entry_points(group=GROUP)}
+
+
+@cache
+def adapter_class(name: str) -> type[Adapter]:
+    ep = installed().get(name)
+    if ep is None:
+        raise AdapterNotFound(f"no adapter named {name!r} is installed (entry-point group {GROUP})")
+    return ep.load()
+
+
+def validate_settings(name: str, settings: Mapping[str, Any]) -> None:
+    schema = adapter_class(name).settings_schema
+    errors = sorted(jsonschema.Draft202012Validator(schema).iter_errors(dict(settings)), key=str)
+    if errors:
+        raise InvalidSettings("; ".join(f"{'/'.join(map(str, e.path)) or 'settings'}: {e.message}" for e in errors))
+
+
+def build(name: str, settings: Mapping[str, Any]) -> Adapter:
+    validate_settings(name, settings)
+    return adapter_class(name)(settings)

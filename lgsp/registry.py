@@ -1,0 +1,149 @@
+"""The configuration snapshot each worker serves from: clients, grants, services,
+connections and token keys, held in memory so the hot path never waits on the
+database. A worker re-reads it when the `config_state.generation` counter moves
+(every admin change bumps it), checked every `config_poll_seconds`.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+from joserfc.jwk import KeySet
+from sqlalchemy import Connection, Engine, select, update
+
+from lgsp import keys, plugins
+from lgsp.adapter import Adapter
+from lgsp.storage.schema import clients, config_state, connections, grants, services, signing_keys
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Client:
+    client_id: str
+    name: str
+    agency_code: str | None
+    active: bool
+
+
+@dataclass(frozen=True)
+class Grant:
+    client_id: str
+    service: str
+    allowed_fields: tuple[str, ...]
+    allowed_purposes: frozenset[str]
+
+
+@dataclass(frozen=True)
+class Service:
+    name: str
+    version: str
+    connection: str
+    operation: str
+    personal_data: bool
+    enabled: bool
+
+
+@dataclass(frozen=True)
+class ConnectionSpec:
+    name: str
+    adapter: str
+    settings: dict[str, Any]
+    enabled: bool
+
+
+@dataclass
+class Snapshot:
+    generation: int = -1
+    clients: dict[str, Client] = field(default_factory=dict)
+    grants: dict[tuple[str, str], Grant] = field(default_factory=dict)
+    services: dict[str, Service] = field(default_factory=dict)
+    connections: dict[str, ConnectionSpec] = field(default_factory=dict)
+    jwks: list[dict] = field(default_factory=list)
+    key_set: KeySet | None = None
+    key_kids: frozenset[str] = frozenset()
+
+
+def bump_generation(conn: Connection) -> None:
+    conn.execute(update(config_state).where(config_state.c.id == 1).values(generation=config_state.c.generation + 1))
+
+
+def read_generation(engine: Engine) -> int:
+    with engine.connect() as conn:
+        return conn.execute(select(config_state.c.generation).where(config_state.c.id == 1)).scalar_one()
+
+
+def load_snapshot(engine: Engine) -> Snapshot:
+    with engine.connect() as conn:
+        generation = conn.execute(select(config_state.c.generation).where(config_state.c.id == 1)).scalar_one()
+        snap = Snapshot(generation=generation)
+        for r in conn.execute(select(clients)):
+            snap.clients[r.client_id] = Client(r.client_id, r.name, r.agency_code, r.status == "active")
+        for r in conn.execute(select(grants).where(grants.c.status == "active")):
+            snap.grants[(r.client_id, r.service)] = Grant(
+                r.client_id, r.service, tuple(r.allowed_fields), frozenset(r.allowed_purposes)
+            )
+        for r in conn.execute(select(services)):
+            snap.services[r.name] = Service(r.name, r.version, r.connection, r.operation, r.personal_data, r.enabled)
+        for r in conn.execute(select(connections)):
+            snap.connections[r.name] = ConnectionSpec(r.name, r.adapter, dict(r.settings), r.enabled)
+        key_rows = conn.execute(select(signing_keys)).all()
+    snap.jwks = keys.published_keys(key_rows)
+    snap.key_set = keys.public_key_set(snap.jwks) if snap.jwks else None
+    snap.key_kids = frozenset(k["kid"] for k in snap.jwks)
+    return snap
+
+
+class Registry:
+    """Holds the current snapshot and the adapter instance of each connection."""
+
+    def __init__(self, engine: Engine, poll_seconds: float):
+        self.engine = engine
+        self.poll_seconds = poll_seconds
+        self.snapshot = Snapshot()
+        self._adapters: dict[str, tuple[ConnectionSpec, Adapter]] = {}
+        self._task: asyncio.Task | None = None
+
+    def refresh(self) -> None:
+        self.snapshot = load_snapshot(self.engine)
+
+    async def start(self) -> None:
+        await asyncio.to_thread(self.refresh)
+        self._task = asyncio.create_task(self._poll())
+
+    async def stop(self) -> None:
+        if self._task:
+            self._task.cancel()
+        for _, adapter in self._adapters.values():
+            await adapter.aclose()
+        self._adapters.clear()
+
+    async def _poll(self) -> None:
+        while True:
+            await asyncio.sleep(self.poll_seconds)
+            try:
+                if await asyncio.to_thread(read_generation, self.engine) != self.snapshot.generation:
+                    await asyncio.to_thread(self.refresh)
+                    await self._drop_stale_adapters()
+            except Exception:  # the database may blink; keep serving the last snapshot
+                log.warning("configuration refresh failed; serving the previous snapshot", exc_info=True)
+
+    async def _drop_stale_adapters(self) -> None:
+        for name, (conn, adapter) in list(self._adapters.items()):
+            if self.snapshot.connections.get(name) != conn:
+                del self._adapters[name]
+                await adapter.aclose()
+
+    def adapter(self, connection_name: str) -> Adapter | None:
+        """The adapter built from this connection's settings (built on first use)."""
+        conn = self.snapshot.connections.get(connection_name)
+        if conn is None or not conn.enabled:
+            return None
+        cached = self._adapters.get(connection_name)
+        if cached and cached[0] == conn:
+            return cached[1]
+        adapter = plugins.build(conn.adapter, conn.settings)
+        self._adapters[connection_name] = (conn, adapter)
+        return adapter

@@ -1,0 +1,13 @@
+"""Stage: resolve the named service to its current definition."""
+from __future__ import annotations
+
+from lgsp.errors import ExchangeError
+from lgsp.exchange import Exchange
+from lgsp.registry import Snapshot
+
+
+def resolve(ex: Exchange, snap: Snapshot) -> None:
+    service = snap.services.get(ex.service_name or "")
+    if service is None or not service.enabled:
+        raise ExchangeError("service.unavailable", f"Service '{ex.service_name}' is not offered at the moment.")
+    ex.service = service

@@ -1,0 +1,130 @@
+"""The REST door: shared APIs served from their OpenAPI documents (connexion 3).
+
+connexion routes and validates every request against the spec in openapi/;
+every operation's `operationId` is the name of the service it offers, and all
+operations land in one generic handler that builds an Exchange and hands it to
+the pipeline. Requests the spec refuses still go through `pipeline.serve`
+(as refusals), so they are answered as problem+json and audited.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+from connexion import AsyncApp, ConnexionMiddleware
+from connexion import request as current_request
+from connexion.exceptions import BadRequestProblem, ProblemException, UnsupportedMediaTypeProblem
+from connexion.lifecycle import ConnexionRequest, ConnexionResponse
+from connexion.middleware.security import SecurityMiddleware
+from connexion.options import SwaggerUIOptions
+from connexion.resolver import Resolver
+from starlette.exceptions import HTTPException
+from starlette.responses import Response
+
+from lgsp import specs
+from lgsp.errors import ExchangeError, problem
+from lgsp.exchange import Exchange, request_id_from
+from lgsp.gateway import Gateway
+from lgsp.identify import bearer_token
+from lgsp.pipeline import Rendered, serve
+
+JSON = "application/json"
+PROBLEM = "application/problem+json"
+
+# Authentication is a pipeline stage shared with the SOAP door, so connexion's
+# own security middleware is left out; routing and validation stay.
+MIDDLEWARES = [m for m in ConnexionMiddleware.default_middlewares if m is not SecurityMiddleware]
+
+
+def render(ex: Exchange) -> Rendered:
+    headers = {"X-Request-ID": ex.request_id, "Cache-Control": "no-store"}
+    if ex.error is None:
+        headers["Content-Type"] = JSON
+        return 200, headers, orjson.dumps(ex.answer)
+    headers["Content-Type"] = PROBLEM
+    headers.update(ex.error.headers)
+    return ex.error.status, headers, orjson.dumps(problem(ex.error.code, ex.error.detail, ex.request_id))
+
+
+def exchange_from(req: ConnexionRequest, service: str | None, params: dict[str, Any]) -> Exchange:
+    h = req.headers
+    return Exchange(
+        door="rest",
+        request_id=request_id_from(h.get("x-request-id")),
+        service_name=service,
+        params=params,
+        token=bearer_token(h.get("authorization")),
+        purpose=h.get("x-purpose") or None,
+        officer=h.get("x-on-behalf-of") or None,
+        request_bytes=int(h.get("content-length") or 0),
+    )
+
+
+def _response(rendered: Rendered) -> Response:
+    status, headers, body = rendered
+    return Response(content=body, status_code=status, headers=headers)
+
+
+class RestDoor:
+    def __init__(self, gateway: Gateway):
+        self.gateway = gateway
+
+    def handler_for(self, service: str):
+        """The operation handler of one service: connexion passes validated params."""
+
+        async def handle(body: dict | None = None, **params: Any) -> Response:
+            if isinstance(body, dict):
+                params.update(body)
+            ex = exchange_from(current_request, service, params)
+            return _response(await serve(ex, self.gateway, render))
+
+        handle.__name__ = service.replace(".", "_")
+        return handle
+
+    # -- refusals raised by connexion before our handler ---------------------
+    async def on_problem(self, req: ConnexionRequest, exc: Exception) -> ConnexionResponse:
+        error = _refusal_for(exc)
+        ex = exchange_from(req, _service_of(req), dict(req.path_params))
+        status, headers, body = await serve(ex, self.gateway, render, refusal=error)
+        return ConnexionResponse(status_code=status, body=body, headers=headers, content_type=headers["Content-Type"])
+
+
+def _service_of(req: ConnexionRequest) -> str | None:
+    routing = req.scope.get("extensions", {}).get("connexion_routing", {})
+    return routing.get("operation_id")
+
+
+def _refusal_for(exc: Exception) -> ExchangeError:
+    if isinstance(exc, BadRequestProblem):
+        detail = str(exc.detail or "The request does not match the API specification.")
+        if "personal_id" in detail:
+            return ExchangeError(
+                "personal_id.malformed", "A personal ID is 12 digits (or 9 digits for the old identity card)."
+            )
+        return ExchangeError("request.invalid", detail)
+    if isinstance(exc, UnsupportedMediaTypeProblem):
+        return ExchangeError("request.unsupported_media_type", str(exc.detail))
+    status = getattr(exc, "status_code", None) or getattr(exc, "status", None)
+    if status == 404:
+        return ExchangeError("request.not_found", "There is no API at this address; see /api for the list.")
+    if status == 405:
+        return ExchangeError("request.method_not_allowed", "This API does not accept that HTTP method.")
+    if isinstance(exc, (ProblemException, HTTPException)) and status and 400 <= status < 500:
+        return ExchangeError("request.invalid", str(getattr(exc, "detail", "") or "The request is not valid."))
+    return ExchangeError("internal.error", "The LGSP could not complete the exchange; it has been logged.")
+
+
+def add_shared_apis(app: AsyncApp, gateway: Gateway) -> RestDoor:
+    door = RestDoor(gateway)
+    public_url = gateway.settings.public_url
+    for api in specs.shared_apis():
+        app.add_api(
+            api.path,
+            arguments={"public_url": public_url},
+            resolver=Resolver(function_resolver=door.handler_for),
+            strict_validation=True,
+            swagger_ui_options=SwaggerUIOptions(swagger_ui=True),
+        )
+    for exc in (ProblemException, HTTPException, Exception):
+        app.add_error_handler(exc, door.on_problem)
+    return door

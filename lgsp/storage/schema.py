@@ -1,0 +1,113 @@
+"""Tables, as SQLAlchemy Core: the hot path uses prebuilt statements, not the ORM.
+
+Schema changes go through Alembic (lgsp/storage/migrations); this module is
+the model the migrations are checked against in tests.
+"""
+from __future__ import annotations
+
+from sqlalchemy import (
+    JSON, BigInteger, Boolean, Column, DateTime, Float, Index, Integer, MetaData, String, Table, Text,
+    UniqueConstraint,
+)
+
+metadata = MetaData()
+
+clients = Table(
+    "clients", metadata,
+    Column("client_id", String(64), primary_key=True),
+    Column("name", String(200), nullable=False),
+    Column("agency_code", String(64)),       # QCVN 102 agency identifier, e.g. 000.00.00.H30
+    Column("agency_name", String(200)),
+    Column("secret_hash", String(255), nullable=False),
+    Column("status", String(16), nullable=False, default="active"),  # active | disabled
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+)
+
+connections = Table(
+    "connections", metadata,
+    Column("name", String(64), primary_key=True),
+    Column("adapter", String(64), nullable=False),
+    Column("settings", JSON, nullable=False),
+    Column("enabled", Boolean, nullable=False, default=True),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+)
+
+services = Table(
+    "services", metadata,
+    Column("name", String(128), primary_key=True),   # e.g. population.citizen.get
+    Column("version", String(16), nullable=False),
+    Column("connection", String(64), nullable=False),
+    Column("operation", String(64), nullable=False),  # the adapter's operation
+    Column("personal_data", Boolean, nullable=False, default=True),
+    Column("description", Text),
+    Column("enabled", Boolean, nullable=False, default=True),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+)
+
+grants = Table(
+    "grants", metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("client_id", String(64), nullable=False),
+    Column("service", String(128), nullable=False),
+    Column("allowed_fields", JSON, nullable=False),
+    Column("allowed_purposes", JSON, nullable=False),
+    Column("status", String(16), nullable=False, default="active"),  # active | revoked
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("revoked_at", DateTime(timezone=True)),
+    Index("ix_grants_client_service", "client_id", "service"),
+)
+
+signing_keys = Table(
+    "signing_keys", metadata,
+    Column("kid", String(64), primary_key=True),
+    Column("algorithm", String(16), nullable=False),
+    Column("private_key", Text, nullable=False),   # encrypted with a key derived from the master secret
+    Column("public_jwk", JSON, nullable=False),
+    Column("status", String(16), nullable=False),  # active | retired
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("retired_at", DateTime(timezone=True)),
+)
+
+# A single row whose counter moves on every configuration change, so that each
+# worker notices changes with one cheap query instead of re-reading everything.
+config_state = Table(
+    "config_state", metadata,
+    Column("id", Integer, primary_key=True),
+    Column("generation", BigInteger, nullable=False),
+)
+
+audit_records = Table(
+    "audit_records", metadata,
+    Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True),
+    # Hash chain: one chain per gateway instance, so replicas never share a lock.
+    Column("chain", String(64), nullable=False),
+    Column("seq", BigInteger, nullable=False),
+    Column("prev_hash", String(64), nullable=False),
+    Column("hash", String(64), nullable=False),
+    Column("at", DateTime(timezone=True), nullable=False),
+    Column("kind", String(16), nullable=False),       # exchange | admin
+    Column("request_id", String(64)),
+    Column("door", String(8)),                        # rest | soap
+    Column("client_id", String(64)),
+    Column("agency_code", String(64)),
+    Column("officer", String(128)),
+    Column("purpose", String(64)),
+    Column("service", String(128)),
+    Column("outcome", String(16), nullable=False),    # ok | refused | failed
+    Column("status", Integer),
+    Column("error_code", String(64)),
+    Column("latency_ms", Float),
+    Column("fields", JSON),                           # canonical fields returned
+    Column("subject_hash", String(64)),               # keyed hash of the personal ID, never the ID
+    Column("upstream", String(255)),
+    Column("trace_id", String(128)),
+    Column("request_bytes", Integer),
+    Column("response_bytes", Integer),
+    Column("response_sha256", String(64)),
+    Column("detail", JSON),                           # admin actions: who/what/before/after
+    UniqueConstraint("chain", "seq", name="uq_audit_chain_seq"),
+    Index("ix_audit_subject_at", "subject_hash", "at"),
+    Index("ix_audit_at", "at"),
+    Index("ix_audit_client_at", "client_id", "at"),
+)

@@ -1,0 +1,1 @@
+"""OpenAPI documents: the REST contract (installed as lgsp_openapi)."""

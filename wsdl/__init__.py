@@ -1,0 +1,1 @@
+"""WSDL and XSD files: the SOAP contracts (installed as lgsp_wsdl)."""
