@@ -1,0 +1,152 @@
+"""`lgsp demo`: the whole product on one machine with no set-up.
+
+Starts the population database simulator and the gateway on loopback with
+SQLite in ./.lgsp-demo, creates a one-stop-shop client with a grant limited to
+some fields, and prints the exact curl commands to get a token and read a citizen.
+"""
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+DEMO_HOME = Path(".lgsp-demo")
+CLIENT_ID = "demo-one-stop-shop"
+PURPOSE = "administrative-procedure"
+# A one-stop-shop processing a dossier needs identity and addresses, not religion or relatives.
+LOOKUP_FIELDS = [
+    "personal_id", "full_name", "gender", "birth_date", "nationality", "permanent_address", "current_address",
+    "data_as_of",
+]
+
+
+def _wait(url: str, proc: subprocess.Popen, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise SystemExit(f"a demo server exited early (code {proc.returncode}); see {DEMO_HOME}/*.log")
+        try:
+            httpx.get(url, timeout=1)
+            return
+        except httpx.TransportError:
+            time.sleep(0.2)
+    raise SystemExit(f"{url} did not answer within {timeout:g} s")
+
+
+def _demo_citizens(sim_port: int) -> list[str]:
+    out = subprocess.run(
+        [sys.executable, "-m", "lgsp_adapters.population.simulator", "--list", "3"],
+        capture_output=True, text=True, check=True,
+    ).stdout
+    return re.findall(r"\b\d{12}\b", out)
+
+
+def _prepare(port: int, sim_port: int) -> str:
+    """Fresh demo database with the connection, a client and its grants; returns the secret."""
+    from lgsp import keys
+    from lgsp.admin import Admin
+    from lgsp.config import settings
+    from lgsp.storage import engine_for, upgrade
+
+    cfg = settings()
+    upgrade(cfg.db_url)
+    engine = engine_for(cfg.db_url)
+    admin = Admin(engine, "demo")
+    admin.register_spec_services()
+    keys.ensure_key(engine)
+    admin.set_connection("population", "population", {
+        "endpoint": f"http://127.0.0.1:{sim_port}/dancu", "timeout": 5, "integration_code": "DEMO", "account": "lgsp-demo",
+    })
+    secret = admin.create_client(CLIENT_ID, "Demo one-stop-shop (Một cửa điện tử)", "000.00.31.H30",
+                                 "Demo provincial department")
+    admin.add_grant(CLIENT_ID, "population.citizen.get", LOOKUP_FIELDS, [PURPOSE])
+    admin.add_grant(CLIENT_ID, "population.citizen.verify", ["match"], [PURPOSE])
+    return secret
+
+
+def _commands(base: str, secret: str, citizen: str) -> list[str]:
+    token = (
+        f"TOKEN=$(curl -s -u {CLIENT_ID}:{secret} -d grant_type=client_credentials {base}/oauth/token"
+        " | python3 -c 'import sys, json; print(json.load(sys.stdin)[\"access_token\"])')"
+    )
+    read = (
+        f"curl -s -H \"Authorization: Bearer $TOKEN\" -H 'X-Purpose: {PURPOSE}' -H 'X-On-Behalf-Of: officer-042' "
+        f"{base}/api/population/v1/citizens/{citizen}"
+    )
+    return [token, read]
+
+
+def run(port: int, sim_port: int, check: bool) -> int:
+    if DEMO_HOME.exists():
+        shutil.rmtree(DEMO_HOME)
+    DEMO_HOME.mkdir()
+    base = f"http://127.0.0.1:{port}"
+    os.environ.update(LGSP_HOME=str(DEMO_HOME.resolve()), LGSP_PUBLIC_URL=base)
+    os.environ.pop("LGSP_DATABASE_URL", None)
+    from lgsp.config import settings
+
+    settings.cache_clear()
+    procs: list[subprocess.Popen] = []
+    try:
+        sim_log = open(DEMO_HOME / "simulator.log", "wb")
+        procs.append(subprocess.Popen(
+            [sys.executable, "-m", "lgsp_adapters.population.simulator", "--port", str(sim_port)],
+            stdout=sim_log, stderr=subprocess.STDOUT,
+        ))
+        secret = _prepare(port, sim_port)
+        gw_log = open(DEMO_HOME / "gateway.log", "wb")
+        procs.append(subprocess.Popen(
+            [sys.executable, "-m", "lgsp.cli", "serve", "--port", str(port)], stdout=gw_log, stderr=subprocess.STDOUT,
+        ))
+        _wait(f"http://127.0.0.1:{sim_port}/dancu?wsdl", procs[0])
+        _wait(f"{base}/readyz", procs[1])
+        citizens = _demo_citizens(sim_port)
+        commands = _commands(base, secret, citizens[0])
+        print(f"""
+LGSP demo is running (SQLite in {DEMO_HOME}/, logs there too).
+  gateway:    {base}        (APIs: {base}/api, docs: {base}/api/population/v1/ui/)
+  simulator:  http://127.0.0.1:{sim_port}/dancu   (national population database, SOAP)
+  client:     {CLIENT_ID}, grant limited to: {', '.join(LOOKUP_FIELDS)}
+  citizens:   {', '.join(citizens)}
+
+Get a token, then read a citizen:
+
+  {commands[0]}
+  {commands[1]}
+""", flush=True)
+        if check:
+            return _check(commands)
+        print("Press Ctrl-C to stop.", flush=True)
+        signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt))
+        try:
+            while all(p.poll() is None for p in procs):
+                time.sleep(0.5)
+        except KeyboardInterrupt:
+            return 0
+        print(f"a demo server stopped; see {DEMO_HOME}/*.log", file=sys.stderr)
+        return 1
+    finally:
+        for p in procs:
+            p.terminate()
+        for p in procs:
+            try:
+                p.wait(10)
+            except subprocess.TimeoutExpired:
+                p.kill()
+
+
+def _check(commands: list[str]) -> int:
+    script = "set -e\n" + "\n".join(commands) + "\n"
+    result = subprocess.run(["bash", "-c", script], capture_output=True, text=True, timeout=60)
+    print(result.stdout)
+    if result.returncode != 0 or '"full_name"' not in result.stdout:
+        print(result.stderr, file=sys.stderr)
+        return 1
+    return 0
