@@ -80,7 +80,7 @@ def record_answer(work: Path) -> tuple[str, bytes]:
         wait(f"http://127.0.0.1:{port}/dancu?wsdl")
         listed = subprocess.run([sys.executable, "-m", "lgsp_adapters.population.simulator", "--list", "1"],
                                 capture_output=True, text=True, check=True).stdout
-        pid = re.findall(r"\b\d{12}\b", listed)[0]
+        pid = re.findall(r"^(\d{12})\t", listed, re.M)[0]
         r = httpx.post(f"http://127.0.0.1:{port}/dancu", content=SOAP_REQUEST.format(pid=pid).encode(),
                        headers={"Content-Type": "text/xml; charset=utf-8", "SOAPAction": "TraCuuThongTinCongDan"})
         r.raise_for_status()
@@ -143,7 +143,8 @@ def start_lgsp(work: Path, up_port: int, port: int, workers: int, database_url: 
     run = lambda *a: subprocess.run([*lgsp, *a], env=env, check=True, capture_output=True, text=True).stdout
     run("db", "upgrade")
     run("connections", "set", "population", "--adapter", "population", "--settings",
-        json.dumps({"endpoint": f"http://127.0.0.1:{up_port}/dancu", "timeout": 10}))
+        json.dumps({"endpoint": f"http://127.0.0.1:{up_port}/dancu", "timeout": 10, "integration_code": "BENCH",
+                    "account": "lgsp-bench", "agency_code": "000.00.00.H30"}))
     client = f"bench-{secrets.token_hex(3)}"
     out = run("clients", "create", client, "--name", "Benchmark client", "--agency-code", "000.00.31.H30")
     secret = re.search(r"client_secret:\s+(\S+)", out).group(1)

@@ -14,6 +14,8 @@ import contextlib
 import orjson
 from a2wsgi import WSGIMiddleware
 from connexion import AsyncApp
+from connexion.middleware.exceptions import ExceptionMiddleware
+from connexion.middleware.routing import RoutingMiddleware
 from sqlalchemy import text
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
@@ -36,6 +38,9 @@ class BodyLimit:
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
+        # connexion copies the scope below this point; sharing this dict lets the
+        # error handlers see the route of a refusal (see RouteCapture).
+        scope.setdefault("extensions", {})
         declared = dict(scope["headers"]).get(b"content-length")
         if declared and declared.isdigit() and int(declared) > self.limit:
             raise HTTPException(413)
@@ -50,6 +55,19 @@ class BodyLimit:
             return message
 
         return await self.app(scope, limited_receive, send)
+
+
+class RouteCapture:
+    """Placed after connexion's routing: keeps the matched path parameters where the
+    error handlers (outside the copied scopes) can read them."""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] == "http":
+            scope["extensions"]["lgsp.path_params"] = scope.get("path_params", {})
+        return await self.app(scope, receive, send)
 
 
 def _json(data, status: int = 200) -> Response:
@@ -67,7 +85,8 @@ def data_plane(gateway: Gateway | None = None) -> AsyncApp:
         await gw.stop()
 
     middlewares = list(MIDDLEWARES)
-    middlewares.insert(middlewares.index(MIDDLEWARES[1]) + 1, BodyLimit)  # inside the exception handlers
+    middlewares.insert(middlewares.index(ExceptionMiddleware) + 1, BodyLimit)
+    middlewares.insert(middlewares.index(RoutingMiddleware) + 1, RouteCapture)
     app = AsyncApp("lgsp", middlewares=middlewares, lifespan=lifespan)
     add_shared_apis(app, gw)
     base = gw.settings.public_url

@@ -11,6 +11,7 @@ from authlib.integrations.flask_oauth2 import AuthorizationServer
 from authlib.oauth2.rfc6749 import ClientMixin, grants
 from authlib.oauth2.rfc9068 import JWTBearerTokenGenerator
 from flask import Flask, jsonify
+from joserfc.jwk import KeySet
 from sqlalchemy import Engine, select
 
 from lgsp import keys
@@ -66,7 +67,8 @@ class TokenGenerator(JWTBearerTokenGenerator):
         self.cfg = cfg
 
     def get_jwks(self):
-        return keys.active_private_key(self.engine)
+        # A one-key set, so that the token header names the key (kid) for verifiers.
+        return KeySet([keys.active_private_key(self.engine)])
 
     def get_audiences(self, client, user, scope):
         return self.cfg.audience

@@ -45,7 +45,7 @@ def _demo_citizens(sim_port: int) -> list[str]:
         [sys.executable, "-m", "lgsp_adapters.population.simulator", "--list", "3"],
         capture_output=True, text=True, check=True,
     ).stdout
-    return re.findall(r"\b\d{12}\b", out)
+    return re.findall(r"^(\d{12})\t", out, re.M)
 
 
 def _prepare(port: int, sim_port: int) -> str:
@@ -62,7 +62,8 @@ def _prepare(port: int, sim_port: int) -> str:
     admin.register_spec_services()
     keys.ensure_key(engine)
     admin.set_connection("population", "population", {
-        "endpoint": f"http://127.0.0.1:{sim_port}/dancu", "timeout": 5, "integration_code": "DEMO", "account": "lgsp-demo",
+        "endpoint": f"http://127.0.0.1:{sim_port}/dancu", "timeout": 5, "integration_code": "LGSP-DEMO", "account": "lgsp-demo",
+        "agency_code": "000.00.00.H30",
     })
     secret = admin.create_client(CLIENT_ID, "Demo one-stop-shop (Một cửa điện tử)", "000.00.31.H30",
                                  "Demo provincial department")

@@ -21,7 +21,7 @@ from connexion.resolver import Resolver
 from starlette.exceptions import HTTPException
 from starlette.responses import Response
 
-from lgsp import specs
+from lgsp import personal_id, specs
 from lgsp.errors import ExchangeError, problem
 from lgsp.exchange import Exchange, request_id_from
 from lgsp.gateway import Gateway
@@ -83,8 +83,9 @@ class RestDoor:
 
     # -- refusals raised by connexion before our handler ---------------------
     async def on_problem(self, req: ConnexionRequest, exc: Exception) -> ConnexionResponse:
-        error = _refusal_for(exc)
-        ex = exchange_from(req, _service_of(req), dict(req.path_params))
+        extensions = req.scope.get("extensions", {})
+        ex = exchange_from(req, _service_of(req), dict(extensions.get("lgsp.path_params", {})))
+        error = _refusal_for(exc, ex.subject)
         status, headers, body = await serve(ex, self.gateway, render, refusal=error)
         return ConnexionResponse(status_code=status, body=body, headers=headers, content_type=headers["Content-Type"])
 
@@ -94,17 +95,20 @@ def _service_of(req: ConnexionRequest) -> str | None:
     return routing.get("operation_id")
 
 
-def _refusal_for(exc: Exception) -> ExchangeError:
+def _refusal_for(exc: Exception, subject: str | None) -> ExchangeError:
+    status = getattr(exc, "status_code", None) or getattr(exc, "status", None)
     if isinstance(exc, BadRequestProblem):
         detail = str(exc.detail or "The request does not match the API specification.")
-        if "personal_id" in detail:
-            return ExchangeError(
-                "personal_id.malformed", "A personal ID is 12 digits (or 9 digits for the old identity card)."
-            )
+        if subject is not None or "personal_id" in detail:
+            try:  # the spec's pattern refused it: say why in the personal ID's own terms
+                personal_id.parse(subject if subject is not None else "")
+            except personal_id.PersonalIdError as pid_error:
+                return ExchangeError(pid_error.code, pid_error.detail)
         return ExchangeError("request.invalid", detail)
+    if status == 413:
+        return ExchangeError("request.too_large", "The request body is over the size limit of this API.")
     if isinstance(exc, UnsupportedMediaTypeProblem):
         return ExchangeError("request.unsupported_media_type", str(exc.detail))
-    status = getattr(exc, "status_code", None) or getattr(exc, "status", None)
     if status == 404:
         return ExchangeError("request.not_found", "There is no API at this address; see /api for the list.")
     if status == 405:

@@ -166,7 +166,10 @@ def gateway(lgsp_env, population_sim, tmp_path_factory):
     admin = Admin(engine, "tests")
     admin.register_spec_services()
     keys.ensure_key(engine)
-    admin.set_connection("population", "population", {"endpoint": f"{population_sim.url}/dancu", "timeout": 2})
+    admin.set_connection("population", "population", {
+        "endpoint": f"{population_sim.url}/dancu", "timeout": 2,
+        "integration_code": "LGSP-TEST", "account": "lgsp-test", "agency_code": "000.00.00.H30",
+    })
     port = lgsp_env["LGSP_GATEWAY_PORT"]
     log = tmp_path_factory.mktemp("gw") / "gateway.log"
     server = start_server(

@@ -24,7 +24,7 @@ PROBLEM_KEYS = {"type", "title", "status", "detail", "code", "request_id"}
 def citizens() -> list[str]:
     out = subprocess.run([sys.executable, "-m", "lgsp_adapters.population.simulator", "--list", "5"],
                          capture_output=True, text=True, check=True).stdout
-    ids = re.findall(r"\b\d{12}\b", out)
+    ids = re.findall(r"^(\d{12})\t", out, re.M)
     assert len(ids) >= 3
     return ids
 
@@ -314,7 +314,7 @@ def test_upstream_refusing_connections(gateway, clerk_token, citizens):
 
     admin = gateway.extra["admin"]
     original = next(c for c in admin.list_connections() if c["name"] == "population")["settings"]
-    admin.set_connection("population", "population", {"endpoint": f"http://127.0.0.1:{free_port()}/dancu", "timeout": 2})
+    admin.set_connection("population", "population", dict(original, endpoint=f"http://127.0.0.1:{free_port()}/dancu"))
     try:
         time.sleep(0.5)
         assert_problem(lookup(gateway, citizens[0], clerk_token), 502, "upstream.unavailable")

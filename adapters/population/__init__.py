@@ -17,6 +17,7 @@ from zeep import AsyncClient, Settings
 from zeep.exceptions import Error as ZeepError
 from zeep.exceptions import Fault, TransportError, XMLParseError, XMLSyntaxError
 from zeep.helpers import serialize_object
+from zeep.proxy import AsyncServiceProxy
 from zeep.transports import AsyncTransport
 
 from lgsp.adapter import (
@@ -36,15 +37,16 @@ class PopulationAdapter(Adapter):
     settings_schema = {
         "type": "object",
         "additionalProperties": False,
-        "required": ["endpoint"],
+        "required": ["endpoint", "integration_code", "account", "agency_code"],
         "properties": {
             "endpoint": {"type": "string", "pattern": "^https?://", "description": "SOAP endpoint URL"},
             "wsdl": {"type": "string", "description": "WSDL path or URL; defaults to the bundled one"},
             "timeout": {"type": "number", "exclusiveMinimum": 0, "maximum": 120, "default": 10},
             "max_connections": {"type": "integer", "minimum": 1, "maximum": 1000, "default": 100},
-            "integration_code": {"type": "string", "description": "MaTichHop issued by the national side"},
-            "account": {"type": "string", "description": "TaiKhoan of the province's integration account"},
-            "agency_code": {"type": "string", "description": "MaDonVi used when the client has none"},
+            "integration_code": {"type": "string", "minLength": 1, "description": "MaTichHop issued by the national side"},
+            "account": {"type": "string", "minLength": 1, "description": "TaiKhoan of the province's integration account"},
+            "agency_code": {"type": "string", "minLength": 1,
+                            "description": "MaDonVi (the province's agency code) used when the client has none"},
             "service_codes": {
                 "type": "object",
                 "properties": {"citizen.get": {"type": "string"}, "citizen.verify": {"type": "string"}},
@@ -90,8 +92,8 @@ class PopulationAdapter(Adapter):
                                  forbid_external=True)
         self._client = AsyncClient(self.settings.get("wsdl") or default_wsdl(), transport=transport,
                                    settings=zeep_settings)
-        binding = next(iter(self._client.wsdl.bindings))  # the WSDL declares one SOAP 1.1 binding
-        self._service = self._client.create_service(binding, self.endpoint)
+        binding = next(iter(self._client.wsdl.bindings.values()))  # the WSDL declares one SOAP 1.1 binding
+        self._service = AsyncServiceProxy(self._client, binding, address=self.endpoint)
         self._codes = {**self.DEFAULT_SERVICE_CODES, **(self.settings.get("service_codes") or {})}
 
     async def aclose(self) -> None:
@@ -101,10 +103,10 @@ class PopulationAdapter(Adapter):
         return {
             "MaYeuCau": trace_id,
             "MaDVC": self._codes[operation],
-            "MaTichHop": self.settings.get("integration_code", ""),
-            "MaDonVi": context.agency_code or self.settings.get("agency_code", ""),
-            "MaCanBo": context.officer or "",
-            "TaiKhoan": self.settings.get("account", ""),
+            "MaTichHop": self.settings["integration_code"],
+            "MaDonVi": context.agency_code or self.settings["agency_code"],
+            "MaCanBo": context.officer,
+            "TaiKhoan": self.settings["account"],
         }
 
     async def call(self, operation: str, params: Mapping[str, Any], context: CallContext) -> AdapterResult:
@@ -133,7 +135,13 @@ class PopulationAdapter(Adapter):
         except httpx.TimeoutException:
             raise UpstreamTimeout(f"The population database did not answer within {self.timeout:g} s.",
                                   upstream=self.endpoint, trace_id=trace_id) from None
-        except (httpx.TransportError, TransportError):
+        except TransportError as exc:
+            if exc.status_code == 200:  # zeep's way of saying "200 OK, but not XML"
+                raise UpstreamMalformed("The population database's answer is not valid XML.",
+                                        upstream=self.endpoint, trace_id=trace_id) from None
+            raise UpstreamUnavailable(f"The population database answered HTTP {exc.status_code}.",
+                                      upstream=self.endpoint, trace_id=trace_id) from None
+        except httpx.TransportError:
             raise UpstreamUnavailable("The population database could not be reached.",
                                       upstream=self.endpoint, trace_id=trace_id) from None
         except (XMLSyntaxError, XMLParseError, etree.XMLSyntaxError, ZeepError, ValueError) as exc:
