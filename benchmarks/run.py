@@ -92,6 +92,7 @@ def record_answer(work: Path) -> tuple[str, bytes]:
 
 def start_nginx(work: Path, answer: bytes, up_port: int, proxy_port: int) -> subprocess.Popen:
     (work / "answer.xml").write_bytes(answer)
+    (work / "dancu").write_bytes(answer)
     conf = f"""
 worker_processes 1;
 daemon off;
@@ -109,10 +110,10 @@ http {{
   upstream recorded {{ server 127.0.0.1:{up_port}; keepalive 64; }}
   server {{
     listen 127.0.0.1:{up_port};
-    location /dancu {{
-      # POST to a static file is refused by nginx, so answer it via the 405 error page.
-      error_page 405 =200 /answer.xml;
+    location = /dancu {{
+      # nginx refuses POST to a static file (405); answer the recorded file through that error page.
       root {work};
+      error_page 405 =200 /answer.xml;
     }}
     location = /answer.xml {{ root {work}; default_type "text/xml; charset=utf-8"; }}
   }}
@@ -219,6 +220,7 @@ def main() -> None:
     args = ap.parse_args()
     ensure_tools()
     work = Path(tempfile.mkdtemp(prefix="lgsp-bench-"))
+    work.chmod(0o755)  # nginx workers run as an unprivileged user and read the recorded answer here
     procs = []
     try:
         print("recording a simulator answer…", flush=True)

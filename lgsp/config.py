@@ -4,7 +4,7 @@ from __future__ import annotations
 import os
 import secrets
 from dataclasses import dataclass, field
-from functools import cache
+from functools import cache, cached_property
 from pathlib import Path
 
 
@@ -38,6 +38,7 @@ class Settings:
     def db_url(self) -> str:
         return self.database_url or f"sqlite:///{self.home / 'lgsp.db'}"
 
+    @cached_property
     def master_secret(self) -> bytes:
         """The one root secret; every other key (audit HMAC, key encryption) derives from it.
 

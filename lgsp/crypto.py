@@ -41,7 +41,7 @@ def verify_secret(secret: str, stored: str) -> bool:
 
 
 def derive_key(purpose: str, length: int = 32) -> bytes:
-    return _derive(settings().master_secret(), purpose, length)
+    return _derive(settings().master_secret, purpose, length)
 
 
 @cache
@@ -56,4 +56,11 @@ def fernet() -> Fernet:
 
 def subject_hash(personal_id: str) -> str:
     """Keyed hash of a personal ID: searchable by whoever holds the key, opaque to anyone else."""
-    return hmac.new(derive_key("lgsp/audit-subject"), personal_id.encode(), hashlib.sha256).hexdigest()
+    mac = _subject_mac(settings().master_secret).copy()
+    mac.update(personal_id.encode())
+    return mac.hexdigest()
+
+
+@cache
+def _subject_mac(master: bytes):
+    return hmac.new(_derive(master, "lgsp/audit-subject", 32), digestmod=hashlib.sha256)

@@ -1,6 +1,8 @@
 """The per-process gateway: database engine, configuration registry, audit writer."""
 from __future__ import annotations
 
+import gc
+
 from lgsp.audit import AuditWriter
 from lgsp.config import Settings, settings
 from lgsp.registry import Registry
@@ -18,6 +20,13 @@ class Gateway:
     async def start(self) -> None:
         self.audit = AuditWriter(self.engine, batch_max=self.settings.audit_batch_max)
         await self.registry.start()
+        self.registry.build_adapters()
+        # Everything built so far (specs, WSDLs, mappings) lives as long as the
+        # process: keep it out of the collector's way, and collect young objects
+        # less often, which trims the latency tail under load.
+        gc.collect()
+        gc.freeze()
+        gc.set_threshold(20_000, 50, 100)
         self.ready = True
 
     async def stop(self) -> None:

@@ -1,6 +1,7 @@
 """Stage: call the backend through the service's connection and adapter."""
 from __future__ import annotations
 
+import logging
 import time
 
 from lgsp import metrics
@@ -9,10 +10,16 @@ from lgsp.errors import ExchangeError
 from lgsp.exchange import Exchange
 from lgsp.registry import Registry
 
+log = logging.getLogger(__name__)
+
 
 async def invoke(ex: Exchange, registry: Registry) -> None:
     service = ex.service
-    adapter = registry.adapter(service.connection)
+    try:
+        adapter = registry.adapter(service.connection)
+    except Exception:  # bad settings or a broken plug-in: this service is down, not the gateway
+        log.error("connection %s: adapter could not be built", service.connection, exc_info=True)
+        adapter = None
     if adapter is None:
         raise ExchangeError("service.unavailable", f"The connection behind '{service.name}' is not available.")
     context = CallContext(

@@ -661,6 +661,8 @@ def _load(path: str) -> CompiledMapping:
     return compile_mapping(document, origin=path)
 
 
+@functools.lru_cache(maxsize=256)
 def load_mapping(path: str | os.PathLike[str]) -> CompiledMapping:
-    """Load and compile a mapping file; cached by its resolved path."""
+    """Load and compile a mapping file; cached by the path given and by its resolved path
+    (the first cache keeps filesystem look-ups off the hot path)."""
     return _load(str(Path(path).resolve()))

@@ -136,6 +136,14 @@ class Registry:
                 del self._adapters[name]
                 await adapter.aclose()
 
+    def build_adapters(self) -> None:
+        """Build every enabled connection's adapter now rather than on its first request."""
+        for name in self.snapshot.connections:
+            try:
+                self.adapter(name)
+            except Exception:
+                log.error("connection %s: adapter could not be built", name, exc_info=True)
+
     def adapter(self, connection_name: str) -> Adapter | None:
         """The adapter built from this connection's settings (built on first use)."""
         conn = self.snapshot.connections.get(connection_name)

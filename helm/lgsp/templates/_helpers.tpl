@@ -54,7 +54,9 @@ app.kubernetes.io/part-of: lgsp
 {{- else if and .Values.ingress.enabled .Values.ingress.hosts -}}
 {{- printf "%s://%s" (ternary "https" "http" (not (empty .Values.ingress.tls))) (first .Values.ingress.hosts) -}}
 {{- else -}}
-{{- printf "http://%s.%s.svc:%v" (include "lgsp.dataName" .) .Release.Namespace .Values.dataPlane.service.port -}}
+{{- $port := .Values.dataPlane.service.port | int -}}
+{{- printf "http://%s.%s.svc" (include "lgsp.dataName" .) .Release.Namespace -}}
+{{- if ne $port 80 }}:{{ $port }}{{ end -}}
 {{- end -}}
 {{- end -}}
 
