@@ -31,6 +31,8 @@ from pathlib import Path
 
 import httpx
 
+from lgsp.demo import stop
+
 ROOT = Path(__file__).resolve().parent.parent
 PURPOSE = "administrative-procedure"
 SOAP_REQUEST = """<?xml version="1.0" encoding="utf-8"?>
@@ -267,13 +269,7 @@ def main() -> None:
             args.json.write_text(json.dumps({"results": results, "worker_peak_rss_mib": memory,
                                              "audit": audited}, indent=2))
     finally:
-        for p in procs:
-            p.terminate()
-        for p in procs:
-            try:
-                p.wait(10)
-            except subprocess.TimeoutExpired:
-                p.kill()
+        stop(procs)
         shutil.rmtree(work, ignore_errors=True)
 
 

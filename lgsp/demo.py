@@ -134,13 +134,18 @@ Get a token, then read a citizen:
         print(f"a demo server stopped; see {DEMO_HOME}/*.log", file=sys.stderr)
         return 1
     finally:
-        for p in procs:
-            p.terminate()
-        for p in procs:
-            try:
-                p.wait(10)
-            except subprocess.TimeoutExpired:
-                p.kill()
+        stop(procs)
+
+
+def stop(procs: list[subprocess.Popen], timeout: float = 10) -> None:
+    """Terminate child servers, and kill the ones that do not stop in time."""
+    for p in procs:
+        p.terminate()
+    for p in procs:
+        try:
+            p.wait(timeout)
+        except subprocess.TimeoutExpired:
+            p.kill()
 
 
 def _check(commands: list[str]) -> int:
