@@ -18,6 +18,7 @@ from lgsp import plugins, specs
 from lgsp.audit import AuditWriter
 from lgsp.crypto import hash_secret
 from lgsp.registry import bump_generation
+from lgsp.roles import ROLE_SCOPES
 from lgsp.storage.schema import clients, connections, grants, services
 
 _ID = re.compile(r"^[a-z0-9][a-z0-9._-]{1,63}$")
@@ -61,8 +62,12 @@ class Admin:
 
     # -- clients ---------------------------------------------------------------
     def create_client(self, client_id: str, name: str, agency_code: str | None = None,
-                      agency_name: str | None = None, secret: str | None = None) -> str:
+                      agency_name: str | None = None, secret: str | None = None,
+                      roles: Sequence[str] = ()) -> str:
         """Create a client; returns its secret (shown once, stored only as a hash)."""
+        unknown = set(roles) - set(ROLE_SCOPES)
+        if unknown:
+            raise AdminError(f"Unknown role(s) {', '.join(sorted(unknown))}; roles are {', '.join(ROLE_SCOPES)}.")
         if not _ID.match(client_id):
             raise AdminError("A client id is 2-64 characters: lower-case letters, digits, '.', '_' or '-'.")
         secret = secret or secrets.token_urlsafe(32)
@@ -73,6 +78,7 @@ class Admin:
             conn.execute(insert(clients).values(
                 client_id=client_id, name=name, agency_code=agency_code, agency_name=agency_name,
                 secret_hash=hash_secret(secret), status="active", created_at=now, updated_at=now,
+                roles=list(roles),
             ))
             after = _row(conn, clients, clients.c.client_id, client_id)
             bump_generation(conn)

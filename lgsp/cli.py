@@ -131,13 +131,15 @@ def clients() -> None:
 @click.option("--agency-code", help="Agency identifier (QCVN 102), e.g. 000.00.31.H30.")
 @click.option("--agency-name")
 @click.option("--secret-from-env", metavar="VAR", help="Take the secret from this environment variable.")
+@click.option("--role", "roles", multiple=True, type=click.Choice(["auditor", "integrator", "admin"]),
+              help="Extra role (repeatable): auditor reads the audit trail; integrator and admin manage the LGSP.")
 @_fail_on_admin_error
-def clients_create(client_id, name, agency_code, agency_name, secret_from_env) -> None:
+def clients_create(client_id, name, agency_code, agency_name, secret_from_env, roles) -> None:
     """Create a client and print its secret (shown once; stored only as a hash)."""
     secret = os.environ.get(secret_from_env) if secret_from_env else None
     if secret_from_env and not secret:
         raise click.ClickException(f"Environment variable {secret_from_env} is empty.")
-    secret = _admin().create_client(client_id, name, agency_code, agency_name, secret)
+    secret = _admin().create_client(client_id, name, agency_code, agency_name, secret, roles)
     click.echo(f"client_id:     {client_id}")
     if not secret_from_env:
         click.echo(f"client_secret: {secret}")
@@ -146,7 +148,10 @@ def clients_create(client_id, name, agency_code, agency_name, secret_from_env) -
 
 @clients.command("list")
 def clients_list() -> None:
-    _print_rows(_admin().list_clients(), ["client_id", "name", "agency_code", "status", "created_at"])
+    rows = _admin().list_clients()
+    for r in rows:
+        r["roles"] = ",".join(r.get("roles") or []) or "-"
+    _print_rows(rows, ["client_id", "name", "agency_code", "roles", "status", "created_at"])
 
 
 @clients.command("disable")

@@ -17,6 +17,7 @@ from sqlalchemy import Engine, select
 from lgsp import keys
 from lgsp.config import Settings
 from lgsp.crypto import verify_secret
+from lgsp.roles import ROLE_SCOPES
 from lgsp.storage.schema import clients, grants as grants_table
 
 TOKEN_PATH = "/oauth/token"
@@ -84,7 +85,8 @@ def query_client(engine: Engine, client_id: str) -> OAuthClient | None:
             .where(grants_table.c.client_id == client_id, grants_table.c.status == "active")
             .order_by(grants_table.c.service)
         ).scalars().all()
-    return OAuthClient(row, list(dict.fromkeys(granted)))
+    role_scopes = [ROLE_SCOPES[r] for r in (row.roles or []) if r in ROLE_SCOPES]
+    return OAuthClient(row, list(dict.fromkeys([*granted, *role_scopes])))
 
 
 def create_control_plane(engine: Engine, cfg: Settings) -> Flask:

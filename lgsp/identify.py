@@ -40,11 +40,16 @@ def verify_token(token: str, snap: Snapshot) -> dict:
 
 
 def _decode(token: str, snap: Snapshot) -> dict:
-    cfg = settings()
     if snap.key_set is None:
         raise ExchangeError("auth.token_invalid", "No token signing keys are configured.")
+    return decode_access_token(token, snap.key_set)
+
+
+def decode_access_token(token: str, key_set) -> dict:
+    """Verify an access token we issued (signature, typ, iss, aud, exp present) and return its claims."""
+    cfg = settings()
     try:
-        tok = jwt.decode(token, snap.key_set, algorithms=["RS256"])
+        tok = jwt.decode(token, key_set, algorithms=["RS256"])
     except (JoseError, ValueError) as exc:
         raise ExchangeError("auth.token_invalid", "The access token is not valid.") from exc
     if tok.header.get("typ", "").lower() not in ("at+jwt", "application/at+jwt"):

@@ -22,6 +22,8 @@ clients = Table(
     Column("status", String(16), nullable=False, default="active"),  # active | disabled
     Column("created_at", DateTime(timezone=True), nullable=False),
     Column("updated_at", DateTime(timezone=True), nullable=False),
+    # Roles beyond calling shared APIs, each granting a scope: auditor → audit.read, …
+    Column("roles", JSON, nullable=False, default=list),
 )
 
 connections = Table(
@@ -110,4 +112,42 @@ audit_records = Table(
     Index("ix_audit_subject_at", "subject_hash", "at"),
     Index("ix_audit_at", "at"),
     Index("ix_audit_client_at", "client_id", "at"),
+    Index("ix_audit_officer_at", "officer", "at"),
+    Index("ix_audit_service_at", "service", "at"),
+)
+
+# Seals: a chain head signed (Ed25519) at intervals, so that later edits,
+# deletions and truncation are detectable even by someone who can rewrite hashes.
+audit_seals = Table(
+    "audit_seals", metadata,
+    Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True),
+    Column("chain", String(64), nullable=False),
+    Column("seq", BigInteger, nullable=False),          # the last record covered
+    Column("head_hash", String(64), nullable=False),    # that record's hash
+    Column("at", DateTime(timezone=True), nullable=False),
+    Column("kid", String(64), nullable=False),
+    Column("signature", String(128), nullable=False),   # hex Ed25519 signature of the seal message
+    Column("reason", String(16), nullable=False),       # interval | shutdown | retention
+    UniqueConstraint("chain", "seq", name="uq_audit_seal_chain_seq"),
+)
+
+# Ed25519 keys that sign seals. Retired keys stay, so old seals keep verifying.
+audit_keys = Table(
+    "audit_keys", metadata,
+    Column("kid", String(64), primary_key=True),
+    Column("public_key", String(64), nullable=False),   # hex raw Ed25519 public key
+    Column("private_key", Text, nullable=False),        # encrypted with a key derived from the master secret
+    Column("status", String(16), nullable=False),       # active | retired
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("retired_at", DateTime(timezone=True)),
+)
+
+# Where each chain starts after retention removed its oldest records.
+audit_chain_bases = Table(
+    "audit_chain_bases", metadata,
+    Column("chain", String(64), primary_key=True),
+    Column("base_seq", BigInteger, nullable=False),     # the last removed record
+    Column("base_hash", String(64), nullable=False),    # its hash: the next record's prev_hash
+    Column("archive", String(255)),                     # the archive file that holds what was removed
+    Column("at", DateTime(timezone=True), nullable=False),
 )
