@@ -12,7 +12,6 @@ import contextlib
 
 
 import orjson
-from a2wsgi import WSGIMiddleware
 from connexion import AsyncApp
 from connexion.middleware.exceptions import ExceptionMiddleware
 from connexion.middleware.routing import RoutingMiddleware
@@ -132,10 +131,10 @@ def data_plane(gateway: Gateway | None = None) -> AsyncApp:
 
 def control_plane(gateway: Gateway | None = None):
     gw = gateway or Gateway()
-    return WSGIMiddleware(create_control_plane(gw.engine, gw.settings))
+    return create_control_plane(gw.engine, gw.settings)
 
 
-CONTROL_PREFIXES = ("/oauth/", "/.well-known/", "/admin", "/console")
+CONTROL_PREFIXES = ("/oauth/", "/.well-known/", "/admin", "/console", "/audit")
 
 
 def combined():

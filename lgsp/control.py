@@ -1,4 +1,6 @@
-"""The control plane (Flask): the OAuth2 token endpoint, its JWKS and metadata.
+"""The control plane (connexion FlaskApp): the OAuth2 token endpoint, its JWKS and
+metadata, and the control-plane APIs whose OpenAPI documents declare
+`x-lgsp-control-api` (audit search for auditors, later administration).
 
 Kept apart from the data plane so each can be served and scaled on its own; in
 the embedded set-up both run in one process (see lgsp.app). The control plane
@@ -10,13 +12,20 @@ from __future__ import annotations
 from authlib.integrations.flask_oauth2 import AuthorizationServer
 from authlib.oauth2.rfc6749 import ClientMixin, grants
 from authlib.oauth2.rfc9068 import JWTBearerTokenGenerator
-from flask import Flask, jsonify
+import json
+
+from connexion import FlaskApp
+from connexion.lifecycle import ConnexionResponse
+from connexion.options import SwaggerUIOptions
+from flask import jsonify
 from joserfc.jwk import KeySet
 from sqlalchemy import Engine, select
 
-from lgsp import keys
+from lgsp import keys, specs
 from lgsp.config import Settings
 from lgsp.crypto import verify_secret
+from lgsp.errors import ExchangeError, problem
+from lgsp.rest_door import MIDDLEWARES
 from lgsp.roles import ROLE_SCOPES
 from lgsp.storage.schema import clients, grants as grants_table
 
@@ -89,8 +98,15 @@ def query_client(engine: Engine, client_id: str) -> OAuthClient | None:
     return OAuthClient(row, list(dict.fromkeys([*granted, *role_scopes])))
 
 
-def create_control_plane(engine: Engine, cfg: Settings) -> Flask:
-    app = Flask("lgsp.control")
+def create_control_plane(engine: Engine, cfg: Settings) -> FlaskApp:
+    capp = FlaskApp("lgsp.control", middlewares=MIDDLEWARES)
+    app = capp.app
+    app.config["LGSP_ENGINE"] = engine
+    app.config["LGSP_SETTINGS"] = cfg
+    for path in specs.control_apis():
+        capp.add_api(path, arguments={"public_url": cfg.public_url}, strict_validation=True,
+                     swagger_ui_options=SwaggerUIOptions(swagger_ui=True))
+    capp.add_error_handler(ExchangeError, _problem)
     server = AuthorizationServer(app, query_client=lambda cid: query_client(engine, cid), save_token=lambda t, r: None)
     server.register_grant(grants.ClientCredentialsGrant)
     server.register_token_generator("default", TokenGenerator(engine, cfg))
@@ -121,9 +137,35 @@ def create_control_plane(engine: Engine, cfg: Settings) -> Flask:
     def not_found(_e):
         return jsonify({"error": "not_found", "detail": "No such control-plane endpoint."}), 404
 
+    @app.errorhandler(ExchangeError)
+    def refused(exc: ExchangeError):
+        return _problem_response(exc)
+
     @app.errorhandler(Exception)
     def failed(_e):
         app.logger.exception("control plane request failed")
         return jsonify({"error": "server_error", "detail": "The request could not be completed; it has been logged."}), 500
 
-    return app
+    return capp
+
+
+def _problem_body(exc: ExchangeError) -> tuple[bytes, dict]:
+    headers = {"Content-Type": "application/problem+json", "Cache-Control": "no-store", **exc.headers}
+    return json.dumps(problem(exc.code, exc.detail, None)).encode(), headers
+
+
+def _problem_response(exc: ExchangeError):
+    body, headers = _problem_body(exc)
+    return app_response(body, exc.status, headers)
+
+
+def _problem(_request, exc: ExchangeError) -> ConnexionResponse:
+    """ExchangeError raised in a spec-routed handler → problem+json (no stack trace)."""
+    body, headers = _problem_body(exc)
+    return ConnexionResponse(status_code=exc.status, body=body, headers=headers, content_type=headers["Content-Type"])
+
+
+def app_response(body: bytes, status: int, headers: dict):
+    from flask import Response
+
+    return Response(body, status=status, headers=headers)

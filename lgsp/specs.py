@@ -44,3 +44,12 @@ def shared_apis() -> tuple[SharedApi, ...]:
         }
         apis.append(SharedApi(meta["name"], meta.get("title", meta["name"]), path, base, services))
     return tuple(apis)
+
+
+@cache
+def control_apis() -> tuple[Path, ...]:
+    """OpenAPI documents of control-plane APIs (they declare `x-lgsp-control-api`)."""
+    return tuple(
+        path for path in sorted(openapi_dir().glob("*.yaml"))
+        if "x-lgsp-control-api" in yaml.safe_load(path.read_text(encoding="utf-8"))
+    )
