@@ -49,6 +49,10 @@ class Admin:
         self.engine = engine
         self.actor = actor
 
+    def record_action(self, action: str, target: str, before: dict | None, after: dict | None) -> None:
+        """Record an administrative action done elsewhere (keys, retention) in the audit trail."""
+        self._record(action, target, before, after)
+
     def _record(self, action: str, target: str, before: dict | None, after: dict | None) -> None:
         writer = AuditWriter(self.engine, batch_max=1)
         try:

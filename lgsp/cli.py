@@ -5,6 +5,7 @@ import json
 import os
 import sys
 import tempfile
+from pathlib import Path
 
 import click
 
@@ -101,13 +102,14 @@ def db() -> None:
 
 
 def _upgrade() -> None:
-    from lgsp import keys
+    from lgsp import keys, seals
     from lgsp.config import settings
     from lgsp.storage import upgrade
 
     upgrade(settings().db_url)
     created = _admin().register_spec_services()
     keys.ensure_key(_engine())
+    seals.ensure_key(_engine())
     for name in created:
         click.echo(f"registered service {name}")
 
@@ -268,7 +270,9 @@ def keys_rotate() -> None:
     """Make a new signing key; the old one keeps verifying until its tokens expire."""
     from lgsp import keys as k
 
-    click.echo(f"new active key {k.rotate(_engine())}")
+    kid = k.rotate(_engine())
+    _admin().record_action("keys.rotate", kid, None, {"kid": kid})
+    click.echo(f"new active key {kid}")
 
 
 @keys.command("list")
@@ -287,25 +291,82 @@ def audit() -> None:
 
 
 @audit.command("verify")
-def audit_verify() -> None:
-    """Check every hash chain; exit non-zero on any finding."""
-    from sqlalchemy import select
+@click.option("--file", "path", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="Verify an export file offline instead of the database.")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+def audit_verify(path: Path | None, as_json: bool) -> None:
+    """Check every hash chain and seal; exit 1 on any finding (edited, deleted, inserted,
+    reordered or renumbered records, truncation, forged seals)."""
+    from lgsp.audit_verify import verify_database, verify_file
 
-    from lgsp.audit import read_chain, verify_rows
-    from lgsp.storage.schema import audit_records
+    report = verify_file(path) if path else verify_database(_engine())
+    if as_json:
+        click.echo(json.dumps({"ok": report.ok, "chains": report.chains, "records": report.records,
+                               "seals": report.seals, "unsealed": report.unsealed,
+                               "findings": [f.__dict__ for f in report.findings]}, indent=2))
+    else:
+        for f in report.findings:
+            ids = ", ".join(map(str, f.record_ids)) or "-"
+            click.echo(f"{f.kind:14} chain {f.chain}  records {ids}: {f.detail}")
+        for chain, n in report.unsealed.items():
+            click.echo(f"{'(info)':14} chain {chain}: {n} record(s) after its last seal")
+        click.echo(f"{report.chains} chains, {report.records} records, {report.seals} seals, "
+                   f"{len(report.findings)} findings")
+    sys.exit(0 if report.ok else 1)
 
-    engine = _engine()
-    with engine.connect() as conn:
-        chains = conn.execute(select(audit_records.c.chain).distinct()).scalars().all()
-    findings, records = [], 0
-    for chain in chains:
-        rows = read_chain(engine, chain)
-        records += len(rows)
-        findings += [f"chain {chain}: {f}" for f in verify_rows(rows)]
-    for f in findings:
-        click.echo(f)
-    click.echo(f"{len(chains)} chains, {records} records, {len(findings)} findings")
-    sys.exit(1 if findings else 0)
+
+def _when(value: str | None):
+    import datetime as dt
+
+    if value is None:
+        return None
+    try:
+        moment = dt.datetime.fromisoformat(value)
+    except ValueError:
+        raise click.BadParameter(f"{value!r} is not an ISO 8601 date or date-time") from None
+    return moment if moment.tzinfo else moment.replace(tzinfo=dt.timezone.utc)
+
+
+@audit.command("export")
+@click.option("--from", "start", help="Start (inclusive), ISO 8601; UTC when no offset is given.")
+@click.option("--to", "end", help="End (exclusive), ISO 8601.")
+@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), required=True)
+def audit_export(start: str | None, end: str | None, output: Path) -> None:
+    """Export records of a time range as JSON Lines, with the seals and keys that verify them."""
+    from lgsp.audit_export import export_jsonl
+
+    with open(output, "wb") as out:
+        counts = export_jsonl(_engine(), _when(start), _when(end), out)
+    click.echo(f"exported {counts['records']} records of {counts['chains']} chains and {counts['seals']} seals "
+               f"to {output}")
+
+
+@audit.command("retain")
+@click.option("--older-than", "days", type=click.IntRange(min=1), required=True, help="Age in days.")
+@click.option("--archive-dir", type=click.Path(file_okay=False, path_type=Path), required=True)
+def audit_retain(days: int, archive_dir: Path) -> None:
+    """Archive records older than N days to a sealed export file, then remove them."""
+    import datetime as dt
+
+    from lgsp.audit_export import retain
+
+    cutoff = dt.datetime.now(dt.timezone.utc) - dt.timedelta(days=days)
+    result = retain(_engine(), cutoff, archive_dir)
+    if not result["records"]:
+        click.echo("nothing older than the cut-off")
+        return
+    _admin().record_action("audit.retain", str(archive_dir), None, result)
+    click.echo(f"archived and removed {result['records']} records of {result['chains']} chains: {result['archive']}")
+
+
+@audit.command("rotate-key")
+def audit_rotate_key() -> None:
+    """New seal-signing key; retired keys stay so old seals keep verifying."""
+    from lgsp import seals
+
+    kid = seals.create_key(_engine())
+    _admin().record_action("audit.rotate_key", kid, None, {"kid": kid})
+    click.echo(f"new seal key {kid}")
 
 
 # -- demo -------------------------------------------------------------------------

@@ -127,8 +127,8 @@ audit_seals = Table(
     Column("at", DateTime(timezone=True), nullable=False),
     Column("kid", String(64), nullable=False),
     Column("signature", String(128), nullable=False),   # hex Ed25519 signature of the seal message
-    Column("reason", String(16), nullable=False),       # interval | shutdown | retention
-    UniqueConstraint("chain", "seq", name="uq_audit_seal_chain_seq"),
+    Column("reason", String(16), nullable=False),       # start | interval | shutdown | retention
+    Index("ix_audit_seals_chain_seq", "chain", "seq"),
 )
 
 # Ed25519 keys that sign seals. Retired keys stay, so old seals keep verifying.

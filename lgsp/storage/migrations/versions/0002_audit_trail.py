@@ -26,8 +26,8 @@ def upgrade() -> None:
         sa.Column("signature", sa.String(length=128), nullable=False),
         sa.Column("reason", sa.String(length=16), nullable=False),
         sa.PrimaryKeyConstraint("id"),
-        sa.UniqueConstraint("chain", "seq", name="uq_audit_seal_chain_seq"),
     )
+    op.create_index("ix_audit_seals_chain_seq", "audit_seals", ["chain", "seq"])
     op.create_table(
         "audit_keys",
         sa.Column("kid", sa.String(length=64), nullable=False),

@@ -1,0 +1,100 @@
+"""Export and retention of the audit trail.
+
+An export is JSON Lines, one object per line with a `type`: `record`, `seal`
+(the seals that cover the exported records), `key` (the seal public keys,
+retired ones included) and `base` (where each chain's exported part starts), so
+`lgsp audit verify --file` can check it with nothing else at hand.
+
+Retention archives the oldest records of each chain to such a file, then
+removes them and records the chain's new base, itself sealed, so what remains
+still verifies.
+"""
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+from typing import IO, Any
+
+import orjson
+from sqlalchemy import Engine, and_, delete, func, insert, or_, select
+
+from lgsp import seals
+from lgsp.audit import _iso
+from lgsp.storage.schema import audit_chain_bases, audit_keys, audit_records, audit_seals
+
+
+def _line(kind: str, row: dict[str, Any]) -> bytes:
+    data = {"type": kind, **{str(k): (_iso(v) if isinstance(v, dt.datetime) else v) for k, v in row.items()}}
+    return orjson.dumps(data) + b"\n"
+
+
+def export_jsonl(engine: Engine, start: dt.datetime | None, end: dt.datetime | None, out: IO[bytes],
+                 *, chains: dict[str, tuple[int, int]] | None = None) -> dict[str, int]:
+    """Write records with start <= at < end (or, given `chains`, seq ranges per chain) and what verifies them."""
+    counts = {"records": 0, "seals": 0, "chains": 0}
+    ranges: dict[str, list[int]] = {}
+    with engine.connect() as conn:
+        query = select(audit_records).order_by(audit_records.c.chain, audit_records.c.seq)
+        if chains is not None:
+            query = query.where(_seq_ranges(chains))
+        else:
+            if start:
+                query = query.where(audit_records.c.at >= start)
+            if end:
+                query = query.where(audit_records.c.at < end)
+        for row in conn.execution_options(yield_per=5000).execute(query):
+            r = row._asdict()
+            span = ranges.setdefault(r["chain"], [r["seq"], r["seq"], r["prev_hash"]])
+            span[1] = r["seq"]
+            out.write(_line("record", r))
+            counts["records"] += 1
+        for chain, (first, last, prev_hash) in ranges.items():
+            out.write(_line("base", {"chain": chain, "base_seq": first - 1, "base_hash": prev_hash}))
+            for seal in conn.execute(select(audit_seals).where(
+                    audit_seals.c.chain == chain, audit_seals.c.seq >= first - 1, audit_seals.c.seq <= last,
+                    audit_seals.c.seq > 0)):
+                out.write(_line("seal", seal._asdict()))
+                counts["seals"] += 1
+        for key in conn.execute(select(audit_keys.c.kid, audit_keys.c.public_key, audit_keys.c.status)):
+            out.write(_line("key", key._asdict()))
+    counts["chains"] = len(ranges)
+    return counts
+
+
+def _seq_ranges(chains: dict[str, tuple[int, int]]):
+    return or_(*[and_(audit_records.c.chain == c, audit_records.c.seq.between(lo, hi)) for c, (lo, hi) in chains.items()])
+
+
+def retain(engine: Engine, older_than: dt.datetime, archive_dir: Path) -> dict[str, Any]:
+    """Archive and remove, per chain, the records before the first one at or after `older_than`."""
+    cut: dict[str, tuple[int, int]] = {}
+    with engine.connect() as conn:
+        for chain, lowest, keep_from in conn.execute(
+            select(audit_records.c.chain, func.min(audit_records.c.seq),
+                   func.min(audit_records.c.seq).filter(audit_records.c.at >= older_than))
+            .group_by(audit_records.c.chain)
+        ):
+            if keep_from is None:
+                last = conn.execute(select(func.max(audit_records.c.seq)).where(audit_records.c.chain == chain)).scalar()
+            else:
+                last = keep_from - 1
+            if last >= lowest:
+                cut[chain] = (lowest, last)
+    if not cut:
+        return {"records": 0, "chains": 0, "archive": None}
+    archive_dir.mkdir(parents=True, exist_ok=True)
+    path = archive_dir / f"audit-before-{older_than:%Y%m%dT%H%M%SZ}-{dt.datetime.now(dt.timezone.utc):%Y%m%dT%H%M%S}.jsonl"
+    with open(path, "xb") as out:
+        counts = export_jsonl(engine, None, None, out, chains=cut)
+    signer = seals.signer(engine)
+    with engine.begin() as conn:
+        for chain, (lo, hi) in cut.items():
+            head = conn.execute(select(audit_records.c.hash).where(
+                audit_records.c.chain == chain, audit_records.c.seq == hi)).scalar_one()
+            # The new base is sealed, so nobody can move it to hide a deletion.
+            conn.execute(insert(audit_seals).values(**signer.seal(chain, hi, head, "retention")))
+            conn.execute(delete(audit_chain_bases).where(audit_chain_bases.c.chain == chain))
+            conn.execute(insert(audit_chain_bases).values(chain=chain, base_seq=hi, base_hash=head,
+                                                          archive=path.name, at=dt.datetime.now(dt.timezone.utc)))
+            conn.execute(delete(audit_records).where(audit_records.c.chain == chain, audit_records.c.seq <= hi))
+    return {"records": counts["records"], "chains": len(cut), "archive": str(path)}
