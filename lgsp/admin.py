@@ -185,6 +185,18 @@ class Admin:
             self._record("service.create", name, None, {"name": name})
         return created
 
+    def set_body_logging(self, service: str, mode: str) -> None:
+        if mode not in ("off", "metadata", "full"):
+            raise AdminError("Body logging is one of: off, metadata, full.")
+        with self.engine.begin() as conn:
+            before = _row(conn, services, services.c.name, service)
+            if before is None:
+                raise AdminError(f"No service '{service}'; see `lgsp services list`.")
+            conn.execute(update(services).where(services.c.name == service).values(body_logging=mode, updated_at=_now()))
+            after = _row(conn, services, services.c.name, service)
+            bump_generation(conn)
+        self._record("service.body_logging", service, before, after)
+
     def list_services(self) -> list[dict]:
         with self.engine.connect() as conn:
             return [_public(dict(r._mapping)) for r in conn.execute(select(services).order_by(services.c.name))]

@@ -27,11 +27,13 @@ import orjson
 from sqlalchemy import Engine, insert, select
 
 from lgsp import metrics, seals, syslog
-from lgsp.storage.schema import audit_records, audit_seals
+from lgsp.storage.schema import audit_bodies, audit_records, audit_seals
 
 log = logging.getLogger(__name__)
 
 GENESIS = "0" * 64
+# Key of an encrypted payload handed to the writer with a record; stored apart, not hashed.
+BODY = "_body"
 
 # The columns covered by a record's hash, in a fixed order: the verifier
 # recomputes exactly this. Adding a column means adding it here, at the end.
@@ -180,15 +182,19 @@ class AuditWriter:
     def _write(self, batch) -> None:
         seq, head = self._seq, self._head
         try:
-            rows = []
+            rows, bodies = [], []
             for record, _ in batch:
                 seq += 1
                 row = dict(record, chain=self.chain, seq=seq, prev_hash=head)
+                if BODY in row:
+                    bodies.append({"chain": self.chain, "seq": seq, "ciphertext": row.pop(BODY)})
                 row["hash"] = head = record_hash(row)
                 rows.append(row)
             pending = self._pending_seals(seq, head, None)
             with self._write_lock, self.engine.begin() as conn:
                 conn.execute(insert(audit_records), rows)
+                if bodies:
+                    conn.execute(insert(audit_bodies), bodies)
                 if pending:
                     conn.execute(insert(audit_seals), pending)
         except Exception as exc:

@@ -240,7 +240,19 @@ def services() -> None:
 
 @services.command("list")
 def services_list() -> None:
-    _print_rows(_admin().list_services(), ["name", "version", "connection", "operation", "personal_data", "enabled"])
+    _print_rows(_admin().list_services(),
+                ["name", "version", "connection", "operation", "personal_data", "body_logging", "enabled"])
+
+
+@services.command("body-logging")
+@click.argument("service")
+@click.argument("mode", type=click.Choice(["off", "metadata", "full"]))
+@_fail_on_admin_error
+def services_body_logging(service: str, mode: str) -> None:
+    """What the audit trail keeps of payloads: off (default), metadata (parameter names),
+    or full (request and answer, encrypted at rest; read them with `lgsp audit body`)."""
+    _admin().set_body_logging(service, mode)
+    click.echo(f"{service}: body logging {mode}")
 
 
 @main.group()
@@ -325,6 +337,29 @@ def _when(value: str | None):
     except ValueError:
         raise click.BadParameter(f"{value!r} is not an ISO 8601 date or date-time") from None
     return moment if moment.tzinfo else moment.replace(tzinfo=dt.timezone.utc)
+
+
+@audit.command("body")
+@click.argument("record_id", type=int)
+def audit_body(record_id: int) -> None:
+    """Decrypt the logged payload of one record (services with body logging `full`)."""
+    from sqlalchemy import select
+
+    from lgsp.crypto import fernet
+    from lgsp.storage.schema import audit_bodies, audit_records
+
+    engine = _engine()
+    with engine.connect() as conn:
+        rec = conn.execute(select(audit_records.c.chain, audit_records.c.seq)
+                           .where(audit_records.c.id == record_id)).first()
+        if rec is None:
+            raise click.ClickException(f"No audit record {record_id}.")
+        cipher = conn.execute(select(audit_bodies.c.ciphertext).where(
+            audit_bodies.c.chain == rec.chain, audit_bodies.c.seq == rec.seq)).scalar()
+    if cipher is None:
+        raise click.ClickException(f"Record {record_id} has no logged payload (its service did not log bodies).")
+    _admin().record_action("audit.read_body", str(record_id), None, {"record": record_id})
+    click.echo(fernet().decrypt(cipher.encode()).decode())
 
 
 @audit.command("export")

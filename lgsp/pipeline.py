@@ -15,10 +15,12 @@ import time
 from typing import Callable
 
 from lgsp import metrics
-from lgsp.audit import AuditUnavailable
+import orjson
+
+from lgsp.audit import BODY, AuditUnavailable
 from lgsp.authorize import authorize
 from lgsp.canonical import to_canonical
-from lgsp.crypto import subject_hash
+from lgsp.crypto import fernet, subject_hash
 from lgsp.errors import ExchangeError
 from lgsp.exchange import Exchange
 from lgsp.gateway import Gateway
@@ -103,7 +105,23 @@ def audit_record(ex: Exchange, body: bytes) -> dict:
         "response_bytes": len(body),
         "response_sha256": hashlib.sha256(body).hexdigest(),
         "detail": None,
+        **_body_logging(ex, body),
     }
+
+
+def _body_logging(ex: Exchange, body: bytes) -> dict:
+    """What the service's body-logging setting adds to the record (nothing by default)."""
+    mode = ex.service.body_logging if ex.service else "off"
+    if mode == "metadata":
+        return {"detail": {"params": sorted(ex.params)}}
+    if mode == "full":
+        try:
+            response = orjson.loads(body)
+        except orjson.JSONDecodeError:  # a SOAP door answer is XML: keep it as text
+            response = body.decode("utf-8", "replace")
+        payload = orjson.dumps({"params": ex.params, "response": response})
+        return {BODY: fernet().encrypt(payload).decode()}
+    return {}
 
 
 def observe(ex: Exchange) -> None:

@@ -44,6 +44,7 @@ class Service:
     operation: str
     personal_data: bool
     enabled: bool
+    body_logging: str = "off"
 
 
 @dataclass(frozen=True)
@@ -86,7 +87,8 @@ def load_snapshot(engine: Engine) -> Snapshot:
                 r.client_id, r.service, tuple(r.allowed_fields), frozenset(r.allowed_purposes)
             )
         for r in conn.execute(select(services)):
-            snap.services[r.name] = Service(r.name, r.version, r.connection, r.operation, r.personal_data, r.enabled)
+            snap.services[r.name] = Service(r.name, r.version, r.connection, r.operation, r.personal_data, r.enabled,
+                                            r.body_logging)
         for r in conn.execute(select(connections)):
             snap.connections[r.name] = ConnectionSpec(r.name, r.adapter, dict(r.settings), r.enabled)
         key_rows = conn.execute(select(signing_keys)).all()

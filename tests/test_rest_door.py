@@ -379,3 +379,30 @@ def test_key_rotation_keeps_live_tokens_valid(gateway, clients, citizens):
     fresh = get_token(gateway, *clients["clerk"])
     assert pyjwt.get_unverified_header(fresh)["kid"] == new_kid
     assert lookup(gateway, citizens[0], fresh).status_code == 200
+
+
+def test_body_logging_full_keeps_the_payload_encrypted(gateway, clerk_token, citizens):
+    from sqlalchemy import text
+
+    from lgsp.crypto import fernet
+    from lgsp.storage.schema import audit_bodies
+
+    admin = gateway.extra["admin"]
+    admin.set_body_logging("population.citizen.verify", "full")
+    time.sleep(0.5)
+    try:
+        r = httpx.post(f"{gateway.url}/api/population/v1/citizens/verify",
+                       json={"personal_id": citizens[0], "full_name": "Nguyễn Văn An", "birth_date": "1985-03-12"},
+                       headers={"Authorization": f"Bearer {clerk_token}", "X-Purpose": PURPOSE})
+        assert r.status_code == 200
+        record = audit_of(gateway, r.headers["x-request-id"])
+        with gateway.extra["engine"].connect() as conn:
+            cipher = conn.execute(select(audit_bodies.c.ciphertext).where(
+                audit_bodies.c.chain == record["chain"], audit_bodies.c.seq == record["seq"])).scalar_one()
+            raw = " ".join(str(v) for row in conn.execute(text("SELECT * FROM audit_bodies")) for v in row)
+        assert citizens[0] not in raw  # encrypted at rest
+        payload = fernet().decrypt(cipher.encode()).decode()
+        assert citizens[0] in payload and '"match":true' in payload
+    finally:
+        admin.set_body_logging("population.citizen.verify", "off")
+        time.sleep(0.5)

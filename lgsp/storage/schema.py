@@ -45,6 +45,8 @@ services = Table(
     Column("description", Text),
     Column("enabled", Boolean, nullable=False, default=True),
     Column("updated_at", DateTime(timezone=True), nullable=False),
+    # What of the payload the audit trail keeps: off | metadata | full (encrypted).
+    Column("body_logging", String(16), nullable=False, default="off"),
 )
 
 grants = Table(
@@ -150,4 +152,15 @@ audit_chain_bases = Table(
     Column("base_hash", String(64), nullable=False),    # its hash: the next record's prev_hash
     Column("archive", String(255)),                     # the archive file that holds what was removed
     Column("at", DateTime(timezone=True), nullable=False),
+)
+
+# Payloads of exchanges whose service logs bodies in full: encrypted at rest,
+# outside the hash chain (the record holds the response's SHA-256).
+audit_bodies = Table(
+    "audit_bodies", metadata,
+    Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True),
+    Column("chain", String(64), nullable=False),
+    Column("seq", BigInteger, nullable=False),
+    Column("ciphertext", Text, nullable=False),
+    Index("ix_audit_bodies_chain_seq", "chain", "seq"),
 )
