@@ -25,6 +25,8 @@ from lgsp.config import settings
 from lgsp.control import JWKS_PATH, TOKEN_PATH, create_control_plane
 from lgsp.gateway import Gateway
 from lgsp.rest_door import MIDDLEWARES, add_shared_apis
+from lgsp.soap_door import PATH as SOAP_PATH
+from lgsp.soap_door import SoapDoor
 
 
 class BodyLimit:
@@ -73,7 +75,7 @@ def _json(data, status: int = 200) -> Response:
     return Response(orjson.dumps(data), status_code=status, media_type="application/json")
 
 
-def data_plane(gateway: Gateway | None = None) -> AsyncApp:
+def data_plane(gateway: Gateway | None = None):
     gw = gateway or Gateway()
     logs.setup(gw.settings.log_level)
 
@@ -123,10 +125,18 @@ def data_plane(gateway: Gateway | None = None) -> AsyncApp:
         return Response(body, media_type=content_type)
 
     app.add_url_rule("/api", "catalog", catalog, methods=["GET"])
+    soap_door = SoapDoor(gw)
     app.add_url_rule("/healthz", "healthz", healthz, methods=["GET"])
     app.add_url_rule("/readyz", "readyz", readyz, methods=["GET"])
     app.add_url_rule("/metrics", "metrics", metrics_view, methods=["GET"])
-    return app
+
+    async def data(scope, receive, send):
+        # The SOAP door speaks SOAP Faults, not problem+json: it sits beside connexion, not inside it.
+        if scope["type"] == "http" and scope["path"].rstrip("/") == SOAP_PATH:
+            return await soap_door(scope, receive, send)
+        return await app(scope, receive, send)
+
+    return data
 
 
 def control_plane(gateway: Gateway | None = None):

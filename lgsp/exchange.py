@@ -34,6 +34,7 @@ class Exchange:
     service_name: str | None
     params: dict[str, Any]
     token: str | None = None
+    credentials: tuple[str, str] | None = None  # (client id, secret) from a WS-Security UsernameToken
     purpose: str | None = None
     officer: str | None = None
     request_bytes: int = 0

@@ -1,20 +1,47 @@
 """Stage: identify the client from its bearer token (a JWT we issued, RFC 9068)."""
 from __future__ import annotations
 
+import hashlib
 import time
 
 from joserfc import jwt
 from joserfc.errors import JoseError
 
 from lgsp.config import settings
+from lgsp.crypto import verify_secret
 from lgsp.errors import ExchangeError
 from lgsp.exchange import Exchange
 from lgsp.registry import Snapshot
+from lgsp.roles import ROLE_SCOPES
 
 # Verified tokens, so a client reusing its token costs one RSA verification,
 # not one per request. Bounded; expiry and client status are still checked each time.
 _verified: dict[str, dict] = {}
 _CACHE_MAX = 20_000
+
+
+# (client id, secret digest) → the stored hash it was checked against; scrypt is
+# deliberately slow, and a changed secret (new stored hash) invalidates the entry.
+_passwords: dict[tuple[str, str], str] = {}
+
+
+def _password_claims(client_id: str, secret: str, snap: Snapshot) -> dict:
+    """Claims for a WS-Security UsernameToken: the client's granted services and roles as scopes."""
+    client = snap.clients.get(client_id)
+    key = (client_id, hashlib.sha256(secret.encode()).hexdigest())
+    if client is None or (_passwords.get(key) != client.secret_hash and not _check(key, secret, client)):
+        raise ExchangeError("auth.token_invalid", "The UsernameToken's client id or secret is wrong.")
+    scopes = snap.granted.get(client_id, frozenset()) | {ROLE_SCOPES[r] for r in client.roles if r in ROLE_SCOPES}
+    return {"sub": client_id, "exp": float("inf"), "_kid": None, "_scopes": frozenset(scopes)}
+
+
+def _check(key: tuple[str, str], secret: str, client) -> bool:
+    if not verify_secret(secret, client.secret_hash):
+        return False
+    if len(_passwords) >= 1000:
+        _passwords.clear()
+    _passwords[key] = client.secret_hash
+    return True
 
 
 def bearer_token(authorization: str | None) -> str | None:
@@ -66,6 +93,12 @@ def decode_access_token(token: str, key_set) -> dict:
 
 
 def identify(ex: Exchange, snap: Snapshot) -> None:
+    if not ex.token and ex.credentials:
+        ex.claims = _password_claims(*ex.credentials, snap)
+        ex.client = snap.clients[ex.claims["sub"]]
+        if not ex.client.active:
+            raise ExchangeError("auth.client_disabled", f"Client '{ex.client.client_id}' is disabled.")
+        return
     if not ex.token:
         raise ExchangeError(
             "auth.token_missing",

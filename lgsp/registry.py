@@ -26,6 +26,8 @@ class Client:
     name: str
     agency_code: str | None
     active: bool
+    secret_hash: str = ""
+    roles: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -65,6 +67,7 @@ class Snapshot:
     jwks: list[dict] = field(default_factory=list)
     key_set: KeySet | None = None
     key_kids: frozenset[str] = frozenset()
+    granted: dict[str, frozenset[str]] = field(default_factory=dict)  # client → services it has grants for
 
 
 def bump_generation(conn: Connection) -> None:
@@ -81,11 +84,16 @@ def load_snapshot(engine: Engine) -> Snapshot:
         generation = conn.execute(select(config_state.c.generation).where(config_state.c.id == 1)).scalar_one()
         snap = Snapshot(generation=generation)
         for r in conn.execute(select(clients)):
-            snap.clients[r.client_id] = Client(r.client_id, r.name, r.agency_code, r.status == "active")
+            snap.clients[r.client_id] = Client(r.client_id, r.name, r.agency_code, r.status == "active",
+                                               r.secret_hash, tuple(r.roles or ()))
         for r in conn.execute(select(grants).where(grants.c.status == "active")):
             snap.grants[(r.client_id, r.service)] = Grant(
                 r.client_id, r.service, tuple(r.allowed_fields), frozenset(r.allowed_purposes)
             )
+        by_client: dict[str, set[str]] = {}
+        for client_id, service in snap.grants:
+            by_client.setdefault(client_id, set()).add(service)
+        snap.granted = {c: frozenset(s) for c, s in by_client.items()}
         for r in conn.execute(select(services)):
             snap.services[r.name] = Service(r.name, r.version, r.connection, r.operation, r.personal_data, r.enabled,
                                             r.body_logging)
