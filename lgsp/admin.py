@@ -16,7 +16,7 @@ from sqlalchemy import Connection, Engine, insert, select, update
 
 from lgsp import plugins, specs
 from lgsp.audit import AuditWriter
-from lgsp.crypto import hash_secret
+from lgsp.crypto import fernet, hash_secret
 from lgsp.registry import bump_generation
 from lgsp.roles import ROLE_SCOPES
 from lgsp.storage.schema import clients, connections, grants, services
@@ -25,7 +25,14 @@ _ID = re.compile(r"^[a-z0-9][a-z0-9._-]{1,63}$")
 
 
 class AdminError(ValueError):
-    """A change that cannot be made, with a sentence saying why."""
+    """A change that cannot be made, with a sentence saying why, and a stable code."""
+
+    def __init__(self, detail: str, code: str = "admin.invalid"):
+        super().__init__(detail)
+        self.code = code
+
+
+MASK = "********"
 
 
 def _now() -> dt.datetime:
@@ -38,10 +45,36 @@ def _row(conn: Connection, table, key_col, key) -> dict | None:
 
 
 def _public(row: dict | None) -> dict | None:
-    """What the audit trail may keep of a row: never secret material."""
+    """What the audit trail and the admin API may show of a row: never secret material."""
     if row is None:
         return None
-    return {str(k): (v.isoformat() if isinstance(v, dt.datetime) else v) for k, v in row.items() if k != "secret_hash"}
+    out = {str(k): (v.isoformat() if isinstance(v, dt.datetime) else v) for k, v in row.items() if k != "secret_hash"}
+    if isinstance(out.get("settings"), dict):
+        out["settings"] = {k: (MASK if _is_sealed(v) else v) for k, v in out["settings"].items()}
+    return out
+
+
+def _is_sealed(value: Any) -> bool:
+    return isinstance(value, dict) and set(value) == {"$secret"}
+
+
+def seal_secrets(adapter: str, settings: dict[str, Any], previous: dict[str, Any] | None) -> dict[str, Any]:
+    """Encrypt the settings the adapter marks writeOnly; a masked value keeps the stored secret."""
+    secret_names = plugins.secret_fields(adapter)
+    out = {}
+    for key, value in settings.items():
+        if key in secret_names and value == MASK and previous and key in previous:
+            out[key] = previous[key]
+        elif key in secret_names and not _is_sealed(value):
+            out[key] = {"$secret": fernet().encrypt(str(value).encode()).decode()}
+        else:
+            out[key] = value
+    return out
+
+
+def open_secrets(settings: dict[str, Any]) -> dict[str, Any]:
+    """Settings as the adapter needs them (in memory only)."""
+    return {k: (fernet().decrypt(v["$secret"].encode()).decode() if _is_sealed(v) else v) for k, v in settings.items()}
 
 
 class Admin:
@@ -77,7 +110,7 @@ class Admin:
         secret = secret or secrets.token_urlsafe(32)
         with self.engine.begin() as conn:
             if _row(conn, clients, clients.c.client_id, client_id):
-                raise AdminError(f"Client '{client_id}' already exists.")
+                raise AdminError(f"Client '{client_id}' already exists.", "admin.conflict")
             now = _now()
             conn.execute(insert(clients).values(
                 client_id=client_id, name=name, agency_code=agency_code, agency_name=agency_name,
@@ -97,7 +130,7 @@ class Admin:
         with self.engine.begin() as conn:
             before = _row(conn, clients, clients.c.client_id, client_id)
             if before is None:
-                raise AdminError(f"No client '{client_id}'.")
+                raise AdminError(f"No client '{client_id}'.", "admin.not_found")
             conn.execute(update(clients).where(clients.c.client_id == client_id).values(status=status, updated_at=_now()))
             after = _row(conn, clients, clients.c.client_id, client_id)
             bump_generation(conn)
@@ -111,13 +144,14 @@ class Admin:
             raise AdminError("A grant names at least one allowed purpose.")
         with self.engine.begin() as conn:
             if not _row(conn, clients, clients.c.client_id, client_id):
-                raise AdminError(f"No client '{client_id}'.")
+                raise AdminError(f"No client '{client_id}'.", "admin.not_found")
             if not _row(conn, services, services.c.name, service):
-                raise AdminError(f"No service '{service}'; see `lgsp services list`.")
+                raise AdminError(f"No service '{service}'; see `lgsp services list`.", "admin.not_found")
             existing = conn.execute(select(grants.c.id).where(
                 grants.c.client_id == client_id, grants.c.service == service, grants.c.status == "active")).first()
             if existing:
-                raise AdminError(f"Client '{client_id}' already has grant {existing.id} for '{service}'; revoke it first.")
+                raise AdminError(f"Client '{client_id}' already has grant {existing.id} for '{service}'; revoke it first.",
+                                 "admin.conflict")
             grant_id = conn.execute(insert(grants).values(
                 client_id=client_id, service=service, allowed_fields=list(fields), allowed_purposes=list(purposes),
                 status="active", created_at=_now(),
@@ -138,21 +172,27 @@ class Admin:
         with self.engine.begin() as conn:
             before = _row(conn, grants, grants.c.id, grant_id)
             if before is None or before["status"] != "active":
-                raise AdminError(f"No active grant {grant_id}.")
+                raise AdminError(f"No active grant {grant_id}.", "admin.not_found")
             conn.execute(update(grants).where(grants.c.id == grant_id).values(status="revoked", revoked_at=_now()))
             after = _row(conn, grants, grants.c.id, grant_id)
             bump_generation(conn)
         self._record("grant.revoke", str(grant_id), before, after)
 
     # -- connections and services ---------------------------------------------
-    def set_connection(self, name: str, adapter: str, settings: dict[str, Any]) -> None:
-        try:
-            plugins.validate_settings(adapter, settings)
-        except (plugins.AdapterNotFound, plugins.InvalidSettings) as exc:
-            raise AdminError(str(exc)) from None
+    def set_connection(self, name: str, adapter: str, settings: dict[str, Any], enabled: bool = True) -> None:
+        if not _ID.match(name):
+            raise AdminError("A connection name is 2-64 characters: lower-case letters, digits, '.', '_' or '-'.")
         with self.engine.begin() as conn:
             before = _row(conn, connections, connections.c.name, name)
-            values = dict(adapter=adapter, settings=settings, enabled=True, updated_at=_now())
+            previous = before["settings"] if before and before["adapter"] == adapter else None
+            plain = open_secrets(previous) if previous else {}
+            check = {k: (plain.get(k, v) if v == MASK else v) for k, v in settings.items()}
+            try:
+                plugins.validate_settings(adapter, check)
+            except (plugins.AdapterNotFound, plugins.InvalidSettings) as exc:
+                raise AdminError(str(exc)) from None
+            values = dict(adapter=adapter, settings=seal_secrets(adapter, settings, previous), enabled=enabled,
+                          updated_at=_now())
             if before:
                 conn.execute(update(connections).where(connections.c.name == name).values(**values))
             else:
@@ -161,9 +201,64 @@ class Admin:
             bump_generation(conn)
         self._record("connection.set", name, before, after)
 
+    def get_connection(self, name: str) -> dict:
+        with self.engine.connect() as conn:
+            row = _row(conn, connections, connections.c.name, name)
+        if row is None:
+            raise AdminError(f"No connection '{name}'.", "admin.not_found")
+        return _public(row)
+
     def list_connections(self) -> list[dict]:
         with self.engine.connect() as conn:
-            return [dict(r._mapping) for r in conn.execute(select(connections).order_by(connections.c.name))]
+            return [_public(dict(r._mapping)) for r in conn.execute(select(connections).order_by(connections.c.name))]
+
+    def set_service(self, name: str, *, version: str, connection: str, operation: str, personal_data: bool = True,
+                    body_logging: str = "off", enabled: bool = True, description: str | None = None) -> None:
+        if not re.match(r"^[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)+$", name):
+            raise AdminError("A service name is dotted lower-case words, e.g. population.citizen.get.")
+        if body_logging not in ("off", "metadata", "full"):
+            raise AdminError("Body logging is one of: off, metadata, full.")
+        with self.engine.begin() as conn:
+            if not _row(conn, connections, connections.c.name, connection):
+                raise AdminError(f"No connection '{connection}'.", "admin.not_found")
+            before = _row(conn, services, services.c.name, name)
+            values = dict(version=version, connection=connection, operation=operation, personal_data=personal_data,
+                          body_logging=body_logging, enabled=enabled, updated_at=_now())
+            if description is not None or not before:
+                values["description"] = description
+            if before:
+                conn.execute(update(services).where(services.c.name == name).values(**values))
+            else:
+                conn.execute(insert(services).values(name=name, **values))
+            after = _row(conn, services, services.c.name, name)
+            bump_generation(conn)
+        self._record("service.set", name, before, after)
+
+    def get_client(self, client_id: str) -> dict:
+        with self.engine.connect() as conn:
+            row = _row(conn, clients, clients.c.client_id, client_id)
+        if row is None:
+            raise AdminError(f"No client '{client_id}'.", "admin.not_found")
+        return _public(row)
+
+    def update_client(self, client_id: str, **changes: Any) -> None:
+        allowed = {"name", "agency_code", "agency_name", "roles", "status"}
+        unknown = set(changes) - allowed
+        if unknown:
+            raise AdminError(f"Cannot change {', '.join(sorted(unknown))} of a client.")
+        if set(changes.get("roles") or ()) - set(ROLE_SCOPES):
+            raise AdminError(f"Roles are {', '.join(ROLE_SCOPES)}.")
+        if changes.get("status") not in (None, "active", "disabled"):
+            raise AdminError("A client's status is active or disabled.")
+        with self.engine.begin() as conn:
+            before = _row(conn, clients, clients.c.client_id, client_id)
+            if before is None:
+                raise AdminError(f"No client '{client_id}'.", "admin.not_found")
+            conn.execute(update(clients).where(clients.c.client_id == client_id)
+                         .values(**changes, updated_at=_now()))
+            after = _row(conn, clients, clients.c.client_id, client_id)
+            bump_generation(conn)
+        self._record("client.update", client_id, before, after)
 
     def register_spec_services(self) -> list[str]:
         """Create the services that the shared API specs declare and the database lacks."""
@@ -191,7 +286,7 @@ class Admin:
         with self.engine.begin() as conn:
             before = _row(conn, services, services.c.name, service)
             if before is None:
-                raise AdminError(f"No service '{service}'; see `lgsp services list`.")
+                raise AdminError(f"No service '{service}'; see `lgsp services list`.", "admin.not_found")
             conn.execute(update(services).where(services.c.name == service).values(body_logging=mode, updated_at=_now()))
             after = _row(conn, services, services.c.name, service)
             bump_generation(conn)

@@ -296,6 +296,34 @@ def keys_list() -> None:
     _print_rows(rows, ["kid", "status", "created_at", "retired_at"])
 
 
+# -- apply ------------------------------------------------------------------------
+@main.command("apply")
+@click.option("-f", "--file", "path", type=click.Path(exists=True, dir_okay=False, path_type=Path), required=True,
+              help="The province's configuration (connections, services, clients, grants).")
+@click.option("--dry-run", is_flag=True, help="Show what would change, change nothing.")
+@_fail_on_admin_error
+def apply_file(path: Path, dry_run: bool) -> None:
+    """Apply a configuration file: create what is missing, change what differs (idempotent)."""
+    from lgsp import apply
+
+    admin = _admin()
+    changes = apply.plan(admin, apply.load(path))
+    for change in changes:
+        click.echo(change.describe())
+    todo = [c for c in changes if c.action != "unchanged"]
+    summary = f"{sum(c.action == 'create' for c in todo)} to create, {sum(c.action == 'update' for c in todo)} to change, " \
+              f"{len(changes) - len(todo)} unchanged"
+    if not todo:
+        click.echo("no changes")
+        return
+    if dry_run:
+        click.echo(f"dry run: {summary}")
+        return
+    for note in apply.apply(admin, changes):
+        click.echo(note)
+    click.echo(f"applied: {summary}")
+
+
 # -- audit ------------------------------------------------------------------------
 @main.group()
 def audit() -> None:

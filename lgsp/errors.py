@@ -38,6 +38,9 @@ ERRORS: dict[str, ErrorKind] = {
     "upstream.error": ErrorKind(502, "Upstream system error", "Server"),
     "audit.unavailable": ErrorKind(503, "Audit log unavailable; exchange refused", "Server"),
     "internal.error": ErrorKind(500, "Internal error", "Server"),
+    "admin.invalid": ErrorKind(422, "The change is not valid", "Client"),
+    "admin.not_found": ErrorKind(404, "No such object", "Client"),
+    "admin.conflict": ErrorKind(409, "The object already exists", "Client"),
 }
 
 

@@ -48,3 +48,9 @@ def validate_settings(name: str, settings: Mapping[str, Any]) -> None:
 def build(name: str, settings: Mapping[str, Any]) -> Adapter:
     validate_settings(name, settings)
     return adapter_class(name)(settings)
+
+
+def secret_fields(name: str) -> set[str]:
+    """Settings the adapter marks `writeOnly`: stored encrypted, never shown back."""
+    props = adapter_class(name).settings_schema.get("properties", {})
+    return {k for k, v in props.items() if isinstance(v, dict) and v.get("writeOnly")}

@@ -79,6 +79,12 @@ def read_generation(engine: Engine) -> int:
         return conn.execute(select(config_state.c.generation).where(config_state.c.id == 1)).scalar_one()
 
 
+def open_secrets(settings: dict[str, Any]) -> dict[str, Any]:
+    from lgsp.admin import open_secrets as _open  # late: admin imports this module
+
+    return _open(settings)
+
+
 def load_snapshot(engine: Engine) -> Snapshot:
     with engine.connect() as conn:
         generation = conn.execute(select(config_state.c.generation).where(config_state.c.id == 1)).scalar_one()
@@ -98,7 +104,7 @@ def load_snapshot(engine: Engine) -> Snapshot:
             snap.services[r.name] = Service(r.name, r.version, r.connection, r.operation, r.personal_data, r.enabled,
                                             r.body_logging)
         for r in conn.execute(select(connections)):
-            snap.connections[r.name] = ConnectionSpec(r.name, r.adapter, dict(r.settings), r.enabled)
+            snap.connections[r.name] = ConnectionSpec(r.name, r.adapter, open_secrets(dict(r.settings)), r.enabled)
         key_rows = conn.execute(select(signing_keys)).all()
     snap.jwks = keys.published_keys(key_rows)
     snap.key_set = keys.public_key_set(snap.jwks) if snap.jwks else None

@@ -92,6 +92,24 @@ def lgsp_env(tmp_path_factory) -> dict[str, str]:
         drop()
 
 
+@pytest.fixture
+def fresh_db_url(lgsp_env, tmp_path):
+    """A new, migrated database of its own (SQLite file, or a new PostgreSQL database)."""
+    from lgsp.storage import engine_for, upgrade
+
+    pg = os.environ.get("LGSP_TEST_DATABASE_URL")
+    drop = None
+    if pg:
+        url, drop = _postgres_database(pg)
+    else:
+        url = f"sqlite:///{tmp_path / 'own.db'}"
+    upgrade(url)
+    yield url
+    engine_for(url).dispose()
+    if drop:
+        drop()
+
+
 def lgsp_cli(env: dict, *args: str, check: bool = True) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "lgsp.cli", *args], env={**os.environ, **env}, capture_output=True, text=True,

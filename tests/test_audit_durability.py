@@ -20,30 +20,15 @@ import httpx
 import pytest
 from sqlalchemy import select
 
-from conftest import _postgres_database, free_port, get_token, wait_for
+from conftest import free_port, wait_for
 from lgsp import keys, seals
 from lgsp.admin import Admin
 from lgsp.audit_verify import verify_database
-from lgsp.storage import engine_for, upgrade
+from lgsp.storage import engine_for
 from lgsp.storage.schema import audit_records
 
 PURPOSE = "administrative-procedure"
 TOTAL, CONCURRENCY, KILL_AFTER = 4000, 50, 1500
-
-
-@pytest.fixture
-def own_database(lgsp_env, tmp_path):
-    pg = os.environ.get("LGSP_TEST_DATABASE_URL")
-    drop = None
-    if pg:
-        url, drop = _postgres_database(pg)
-    else:
-        url = f"sqlite:///{tmp_path / 'durability.db'}"
-    upgrade(url)
-    yield url
-    engine_for(url).dispose()
-    if drop:
-        drop()
 
 
 def start_gateway(url: str, port: int, log) -> subprocess.Popen:
@@ -76,7 +61,8 @@ async def load(url: str, token: str, answered: list[str], killed: asyncio.Event)
         await asyncio.gather(*(worker(session) for _ in range(CONCURRENCY)))
 
 
-def test_sigkill_mid_load_loses_no_answered_record(own_database, population_sim, tmp_path):
+def test_sigkill_mid_load_loses_no_answered_record(fresh_db_url, population_sim, tmp_path):
+    own_database = fresh_db_url
     engine = engine_for(own_database)
     admin = Admin(engine, "tests")
     admin.register_spec_services()

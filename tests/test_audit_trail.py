@@ -17,29 +17,17 @@ import orjson
 import pytest
 from sqlalchemy import select, text, update
 
-from conftest import _postgres_database
 from lgsp import seals
 from lgsp.audit import AuditWriter, record_hash
 from lgsp.audit_export import export_jsonl, retain
 from lgsp.audit_verify import verify_database, verify_file
-from lgsp.storage import engine_for, upgrade
+from lgsp.storage import engine_for
 from lgsp.storage.schema import audit_records, audit_seals
 
 
 @pytest.fixture
-def engine(lgsp_env, tmp_path):
-    pg = os.environ.get("LGSP_TEST_DATABASE_URL")
-    drop = None
-    if pg:
-        url, drop = _postgres_database(pg)
-    else:
-        url = f"sqlite:///{tmp_path / 'audit.db'}"
-    upgrade(url)
-    eng = engine_for(url)
-    yield eng
-    eng.dispose()
-    if drop:
-        drop()
+def engine(fresh_db_url):
+    return engine_for(fresh_db_url)
 
 
 def record(i: int, at: dt.datetime | None = None) -> dict:
