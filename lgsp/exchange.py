@@ -35,6 +35,9 @@ class Exchange:
     params: dict[str, Any]
     token: str | None = None
     credentials: tuple[str, str] | None = None  # (client id, secret) from a WS-Security UsernameToken
+    # Set by doors whose spec does not describe the service's parameters (call by name):
+    # the validate stage then checks them against the adapter's declared schema.
+    check_params: bool = False
     purpose: str | None = None
     officer: str | None = None
     request_bytes: int = 0

@@ -42,7 +42,7 @@ async def run_stages(ex: Exchange, gw: Gateway) -> None:
         identify(ex, snap)
         resolve(ex, snap)
         authorize(ex, snap)
-        validate(ex)
+        validate(ex, gw.registry)
         await invoke(ex, gw.registry)
         to_canonical(ex, gw.registry)
         minimize(ex)

@@ -31,6 +31,9 @@ from lgsp.pipeline import Rendered, serve
 JSON = "application/json"
 PROBLEM = "application/problem+json"
 
+# The operation of openapi/services.v1.yaml: the service is named in the path.
+GENERIC = "services.call"
+
 # Authentication is a pipeline stage shared with the SOAP door, so connexion's
 # own security middleware is left out; routing and validation stay.
 MIDDLEWARES = [m for m in ConnexionMiddleware.default_middlewares if m is not SecurityMiddleware]
@@ -71,6 +74,8 @@ class RestDoor:
 
     def handler_for(self, service: str):
         """The operation handler of one service: connexion passes validated params."""
+        if service == GENERIC:
+            return self.call_by_name
 
         async def handle(body: dict | None = None, **params: Any) -> Response:
             if isinstance(body, dict):
@@ -80,6 +85,12 @@ class RestDoor:
 
         handle.__name__ = service.replace(".", "_")
         return handle
+
+    async def call_by_name(self, service: str, body: dict) -> Response:
+        """Any service by name (openapi/services.v1.yaml): params checked against the adapter's schema."""
+        ex = exchange_from(current_request, service, dict(body))
+        ex.check_params = True
+        return _response(await serve(ex, self.gateway, render))
 
     # -- refusals raised by connexion before our handler ---------------------
     async def on_problem(self, req: ConnexionRequest, exc: Exception) -> ConnexionResponse:

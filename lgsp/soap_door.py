@@ -38,9 +38,10 @@ PATH = "/soap/v1"
 
 @dataclass(frozen=True)
 class SoapOperation:
-    name: str       # body element, e.g. PopulationCitizenGet
-    service: str    # e.g. population.citizen.get
-    answer: str | None  # element wrapping the answer object, if any
+    name: str                # body element, e.g. PopulationCitizenGet
+    service: str | None      # e.g. population.citizen.get; None: named in the request
+    answer: str | None       # element wrapping the answer object, if any
+    service_from: str | None = None  # the request field naming the service (CallService)
 
 
 class Contract:
@@ -57,7 +58,7 @@ class Contract:
                 service = op.find(f"{{{NS}}}service")
                 if service is not None:
                     self.operations[op.get("name")] = SoapOperation(op.get("name"), service.get("name"),
-                                                                    service.get("answer"))
+                                                                    service.get("answer"), service.get("from"))
 
     def served(self, base_url: str) -> bytes:
         """The WSDL with every address pointing at this LGSP."""
@@ -70,6 +71,7 @@ class Contract:
 class SoapRequest:
     version: str                     # "1.1" | "1.2"
     operation: SoapOperation | None = None
+    service: str | None = None
     params: dict[str, Any] | None = None
     context: dict[str, str] | None = None
     credentials: tuple[str, str] | None = None
@@ -110,6 +112,11 @@ def read_request(contract: Contract, body: bytes, content_type: str) -> tuple[So
     req.operation = op
     values = soap.to_dict(element)
     req.context = {k: values.pop(k) for k in CONTEXT_FIELDS if isinstance(values.get(k), str)}
+    req.service = op.service
+    if op.service_from:
+        req.service = values.pop(op.service_from, None)
+        pairs = values.pop("param", [])
+        values = {p.get("name"): p.get("value", "") for p in (pairs if isinstance(pairs, list) else [pairs])}
     req.params = values
     if not contract.schema.validate(etree.ElementTree(copy.deepcopy(element))):
         pid = values.get("personal_id")
@@ -220,13 +227,14 @@ class SoapDoor:
         ex = Exchange(
             door="soap",
             request_id=request_id_from(context.get("request_id") or headers.get("x-request-id")),
-            service_name=req.operation.service if req.operation else None,
+            service_name=req.service,
             params=req.params or {},
             token=bearer_token(headers.get("authorization")),
             credentials=req.credentials,
             purpose=context.get("purpose"),
             officer=context.get("on_behalf_of"),
             request_bytes=len(body),
+            check_params=bool(req.operation and req.operation.service_from),
         )
         status, out_headers, payload = await serve(ex, self.gateway, renderer(req), refusal=refusal)
         await _send(send, status, out_headers, payload)

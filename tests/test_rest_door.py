@@ -406,3 +406,15 @@ def test_body_logging_full_keeps_the_payload_encrypted(gateway, clerk_token, cit
     finally:
         admin.set_body_logging("population.citizen.verify", "off")
         time.sleep(0.5)
+
+
+def test_call_by_name_checks_params_against_the_adapter_schema(gateway, clerk_token, citizens):
+    url = f"{gateway.url}/api/services/v1"
+    headers = {"Authorization": f"Bearer {clerk_token}", "X-Purpose": PURPOSE}
+    r = httpx.post(f"{url}/population.citizen.get", json={"personal_id": citizens[0]}, headers=headers)
+    assert r.status_code == 200 and r.json()["personal_id"] == citizens[0]
+    assert set(r.json()) <= set(FIELDS)
+    body = assert_problem(httpx.post(f"{url}/population.citizen.get", json={"pid": "x"}, headers=headers),
+                          400, "request.invalid")
+    assert "personal_id" in body["detail"]
+    assert_problem(httpx.post(f"{url}/land.parcel.get", json={}, headers=headers), 404, "service.unknown")

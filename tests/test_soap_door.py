@@ -182,3 +182,14 @@ def test_soap12_fault_has_sender_code(gateway):
     r = raw(gateway, body, "application/soap+xml; charset=utf-8")
     assert r.status_code == 400 and r.headers["content-type"].startswith("application/soap+xml")
     assert b"soap:Sender" in r.content and fault_of(r) == "auth.token_missing"
+
+
+def test_call_service_by_name(gateway, soap_client, citizen):
+    client = zeep_client(gateway, token=token_for(gateway, *soap_client))
+    result = client.service.CallService(service="population.citizen.get",
+                                        param=[{"name": "personal_id", "value": citizen}], purpose=PURPOSE)
+    values = {etree.QName(el).localname: el.text for el in result}  # xs:any: zeep hands back the elements
+    assert values["personal_id"] == citizen and values["full_name"]
+    with pytest.raises(zeep.exceptions.Fault) as err:
+        client.service.CallService(service="population.citizen.get", param=[], purpose=PURPOSE)
+    assert fault_code(err.value) == "request.invalid"
