@@ -261,11 +261,13 @@ class Admin:
         self._record("client.update", client_id, before, after)
 
     def register_spec_services(self) -> list[str]:
-        """Create the services that the shared API specs declare and the database lacks."""
+        """Create the services that the shared API specs declare and the database lacks,
+        and the connections of adapters that need no settings (e.g. code lists)."""
         created = []
         with self.engine.begin() as conn:
             for api in specs.shared_apis():
                 for name, svc in api.services.items():
+                    self._ensure_settingless_connection(conn, svc["connection"])
                     if _row(conn, services, services.c.name, name):
                         continue
                     conn.execute(insert(services).values(
@@ -291,6 +293,13 @@ class Admin:
             after = _row(conn, services, services.c.name, service)
             bump_generation(conn)
         self._record("service.body_logging", service, before, after)
+
+    def _ensure_settingless_connection(self, conn: Connection, name: str) -> None:
+        if _row(conn, connections, connections.c.name, name) or name not in plugins.installed():
+            return
+        if plugins.adapter_class(name).settings_schema.get("required"):
+            return  # it needs an integrator to say where the backend is
+        conn.execute(insert(connections).values(name=name, adapter=name, settings={}, enabled=True, updated_at=_now()))
 
     def list_services(self) -> list[dict]:
         with self.engine.connect() as conn:
