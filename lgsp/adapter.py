@@ -95,6 +95,13 @@ class RecordNotFound(UpstreamError):
     code = "record.not_found"
 
 
+class NotAllowed(UpstreamError):
+    """The backend refuses this caller although the grant lets it call the service,
+    e.g. only systems of a dataset's owner agency may publish to it."""
+
+    code = "access.not_owner"
+
+
 class Adapter:
     """Base class for adapters. Subclasses set the class attributes and implement ``call``."""
 
@@ -109,6 +116,10 @@ class Adapter:
     mapping_file: ClassVar[Path | None] = None
     #: "module:callable" returning the simulator's ASGI app, for demo and tests.
     simulator: ClassVar[str | None] = None
+    #: Sample params per operation (operation -> params) that the backend answers; used by `lgsp adapters test`.
+    examples: ClassVar[Mapping[str, Mapping[str, Any]]] = {}
+    #: Params per operation naming a subject the backend does not have; `lgsp adapters test` expects RecordNotFound.
+    not_found_examples: ClassVar[Mapping[str, Mapping[str, Any]]] = {}
 
     def __init__(self, settings: Mapping[str, Any]):
         self.settings = dict(settings)

@@ -15,7 +15,7 @@ from typing import Any, Sequence
 from sqlalchemy import Connection, Engine, insert, select, update
 
 from lgsp import plugins, specs
-from lgsp.audit import AuditWriter
+from lgsp.audit import writer_for
 from lgsp.crypto import fernet, hash_secret
 from lgsp.registry import bump_generation
 from lgsp.roles import ROLE_SCOPES
@@ -87,15 +87,11 @@ class Admin:
         self._record(action, target, before, after)
 
     def _record(self, action: str, target: str, before: dict | None, after: dict | None) -> None:
-        writer = AuditWriter(self.engine, batch_max=1)
-        try:
-            writer.commit_sync({
-                "at": _now(), "kind": "admin", "outcome": "ok", "client_id": None, "service": None,
-                "detail": {"actor": self.actor, "action": action, "target": target,
-                           "before": _public(before), "after": _public(after)},
-            })
-        finally:
-            writer.close()
+        writer_for(self.engine).commit_sync({
+            "at": _now(), "kind": "admin", "outcome": "ok", "client_id": None, "service": None,
+            "detail": {"actor": self.actor, "action": action, "target": target,
+                       "before": _public(before), "after": _public(after)},
+        })
 
     # -- clients ---------------------------------------------------------------
     def create_client(self, client_id: str, name: str, agency_code: str | None = None,

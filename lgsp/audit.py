@@ -9,6 +9,7 @@ exchange fails closed with `audit.unavailable`.
 from __future__ import annotations
 
 import asyncio
+import atexit
 import concurrent.futures
 import contextlib
 import datetime as dt
@@ -27,6 +28,7 @@ import orjson
 from sqlalchemy import Engine, insert, select
 
 from lgsp import metrics, seals, syslog
+from lgsp.config import settings
 from lgsp.storage.schema import audit_bodies, audit_records, audit_seals
 
 log = logging.getLogger(__name__)
@@ -109,7 +111,13 @@ class AuditWriter:
     def commit_sync(self, record: dict[str, Any], timeout: float = 30) -> None:
         self.submit(record).result(timeout)
 
+    @property
+    def closed(self) -> bool:
+        return self._stopping
+
     def close(self, timeout: float = 10) -> None:
+        if self._stopping and not self._thread.is_alive():
+            return
         self._stopping = True
         self._queue.put(None)
         self._thread.join(timeout)
@@ -241,6 +249,29 @@ def _sqlite_write_lock(engine: Engine):
     if not database or database == ":memory:":
         return contextlib.nullcontext()
     return _FileLock(database + ".write-lock")
+
+
+_writers: dict[str, AuditWriter] = {}
+_writers_lock = threading.Lock()
+
+
+def writer_for(engine: Engine) -> AuditWriter:
+    """This process's writer (one chain per process), made on first use and sealed at exit."""
+    key = str(engine.url)
+    with _writers_lock:
+        writer = _writers.get(key)
+        if writer is None or writer.closed:
+            writer = _writers[key] = AuditWriter(engine, batch_max=settings().audit_batch_max)
+            atexit.register(writer.close)
+        return writer
+
+
+def close_writers() -> None:
+    """Seal and stop this process's writers (at exit, or before their database goes away)."""
+    with _writers_lock:
+        for writer in _writers.values():
+            writer.close()
+        _writers.clear()
 
 
 def read_chain(engine: Engine, chain: str) -> list[dict]:

@@ -15,17 +15,18 @@ from authlib.oauth2.rfc9068 import JWTBearerTokenGenerator
 import json
 
 from connexion import FlaskApp
+from connexion.exceptions import ProblemException
 from connexion.lifecycle import ConnexionResponse
 from connexion.options import SwaggerUIOptions
 from flask import jsonify
 from joserfc.jwk import KeySet
 from sqlalchemy import Engine, select
 
-from lgsp import keys, specs
+from lgsp import console, keys, specs
 from lgsp.config import Settings
 from lgsp.crypto import verify_secret
 from lgsp.errors import ExchangeError, problem
-from lgsp.rest_door import MIDDLEWARES
+from lgsp.rest_door import MIDDLEWARES, refusal_for
 from lgsp.roles import ROLE_SCOPES
 from lgsp.storage.schema import clients, grants as grants_table
 
@@ -107,6 +108,8 @@ def create_control_plane(engine: Engine, cfg: Settings) -> FlaskApp:
         capp.add_api(path, arguments={"public_url": cfg.public_url}, strict_validation=True,
                      swagger_ui_options=SwaggerUIOptions(swagger_ui=True))
     capp.add_error_handler(ExchangeError, _problem)
+    capp.add_error_handler(ProblemException, lambda req, exc: _problem(req, refusal_for(exc)))
+    app.register_blueprint(console.blueprint)
     server = AuthorizationServer(app, query_client=lambda cid: query_client(engine, cid), save_token=lambda t, r: None)
     server.register_grant(grants.ClientCredentialsGrant)
     server.register_token_generator("default", TokenGenerator(engine, cfg))

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import gc
 
-from lgsp.audit import AuditWriter
+from lgsp.audit import AuditWriter, writer_for
 from lgsp.config import Settings, settings
 from lgsp.registry import Registry
 from lgsp.storage import engine_for
@@ -18,7 +18,7 @@ class Gateway:
         self.ready = False
 
     async def start(self) -> None:
-        self.audit = AuditWriter(self.engine, batch_max=self.settings.audit_batch_max)
+        self.audit = writer_for(self.engine)  # shared with admin actions: one chain per process
         await self.registry.start()
         self.registry.build_adapters()
         # Everything built so far (specs, WSDLs, mappings) lives as long as the

@@ -10,7 +10,8 @@ code-list tables, so applying it costs a few dict look-ups per field: it runs
 for every answer on the hot path. No YAML, regex or strptime work per call.
 
 Input is the element as a plain dict: local name -> str (leaf text as on the
-wire) | dict (complex element) | list[dict] (repeated element). Missing keys,
+wire) | dict (complex element) | list[dict] (repeated element); answers read
+from JSON may also hold numbers and booleans. Missing keys,
 empty strings and empty elements all count as absent. Bad data in the answer
 (a malformed date, a boolean that is neither true nor false) raises
 :class:`MappingError`, which the pipeline reports as ``upstream.malformed``; a
@@ -289,17 +290,42 @@ _TRUE = frozenset({"true", "1"})
 _FALSE = frozenset({"false", "0"})
 
 
+def _decimal(v: str) -> int | float | None:
+    """'-12', '3.50' -> a number; None for anything else (no exponents, separators, NaN)."""
+    digits = v[1:] if v[:1] == "-" else v
+    whole, dot, frac = digits.partition(".")
+    if not (digits.isascii() and whole.isdigit() and (not dot or frac.isdigit())):
+        return None
+    return float(v) if dot else int(v)
+
+
 def _type_converter(kind: Any, label: str, where: str) -> Callable[[Any], Any]:
+    # JSON answers carry numbers and booleans as such, XML answers as text: accept both.
     if kind == "str":
         return lambda v: v if v.__class__ is str else None
     if kind == "int":
         def to_int(v: Any) -> int:
+            if v.__class__ is int:
+                return v
             if v.__class__ is str and v.isascii() and v.isdigit():
                 return int(v)
             raise MappingError(f"{label} is not a whole number.", field=label)
         return to_int
+    if kind == "number":
+        def to_number(v: Any) -> int | float:
+            if v.__class__ is int or v.__class__ is float:
+                return v
+            n = _decimal(v) if v.__class__ is str else None
+            if n is None:
+                raise MappingError(f"{label} is not a number.", field=label)
+            return n
+        return to_number
     if kind == "bool":
         def to_bool(v: Any) -> bool:
+            if v.__class__ is bool:
+                return v
+            if v.__class__ is int and v in (0, 1):
+                return v == 1
             if v.__class__ is str:
                 low = v.lower()
                 if low in _TRUE:
@@ -308,7 +334,7 @@ def _type_converter(kind: Any, label: str, where: str) -> Callable[[Any], Any]:
                     return False
             raise MappingError(f"{label} is neither true nor false.", field=label)
         return to_bool
-    raise MappingSpecError(f"{where}: unknown type {kind!r} (str, int or bool)")
+    raise MappingSpecError(f"{where}: unknown type {kind!r} (str, int, number or bool)")
 
 
 _KEEP = "keep"

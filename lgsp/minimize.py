@@ -2,6 +2,11 @@
 
 A grant lists canonical field names; a dotted path (`permanent_address.province`)
 allows part of an object. Anything not listed is removed from every answer.
+
+An answer that is a page of records (the adapter says so with
+`AdapterResult.meta[PAGE]`, naming the list member, e.g. "items") is minimised
+record by record: the grant lists the records' fields, the same as for an
+answer of one record, and the page's own members (e.g. `next_cursor`) stay.
 """
 from __future__ import annotations
 
@@ -9,6 +14,9 @@ from functools import lru_cache
 from typing import Any
 
 from lgsp.exchange import Exchange
+
+#: Key of AdapterResult.meta naming the member of a page answer that holds its records.
+PAGE = "lgsp.page"
 
 
 @lru_cache(maxsize=1024)
@@ -40,7 +48,19 @@ def project(value: Any, tree: dict) -> Any:
     return out
 
 
+def project_page(page: dict, member: str, tree: dict) -> tuple[dict, list[str]]:
+    """The page with each of its records projected, and the fields the records kept."""
+    items = project(page[member], tree)
+    fields = {k for item in items if isinstance(item, dict) for k, v in item.items() if v is not None}
+    return {**page, member: items}, sorted(fields)
+
+
 def minimize(ex: Exchange) -> None:
-    ex.answer = project(ex.canonical, _tree(ex.grant.allowed_fields))
+    tree = _tree(ex.grant.allowed_fields)
+    member = ex.result.meta.get(PAGE) if ex.result is not None else None
+    if member and isinstance(ex.canonical, dict) and isinstance(ex.canonical.get(member), list):
+        ex.answer, ex.fields = project_page(ex.canonical, member, tree)
+        return
+    ex.answer = project(ex.canonical, tree)
     if isinstance(ex.answer, dict):
         ex.fields = sorted(k for k, v in ex.answer.items() if v is not None)

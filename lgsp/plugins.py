@@ -6,6 +6,7 @@ before the adapter is built.
 """
 from __future__ import annotations
 
+import importlib
 from functools import cache
 from importlib.metadata import entry_points
 from typing import Any, Mapping
@@ -26,12 +27,14 @@ class InvalidSettings(ValueError):
 
 
 def installed() -> dict[str, Any]:
-    """Entry points of every installed adapter, by name."""
+    """Entry points of every installed adapter, by name (read afresh: adapters can be
+    pip-installed while the gateway runs)."""
     return {ep.name: ep for ep in entry_points(group=GROUP)}
 
 
 @cache
 def adapter_class(name: str) -> type[Adapter]:
+    importlib.invalidate_caches()  # a package installed after start-up must be importable
     ep = installed().get(name)
     if ep is None:
         raise AdapterNotFound(f"no adapter named {name!r} is installed (entry-point group {GROUP})")

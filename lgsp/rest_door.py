@@ -96,7 +96,7 @@ class RestDoor:
     async def on_problem(self, req: ConnexionRequest, exc: Exception) -> ConnexionResponse:
         extensions = req.scope.get("extensions", {})
         ex = exchange_from(req, _service_of(req), dict(extensions.get("lgsp.path_params", {})))
-        error = _refusal_for(exc, ex.subject)
+        error = refusal_for(exc, ex.subject)
         status, headers, body = await serve(ex, self.gateway, render, refusal=error)
         return ConnexionResponse(status_code=status, body=body, headers=headers, content_type=headers["Content-Type"])
 
@@ -106,7 +106,8 @@ def _service_of(req: ConnexionRequest) -> str | None:
     return routing.get("operation_id")
 
 
-def _refusal_for(exc: Exception, subject: str | None) -> ExchangeError:
+def refusal_for(exc: Exception, subject: str | None = None) -> ExchangeError:
+    """The stable error for an exception connexion raised before a handler ran."""
     status = getattr(exc, "status_code", None) or getattr(exc, "status", None)
     if isinstance(exc, BadRequestProblem):
         detail = str(exc.detail or "The request does not match the API specification.")

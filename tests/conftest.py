@@ -85,6 +85,9 @@ def lgsp_env(tmp_path_factory) -> dict[str, str]:
 
     upgrade(url)
     yield env
+    from lgsp.audit import close_writers
+
+    close_writers()  # their shutdown seals go in before the database is dropped
     if drop:
         from lgsp.storage import engine_for
 
@@ -105,6 +108,9 @@ def fresh_db_url(lgsp_env, tmp_path):
         url = f"sqlite:///{tmp_path / 'own.db'}"
     upgrade(url)
     yield url
+    from lgsp.audit import close_writers
+
+    close_writers()
     engine_for(url).dispose()
     if drop:
         drop()
@@ -207,3 +213,39 @@ def get_token(gateway: Server, client_id: str, secret: str, scope: str | None = 
     r = httpx.post(f"{gateway.url}/oauth/token", data=data, auth=(client_id, secret))
     assert r.status_code == 200, r.text
     return r.json()["access_token"]
+
+
+# -- the business registration simulator and its connection ------------------------------
+
+BUSINESS_TOKEN_TTL = 2.0  # seconds: short, so the adapter's token refresh is exercised
+
+
+@pytest.fixture(scope="session")
+def business_sim(tmp_path_factory):
+    port = free_port()
+    log = tmp_path_factory.mktemp("sim") / "business-sim.log"
+    client = ("lgsp-test", secrets.token_urlsafe(16))
+    server = start_server(
+        [sys.executable, "-m", "lgsp_adapters.business.simulator", "--host", "127.0.0.1", "--port", str(port),
+         "--client-id", client[0], "--client-secret", client[1], "--token-ttl", str(BUSINESS_TOKEN_TTL)],
+        f"http://127.0.0.1:{port}", "/_sim/faults", log,
+    )
+    server.extra["client"] = client
+    yield server
+    server.stop()
+
+
+def business_settings(sim: Server, **overrides) -> dict:
+    client_id, secret = sim.extra["client"]
+    return {"endpoint": f"{sim.url}/apiCSDLDKDN/1.0", "token_url": f"{sim.url}/token",
+            "client_id": client_id, "client_secret": secret, "timeout": 1, **overrides}
+
+
+@pytest.fixture(scope="session")
+def business_gateway(gateway, business_sim):
+    """The shared gateway with the `business` connection and the services of the specs."""
+    admin = gateway.extra["admin"]
+    admin.register_spec_services()
+    admin.set_connection("business", "business", business_settings(business_sim))
+    time.sleep(0.5)  # > config poll interval: the gateway has the connection and the service
+    return gateway

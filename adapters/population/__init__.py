@@ -83,6 +83,10 @@ class PopulationAdapter(Adapter):
     }
     mapping_file = Path(__file__).parent / "mapping.yaml"
     simulator = "lgsp_adapters.population.simulator:create_app"
+    examples = {
+        "citizen.get": {"personal_id": "001085012345"},
+        "citizen.verify": {"personal_id": "001085012345", "full_name": "Nguyễn Văn An", "birth_date": "1985-03-12"},
+    }
 
     DEFAULT_SERVICE_CODES = {"citizen.get": "037", "citizen.verify": "033"}
 

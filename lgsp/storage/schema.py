@@ -116,6 +116,8 @@ audit_records = Table(
     Index("ix_audit_client_at", "client_id", "at"),
     Index("ix_audit_officer_at", "officer", "at"),
     Index("ix_audit_service_at", "service", "at"),
+    Index("ix_audit_request_id", "request_id"),
+    Index("ix_audit_kind_at", "kind", "at"),
 )
 
 # Seals: a chain head signed (Ed25519) at intervals, so that later edits,

@@ -51,10 +51,14 @@ def upgrade() -> None:
         # Search for auditors: by officer, by service, by outcome over time.
         batch_op.create_index("ix_audit_officer_at", ["officer", "at"])
         batch_op.create_index("ix_audit_service_at", ["service", "at"])
+        batch_op.create_index("ix_audit_request_id", ["request_id"])
+        batch_op.create_index("ix_audit_kind_at", ["kind", "at"])
 
 
 def downgrade() -> None:
     with op.batch_alter_table("audit_records") as batch_op:
+        batch_op.drop_index("ix_audit_kind_at")
+        batch_op.drop_index("ix_audit_request_id")
         batch_op.drop_index("ix_audit_service_at")
         batch_op.drop_index("ix_audit_officer_at")
     op.drop_table("audit_chain_bases")
