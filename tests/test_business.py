@@ -712,3 +712,25 @@ def test_gateway_wrong_upstream_credentials_are_a_clear_502(business_gateway, bu
         admin.set_connection("business", "business", business_settings(business_sim))
         time.sleep(0.5)
     assert lookup(business_gateway, FIXED_CODES["anphat"], token).status_code == 200
+
+
+def test_gateway_soap_door_reaches_the_registry_with_grant_and_audit(business_gateway, token):
+    import requests
+    import zeep
+    from lxml import etree
+    from zeep.transports import Transport
+
+    session = requests.Session()
+    session.headers["Authorization"] = f"Bearer {token}"
+    client = zeep.Client(f"{business_gateway.url}/soap/v1?wsdl", transport=Transport(session=session))
+    rid = f"biz-soap-{uuid.uuid4().hex[:8]}"
+    result = client.service.CallService(service="business.enterprise.get", request_id=rid, purpose=PURPOSE,
+                                        param=[{"name": "enterprise_code", "value": FIXED_CODES["anphat"]}])
+    names = {etree.QName(el).localname for el in result}
+    assert "enterprise_code" in names and names <= {f.split(".")[0] for f in FIELDS}
+    record = audit_of(business_gateway, rid)
+    assert record["door"] == "soap" and record["service"] == "business.enterprise.get" and record["outcome"] == "ok"
+    with pytest.raises(zeep.exceptions.Fault) as err:
+        client.service.CallService(service="business.enterprise.get", purpose=PURPOSE,
+                                   param=[{"name": "enterprise_code", "value": "12"}])
+    assert err.value.detail.find(".//{urn:lgsp:soap:v1}code").text == "enterprise_code.malformed"
