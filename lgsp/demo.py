@@ -20,6 +20,8 @@ import httpx
 DEMO_HOME = Path(".lgsp-demo")
 CLIENT_ID = "demo-one-stop-shop"
 PURPOSE = "administrative-procedure"
+# The demo province's own account at the (simulated) national business registry.
+BUSINESS_UPSTREAM = ("lgsp-demo-province", "demo-upstream-secret")
 # A one-stop-shop processing a dossier needs identity and addresses, not religion or relatives.
 LOOKUP_FIELDS = [
     "personal_id", "full_name", "gender", "birth_date", "nationality", "permanent_address", "current_address",
@@ -48,7 +50,16 @@ def _demo_citizens(sim_port: int) -> list[str]:
     return re.findall(r"^(\d{12})\t", out, re.M)
 
 
-def _prepare(port: int, sim_port: int) -> str:
+BUSINESS_FIELDS = ["enterprise_code", "name", "founding_date", "status", "head_office", "business_activities"]
+
+
+def _demo_enterprise() -> str:
+    out = subprocess.run([sys.executable, "-m", "lgsp_adapters.business.simulator", "--list", "1"],
+                         capture_output=True, text=True, check=True).stdout
+    return out.split("\t", 1)[0]
+
+
+def _prepare(port: int, sim_port: int, biz_port: int) -> str:
     """Fresh demo database with the connection, a client and its grants; returns the secret."""
     from lgsp import keys
     from lgsp.admin import Admin
@@ -67,12 +78,18 @@ def _prepare(port: int, sim_port: int) -> str:
     })
     secret = admin.create_client(CLIENT_ID, "Demo one-stop-shop (Một cửa điện tử)", "000.00.31.H30",
                                  "Demo provincial department")
+    admin.set_connection("business", "business", {
+        "endpoint": f"http://127.0.0.1:{biz_port}/apiCSDLDKDN/1.0", "token_url": f"http://127.0.0.1:{biz_port}/token",
+        "client_id": BUSINESS_UPSTREAM[0], "client_secret": BUSINESS_UPSTREAM[1], "timeout": 5,
+    })
     admin.add_grant(CLIENT_ID, "population.citizen.get", LOOKUP_FIELDS, [PURPOSE])
     admin.add_grant(CLIENT_ID, "population.citizen.verify", ["match"], [PURPOSE])
+    admin.add_grant(CLIENT_ID, "business.enterprise.get", BUSINESS_FIELDS, [PURPOSE])
+    admin.add_grant(CLIENT_ID, "codelists.admin_unit.translate", ["province", "commune", "legacy"], [PURPOSE])
     return secret
 
 
-def _commands(base: str, secret: str, citizen: str) -> list[str]:
+def _commands(base: str, secret: str, citizen: str, enterprise: str) -> list[str]:
     token = (
         f"TOKEN=$(curl -s -u {CLIENT_ID}:{secret} -d grant_type=client_credentials {base}/oauth/token"
         " | python3 -c 'import sys, json; print(json.load(sys.stdin)[\"access_token\"])')"
@@ -81,10 +98,13 @@ def _commands(base: str, secret: str, citizen: str) -> list[str]:
         f"curl -s -H \"Authorization: Bearer $TOKEN\" -H 'X-Purpose: {PURPOSE}' -H 'X-On-Behalf-Of: officer-042' "
         f"{base}/api/population/v1/citizens/{citizen}"
     )
-    return [token, read]
+    auth = f"-H \"Authorization: Bearer $TOKEN\" -H 'X-Purpose: {PURPOSE}'"
+    business = f"curl -s {auth} {base}/api/business/v1/enterprises/{enterprise}"
+    codes = f"curl -s {auth} '{base}/api/codelists/v1/admin-units/translate?province=77&district=747'"
+    return [token, read, business, codes]
 
 
-def run(port: int, sim_port: int, check: bool) -> int:
+def run(port: int, sim_port: int, check: bool, biz_port: int = 8082) -> int:
     if DEMO_HOME.exists():
         shutil.rmtree(DEMO_HOME)
     DEMO_HOME.mkdir()
@@ -101,26 +121,40 @@ def run(port: int, sim_port: int, check: bool) -> int:
             [sys.executable, "-m", "lgsp_adapters.population.simulator", "--port", str(sim_port)],
             stdout=sim_log, stderr=subprocess.STDOUT,
         ))
-        secret = _prepare(port, sim_port)
+        secret = _prepare(port, sim_port, biz_port)
         gw_log = open(DEMO_HOME / "gateway.log", "wb")
         procs.append(subprocess.Popen(
             [sys.executable, "-m", "lgsp.cli", "serve", "--port", str(port)], stdout=gw_log, stderr=subprocess.STDOUT,
         ))
+        procs.append(subprocess.Popen(
+            [sys.executable, "-m", "lgsp_adapters.business.simulator", "--port", str(biz_port),
+             "--client-id", BUSINESS_UPSTREAM[0], "--client-secret", BUSINESS_UPSTREAM[1]],
+            stdout=sim_log, stderr=subprocess.STDOUT,
+        ))
         _wait(f"http://127.0.0.1:{sim_port}/dancu?wsdl", procs[0])
+        _wait(f"http://127.0.0.1:{biz_port}/_sim/faults", procs[2])
         _wait(f"{base}/readyz", procs[1])
         citizens = _demo_citizens(sim_port)
-        commands = _commands(base, secret, citizens[0])
+        commands = _commands(base, secret, citizens[0], _demo_enterprise())
         print(f"""
 LGSP demo is running (SQLite in {DEMO_HOME}/, logs there too).
   gateway:    {base}        (APIs: {base}/api, docs: {base}/api/population/v1/ui/)
-  simulator:  http://127.0.0.1:{sim_port}/dancu   (national population database, SOAP)
+  simulators: http://127.0.0.1:{sim_port}/dancu   (national population database, SOAP)
+              http://127.0.0.1:{biz_port}/apiCSDLDKDN/1.0   (national business registry, REST)
   client:     {CLIENT_ID}, grant limited to: {', '.join(LOOKUP_FIELDS)}
   citizens:   {', '.join(citizens)}
 
-Get a token, then read a citizen:
+Get a token, then read a citizen (fields limited by the grant):
 
   {commands[0]}
   {commands[1]}
+
+Also: an enterprise from the business registry, and an old administrative unit code translated:
+
+  {commands[2]}
+  {commands[3]}
+
+SOAP door: http://127.0.0.1:{port}/soap/v1?wsdl    audit console: http://127.0.0.1:{port}/console
 """, flush=True)
         if check:
             return _check(commands)
@@ -152,7 +186,7 @@ def _check(commands: list[str]) -> int:
     script = "set -e\n" + "\n".join(commands) + "\n"
     result = subprocess.run(["bash", "-c", script], capture_output=True, text=True, timeout=60)
     print(result.stdout)
-    if result.returncode != 0 or '"full_name"' not in result.stdout:
+    if result.returncode != 0 or '"full_name"' not in result.stdout or '"enterprise_code"' not in result.stdout:
         print(result.stderr, file=sys.stderr)
         return 1
     return 0

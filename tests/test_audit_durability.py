@@ -35,7 +35,11 @@ def start_gateway(url: str, port: int, log) -> subprocess.Popen:
     env = dict(os.environ, LGSP_DATABASE_URL=url, LGSP_PUBLIC_URL=f"http://127.0.0.1:{port}")
     proc = subprocess.Popen([sys.executable, "-m", "lgsp.cli", "serve", "--port", str(port), "--workers", "2"],
                             env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    wait_for(f"http://127.0.0.1:{port}/readyz", proc=proc)
+    try:
+        wait_for(f"http://127.0.0.1:{port}/readyz", proc=proc)
+    except Exception:
+        os.killpg(proc.pid, signal.SIGKILL)  # never leave a half-started gateway and its workers behind
+        raise
     return proc
 
 

@@ -17,11 +17,13 @@ def test_demo_serves_and_its_curl_commands_return_a_minimised_citizen(tmp_path):
     env = {k: v for k, v in __import__("os").environ.items() if not k.startswith("LGSP_")}
     result = subprocess.run(
         [sys.executable, "-m", "lgsp.cli", "demo", "--check", "--port", str(free_port()),
-         "--simulator-port", str(free_port())],
+         "--simulator-port", str(free_port()), "--business-port", str(free_port())],
         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120,
     )
     assert result.returncode == 0, result.stdout + result.stderr
-    answer = json.loads(result.stdout.strip().splitlines()[-1])
+    answers = [json.loads(line) for line in result.stdout.strip().splitlines() if line.startswith("{")]
+    answer = next(a for a in answers if "full_name" in a)
+    assert any(a.get("enterprise_code") for a in answers)
     assert answer["full_name"] and answer["personal_id"]
     assert "religion" not in answer and "father" not in answer  # the demo grant does not allow them
     assert "curl -s -u demo-one-stop-shop:" in result.stdout

