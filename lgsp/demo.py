@@ -183,7 +183,7 @@ def stop(procs: list[subprocess.Popen], timeout: float = 10) -> None:
 
 
 def _check(commands: list[str]) -> int:
-    script = "set -e\n" + "\n".join(commands) + "\n"
+    script = "set -e\n" + "".join(f"{c}\necho\n" for c in commands)  # one answer per line
     result = subprocess.run(["bash", "-c", script], capture_output=True, text=True, timeout=60)
     print(result.stdout)
     if result.returncode != 0 or '"full_name"' not in result.stdout or '"enterprise_code"' not in result.stdout:

@@ -27,6 +27,7 @@ from typing import Any, Mapping
 import aiohttp
 import orjson
 
+from lgsp.http import LazySession
 from lgsp.adapter import (
     Adapter, AdapterResult, CallContext, Operation, RecordNotFound, UpstreamError, UpstreamFault,
     UpstreamMalformed, UpstreamTimeout, UpstreamUnavailable,
@@ -114,19 +115,10 @@ class BusinessAdapter(Adapter):
         self._basic = "Basic " + base64.b64encode(pair).decode("ascii")
         self._token: _Token | None = None
         self._token_lock = asyncio.Lock()
-        self._session: aiohttp.ClientSession | None = None
-
-    def _http(self) -> aiohttp.ClientSession:
-        if self._session is None or self._session.closed:  # made lazily, inside the serving event loop
-            self._session = aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(limit=self._limit, ttl_dns_cache=300),
-                timeout=aiohttp.ClientTimeout(total=self.timeout),
-            )
-        return self._session
+        self._http = LazySession(limit=self._limit, timeout=self.timeout)
 
     async def aclose(self) -> None:
-        if self._session is not None:
-            await self._session.close()
+        await self._http.close()
 
     # -- the upstream token ---------------------------------------------------------------
     async def _access_token(self, stale: str | None = None) -> str:
@@ -151,7 +143,7 @@ class BusinessAdapter(Adapter):
         else:
             form.update(client_id=self.settings["client_id"], client_secret=self.settings["client_secret"])
         try:
-            async with self._http().post(self.token_url, data=form, headers=headers) as resp:
+            async with self._http.get().post(self.token_url, data=form, headers=headers) as resp:
                 status, content = resp.status, await resp.content.read(MAX_ANSWER)
         except asyncio.TimeoutError:
             raise UpstreamTimeout(f"The national gateway's token endpoint did not answer within {self.timeout:g} s.",
@@ -202,7 +194,7 @@ class BusinessAdapter(Adapter):
     async def _get(self, code: str, token: str, trace_id: str, where: dict) -> tuple[int, bytes]:
         headers = dict(self._headers, Authorization=f"Bearer {token}", **{"X-Request-ID": trace_id})
         try:
-            async with self._http().get(self.url, params={"msdn": code}, headers=headers) as resp:
+            async with self._http.get().get(self.url, params={"msdn": code}, headers=headers) as resp:
                 return resp.status, await resp.content.read(MAX_ANSWER + 1)
         except asyncio.TimeoutError:
             raise UpstreamTimeout(f"The business registration database did not answer within {self.timeout:g} s.",

@@ -28,6 +28,7 @@ from zeep import Client, Settings
 from zeep.exceptions import Error as ZeepError
 
 from lgsp import soap
+from lgsp.http import LazySession
 from lgsp.adapter import (
     Adapter, AdapterResult, CallContext, Operation, RecordNotFound, UpstreamError, UpstreamFault,
     UpstreamMalformed, UpstreamTimeout, UpstreamUnavailable,
@@ -105,20 +106,11 @@ class PopulationAdapter(Adapter):
         self._service = self._client.create_service(str(binding.name), self.endpoint)
         self._actions = {op: binding.get(name).soapaction for op, name in SOAP_OPERATIONS.items()}
         self._codes = {**self.DEFAULT_SERVICE_CODES, **(self.settings.get("service_codes") or {})}
-        self._session: aiohttp.ClientSession | None = None
+        self._http = LazySession(limit=self._limit, timeout=self.timeout)
         self._templates: dict[tuple[str, str], list[str]] = {}
 
-    def _http(self) -> aiohttp.ClientSession:
-        if self._session is None or self._session.closed:  # made lazily, inside the serving event loop
-            self._session = aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(limit=self._limit, ttl_dns_cache=300),
-                timeout=aiohttp.ClientTimeout(total=self.timeout),
-            )
-        return self._session
-
     async def aclose(self) -> None:
-        if self._session is not None:
-            await self._session.close()
+        await self._http.close()
 
     def _request_fields(self, operation: str, params: Mapping[str, Any], context: CallContext,
                         trace_id: str) -> dict[str, Any]:
@@ -169,7 +161,7 @@ class PopulationAdapter(Adapter):
             raise UpstreamError(f"The request does not fit the population database's WSDL: {exc}", **where) from None
         headers = dict(self._headers, SOAPAction=f'"{self._actions[operation]}"')
         try:
-            async with self._http().post(self.endpoint, data=body, headers=headers) as resp:
+            async with self._http.get().post(self.endpoint, data=body, headers=headers) as resp:
                 status, content = resp.status, await resp.read()
         except asyncio.TimeoutError:
             raise UpstreamTimeout(f"The population database did not answer within {self.timeout:g} s.", **where) from None

@@ -19,6 +19,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from starlette.applications import Starlette
+
+from lgsp.simkit import FAULT_MODES, Faults
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route
@@ -26,7 +28,6 @@ from starlette.routing import Route
 from .data import STATUSES, Dataset, Enterprise, generate
 
 API_BASE = "/apiCSDLDKDN/1.0"
-FAULT_MODES = ("normal", "slow", "down", "malformed", "fault")
 DEFAULT_CLIENT = ("lgsp-demo", "lgsp-demo-secret")
 MAX_TOKENS = 10_000  # live tokens kept; the oldest are dropped beyond this
 _MSDN = re.compile(r"[0-9]{10}(-[0-9]{3})?")
@@ -79,37 +80,6 @@ def gateway_fault(code: int, message: str, description: str) -> JSONResponse:
 
 
 # --- fault injection, tokens and stats -------------------------------------------------
-
-@dataclass
-class Faults:
-    """The switchable fault mode; ``remaining`` limits it to the next N data requests."""
-
-    mode: str = "normal"
-    delay: float = 0.0
-    remaining: int | None = None
-
-    def configure(self, mode: str, delay: float = 0.0, count: int | None = None) -> None:
-        if mode not in FAULT_MODES:
-            raise ValueError(f"mode must be one of {', '.join(FAULT_MODES)}")
-        if not 0 <= delay <= 600:
-            raise ValueError("delay must be between 0 and 600 seconds")
-        if count is not None and count < 1:
-            raise ValueError("count must be a positive integer")
-        self.mode, self.delay = mode, delay
-        self.remaining = None if mode == "normal" else count
-
-    def take(self) -> tuple[str, float]:
-        """The mode for this request, counting down a count-limited fault."""
-        mode, delay = self.mode, self.delay
-        if mode != "normal" and self.remaining is not None:
-            self.remaining -= 1
-            if self.remaining <= 0:
-                self.configure("normal")
-        return mode, delay
-
-    def as_dict(self) -> dict[str, Any]:
-        return {"mode": self.mode, "delay": self.delay, "count": self.remaining}
-
 
 @dataclass
 class Tokens:

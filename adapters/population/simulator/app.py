@@ -17,6 +17,8 @@ from typing import Any, Callable
 
 from lxml import etree
 from starlette.applications import Starlette
+
+from lgsp.simkit import FAULT_MODES, Faults
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
@@ -31,7 +33,6 @@ WSDL_SOAP = "http://schemas.xmlsoap.org/wsdl/soap/"
 XS = "http://www.w3.org/2001/XMLSchema"
 XML_TYPE = "text/xml; charset=utf-8"
 MAX_BODY = 256 * 1024  # a citizen request is well under 2 KB
-FAULT_MODES = ("normal", "slow", "down", "malformed", "fault")
 ICT = dt.timezone(dt.timedelta(hours=7), "ICT")
 
 # Error codes carried in the fault detail (Loi/MaLoi); stable, documented in README.md.
@@ -296,37 +297,6 @@ OPERATIONS: dict[str, Callable[[Dataset, etree._Element], etree._Element]] = {
 
 
 # --- fault injection and stats ------------------------------------------------------------
-
-@dataclass
-class Faults:
-    """The switchable fault mode; ``remaining`` limits it to the next N SOAP requests."""
-
-    mode: str = "normal"
-    delay: float = 0.0
-    remaining: int | None = None
-
-    def configure(self, mode: str, delay: float = 0.0, count: int | None = None) -> None:
-        if mode not in FAULT_MODES:
-            raise ValueError(f"mode must be one of {', '.join(FAULT_MODES)}")
-        if not 0 <= delay <= 600:
-            raise ValueError("delay must be between 0 and 600 seconds")
-        if count is not None and count < 1:
-            raise ValueError("count must be a positive integer")
-        self.mode, self.delay = mode, delay
-        self.remaining = None if mode == "normal" else count
-
-    def take(self) -> tuple[str, float]:
-        """The mode for this request, counting down a count-limited fault."""
-        mode, delay = self.mode, self.delay
-        if mode != "normal" and self.remaining is not None:
-            self.remaining -= 1
-            if self.remaining <= 0:
-                self.configure("normal")
-        return mode, delay
-
-    def as_dict(self) -> dict[str, Any]:
-        return {"mode": self.mode, "delay": self.delay, "count": self.remaining}
-
 
 @dataclass
 class Stats:

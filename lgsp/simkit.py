@@ -1,0 +1,40 @@
+"""What every simulator of a national system shares: the switchable fault modes
+behind `POST /_sim/faults` (normal, slow, down, malformed, fault; optionally for
+the next N requests only), which tests and the contract kit drive."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+FAULT_MODES = ("normal", "slow", "down", "malformed", "fault")
+
+
+@dataclass
+class Faults:
+    """The switchable fault mode; ``remaining`` limits it to the next N data requests."""
+
+    mode: str = "normal"
+    delay: float = 0.0
+    remaining: int | None = None
+
+    def configure(self, mode: str, delay: float = 0.0, count: int | None = None) -> None:
+        if mode not in FAULT_MODES:
+            raise ValueError(f"mode must be one of {', '.join(FAULT_MODES)}")
+        if not 0 <= delay <= 600:
+            raise ValueError("delay must be between 0 and 600 seconds")
+        if count is not None and count < 1:
+            raise ValueError("count must be a positive integer")
+        self.mode, self.delay = mode, delay
+        self.remaining = None if mode == "normal" else count
+
+    def take(self) -> tuple[str, float]:
+        """The mode for this request, counting down a count-limited fault."""
+        mode, delay = self.mode, self.delay
+        if mode != "normal" and self.remaining is not None:
+            self.remaining -= 1
+            if self.remaining <= 0:
+                self.configure("normal")
+        return mode, delay
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"mode": self.mode, "delay": self.delay, "count": self.remaining}
