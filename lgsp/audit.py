@@ -266,6 +266,14 @@ def writer_for(engine: Engine) -> AuditWriter:
         return writer
 
 
+def note_read(engine: Engine, actor: str, action: str, detail: dict[str, Any]) -> None:
+    """Record that someone read the audit trail (search, record, report, export)."""
+    writer_for(engine).commit_sync({
+        "at": dt.datetime.now(dt.timezone.utc), "kind": "admin", "outcome": "ok",
+        "detail": {"actor": actor, "action": action, "target": "audit", "before": None, "after": detail},
+    })
+
+
 def close_writers() -> None:
     """Seal and stop this process's writers (at exit, or before their database goes away)."""
     with _writers_lock:

@@ -8,12 +8,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from flask import Response, current_app, render_template, request
+from flask import Response, current_app, g, render_template, request
 from sqlalchemy import Engine
 
 from lgsp import audit_search
+from lgsp.audit import note_read
 from lgsp.console import SECURITY_HEADERS
 from lgsp.control_auth import claims_from_header
+from lgsp.crypto import subject_hash
 from lgsp.errors import ExchangeError
 
 SCOPE = "audit.read"
@@ -28,8 +30,21 @@ def _engine() -> Engine:
 
 def _authorized_engine() -> Engine:
     engine = _engine()
-    claims_from_header(engine, request.headers.get("Authorization"), SCOPE)
+    g.auditor = claims_from_header(engine, request.headers.get("Authorization"), SCOPE)["sub"]
     return engine
+
+
+def _noted(action: str, **detail: Any) -> None:
+    """Reading the audit trail is itself recorded in it: who looked, at what."""
+    note_read(_engine(), f"client:{g.auditor}", action, detail)
+
+
+def _safe(params: dict[str, Any]) -> dict[str, Any]:
+    """Search filters as they may be recorded: a personal ID only as its keyed hash."""
+    out = {k: str(v) for k, v in params.items() if v not in (None, "")}
+    if "personal_id" in out:
+        out["subject_hash"] = subject_hash(out.pop("personal_id"))
+    return out
 
 
 def _invalid(exc: audit_search.InvalidQuery) -> ExchangeError:
@@ -43,6 +58,7 @@ def search_records(limit: int = 50, cursor: str | None = None, order: str = "des
         rows, next_cursor = audit_search.search(engine, filters, limit, cursor, order)
     except audit_search.InvalidQuery as exc:
         raise _invalid(exc) from None
+    _noted("audit.search", filters=_safe(params), results=len(rows))
     return {"records": [audit_search.to_json(row) for row in rows], "next_cursor": next_cursor}, 200, JSON_HEADERS
 
 
@@ -51,6 +67,7 @@ def get_record(id: int):  # noqa: A002 - the path parameter's name in the spec
     record = audit_search.get_record(engine, id)
     if record is None:
         raise ExchangeError("record.not_found", f"There is no audit record {id}.")
+    _noted("audit.read_record", record=id)
     integrity = record.pop("integrity")
     record.pop("chain_status")
     body = audit_search.to_json(record)
@@ -68,6 +85,7 @@ def citizen_accesses(personal_id: str, format: str = "json", **params: Any):  # 
     except audit_search.InvalidQuery as exc:
         raise _invalid(exc) from None
     report = audit_search.access_report(engine, personal_id, start, end)
+    _noted("audit.access_report", subject_hash=subject_hash(personal_id), accesses=len(report.get("accesses", [])))
     if format == "html":
         html = render_template("console/report.html", report=report, standalone=True)
         return Response(html, 200, {**SECURITY_HEADERS, "Content-Type": "text/html; charset=utf-8"})

@@ -25,6 +25,7 @@ from itsdangerous import BadSignature, URLSafeTimedSerializer
 from werkzeug.exceptions import HTTPException
 
 from lgsp import audit_search
+from lgsp.audit import note_read
 from lgsp.crypto import derive_key, hash_secret, subject_hash, verify_secret
 
 blueprint = Blueprint("console", __name__, url_prefix="/console", template_folder="templates",
@@ -182,6 +183,11 @@ def home():
 
 # -- search ------------------------------------------------------------------------------
 
+def _noted(action: str, **detail: Any) -> None:
+    """Reading the audit trail is itself recorded in it: who looked, at what."""
+    note_read(_engine(), f"console:{g.client.get_client_id()}", action, detail)
+
+
 def _form_time(value: str | None, name: str) -> dt.datetime | None:
     """A datetime-local value is Vietnam time; a full RFC 3339 value keeps its offset."""
     if not value:
@@ -206,6 +212,7 @@ def records():
     rows, next_cursor, error = [], None, None
     try:
         rows, next_cursor = audit_search.search(_engine(), _filters(args), 50, args.get("cursor") or None, order)
+        _noted("audit.search", filters={k: v for k, v in args.items() if v}, results=len(rows))
     except audit_search.InvalidQuery as exc:
         error = str(exc)
     for row in rows:
@@ -238,6 +245,7 @@ def record(record_id: int):
     found = audit_search.get_record(_engine(), record_id)
     if found is None:
         return _page("console/error.html", 404, message=f"There is no audit record {record_id}.")
+    _noted("audit.read_record", record=record_id)
     return _page("console/record.html", record=found, integrity=found["integrity"], chain=found["chain_status"])
 
 
@@ -268,6 +276,7 @@ def report():
     except audit_search.InvalidQuery as exc:
         return _page("console/report_form.html", 400, error=str(exc), form=form)
     data = audit_search.access_report(_engine(), pid, start, end)
+    _noted("audit.access_report", subject_hash=subject_hash(pid), accesses=len(data.get("accesses", [])))
     return _page("console/report.html", report=data, standalone=False)
 
 
@@ -292,7 +301,8 @@ def _export_file(start: dt.datetime, end: dt.datetime) -> Response:
     from lgsp.audit_export import export_jsonl
 
     out = tempfile.TemporaryFile()  # spooled to disk: an export can be large
-    export_jsonl(_engine(), start, end, out)
+    counts = export_jsonl(_engine(), start, end, out)
+    _noted("audit.export", start=start.isoformat(), end=end.isoformat(), **counts)
     out.seek(0)
     current_app.logger.info("console export %s..%s by %s", start.isoformat(), end.isoformat(), g.client.get_client_id())
     name = f"lgsp-audit-{start:%Y%m%dT%H%M%SZ}-{end:%Y%m%dT%H%M%SZ}.jsonl"

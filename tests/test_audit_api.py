@@ -356,3 +356,20 @@ def test_spec_is_served_with_its_token_endpoint(gateway):
     assert flow["tokenUrl"] == f"{gateway.url}/oauth/token" and "audit.read" in flow["scopes"]
     assert doc["servers"][0]["url"].endswith("/audit/v1")
     assert {"/records", "/records/{id}", "/citizens/{personal_id}/accesses"} <= set(doc["paths"])
+
+
+def test_reading_the_audit_trail_is_itself_audited(gateway, world, auditor_token, citizens):
+    """Searches and access reports leave an admin record naming the auditor; IDs only as hashes."""
+    from sqlalchemy import select as _select
+
+    from lgsp.storage.schema import audit_records as _records
+
+    token, auditor_id, citizen = auditor_token, world["auditor"][0], citizens[0]
+    headers = {"Authorization": f"Bearer {token}"}
+    assert httpx.get(f"{gateway.url}/audit/v1/records", params={"personal_id": citizen}, headers=headers).status_code == 200
+    assert httpx.get(f"{gateway.url}/audit/v1/citizens/{citizen}/accesses", headers=headers).status_code == 200
+    with gateway.extra["engine"].connect() as conn:
+        notes = [r.detail for r in conn.execute(_select(_records.c.detail).where(_records.c.kind == "admin"))
+                 if r.detail and r.detail.get("actor") == f"client:{auditor_id}"]
+    assert {n["action"] for n in notes} >= {"audit.search", "audit.access_report"}
+    assert citizen not in str(notes)
