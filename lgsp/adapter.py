@@ -28,6 +28,9 @@ class Operation:
     # Parameters the operation takes (JSON Schema of an object); used by the
     # pipeline and by the contract test kit.
     params_schema: Mapping[str, Any] = field(default_factory=dict)
+    # True when a call changes the backend (publish, submit…): the contract kit
+    # calls it only with an example the adapter declares safe to repeat.
+    writes: bool = False
 
 
 @dataclass(frozen=True)

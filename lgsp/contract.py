@@ -220,7 +220,11 @@ class Kit:
     # operations
     async def _check_operation(self, adapter: Adapter, op: str) -> None:
         params = self.cls.examples.get(op)
-        if params is None:
+        if params is None and self.cls.operations[op].writes:
+            self.add(op, "example", SKIP, "Changes the backend and has no example declared safe to repeat.")
+        elif params is None and op in self.cls.not_found_examples:
+            self.add(op, "example", SKIP, "No found example; checked with its not-found example below.")
+        elif params is None:
             self.add(op, "example", FAIL, f"No sample params: add '{op}' to the adapter's `examples`.")
         elif self._fits(op, "example", params):
             self.add(op, "example", PASS, f"Fits params_schema: {orjson.dumps(params).decode()}.")

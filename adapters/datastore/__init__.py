@@ -86,7 +86,7 @@ class DatastoreAdapter(Adapter):
     # pairs, limit as digits): the adapter takes both.
     operations = {
         "records.publish": Operation(
-            "records.publish", "Create or update a record of a dataset (idempotent by key)",
+            "records.publish", "Create or update a record of a dataset (idempotent by key)", writes=True,
             params_schema={"type": "object", "required": ["dataset", "record"],
                            "properties": {"dataset": DATASET_PARAM, "key": KEY_PARAM,
                                           "record": {"type": ["object", "string"]}}},
