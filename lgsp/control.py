@@ -26,6 +26,7 @@ from lgsp import console, keys, specs
 from lgsp.config import Settings
 from lgsp.crypto import verify_secret
 from lgsp.errors import ExchangeError, problem
+from lgsp.identify import bearer_token
 from lgsp.rest_door import MIDDLEWARES, refusal_for
 from lgsp.roles import ROLE_SCOPES
 from lgsp.storage.schema import clients, grants as grants_table
@@ -108,7 +109,7 @@ def create_control_plane(engine: Engine, cfg: Settings) -> FlaskApp:
         capp.add_api(path, arguments={"public_url": cfg.public_url}, strict_validation=True,
                      swagger_ui_options=SwaggerUIOptions(swagger_ui=True))
     capp.add_error_handler(ExchangeError, _problem)
-    capp.add_error_handler(ProblemException, lambda req, exc: _problem(req, refusal_for(exc)))
+    capp.add_error_handler(ProblemException, _shape_problem)
     app.register_blueprint(console.blueprint)
     server = AuthorizationServer(app, query_client=lambda cid: query_client(engine, cid), save_token=lambda t, r: None)
     server.register_grant(grants.ClientCredentialsGrant)
@@ -160,6 +161,15 @@ def _problem_body(exc: ExchangeError) -> tuple[bytes, dict]:
 def _problem_response(exc: ExchangeError):
     body, headers = _problem_body(exc)
     return app_response(body, exc.status, headers)
+
+
+def _shape_problem(request, exc: ProblemException) -> ConnexionResponse:
+    """A request the spec refuses: an anonymous caller hears about the token first."""
+    if not bearer_token(request.headers.get("authorization")):
+        return _problem(request, ExchangeError("auth.token_missing", "Send an OAuth2 access token as "
+                                               "'Authorization: Bearer <token>'.",
+                                               headers={"WWW-Authenticate": 'Bearer realm="lgsp"'}))
+    return _problem(request, refusal_for(exc))
 
 
 def _problem(_request, exc: ExchangeError) -> ConnexionResponse:
