@@ -7,7 +7,12 @@ import sys
 import tempfile
 from pathlib import Path
 
+import warnings
+
 import click
+
+# connexion imports Starlette's test client at start-up, which warns about httpx on every command.
+warnings.filterwarnings("ignore", message="Using `httpx` with `starlette.testclient`")
 
 
 def _engine():
