@@ -9,6 +9,10 @@ Each is a factory, for `uvicorn --factory` with several workers.
 from __future__ import annotations
 
 import contextlib
+import warnings
+
+# connexion imports Starlette's test client at start-up, which warns about httpx in every worker.
+warnings.filterwarnings("ignore", message="Using `httpx` with `starlette.testclient`")
 
 
 import orjson
