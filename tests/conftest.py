@@ -249,3 +249,30 @@ def business_gateway(gateway, business_sim):
     admin.set_connection("business", "business", business_settings(business_sim))
     time.sleep(0.5)  # > config poll interval: the gateway has the connection and the service
     return gateway
+
+
+PROBLEM_KEYS = {"type", "title", "status", "detail", "code", "request_id"}
+
+
+def audit_of(gateway: Server, request_id: str) -> dict:
+    """The audit record of one exchange (there must be exactly one)."""
+    from sqlalchemy import select
+
+    from lgsp.storage.schema import audit_records
+
+    with gateway.extra["engine"].connect() as conn:
+        row = conn.execute(select(audit_records).where(audit_records.c.request_id == request_id)).first()
+    assert row is not None, f"no audit record for {request_id}"
+    return dict(row._mapping)
+
+
+def assert_problem(resp: httpx.Response, status: int, code: str) -> dict:
+    """An RFC 9457 answer with our members, the request id echoed, and no stack trace."""
+    assert resp.status_code == status, resp.text
+    assert resp.headers["content-type"].startswith("application/problem+json")
+    body = resp.json()
+    assert set(body) == PROBLEM_KEYS, body
+    assert body["code"] == code and body["status"] == status, body
+    assert body["request_id"] == resp.headers["x-request-id"]
+    assert "Traceback" not in resp.text
+    return body

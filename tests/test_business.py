@@ -27,7 +27,7 @@ import uvicorn
 import yaml
 from sqlalchemy import select
 
-from conftest import BUSINESS_TOKEN_TTL, business_settings, get_token
+from conftest import BUSINESS_TOKEN_TTL, assert_problem, audit_of, business_settings, get_token
 from lgsp import specs
 from lgsp.adapter import (
     CallContext, RecordNotFound, UpstreamFault, UpstreamMalformed, UpstreamTimeout, UpstreamUnavailable,
@@ -48,7 +48,6 @@ FIXTURES = Path(__file__).resolve().parent / "fixtures"
 PURPOSE = "business-check"
 FIELDS = ["enterprise_code", "name", "legal_form", "founding_date", "status", "head_office",
           "business_activities", "members.full_name", "members.legal_representative"]
-PROBLEM_KEYS = {"type", "title", "status", "detail", "code", "request_id"}
 MALFORMED = ["12345", "010123456X", "01012345650", "0101234565-1", "0101234565-0011", "0101234565_001",
              "0101234565-001-002", "０１０１２３４５６５"]
 
@@ -589,22 +588,6 @@ def lookup(gw, code: str, token: str | None, purpose: str | None = PURPOSE, **he
     if purpose:
         h["X-Purpose"] = purpose
     return httpx.get(f"{gw.url}/api/business/v1/enterprises/{code}", headers=h, timeout=15)
-
-
-def audit_of(gw, request_id: str) -> dict:
-    with gw.extra["engine"].connect() as conn:
-        row = conn.execute(select(audit_records).where(audit_records.c.request_id == request_id)).first()
-    assert row is not None, f"no audit record for {request_id}"
-    return dict(row._mapping)
-
-
-def assert_problem(resp: httpx.Response, status: int, code: str) -> dict:
-    assert resp.status_code == status, resp.text
-    assert resp.headers["content-type"].startswith("application/problem+json")
-    body = resp.json()
-    assert set(body) == PROBLEM_KEYS and body["code"] == code and body["status"] == status
-    assert body["request_id"] == resp.headers["x-request-id"] and "Traceback" not in resp.text
-    return body
 
 
 def sim_stats(sim) -> dict:

@@ -19,7 +19,7 @@ import pytest
 from lxml import etree
 from sqlalchemy import select
 
-from conftest import get_token
+from conftest import assert_problem, audit_of, get_token
 from lgsp.adapter import CallContext, NotAllowed
 from lgsp.minimize import _tree, project_page
 from lgsp.storage.schema import audit_records
@@ -34,7 +34,6 @@ ALL_FIELDS = ["licence_number", "document_number", "enterprise_code", "holder_na
               "expires_on", "issuing_agency", "status", "status_reason", "address"]
 # What the one-stop-shop system may see of a licence: no holder name, only the province of the address.
 LIMITED = ["licence_number", "licence_type", "status", "address.province_code"]
-PROBLEM_KEYS = {"type", "title", "status", "detail", "code", "request_id"}
 
 
 # -- fixtures ---------------------------------------------------------------------------
@@ -117,21 +116,6 @@ def row_of(gw, key: str) -> dict | None:
         row = conn.execute(select(records_table).where(records_table.c.dataset == DATASET,
                                                        records_table.c.key == key)).first()
     return dict(row._mapping) if row else None
-
-
-def audit_of(gw, request_id: str) -> dict:
-    with gw.extra["engine"].connect() as conn:
-        row = conn.execute(select(audit_records).where(audit_records.c.request_id == request_id)).first()
-    assert row is not None, f"no audit record for {request_id}"
-    return dict(row._mapping)
-
-
-def assert_problem(resp: httpx.Response, status: int, code: str) -> dict:
-    assert resp.status_code == status, resp.text
-    assert resp.headers["content-type"].startswith("application/problem+json")
-    body = resp.json()
-    assert set(body) == PROBLEM_KEYS and body["code"] == code, body
-    return body
 
 
 def walk(gw, headers: dict, limit: int, **filters) -> list[list[dict]]:

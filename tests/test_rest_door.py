@@ -12,12 +12,11 @@ import jwt as pyjwt
 import pytest
 from sqlalchemy import select
 
-from conftest import get_token
+from conftest import assert_problem, audit_of, get_token
 from lgsp.storage.schema import audit_records
 
 PURPOSE = "administrative-procedure"
 FIELDS = ["personal_id", "full_name", "gender", "birth_date", "permanent_address"]
-PROBLEM_KEYS = {"type", "title", "status", "detail", "code", "request_id"}
 
 
 @pytest.fixture(scope="module")
@@ -59,26 +58,6 @@ def lookup(gateway, pid: str, token: str | None, purpose: str | None = PURPOSE, 
         h["X-Purpose"] = purpose
     return httpx.get(f"{gateway.url}/api/population/v1/citizens/{pid}", headers=h, timeout=15)
 
-
-def audit_of(gateway, request_id: str) -> dict:
-    with gateway.extra["engine"].connect() as conn:
-        row = conn.execute(select(audit_records).where(audit_records.c.request_id == request_id)).first()
-    assert row is not None, f"no audit record for {request_id}"
-    return dict(row._mapping)
-
-
-def assert_problem(resp: httpx.Response, status: int, code: str) -> dict:
-    assert resp.status_code == status, resp.text
-    assert resp.headers["content-type"].startswith("application/problem+json")
-    body = resp.json()
-    assert set(body) == PROBLEM_KEYS, body
-    assert body["code"] == code and body["status"] == status
-    assert body["request_id"] == resp.headers["x-request-id"]
-    assert "Traceback" not in resp.text
-    return body
-
-
-# -- discovery and tokens ------------------------------------------------------------
 
 def test_standard_oauth2_client_finds_token_endpoint_and_token_verifies_with_jwks(gateway, clients):
     from authlib.integrations.httpx_client import OAuth2Client

@@ -16,6 +16,7 @@ from sqlalchemy import select
 from zeep.transports import Transport
 from zeep.wsse.username import UsernameToken
 
+from conftest import audit_of
 from lgsp.storage.schema import audit_records
 
 PURPOSE = "administrative-procedure"
@@ -55,13 +56,6 @@ def token_for(gateway, cid: str, secret: str) -> str:
 
 def fault_code(fault: zeep.exceptions.Fault) -> str:
     return fault.detail.find(".//lgsp:code", NS).text
-
-
-def audit_of(gateway, request_id: str) -> dict:
-    with gateway.extra["engine"].connect() as conn:
-        row = conn.execute(select(audit_records).where(audit_records.c.request_id == request_id)).first()
-    assert row is not None, request_id
-    return dict(row._mapping)
 
 
 def test_wsdl_is_served_with_this_gateway_as_address(gateway):

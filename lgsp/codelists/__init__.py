@@ -53,7 +53,8 @@ def _data_dirs() -> tuple[Path, ...]:
     return (Path(extra), DATA_DIR) if extra else (DATA_DIR,)
 
 
-def _find(name: str) -> Path:
+def file_of(name: str) -> Path:
+    """The file a code list is read from (LGSP_CODELISTS_DIR first, then the shipped data)."""
     for directory in _data_dirs():
         path = directory / f"{name}.yaml"
         if path.is_file():
@@ -62,7 +63,7 @@ def _find(name: str) -> Path:
 
 
 def _read(name: str) -> dict[str, Any]:
-    path = _find(name)
+    path = file_of(name)
     with path.open("rb") as fh:
         doc = yaml.load(fh, Loader=_Loader)
     if not isinstance(doc, dict) or doc.get("name") != name:

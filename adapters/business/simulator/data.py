@@ -19,10 +19,11 @@ import functools
 import random
 import unicodedata
 from dataclasses import dataclass, field
-from importlib import resources
 from pathlib import Path
 
 import yaml
+
+from lgsp import codelists
 
 from lgsp.personal_id import PROVINCE_CODES, make
 
@@ -249,14 +250,7 @@ def check_digit(first9: str) -> int:
 # --- administrative units ---------------------------------------------------------------
 
 def default_admin_units_path() -> Path:
-    """lgsp/codelists/data/admin-units.yaml, installed or in the source tree."""
-    try:
-        path = Path(str(resources.files("lgsp") / "codelists" / "data" / "admin-units.yaml"))
-        if path.is_file():
-            return path
-    except (ModuleNotFoundError, TypeError):
-        pass
-    return Path(__file__).resolve().parents[3] / "lgsp" / "codelists" / "data" / "admin-units.yaml"
+    return codelists.file_of("admin-units")
 
 
 @functools.lru_cache(maxsize=4)

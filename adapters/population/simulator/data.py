@@ -19,12 +19,12 @@ import datetime as dt
 import functools
 import random
 from dataclasses import dataclass, field
-from importlib import resources
 from pathlib import Path
 from typing import Any, Sequence
 
 import yaml
 
+from lgsp import codelists
 from lgsp.personal_id import PROVINCE_CODES, make
 
 MALE, FEMALE = "1", "2"  # GioiTinh in the population database
@@ -178,14 +178,7 @@ class Dataset:
 # --- administrative units -------------------------------------------------------
 
 def default_admin_units_path() -> Path:
-    """lgsp/codelists/data/admin-units.yaml, installed or in the source tree."""
-    try:
-        path = Path(str(resources.files("lgsp") / "codelists" / "data" / "admin-units.yaml"))
-        if path.is_file():
-            return path
-    except (ModuleNotFoundError, TypeError):
-        pass
-    return Path(__file__).resolve().parents[3] / "lgsp" / "codelists" / "data" / "admin-units.yaml"
+    return codelists.file_of("admin-units")
 
 
 @functools.lru_cache(maxsize=4)
