@@ -179,3 +179,10 @@ def test_population_request_envelope_escapes_values_and_cannot_be_confused_by_sl
     values = {etree.QName(el).localname: el.text for el in etree.fromstring(body).iter() if len(el) == 0}
     assert values["MaCanBo"] == "LGSPSLOT006X<&>" and values["SoDinhDanh"] == "001085012345"
     assert values["MaYeuCau"] == "r-1" and values["MaDonVi"] == "000.00.00.H30"
+
+
+def test_every_error_code_is_documented():
+    from pathlib import Path
+
+    doc = (Path(__file__).resolve().parent.parent / "docs" / "errors.md").read_text()
+    assert [code for code in ERRORS if f"`{code}`" not in doc] == []
