@@ -23,7 +23,7 @@ from __future__ import annotations
 import datetime as dt
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any, Iterable, Iterator, Mapping
 
 import orjson
 from sqlalchemy import Engine, select
@@ -154,11 +154,13 @@ def check_chain(chain: str, rows: list[Mapping[str, Any]], chain_seals: list[Map
     return findings, max(0, last_seq - sealed_to)
 
 
-def _check_all(chains: dict[str, list], seals_by_chain: dict[str, list], bases: dict[str, Mapping],
+def _check_all(chains: Iterable[tuple[str, list]], seals_by_chain: dict[str, list], bases: dict[str, Mapping],
                keys: Mapping[str, str], sealed_base: bool = True) -> Report:
+    """Check chain by chain (`chains` may be a stream), then the chains that have only seals."""
     report = Report()
-    for chain in sorted(set(chains) | set(seals_by_chain)):
-        rows = chains.get(chain, [])
+    seen: set[str] = set()
+
+    def check(chain: str, rows: list) -> None:
         found, unsealed = check_chain(chain, rows, seals_by_chain.get(chain, []), keys, bases.get(chain), sealed_base)
         report.chains += 1
         report.records += len(rows)
@@ -166,22 +168,38 @@ def _check_all(chains: dict[str, list], seals_by_chain: dict[str, list], bases: 
         report.findings += found
         if unsealed:
             report.unsealed[chain] = unsealed
+
+    for chain, rows in chains:
+        seen.add(chain)
+        check(chain, rows)
+    for chain in sorted(set(seals_by_chain) - seen):  # sealed, but every record gone
+        check(chain, [])
     return report
 
 
+def _stream_chains(conn) -> Iterator[tuple[str, list]]:
+    """Each chain's records in seq order, one chain in memory at a time."""
+    current, rows = None, []
+    result = conn.execution_options(yield_per=5000).execute(
+        select(audit_records).order_by(audit_records.c.chain, audit_records.c.seq, audit_records.c.id))
+    for r in result:
+        if r.chain != current:
+            if current is not None:
+                yield current, rows
+            current, rows = r.chain, []
+        rows.append(r._asdict())
+    if current is not None:
+        yield current, rows
+
+
 def verify_database(engine: Engine) -> Report:
-    chains: dict[str, list] = {}
     with engine.connect() as conn:
-        result = conn.execution_options(yield_per=5000).execute(
-            select(audit_records).order_by(audit_records.c.chain, audit_records.c.seq, audit_records.c.id))
-        for r in result:
-            chains.setdefault(r.chain, []).append(r._asdict())
-        seal_rows = conn.execute(select(audit_seals).order_by(audit_seals.c.chain, audit_seals.c.seq)).all()
+        seals_by_chain: dict[str, list] = {}
+        for s in conn.execute(select(audit_seals).order_by(audit_seals.c.chain, audit_seals.c.seq)):
+            seals_by_chain.setdefault(s.chain, []).append(s._asdict())
         bases = {b.chain: b._asdict() for b in conn.execute(select(audit_chain_bases))}
-    seals_by_chain: dict[str, list] = {}
-    for s in seal_rows:
-        seals_by_chain.setdefault(s.chain, []).append(s._asdict())
-    return _check_all(chains, seals_by_chain, bases, seals.public_keys(engine))
+        keys = seals.public_keys(engine)
+        return _check_all(_stream_chains(conn), seals_by_chain, bases, keys)
 
 
 # -- export files -------------------------------------------------------------------------
@@ -215,4 +233,4 @@ def verify_file(path: Path) -> Report:
         rows.sort(key=lambda r: (r["seq"], r["id"]))
     for items in seals_by_chain.values():
         items.sort(key=lambda s: s["seq"])
-    return _check_all(chains, seals_by_chain, bases, keys, sealed_base=False)
+    return _check_all(sorted(chains.items()), seals_by_chain, bases, keys, sealed_base=False)
