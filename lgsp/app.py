@@ -8,6 +8,7 @@ Each is a factory, for `uvicorn --factory` with several workers.
 """
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import warnings
 
@@ -75,6 +76,15 @@ class RouteCapture:
         return await self.app(scope, receive, send)
 
 
+def _database_answers(gw: Gateway) -> bool:
+    try:
+        with gw.engine.connect() as conn:
+            conn.execute(text("SELECT 1"))
+        return True
+    except Exception:
+        return False
+
+
 def _json(data, status: int = 200) -> Response:
     return Response(orjson.dumps(data), status_code=status, media_type="application/json")
 
@@ -114,13 +124,7 @@ def data_plane(gateway: Gateway | None = None):
         return _json({"status": "ok"})
 
     async def readyz(_request: Request) -> Response:
-        checks = {"gateway": gw.ready}
-        try:
-            with gw.engine.connect() as conn:
-                conn.execute(text("SELECT 1"))
-            checks["database"] = True
-        except Exception:
-            checks["database"] = False
+        checks = {"gateway": gw.ready, "database": await asyncio.to_thread(_database_answers, gw)}
         ok = all(checks.values())
         return _json({"status": "ready" if ok else "not ready", "checks": checks}, 200 if ok else 503)
 

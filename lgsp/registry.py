@@ -143,6 +143,9 @@ class Registry:
                 if await asyncio.to_thread(read_generation, self.engine) != self.snapshot.generation:
                     await asyncio.to_thread(self.refresh)
                     await self._drop_stale_adapters()
+                    # Build new or changed connections' adapters off the event loop (a WSDL
+                    # load takes tens of ms), not in the first request that needs them.
+                    await asyncio.to_thread(self.build_adapters)
             except Exception:  # the database may blink; keep serving the last snapshot
                 log.warning("configuration refresh failed; serving the previous snapshot", exc_info=True)
 
