@@ -23,7 +23,7 @@ from __future__ import annotations
 import datetime as dt
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Mapping
+from typing import Any, Callable, Iterable, Iterator, Mapping
 
 import orjson
 from sqlalchemy import Engine, select
@@ -177,9 +177,9 @@ def _check_all(chains: Iterable[tuple[str, list]], seals_by_chain: dict[str, lis
     return report
 
 
-def _stream_chains(conn) -> Iterator[tuple[str, list]]:
+def _stream_chains(conn, progress: Callable[[int], None] | None = None) -> Iterator[tuple[str, list]]:
     """Each chain's records in seq order, one chain in memory at a time."""
-    current, rows = None, []
+    current, rows, count = None, [], 0
     result = conn.execution_options(yield_per=5000).execute(
         select(audit_records).order_by(audit_records.c.chain, audit_records.c.seq, audit_records.c.id))
     for r in result:
@@ -188,18 +188,25 @@ def _stream_chains(conn) -> Iterator[tuple[str, list]]:
                 yield current, rows
             current, rows = r.chain, []
         rows.append(r._asdict())
+        count += 1
+        if progress and count % PROGRESS_EVERY == 0:
+            progress(count)
     if current is not None:
         yield current, rows
 
 
-def verify_database(engine: Engine) -> Report:
+PROGRESS_EVERY = 100_000
+
+
+def verify_database(engine: Engine, progress: Callable[[int], None] | None = None) -> Report:
+    """Verify every chain and seal in the database; `progress(n)` is told every 100,000 records read."""
     with engine.connect() as conn:
         seals_by_chain: dict[str, list] = {}
         for s in conn.execute(select(audit_seals).order_by(audit_seals.c.chain, audit_seals.c.seq)):
             seals_by_chain.setdefault(s.chain, []).append(s._asdict())
         bases = {b.chain: b._asdict() for b in conn.execute(select(audit_chain_bases))}
         keys = seals.public_keys(engine)
-        return _check_all(_stream_chains(conn), seals_by_chain, bases, keys)
+        return _check_all(_stream_chains(conn, progress), seals_by_chain, bases, keys)
 
 
 # -- export files -------------------------------------------------------------------------

@@ -399,7 +399,10 @@ def audit_verify(path: Path | None, as_json: bool) -> None:
     reordered or renumbered records, truncation, forged seals)."""
     from lgsp.audit_verify import verify_database, verify_file
 
-    report = verify_file(path) if path else verify_database(_engine())
+    def progress(n: int) -> None:
+        click.echo(f"… {n:,} records read", err=True)
+
+    report = verify_file(path) if path else verify_database(_engine(), progress)
     if as_json:
         click.echo(json.dumps({"ok": report.ok, "chains": report.chains, "records": report.records,
                                "seals": report.seals, "unsealed": report.unsealed,
