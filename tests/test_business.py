@@ -11,10 +11,8 @@ import asyncio
 import copy
 import json
 import re
-import socket
 import subprocess
 import sys
-import threading
 import time
 import unicodedata
 import uuid
@@ -23,11 +21,10 @@ from typing import Iterator
 
 import httpx
 import pytest
-import uvicorn
 import yaml
 from sqlalchemy import select
 
-from conftest import BUSINESS_TOKEN_TTL, assert_problem, audit_of, business_settings, get_token
+from conftest import BUSINESS_TOKEN_TTL, assert_problem, audit_of, business_settings, get_token, serve_in_thread
 from lgsp import specs
 from lgsp.adapter import (
     CallContext, RecordNotFound, UpstreamFault, UpstreamMalformed, UpstreamTimeout, UpstreamUnavailable,
@@ -387,18 +384,8 @@ def test_settings_schema_and_operations():
 @pytest.fixture(scope="module")
 def sim() -> Iterator[tuple[str, object]]:
     app = create_app(300, 1, clients={"lgsp-unit": "unit-secret"})
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    srv = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off"))
-    thread = threading.Thread(target=srv.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 10
-    while not srv.started and time.monotonic() < deadline:
-        time.sleep(0.01)
-    assert srv.started, "simulator did not start"
-    yield f"http://127.0.0.1:{sock.getsockname()[1]}", app.state.simulator
-    srv.should_exit = True
-    thread.join(5)
+    with serve_in_thread(app) as url:
+        yield url, app.state.simulator
 
 
 @pytest.fixture

@@ -3,8 +3,6 @@ for the contract, raw httpx for hostile input and fault modes, and checks of the
 synthetic data's internal consistency."""
 from __future__ import annotations
 
-import socket
-import threading
 import time
 import unicodedata
 from pathlib import Path
@@ -12,11 +10,11 @@ from typing import Iterator
 
 import httpx
 import pytest
-import uvicorn
 import yaml
 import zeep
 from lxml import etree
 
+from conftest import serve_in_thread
 from lgsp.personal_id import parse as parse_id
 from lgsp_adapters.population.simulator import FIXED_IDS, create_app, generate, wsdl_path
 from lgsp_adapters.population.simulator.__main__ import main as simulator_main
@@ -34,18 +32,8 @@ HEADER = dict(MaYeuCau="REQ-1", MaDVC="037", MaTichHop="LGSP-TEST", MaDonVi="000
 @pytest.fixture(scope="module")
 def server() -> Iterator[tuple[str, object]]:
     app = create_app(3000, 1, admin_units=ADMIN_UNITS)
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    srv = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off"))
-    thread = threading.Thread(target=srv.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 10
-    while not srv.started and time.monotonic() < deadline:
-        time.sleep(0.01)
-    assert srv.started, "simulator did not start"
-    yield f"http://127.0.0.1:{sock.getsockname()[1]}", app.state.simulator
-    srv.should_exit = True
-    thread.join(5)
+    with serve_in_thread(app) as url:
+        yield url, app.state.simulator
 
 
 @pytest.fixture(scope="module")
