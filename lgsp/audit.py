@@ -27,7 +27,7 @@ from typing import Any, Mapping
 import orjson
 from sqlalchemy import Engine, insert, select
 
-from lgsp import metrics, seals, syslog
+from lgsp import metrics, seals, syslog, witness
 from lgsp.config import settings
 from lgsp.storage.schema import audit_bodies, audit_records, audit_seals
 
@@ -90,6 +90,7 @@ class AuditWriter:
         self._sealed_at = time.monotonic()
         self._signer: seals.Signer | None = None
         self._forwarder = syslog.from_environment()
+        self._witness = witness.Witness.for_engine(engine)
         self._queue: queue.SimpleQueue = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._run, name="audit-writer", daemon=True)
         self._stopping = False
@@ -182,6 +183,7 @@ class AuditWriter:
             log.error("audit seal failed: %s", type(exc).__name__)
             return
         self._mark_sealed(self._seq)
+        self._publish(pending)
 
     def _mark_sealed(self, seq: int) -> None:
         self._sealed_seq = seq
@@ -219,6 +221,14 @@ class AuditWriter:
             fut.set_result(None)
         if self._forwarder is not None:  # after the answers are released: a SIEM never delays one
             self._forwarder.send(rows)
+        if pending:
+            self._publish(pending)
+
+    def _publish(self, sealed: list[dict]) -> None:
+        """Sealed heads leave the database once committed: to the witness, and to syslog when configured."""
+        self._witness.append(sealed)
+        if self._forwarder is not None:
+            self._forwarder.send(sealed, msgid="seal")
 
 
 class _FileLock:

@@ -15,6 +15,10 @@ What each kind of finding means (each names the record ids involved):
                   (rewritten with recomputed hashes)
     forged_seal   a seal's signature does not verify
     unknown_key   a seal names a key that is not known
+    untrusted_key a seal was made by a key the database holds but the operator's trust does not
+                  (seal keys are trusted only from outside the database: lgsp/audit_trust.py)
+Then the checks anchored outside the database (lgsp/audit_anchor.py): no_start_seal,
+chain_missing, tail_deleted, witness_mismatch, seal_deleted, witness_invalid.
 Unsealed records at the end of a chain (written after its last seal, e.g. before a
 crash) are reported as information, not as findings.
 """
@@ -132,7 +136,8 @@ def check_chain(chain: str, rows: list[Mapping[str, Any]], chain_seals: list[Map
     for seal in chain_seals:
         problem = seals.verify(seal, keys)
         if problem:
-            kind = "unknown_key" if "unknown key" in problem else "forged_seal"
+            kind = "unknown_key" if "unknown key" in problem else "untrusted_key" if "not trusted" in problem \
+                else "forged_seal"
             find(kind, [r["id"] for r in rows if r["seq"] == seal["seq"]], f"seal at seq {seal['seq']}: {problem}")
             continue
         if seal["seq"] == 0 or (base and seal["seq"] <= base["base_seq"]):
@@ -198,15 +203,21 @@ def _stream_chains(conn, progress: Callable[[int], None] | None = None) -> Itera
 PROGRESS_EVERY = 100_000
 
 
-def verify_database(engine: Engine, progress: Callable[[int], None] | None = None) -> Report:
-    """Verify every chain and seal in the database; `progress(n)` is told every 100,000 records read."""
+def verify_database(engine: Engine, progress: Callable[[int], None] | None = None,
+                    witness_dir: Path | None = None) -> Report:
+    """Verify every chain and seal in the database, and the database against the witness
+    (`witness_dir`, default the configured one); `progress(n)` is told every 100,000 records read."""
     with engine.connect() as conn:
         seals_by_chain: dict[str, list] = {}
         for s in conn.execute(select(audit_seals).order_by(audit_seals.c.chain, audit_seals.c.seq)):
             seals_by_chain.setdefault(s.chain, []).append(s._asdict())
         bases = {b.chain: b._asdict() for b in conn.execute(select(audit_chain_bases))}
-        keys = seals.public_keys(engine)
-        return _check_all(_stream_chains(conn, progress), seals_by_chain, bases, keys)
+        keys = seals.public_keys(engine)  # trusted from outside the database only
+        report = _check_all(_stream_chains(conn, progress), seals_by_chain, bases, keys)
+        from lgsp import audit_anchor
+
+        report.findings += audit_anchor.database_findings(conn, keys, witness_dir)
+        return report
 
 
 # -- export files -------------------------------------------------------------------------
@@ -216,8 +227,11 @@ def _revive(row: dict) -> dict:
     return row
 
 
-def verify_file(path: Path) -> Report:
-    """Verify an export (JSON Lines: records, seals, keys and chain bases) offline."""
+def verify_file(path: Path, trust_file: Path | None = None, witness_dir: Path | None = None) -> Report:
+    """Verify an export (JSON Lines: records, seals, keys and chain bases) offline.
+
+    The keys in the file are not trusted: seals verify with `trust_file` (or the configured
+    trust, see lgsp/audit_trust.py). With `witness_dir`, witnessed heads inside the export must match."""
     chains: dict[str, list] = {}
     seals_by_chain: dict[str, list] = {}
     bases: dict[str, Mapping] = {}
@@ -240,4 +254,10 @@ def verify_file(path: Path) -> Report:
         rows.sort(key=lambda r: (r["seq"], r["id"]))
     for items in seals_by_chain.values():
         items.sort(key=lambda s: s["seq"])
-    return _check_all(sorted(chains.items()), seals_by_chain, bases, keys, sealed_base=False)
+    from lgsp import audit_anchor, audit_trust
+
+    trusted = audit_trust.trusted_keys(trust_file=trust_file, seen=keys)
+    report = _check_all(sorted(chains.items()), seals_by_chain, bases, trusted, sealed_base=False)
+    if witness_dir is not None:
+        report.findings += audit_anchor.file_findings(chains, bases, trusted, witness_dir)
+    return report

@@ -2,8 +2,10 @@
 
 LGSP_AUDIT_SYSLOG=udp://host:514 or tcp://host:6514 (TCP uses octet-counting
 framing, RFC 6587). The message is the record as JSON: it already holds no
-personal ID, only its keyed hash. Forwarding is best effort: the database is
-the record of truth, and a SIEM outage never blocks an exchange.
+personal ID, only its keyed hash. Seals go the same way (msgid `seal`), so the
+SIEM holds the signed chain heads too: a witness outside the database.
+Forwarding is best effort: the database is the record of truth, and a SIEM
+outage never blocks an exchange.
 """
 from __future__ import annotations
 
@@ -22,11 +24,11 @@ log = logging.getLogger(__name__)
 PRI = 13 * 8 + 6
 
 
-def format_5424(record: Mapping[str, Any], hostname: str, procid: str) -> bytes:
+def format_5424(record: Mapping[str, Any], hostname: str, procid: str, msgid: str | None = None) -> bytes:
     at = record["at"]
     stamp = at.astimezone(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ") if isinstance(at, dt.datetime) else at
     body = {k: (v.isoformat() if isinstance(v, dt.datetime) else v) for k, v in record.items()}
-    msgid = "exchange" if record.get("kind") == "exchange" else "admin"
+    msgid = msgid or ("exchange" if record.get("kind") == "exchange" else "admin")
     return f"<{PRI}>1 {stamp} {hostname} lgsp {procid} {msgid} - ".encode() + orjson.dumps(body)
 
 
@@ -49,11 +51,12 @@ class SyslogForwarder:
                 self._sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         return self._sock
 
-    def send(self, records: list[Mapping[str, Any]]) -> None:
+    def send(self, records: list[Mapping[str, Any]], msgid: str | None = None) -> None:
+        """Records (msgid exchange/admin), or seals (msgid `seal`: the signed chain heads)."""
         try:
             sock = self._socket()
             for record in records:
-                message = format_5424(record, self.hostname, self.procid)
+                message = format_5424(record, self.hostname, self.procid, msgid)
                 if self.tcp:
                     sock.sendall(str(len(message)).encode() + b" " + message)
                 else:

@@ -227,11 +227,15 @@ def test_records_are_forwarded_to_syslog_as_rfc5424(engine, monkeypatch):
     sock.bind(("127.0.0.1", 0))
     sock.settimeout(5)
     monkeypatch.setenv("LGSP_AUDIT_SYSLOG", f"udp://127.0.0.1:{sock.getsockname()[1]}")
-    write_chain(engine, 3)
-    messages = [sock.recv(65536) for _ in range(3)]
+    chain = write_chain(engine, 3)
+    received = [sock.recv(65536).partition(b" - ") for _ in range(5)]  # 3 records, the start and shutdown seals
     sock.close()
-    for i, message in enumerate(messages):
-        header, _, body = message.partition(b" - ")
-        assert header.startswith(b"<110>1 ") and b" lgsp " in header and header.endswith(b"exchange")
+    messages = [(header, body) for header, _, body in received if header.endswith(b"exchange")]
+    for i, (header, body) in enumerate(messages):
+        assert header.startswith(b"<110>1 ") and b" lgsp " in header
         data = orjson.loads(body)
         assert data["request_id"] == f"req-{i}" and data["hash"] and data["seq"] == i + 1
+    assert len(messages) == 3
+    sealed = [orjson.loads(body) for header, _, body in received if header.endswith(b" seal")]
+    assert [(s["chain"], s["seq"], s["reason"]) for s in sealed] == [(chain, 0, "start"), (chain, 3, "shutdown")]
+    assert all(s["signature"] and s["head_hash"] for s in sealed)
