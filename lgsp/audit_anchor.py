@@ -71,7 +71,8 @@ def file_findings(chains: Mapping[str, list], bases: Mapping[str, Mapping], keys
             continue
         by_seq = {row["seq"]: row for row in rows}
         first = bases[chain]["base_seq"] if chain in bases else rows[0]["seq"] - 1
-        for seal in valid.get(chain, []):
+        heads = {s["seq"]: s for s in valid.get(chain, [])}.values()  # a shutdown seal may repeat a head
+        for seal in sorted(heads, key=lambda s: s["seq"]):
             if first < seal["seq"] <= rows[-1]["seq"]:
                 row = by_seq.get(seal["seq"])
                 findings += _mismatch(chain, seal, (row["id"], row["hash"]) if row else None)

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Iterable, Mapping
 
 import orjson
+from cryptography.fernet import InvalidToken
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from sqlalchemy import Engine, select
 
@@ -125,7 +126,7 @@ def _made_here(row) -> bool:
     try:
         private = fernet().decrypt(row.private_key.encode())
         return seals.public_hex(Ed25519PrivateKey.from_private_bytes(private)) == row.public_key
-    except Exception:
+    except (InvalidToken, ValueError, TypeError, AttributeError):
         return False
 
 

@@ -204,18 +204,19 @@ PROGRESS_EVERY = 100_000
 
 
 def verify_database(engine: Engine, progress: Callable[[int], None] | None = None,
-                    witness_dir: Path | None = None) -> Report:
+                    witness_dir: Path | None = None, trust_file: Path | None = None) -> Report:
     """Verify every chain and seal in the database, and the database against the witness
-    (`witness_dir`, default the configured one); `progress(n)` is told every 100,000 records read."""
+    (`witness_dir`, default the configured one); `progress(n)` is told every 100,000 records read.
+    Seal keys are trusted from `trust_file` alone if given, else as lgsp/audit_trust.py says."""
+    from lgsp import audit_anchor, audit_trust
+
     with engine.connect() as conn:
         seals_by_chain: dict[str, list] = {}
         for s in conn.execute(select(audit_seals).order_by(audit_seals.c.chain, audit_seals.c.seq)):
             seals_by_chain.setdefault(s.chain, []).append(s._asdict())
         bases = {b.chain: b._asdict() for b in conn.execute(select(audit_chain_bases))}
-        keys = seals.public_keys(engine)  # trusted from outside the database only
+        keys = audit_trust.trusted_keys(engine, trust_file=trust_file)  # never the database's word alone
         report = _check_all(_stream_chains(conn, progress), seals_by_chain, bases, keys)
-        from lgsp import audit_anchor
-
         report.findings += audit_anchor.database_findings(conn, keys, witness_dir)
         return report
 

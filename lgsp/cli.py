@@ -114,7 +114,9 @@ def _upgrade() -> None:
     upgrade(settings().db_url)
     created = _admin().register_spec_services()
     keys.ensure_key(_engine())
-    seals.ensure_key(_engine())
+    made = seals.ensure_key(_engine())
+    if made:
+        _echo_seal_key(made)
     for name in created:
         click.echo(f"registered service {name}")
 
@@ -393,16 +395,33 @@ def audit() -> None:
 @audit.command("verify")
 @click.option("--file", "path", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="Verify an export file offline instead of the database.")
+@click.option("--trust", "trust_file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="Trust file of seal keys (`lgsp audit trust export`). Default: LGSP_AUDIT_TRUST or "
+                   "LGSP_HOME/audit-trust.jsonl, plus the keys derived from the master secret. "
+                   "The keys inside an export file are never trusted.")
+@click.option("--witness", "witness_dir", type=click.Path(exists=True, file_okay=False, path_type=Path),
+              help="Witness directory of sealed heads. Default for the database: LGSP_AUDIT_WITNESS or "
+                   "LGSP_HOME/audit-witness; an export file is compared with a witness only when given.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
-def audit_verify(path: Path | None, as_json: bool) -> None:
-    """Check every hash chain and seal; exit 1 on any finding (edited, deleted, inserted,
-    reordered or renumbered records, truncation, forged seals)."""
+def audit_verify(path: Path | None, trust_file: Path | None, witness_dir: Path | None, as_json: bool) -> None:
+    """Check every hash chain and seal, and the database against the witness; exit 1 on any finding
+    (edited, deleted, inserted, reordered or renumbered records, truncation, forged or untrusted seals,
+    missing chains, start seals or witnessed heads)."""
+    from lgsp import audit_trust
     from lgsp.audit_verify import verify_database, verify_file
 
     def progress(n: int) -> None:
         click.echo(f"… {n:,} records read", err=True)
 
-    report = verify_file(path) if path else verify_database(_engine(), progress)
+    if trust_file is None and not audit_trust.trust_path().exists() and not audit_trust.master_secret_available():
+        click.echo("Error: no trusted seal keys here: pass --trust FILE (made with `lgsp audit trust export` "
+                   "where the gateway runs), or set LGSP_AUDIT_TRUST or LGSP_SECRET_KEY.", err=True)
+        sys.exit(2)
+    try:
+        report = (verify_file(path, trust_file, witness_dir) if path
+                  else verify_database(_engine(), progress, witness_dir, trust_file))
+    except audit_trust.TrustFileError as exc:
+        raise click.ClickException(str(exc)) from None
     if as_json:
         click.echo(json.dumps({"ok": report.ok, "chains": report.chains, "records": report.records,
                                "seals": report.seals, "unsealed": report.unsealed,
@@ -492,7 +511,50 @@ def audit_rotate_key() -> None:
 
     kid = seals.create_key(_engine())
     _admin().record_action("audit.rotate_key", kid, None, {"kid": kid})
-    click.echo(f"new seal key {kid}")
+    _echo_seal_key(kid)
+
+
+def _echo_seal_key(kid: str) -> None:
+    from lgsp import audit_trust, seals
+
+    public = seals.derived_public(kid)
+    click.echo(f"new seal key {kid}  {seals.fingerprint(public)}  (added to the trust file {audit_trust.trust_path()})")
+
+
+@audit.group("trust")
+def audit_trust_group() -> None:
+    """The seal keys `lgsp audit verify` trusts: kept outside the database."""
+
+
+@audit_trust_group.command("list")
+def audit_trust_list() -> None:
+    """Every seal key, trusted or not, with its fingerprint; exit 1 if the database holds an untrusted key."""
+    from lgsp import audit_trust, seals
+
+    trusted = audit_trust.trusted_keys(_engine())
+    in_db = seals.database_keys(_engine())
+    rows = [{"kid": kid, "fingerprint": seals.fingerprint(public),
+             "trusted": "yes" if kid in trusted and trusted[kid] == public else "NO",
+             "in_database": "yes" if kid in in_db else "no"}
+            for kid, public in sorted({**trusted, **in_db}.items())]
+    _print_rows(rows, ["kid", "fingerprint", "trusted", "in_database"])
+    sys.exit(0 if all(r["trusted"] == "yes" for r in rows) else 1)
+
+
+@audit_trust_group.command("export")
+@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), required=True)
+def audit_trust_export(output: Path) -> None:
+    """Write the trusted seal keys (never a key the database alone vouches for) as a trust file,
+    for `lgsp audit verify --file EXPORT --trust FILE` where the master secret is not at hand."""
+    from lgsp import audit_trust, seals
+
+    trusted = audit_trust.trusted_keys(_engine())
+    with open(output, "wb") as out:
+        out.write(b"# LGSP audit seal keys; compare the fingerprints with the operator's before use.\n")
+        out.writelines(audit_trust.trust_line(kid, public) for kid, public in sorted(trusted.items()))
+    for kid, public in sorted(trusted.items()):
+        click.echo(f"{kid}  {seals.fingerprint(public)}")
+    click.echo(f"wrote {len(trusted)} trusted seal key(s) to {output}")
 
 
 # -- demo -------------------------------------------------------------------------

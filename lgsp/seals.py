@@ -85,9 +85,9 @@ def create_key(engine: Engine) -> str:
     return kid
 
 
-def ensure_key(engine: Engine) -> None:
-    """An active, derived seal key, and the trust file. A key made before keys were derived is
-    trusted on first use (when the trust file is made) and then rotated."""
+def ensure_key(engine: Engine) -> str | None:
+    """An active, derived seal key, and the trust file; the kid if a key was made. A key made
+    before keys were derived is trusted on first use (when the trust file is made), then rotated."""
     from lgsp import audit_trust
 
     audit_trust.ensure_trust_file(engine)
@@ -95,8 +95,8 @@ def ensure_key(engine: Engine) -> None:
         active = conn.execute(select(audit_keys.c.kid, audit_keys.c.public_key)
                               .where(audit_keys.c.status == "active")).all()
     if any(row.public_key == derived_public(row.kid) for row in active):
-        return
-    create_key(engine)
+        return None
+    return create_key(engine)
 
 
 def signer(engine: Engine) -> Signer:

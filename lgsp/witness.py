@@ -79,7 +79,7 @@ class Witness:
         self.db = db
 
     @classmethod
-    def for_engine(cls, engine: Engine) -> "Witness":
+    def for_engine(cls, engine: Engine) -> Witness:
         return cls(witness_dir(), database_id(engine.url))
 
     def append(self, sealed: Iterable[Mapping]) -> bool:
