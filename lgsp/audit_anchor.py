@@ -65,17 +65,17 @@ def file_findings(chains: Mapping[str, list], bases: Mapping[str, Mapping], keys
     """An export compared with a witness: every witnessed head inside the exported range must match.
 
     (An export is a range: chains and records outside it are not expected, so only mismatches count.)"""
-    findings, valid = _valid_entries(witness.read(directory, None), keys)
+    findings, by_chain = _group(witness.read(directory, None))
     for chain, rows in sorted(chains.items()):
-        if not rows:
+        if not rows or chain not in by_chain:
             continue
+        claims = _Claims(chain, keys, findings)
         by_seq = {row["seq"]: row for row in rows}
         first = bases[chain]["base_seq"] if chain in bases else rows[0]["seq"] - 1
-        heads = {s["seq"]: s for s in valid.get(chain, [])}.values()  # a shutdown seal may repeat a head
-        for seal in sorted(heads, key=lambda s: s["seq"]):
-            if first < seal["seq"] <= rows[-1]["seq"]:
-                row = by_seq.get(seal["seq"])
-                findings += _mismatch(chain, seal, (row["id"], row["hash"]) if row else None)
+        for entry in _heads(by_chain[chain], first):
+            if entry.seal["seq"] <= rows[-1]["seq"]:
+                row = by_seq.get(entry.seal["seq"])
+                _mismatch(claims, entry, (row["id"], row["hash"]) if row else None)
     return findings
 
 
@@ -110,61 +110,89 @@ def _sealed_base(base: Mapping, chain_seals: list[Mapping], keys: Mapping[str, s
     return 0
 
 
-def _valid_entries(entries: Iterable[witness.Entry], keys: Mapping[str, str]) -> tuple[list[Finding], dict]:
+def _group(entries: Iterable[witness.Entry]) -> tuple[list[Finding], dict[str, list[witness.Entry]]]:
+    """Witness lines by chain; unreadable lines are findings at once."""
     findings: list[Finding] = []
-    valid: dict[str, list[dict]] = {}
+    by_chain: dict[str, list[witness.Entry]] = {}
     for entry in entries:
         if entry.seal is None:
             findings.append(Finding("witness_invalid", "", (), f"witness line {entry.where}: {entry.problem}"))
-            continue
-        problem = seals.verify(entry.seal, keys)
-        if problem:
-            findings.append(Finding("witness_invalid", entry.seal["chain"], (),
-                                    f"witness line {entry.where} (seq {entry.seal['seq']}): {problem}"))
-            continue
-        valid.setdefault(entry.seal["chain"], []).append(entry.seal)
-    return findings, valid
+        else:
+            by_chain.setdefault(entry.seal["chain"], []).append(entry)
+    return findings, by_chain
 
 
-def _mismatch(chain: str, seal: Mapping, record: tuple[int, str] | None) -> list[Finding]:
+def _heads(entries: list[witness.Entry], after: int) -> list[witness.Entry]:
+    """The witnessed heads above seq `after`, one per seq (a shutdown seal may repeat a head), in seq order."""
+    return sorted({e.seal["seq"]: e for e in entries if e.seal["seq"] > after}.values(), key=lambda e: e.seal["seq"])
+
+
+class _Claims:
+    """Checks a witness line's signature only when it claims something the database contradicts:
+    a line that agrees with the database proves nothing new, and thousands of them stay cheap."""
+
+    def __init__(self, chain: str, keys: Mapping[str, str], findings: list[Finding]):
+        self.chain, self.keys, self.findings = chain, keys, findings
+        self._checked: dict[int, bool] = {}
+
+    def genuine(self, entry: witness.Entry) -> bool:
+        if id(entry) not in self._checked:
+            problem = seals.verify(entry.seal, self.keys)
+            if problem:
+                self.findings.append(Finding("witness_invalid", self.chain, (),
+                                             f"witness line {entry.where} (seq {entry.seal['seq']}): {problem}"))
+            self._checked[id(entry)] = problem is None
+        return self._checked[id(entry)]
+
+    def add(self, kind: str, ids: tuple[int, ...], detail: str) -> None:
+        self.findings.append(Finding(kind, self.chain, ids, detail))
+
+
+def _when(entry: witness.Entry) -> str:
+    return f"{entry.seal['at']:%Y-%m-%d %H:%M:%S} UTC"
+
+
+def _mismatch(claims: _Claims, entry: witness.Entry, record: tuple[int, str] | None) -> None:
+    seq, head = entry.seal["seq"], entry.seal["head_hash"]
+    if record is not None and record[1] == head or not claims.genuine(entry):
+        return
     if record is None:
-        return [Finding("witness_mismatch", chain, (),
-                        f"the record at seq {seal['seq']}, sealed at {seal['at']:%Y-%m-%d %H:%M:%S} UTC and witnessed, "
-                        "is missing")]
-    if record[1] != seal["head_hash"]:
-        return [Finding("witness_mismatch", chain, (record[0],),
-                        f"the record at seq {seal['seq']} is not the one sealed at {seal['at']:%Y-%m-%d %H:%M:%S} UTC "
-                        f"and witnessed (witnessed hash {seal['head_hash'][:12]}…, now {record[1][:12]}…)")]
-    return []
+        claims.add("witness_mismatch", (), f"the record at seq {seq}, sealed at {_when(entry)} and witnessed, is missing")
+    else:
+        claims.add("witness_mismatch", (record[0],),
+                   f"the record at seq {seq} is not the one sealed at {_when(entry)} and witnessed "
+                   f"(witnessed hash {head[:12]}…, now {record[1][:12]}…)")
+
+
+def _first_genuine(claims: _Claims, entries: Iterable[witness.Entry]) -> witness.Entry | None:
+    return next((e for e in sorted(entries, key=lambda e: -e.seal["seq"]) if claims.genuine(e)), None)
 
 
 def _witness_findings(entries: Iterable[witness.Entry], keys: Mapping[str, str], chains: set[str],
                       ends: Mapping[str, int], base_seqs: Mapping[str, int], stored: set[tuple],
                       lookup: Lookup) -> list[Finding]:
-    findings, valid = _valid_entries(entries, keys)
-    for chain, items in sorted(valid.items()):
-        top = max(items, key=lambda s: s["seq"])
-        when = f"{top['at']:%Y-%m-%d %H:%M:%S} UTC"
+    findings, by_chain = _group(entries)
+    for chain, items in sorted(by_chain.items()):
+        claims = _Claims(chain, keys, findings)
         if chain not in chains:
-            findings.append(Finding("chain_missing", chain, (),
-                                    f"the witness holds {len(items)} seal(s) of this chain, the last at seq {top['seq']} "
-                                    f"({when}); the database has no record, seal or base of it"))
+            top = _first_genuine(claims, items)
+            if top is not None:
+                claims.add("chain_missing", (), f"the witness holds {len(items)} seal(s) of this chain, the last at "
+                           f"seq {top.seal['seq']} ({_when(top)}); the database has no record, seal or base of it")
             continue
-        missing = sorted({s["seq"] for s in items if (chain, s["seq"], s["signature"]) not in stored})
-        if missing:
-            findings.append(Finding("seal_deleted", chain, (),
-                                    f"{len(missing)} witnessed seal(s) are gone from the database, at seq "
-                                    + ", ".join(map(str, missing[:20])) + (" …" if len(missing) > 20 else "")))
+        gone = [e for e in items if (chain, e.seal["seq"], e.seal["signature"]) not in stored and claims.genuine(e)]
+        if gone:
+            seqs = sorted({e.seal["seq"] for e in gone})
+            claims.add("seal_deleted", (), f"{len(seqs)} witnessed seal(s) are gone from the database, at seq "
+                       + ", ".join(map(str, seqs[:20])) + (" …" if len(seqs) > 20 else ""))
         base = base_seqs.get(chain, 0)
         end = ends.get(chain, base)
-        heads = list({s["seq"]: s for s in items if s["seq"] > base}.values())  # a shutdown seal may repeat a head
-        if top["seq"] > end:
-            findings.append(Finding("tail_deleted", chain, (),
-                                    f"the witness saw this chain's head at seq {top['seq']} ({when}); the chain in the "
-                                    f"database ends at seq {end}: records {end + 1}–{top['seq']} are gone"))
-        inside = sorted({s["seq"] for s in heads if s["seq"] <= end})
-        present = lookup(chain, inside)
-        for seal in sorted(heads, key=lambda s: s["seq"]):
-            if seal["seq"] <= end:
-                findings += _mismatch(chain, seal, present.get(seal["seq"]))
+        top = _first_genuine(claims, [e for e in items if e.seal["seq"] > end])
+        if top is not None:
+            claims.add("tail_deleted", (), f"the witness saw this chain's head at seq {top.seal['seq']} ({_when(top)}); "
+                       f"the chain in the database ends at seq {end}: records {end + 1}–{top.seal['seq']} are gone")
+        heads = [e for e in _heads(items, base) if e.seal["seq"] <= end]
+        present = lookup(chain, [e.seal["seq"] for e in heads])
+        for entry in heads:
+            _mismatch(claims, entry, present.get(entry.seal["seq"]))
     return findings
