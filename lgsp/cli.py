@@ -112,11 +112,11 @@ def _upgrade() -> None:
     from lgsp.storage import upgrade
 
     upgrade(settings().db_url)
-    created = _admin().register_spec_services()
-    keys.ensure_key(_engine())
-    made = seals.ensure_key(_engine())
+    made = seals.ensure_key(_engine())  # before anything is audited, so the key made is the one shown
     if made:
         _echo_seal_key(made)
+    created = _admin().register_spec_services()
+    keys.ensure_key(_engine())
     for name in created:
         click.echo(f"registered service {name}")
 

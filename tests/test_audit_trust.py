@@ -26,7 +26,7 @@ from lgsp.audit_export import export_jsonl
 from lgsp.audit_verify import verify_database, verify_file
 from lgsp.crypto import fernet
 from lgsp.storage import engine_for
-from lgsp.storage.schema import audit_keys, audit_records, audit_seals
+from lgsp.storage.schema import audit_chain_bases, audit_keys, audit_records, audit_seals
 
 
 @pytest.fixture
@@ -296,3 +296,35 @@ def test_witness_appends_from_several_processes_interleave_whole_lines(tmp_path)
     assert all(e.problem is None for e in entries) and len(entries) == 800
     for tag in range(4):
         assert [e.seal["seq"] for e in entries if e.seal["chain"] == f"chain-{tag}"] == list(range(200))
+
+
+def test_deleted_chain_hidden_behind_a_made_up_base_is_caught(trail):
+    chain = write_chain(trail, 25)
+    with trail.begin() as conn:  # as if retention had removed everything: no records, no seals, a base at seq 25
+        conn.execute(delete(audit_records).where(audit_records.c.chain == chain))
+        conn.execute(delete(audit_seals).where(audit_seals.c.chain == chain))
+        conn.execute(insert(audit_chain_bases).values(chain=chain, base_seq=25, base_hash="e" * 64,
+                                                      at=dt.datetime.now(dt.timezone.utc)))
+    report = verify_database(trail)
+    assert {"no_start_seal", "tail_deleted", "seal_deleted"} <= {f.kind for f in report.findings}
+    assert {f.chain for f in report.findings} == {chain}
+
+
+def test_a_fresh_home_makes_its_trust_file_and_witness(fresh_db_url, tmp_path):
+    home = tmp_path / "home"
+    env = {"LGSP_HOME": str(home), "LGSP_DATABASE_URL": fresh_db_url, "LGSP_AUDIT_TRUST": "", "LGSP_AUDIT_WITNESS": ""}
+    done = cli("db", "upgrade", env=env)
+    assert done.returncode == 0 and "new seal key seal-" in done.stdout and "SHA256:" in done.stdout, done.stderr
+    trust = home / "audit-trust.jsonl"
+    assert oct(trust.stat().st_mode & 0o777) == "0o600"
+    [kid] = audit_trust.read_trust(trust)
+    assert kid in done.stdout
+    witnessed = list((home / "audit-witness").glob("heads-*.jsonl"))  # the upgrade's own admin records were sealed
+    assert witnessed and oct((home / "audit-witness").stat().st_mode & 0o777) == "0o700"
+    assert {orjson.loads(line)["kid"] for line in witnessed[0].read_bytes().splitlines()} == {kid}
+    rotated = cli("audit", "rotate-key", env=env)
+    assert rotated.returncode == 0 and "SHA256:" in rotated.stdout
+    assert len(audit_trust.read_trust(trust)) == 2
+    listed = cli("audit", "trust", "list", env=env)
+    assert listed.returncode == 0 and len(listed.stdout.splitlines()) == 3 and " NO " not in listed.stdout
+    assert cli("audit", "verify", env=env).returncode == 0
