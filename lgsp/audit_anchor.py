@@ -21,6 +21,7 @@ every verification, incremental or not.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Mapping
 
@@ -34,8 +35,16 @@ from lgsp.storage.schema import audit_chain_bases, audit_records, audit_seals
 Lookup = Callable[[str, list[int]], dict[int, tuple[int, str]]]
 
 
-def database_findings(conn, keys: Mapping[str, str], directory: Path | None = None) -> list[Finding]:
-    """The chain-set and witness findings for the database behind `conn`."""
+@dataclass
+class Anchored:
+    findings: list[Finding]
+    witness: dict  # where the witness was read, the database's name in it, how many of its seals it holds
+
+
+def database_findings(conn, keys: Mapping[str, str], directory: Path | None = None) -> Anchored:
+    """The chain-set and witness findings for the database behind `conn`, and what witness was read.
+
+    Self-contained (it reads what it needs), so an incremental verification calls it in full."""
     r = audit_records.c
     ends = dict(conn.execute(select(r.chain, func.max(r.seq)).group_by(r.chain)).all())
     by_chain: dict[str, list[dict]] = {}
@@ -55,9 +64,11 @@ def database_findings(conn, keys: Mapping[str, str], directory: Path | None = No
                 for chain in sorted(chains) if (problem := _start_problem(by_chain.get(chain, []), keys))]
     stored = {(s["chain"], s["seq"], s["signature"]) for items in by_chain.values() for s in items}
     base_seqs = {chain: _sealed_base(b, by_chain.get(chain, []), keys) for chain, b in bases.items()}
-    entries = witness.read(directory or witness_dir(), witness.database_id(conn.engine.url))
+    directory = directory or witness.witness_dir()
+    db = witness.database_id(conn.engine.url)
+    entries = list(witness.read(directory, db))
     findings += _witness_findings(entries, keys, chains, ends, base_seqs, stored, lookup)
-    return findings
+    return Anchored(findings, {"directory": str(directory), "database": db, "seals": len(entries)})
 
 
 def file_findings(chains: Mapping[str, list], bases: Mapping[str, Mapping], keys: Mapping[str, str],
@@ -77,10 +88,6 @@ def file_findings(chains: Mapping[str, list], bases: Mapping[str, Mapping], keys
                 row = by_seq.get(entry.seal["seq"])
                 _mismatch(claims, entry, (row["id"], row["hash"]) if row else None)
     return findings
-
-
-def witness_dir() -> Path:
-    return witness.witness_dir()
 
 
 def _start_problem(chain_seals: Iterable[Mapping], keys: Mapping[str, str]) -> str | None:

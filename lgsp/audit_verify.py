@@ -52,6 +52,7 @@ class Report:
     seals: int = 0
     findings: list[Finding] = field(default_factory=list)
     unsealed: dict[str, int] = field(default_factory=dict)
+    witness: dict[str, Any] = field(default_factory=dict)  # what the database was compared with (audit_anchor)
 
     @property
     def ok(self) -> bool:
@@ -217,7 +218,9 @@ def verify_database(engine: Engine, progress: Callable[[int], None] | None = Non
         bases = {b.chain: b._asdict() for b in conn.execute(select(audit_chain_bases))}
         keys = audit_trust.trusted_keys(engine, trust_file=trust_file)  # never the database's word alone
         report = _check_all(_stream_chains(conn, progress), seals_by_chain, bases, keys)
-        report.findings += audit_anchor.database_findings(conn, keys, witness_dir)
+        anchored = audit_anchor.database_findings(conn, keys, witness_dir)
+        report.findings += anchored.findings
+        report.witness = anchored.witness
         return report
 
 

@@ -424,7 +424,7 @@ def audit_verify(path: Path | None, trust_file: Path | None, witness_dir: Path |
         raise click.ClickException(str(exc)) from None
     if as_json:
         click.echo(json.dumps({"ok": report.ok, "chains": report.chains, "records": report.records,
-                               "seals": report.seals, "unsealed": report.unsealed,
+                               "seals": report.seals, "unsealed": report.unsealed, "witness": report.witness,
                                "findings": [f.__dict__ for f in report.findings]}, indent=2))
     else:
         for f in report.findings:
@@ -432,6 +432,9 @@ def audit_verify(path: Path | None, trust_file: Path | None, witness_dir: Path |
             click.echo(f"{f.kind:14} chain {f.chain}  records {ids}: {f.detail}")
         for chain, n in report.unsealed.items():
             click.echo(f"{'(info)':14} chain {chain}: {n} record(s) after its last seal")
+        if report.witness:
+            w = report.witness
+            click.echo(f"{'(info)':14} witness {w['directory']}: {w['seals']} seal(s) of database {w['database']}")
         click.echo(f"{report.chains} chains, {report.records} records, {report.seals} seals, "
                    f"{len(report.findings)} findings")
     sys.exit(0 if report.ok else 1)
