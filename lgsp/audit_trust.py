@@ -43,8 +43,9 @@ class TrustFileError(Exception):
 
 
 class TrustedKeys(dict):
-    """kid → public key (hex) of the trusted keys. With the master secret at hand, a kid that
-    is not listed is looked up by derivation; `untrusted` names keys seen but not trusted."""
+    """kid → public key (hex) of the trusted keys. With the master secret at hand, any other kid
+    is looked up by derivation (so a key row the database changed cannot discredit genuine
+    seals); `untrusted` names the keys seen (in the database, in an export) but not trusted."""
 
     def __init__(self, keys: Mapping[str, str], *, derive: bool, untrusted: Iterable[str] = ()):
         super().__init__(keys)
@@ -54,7 +55,7 @@ class TrustedKeys(dict):
     def get(self, kid, default=None):
         if kid in self:
             return self[kid]
-        if kid in self.untrusted or not self.derive:
+        if not self.derive:
             return default
         return _derived_public(settings().master_secret, kid)
 

@@ -128,15 +128,17 @@ def public_keys(engine: Engine) -> dict[str, str]:
 def verify(seal: dict, keys: dict[str, str]) -> str | None:
     """None if the seal's signature holds under `keys`; otherwise why not."""
     public = keys.get(seal["kid"])
-    if public is None and seal["kid"] in getattr(keys, "untrusted", ()):
+    untrusted = seal["kid"] in getattr(keys, "untrusted", ())
+    if public is not None:
+        try:
+            Ed25519PublicKey.from_public_bytes(bytes.fromhex(public)).verify(
+                bytes.fromhex(seal["signature"]),
+                message(seal["chain"], seal["seq"], seal["head_hash"], seal["at"], seal["kid"], seal["reason"]),
+            )
+            return None
+        except (InvalidSignature, ValueError):
+            if not untrusted:
+                return "signature does not verify"
+    if untrusted:
         return f"signed with key {seal['kid']}, which is not trusted (a key the database holds, not the operator)"
-    if public is None:
-        return f"signed with unknown key {seal['kid']}"
-    try:
-        Ed25519PublicKey.from_public_bytes(bytes.fromhex(public)).verify(
-            bytes.fromhex(seal["signature"]),
-            message(seal["chain"], seal["seq"], seal["head_hash"], seal["at"], seal["kid"], seal["reason"]),
-        )
-    except (InvalidSignature, ValueError):
-        return "signature does not verify"
-    return None
+    return f"signed with unknown key {seal['kid']}"

@@ -328,3 +328,13 @@ def test_a_fresh_home_makes_its_trust_file_and_witness(fresh_db_url, tmp_path):
     listed = cli("audit", "trust", "list", env=env)
     assert listed.returncode == 0 and len(listed.stdout.splitlines()) == 3 and " NO " not in listed.stdout
     assert cli("audit", "verify", env=env).returncode == 0
+
+
+def test_a_changed_key_row_cannot_discredit_genuine_seals(trail, tmp_path, monkeypatch):
+    chain = write_chain(trail, 12)
+    monkeypatch.setenv("LGSP_AUDIT_TRUST", str(tmp_path / "not-here.jsonl"))  # trust by derivation only
+    with trail.begin() as conn:
+        conn.execute(update(audit_keys).values(public_key=seals.public_hex(Ed25519PrivateKey.generate())))
+    report = verify_database(trail)
+    assert report.ok, report.findings
+    assert {s["kid"] for s in seals_of(trail, chain)} <= audit_trust.trusted_keys(trail).untrusted
