@@ -560,6 +560,30 @@ def audit_trust_export(output: Path) -> None:
     click.echo(f"wrote {len(trusted)} trusted seal key(s) to {output}")
 
 
+@audit.group("witness")
+def audit_witness_group() -> None:
+    """The witness: sealed chain heads kept outside the database (LGSP_AUDIT_WITNESS)."""
+
+
+@audit_witness_group.command("compact")
+@click.option("--before", required=True, help="Fold the day files before this date (YYYY-MM-DD, at least yesterday).")
+@click.option("--dir", "directory", type=click.Path(exists=True, file_okay=False, path_type=Path),
+              help="Witness directory (default LGSP_AUDIT_WITNESS or LGSP_HOME/audit-witness).")
+def audit_witness_compact(before: str, directory: Path | None) -> None:
+    """Keep, per chain, only the start seal and the highest witnessed head of the old day files
+    (enough to catch a deleted chain, a deleted tail or a rewrite); back the files up first."""
+    import datetime as dt
+
+    from lgsp import witness
+
+    try:
+        day = dt.date.fromisoformat(before)
+        result = witness.compact(directory or witness.witness_dir(), day)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--before") from None
+    click.echo(f"folded {result['files']} file(s), {result['lines']} line(s) into {result['kept']}")
+
+
 # -- demo -------------------------------------------------------------------------
 @main.command()
 @click.option("--port", default=8080, show_default=True, type=int)

@@ -142,3 +142,48 @@ def read(directory: Path, db: str | None) -> Iterator[Entry]:
                     yield Entry(where, None, f"malformed ({exc})")
                     continue
                 yield Entry(where, seal)
+
+
+def compact(directory: Path, before: dt.date) -> dict[str, int]:
+    """Fold the day files before `before` (at least a day old) into one file that keeps, per
+    database and chain, the start seal and the highest head: what catches a deleted chain, a
+    deleted tail and a rewrite (every rewrite changes the head). Intermediate heads, which only
+    say *where* a chain was rewritten, are dropped. Lines that cannot be read are kept as they are.
+    """
+    if before > dt.datetime.now(dt.timezone.utc).date() - dt.timedelta(days=1):
+        raise ValueError("only files at least one whole day old can be compacted (a late seal may still land)")
+    old = [p for p in sorted(directory.glob("heads-*.jsonl")) if p.name[6:16] < before.isoformat()]
+    if not old:
+        return {"files": 0, "lines": 0, "kept": 0}
+    starts: dict[tuple, bytes] = {}
+    tops: dict[tuple, tuple[int, bytes]] = {}
+    unreadable: list[bytes] = []
+    lines = 0
+    for path in old:
+        for raw in path.read_bytes().splitlines():
+            if not raw.strip():
+                continue
+            lines += 1
+            try:
+                item = orjson.loads(raw)
+                key, seq = (item["db"], item["chain"]), int(item["seq"])
+            except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
+                unreadable.append(raw)
+                continue
+            if seq == 0:
+                starts.setdefault(key, raw)
+            elif seq >= tops.get(key, (-1, b""))[0]:
+                tops[key] = (seq, raw)
+    out = list(starts.values()) + [raw for _, raw in tops.values()] + unreadable
+    target = directory / f"heads-{(before - dt.timedelta(days=1)).isoformat()}-compacted.jsonl"
+    partial = directory / (target.name + ".partial")
+    fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(b"".join(raw + b"\n" for raw in out))
+        f.flush()
+        os.fsync(f.fileno())
+    partial.rename(target)  # first the folded file, then the old ones go: a crash leaves duplicates, never a gap
+    for path in old:
+        if path != target:
+            path.unlink()
+    return {"files": len(old), "lines": lines, "kept": len(out)}

@@ -338,3 +338,25 @@ def test_a_changed_key_row_cannot_discredit_genuine_seals(trail, tmp_path, monke
     report = verify_database(trail)
     assert report.ok, report.findings
     assert {s["kid"] for s in seals_of(trail, chain)} <= audit_trust.trusted_keys(trail).untrusted
+
+
+def test_a_compacted_witness_still_catches_a_deleted_tail_and_a_rewrite(trail, tmp_path):
+    kept, cut = write_chain(trail, 30), write_chain(trail, 30)
+    directory = tmp_path / "witness"
+    [today] = list(directory.glob("heads-*.jsonl"))
+    old = directory / "heads-2020-01-01.jsonl"  # as if sealed years ago
+    today.rename(old)
+    refused = cli("audit", "witness", "compact", "--before", dt.date.today().isoformat(), "--dir", str(directory))
+    assert refused.returncode == 2
+    done = cli("audit", "witness", "compact", "--before", "2020-01-02", "--dir", str(directory))
+    assert done.returncode == 0 and "into 4" in done.stdout, done.stdout + done.stderr
+    assert [p.name for p in directory.iterdir()] == ["heads-2020-01-01-compacted.jsonl"]
+    assert verify_database(trail).ok
+    with trail.begin() as conn:
+        conn.execute(delete(audit_records).where(audit_records.c.chain == cut, audit_records.c.seq > 15))
+        conn.execute(delete(audit_seals).where(audit_seals.c.chain == cut, audit_seals.c.seq > 15))
+        conn.execute(delete(audit_seals).where(audit_seals.c.chain == kept, audit_seals.c.seq > 0))
+    rewrite_and_rehash(trail, kept, 3, purpose="curiosity")
+    report = verify_database(trail)
+    assert [f.chain for f in findings(report, "tail_deleted")] == [cut]
+    assert [f.chain for f in findings(report, "witness_mismatch")] == [kept]
