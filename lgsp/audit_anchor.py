@@ -161,10 +161,11 @@ def _when(entry: witness.Entry) -> str:
 
 def _mismatch(claims: _Claims, entry: witness.Entry, record: tuple[int, str] | None) -> None:
     seq, head = entry.seal["seq"], entry.seal["head_hash"]
-    if record is not None and record[1] == head or not claims.genuine(entry):
+    if (record is not None and record[1] == head) or not claims.genuine(entry):
         return
     if record is None:
-        claims.add("witness_mismatch", (), f"the record at seq {seq}, sealed at {_when(entry)} and witnessed, is missing")
+        claims.add("witness_mismatch", (),
+                   f"the record at seq {seq}, sealed at {_when(entry)} and witnessed, is missing")
     else:
         claims.add("witness_mismatch", (record[0],),
                    f"the record at seq {seq} is not the one sealed at {_when(entry)} and witnessed "
@@ -196,7 +197,8 @@ def _witness_findings(entries: Iterable[witness.Entry], keys: Mapping[str, str],
         end = ends.get(chain, base)
         top = _first_genuine(claims, [e for e in items if e.seal["seq"] > end])
         if top is not None:
-            claims.add("tail_deleted", (), f"the witness saw this chain's head at seq {top.seal['seq']} ({_when(top)}); "
+            claims.add("tail_deleted", (), f"the witness saw this chain's head at seq {top.seal['seq']} "
+                       f"({_when(top)}); "
                        f"the chain in the database ends at seq {end}: records {end + 1}–{top.seal['seq']} are gone")
         heads = [e for e in _heads(items, base) if e.seal["seq"] <= end]
         present = lookup(chain, [e.seal["seq"] for e in heads])

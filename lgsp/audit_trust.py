@@ -142,7 +142,8 @@ def ensure_trust_file(engine: Engine) -> None:
     with engine.connect() as conn:
         rows = conn.execute(select(audit_keys.c.kid, audit_keys.c.public_key, audit_keys.c.private_key)).all()
     lines = b"".join(trust_line(r.kid, r.public_key) for r in rows if _made_here(r))
-    header = b"# LGSP audit seal keys trusted by this installation (lgsp/audit_trust.py). Keep it outside the database.\n"
+    header = (b"# LGSP audit seal keys trusted by this installation (lgsp/audit_trust.py). "
+              b"Keep it outside the database.\n")
     try:
         _append(path, header + lines)
     except OSError as exc:

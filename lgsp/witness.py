@@ -51,7 +51,8 @@ def database_id(url: URL) -> str:
         return os.environ["LGSP_AUDIT_DATABASE_ID"]
     backend = url.get_backend_name()
     if backend == "sqlite":
-        where = str(Path(url.database or ":memory:").resolve()) if url.database not in (None, "", ":memory:") else ":memory:"
+        memory = url.database in (None, "", ":memory:")
+        where = ":memory:" if memory else str(Path(url.database).resolve())
     else:
         where = f"{url.host or ''}:{url.port or ''}/{url.database or ''}"
     return hashlib.sha256(f"{backend}|{where}".encode()).hexdigest()[:16]

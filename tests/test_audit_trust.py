@@ -74,7 +74,8 @@ def rewrite_and_rehash(engine, chain: str, seq: int, **changes) -> dict[int, str
             row = dict(row, prev_hash=prev, **(changes if row["seq"] == seq else {}))
             row["hash"] = prev = hashes[row["seq"]] = record_hash(row)
             conn.execute(update(audit_records).where(audit_records.c.id == row["id"])
-                         .values(prev_hash=row["prev_hash"], hash=row["hash"], **(changes if row["seq"] == seq else {})))
+                         .values(prev_hash=row["prev_hash"], hash=row["hash"],
+                                 **(changes if row["seq"] == seq else {})))
     return hashes
 
 
@@ -149,7 +150,8 @@ def test_deleted_seals_and_rewritten_record_is_caught(trail, which):
     """Forgery (b): delete a chain's seals (or all seals), rewrite a record, recompute the hashes."""
     chain, other = write_chain(trail), write_chain(trail, 12)
     with trail.begin() as conn:
-        conn.execute(delete(audit_seals).where(audit_seals.c.chain == chain) if which == "chain" else delete(audit_seals))
+        conn.execute(delete(audit_seals).where(audit_seals.c.chain == chain) if which == "chain"
+                     else delete(audit_seals))
     rewrite_and_rehash(trail, chain, 7, officer="someone-else")
     report = verify_database(trail)
     for kind in ("no_start_seal", "seal_deleted", "witness_mismatch"):
