@@ -78,6 +78,8 @@ def lgsp_env(tmp_path_factory) -> dict[str, str]:
         "LGSP_PUBLIC_URL": f"http://127.0.0.1:{port}",
         "LGSP_CONFIG_POLL_SECONDS": "0.2",
         "LGSP_GATEWAY_PORT": str(port),
+        # The simulators listen on loopback; the egress policy refuses it unless the operator allows it.
+        "LGSP_EGRESS_ALLOW": "127.0.0.0/8,::1",
     }
     os.environ.update(env)
     from lgsp.config import settings
