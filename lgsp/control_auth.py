@@ -43,7 +43,8 @@ def claims_for(engine: Engine, token: str | None, scope: str) -> dict:
     if claims["exp"] <= time.time():
         raise ExchangeError("auth.token_expired", "The access token has expired; request a new one.")
     with engine.connect() as conn:
-        row = conn.execute(select(clients.c.status, clients.c.roles).where(clients.c.client_id == claims["sub"])).first()
+        row = conn.execute(select(clients.c.status, clients.c.roles)
+                           .where(clients.c.client_id == claims["sub"])).first()
     if row is None:
         raise ExchangeError("auth.token_invalid", "The access token names an unknown client.")
     if row.status != "active":

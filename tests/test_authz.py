@@ -433,3 +433,30 @@ def test_control_plane_refusals_reads_and_tokens_are_audited(gateway, integrator
     text = str(records)
     assert CITIZEN not in text  # the personal ID of the path only as its keyed hash
     assert boss not in text and boss_secret not in text and integrator not in text
+
+
+def test_migration_encrypts_headers_stored_in_clear_before_it(tmp_path, lgsp_env):
+    import datetime as dt
+
+    from conftest import _postgres_database
+    from lgsp.admin import open_secrets
+    from lgsp.storage import engine_for, upgrade
+
+    pg = os.environ.get("LGSP_TEST_DATABASE_URL")
+    url, drop = _postgres_database(pg) if pg else (f"sqlite:///{tmp_path / 'old.db'}", None)
+    engine = engine_for(url)
+    try:
+        upgrade(url, "0003")  # a database from before: headers in clear
+        with engine.begin() as conn:
+            conn.execute(insert(connections).values(
+                name="old", adapter="population", enabled=True, updated_at=dt.datetime.now(dt.timezone.utc),
+                settings={"endpoint": "https://dancu.example.gov.vn/x", "headers": {"X-API-Key": "plain-key-1"}}))
+        upgrade(url, "head")
+        with engine.connect() as conn:
+            stored = conn.execute(select(connections.c.settings).where(connections.c.name == "old")).scalar_one()
+        assert "plain-key-1" not in orjson.dumps(stored).decode()
+        assert open_secrets(stored)["headers"] == {"X-API-Key": "plain-key-1"}
+    finally:
+        engine.dispose()
+        if drop:
+            drop()

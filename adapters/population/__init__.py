@@ -149,8 +149,9 @@ class PopulationAdapter(Adapter):
         self._limit = int(self.settings.get("max_connections", 100))
         self._headers = {"Content-Type": "text/xml; charset=utf-8", **(self.settings.get("headers") or {})}
         # The WSDL is read once, from a file: nothing is fetched at call time.
-        self._client = Client(self.settings.get("wsdl") or default_wsdl(), transport=WsdlTransport(),
-                              settings=Settings(strict=True, forbid_dtd=True, forbid_entities=True, forbid_external=True))
+        self._client = Client(
+            self.settings.get("wsdl") or default_wsdl(), transport=WsdlTransport(),
+            settings=Settings(strict=True, forbid_dtd=True, forbid_entities=True, forbid_external=True))
         binding = next(iter(self._client.wsdl.bindings.values()))  # the WSDL declares one SOAP 1.1 binding
         self._service = self._client.create_service(str(binding.name), self.endpoint)
         self._actions = {op: binding.get(name).soapaction for op, name in SOAP_OPERATIONS.items()}
