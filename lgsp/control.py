@@ -119,8 +119,9 @@ def create_control_plane(engine: Engine, cfg: Settings) -> FlaskApp:
         return _problem(request, audited)
 
     capp.add_error_handler(ExchangeError, audited_problem)
-    capp.add_error_handler(ProblemException, lambda request, exc: audited_problem(request, _refusal_of(request, exc)))
+    capp.add_error_handler(ProblemException, lambda request, exc: _shape_problem(request, exc, audited_problem))
     app.register_blueprint(console.blueprint)
+
     def save_token(token: dict, request) -> None:
         # Nothing is stored (tokens are self-contained JWTs), but each issue is recorded.
         control_audit.token_issued(engine, request.client.get_client_id(), token.get("scope"), token.get("expires_in"))
@@ -180,16 +181,14 @@ def _problem_response(exc: ExchangeError):
     return app_response(body, exc.status, headers)
 
 
-def _refusal_of(request, exc: ProblemException) -> ExchangeError:
+def _shape_problem(request, exc: ProblemException, respond=None) -> ConnexionResponse:
     """A request the spec refuses: an anonymous caller hears about the token first."""
+    respond = respond or _problem
     if not bearer_token(request.headers.get("authorization")):
-        return ExchangeError("auth.token_missing", "Send an OAuth2 access token as 'Authorization: Bearer <token>'.",
-                             headers={"WWW-Authenticate": 'Bearer realm="lgsp"'})
-    return refusal_for(exc)
-
-
-def _shape_problem(request, exc: ProblemException) -> ConnexionResponse:
-    return _problem(request, _refusal_of(request, exc))
+        return respond(request, ExchangeError("auth.token_missing", "Send an OAuth2 access token as "
+                                              "'Authorization: Bearer <token>'.",
+                                              headers={"WWW-Authenticate": 'Bearer realm="lgsp"'}))
+    return respond(request, refusal_for(exc))
 
 
 def _audit_refusal(engine: Engine, method: str, path: str, headers, exc: ExchangeError,
