@@ -132,6 +132,15 @@ def test_a_filter_on_a_field_the_grant_hides_is_refused(gateway, store):
     r = httpx.post(f"{gateway.url}/api/services/v1/datastore.records.query", headers=store["shop"],
                    json={"dataset": DATASET, "filter.enterprise_code": "0409999999"}, timeout=15)
     assert_problem(r, 403, "access.filter_not_granted")
+    # The SOAP door (CallService with name/value pairs): a SOAP Fault with the same code.
+    body = ('<?xml version="1.0"?><soap:Envelope xmlns:soap="http://schemas.xmlsoap.org/soap/envelope/" '
+            'xmlns:l="urn:lgsp:soap:v1"><soap:Body><l:CallService><l:service>datastore.records.query</l:service>'
+            f'<l:param><l:name>dataset</l:name><l:value>{DATASET}</l:value></l:param>'
+            '<l:param><l:name>filter.enterprise_code</l:name><l:value>0409999999</l:value></l:param>'
+            '</l:CallService></soap:Body></soap:Envelope>').encode()
+    r = httpx.post(f"{gateway.url}/soap/v1", content=body, timeout=15,
+                   headers={**store["shop"], "Content-Type": "text/xml; charset=utf-8"})
+    assert r.status_code == 500 and "access.filter_not_granted" in r.text and "0409999999" not in r.text, r.text
     # Granted fields still filter.
     r = query(gateway, store["shop"], **{"filter[licence_type]": "tobacco-retail", "filter[status]": "valid"})
     assert r.status_code == 200, r.text
