@@ -22,7 +22,7 @@ class LazySession:
             self._session = aiohttp.ClientSession(
                 connector=aiohttp.TCPConnector(limit=self.limit, ttl_dns_cache=300, resolver=egress.Resolver()),
                 timeout=aiohttp.ClientTimeout(total=self.timeout),
-                trace_configs=[egress.trace_config()],
+                middlewares=(egress.client_middleware(),),
             )
         return self._session
 
