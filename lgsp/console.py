@@ -29,7 +29,7 @@ from itsdangerous import BadSignature, URLSafeTimedSerializer
 from sqlalchemy import delete, insert, select, update
 from werkzeug.exceptions import HTTPException
 
-from lgsp import audit_search
+from lgsp import audit_search, control_audit
 from lgsp.audit import note_read
 from lgsp.crypto import derive_key, hash_secret, subject_hash, verify_secret
 from lgsp.storage.schema import console_sessions
@@ -144,6 +144,7 @@ def _open_session(client_id: str) -> Session:
         conn.execute(delete(console_sessions).where(
             console_sessions.c.created_at < now - dt.timedelta(seconds=MAX_SESSION_SECONDS)))
         conn.execute(insert(console_sessions).values(id=_sid_hash(sid), client_id=client_id, created_at=now))
+    control_audit.record(_engine(), action="console.sign_in", target="console", actor=f"console:{client_id}")
     return Session(csrf=secrets.token_urlsafe(32), client_id=client_id, since=time.time(), sid=sid)
 
 
@@ -152,6 +153,8 @@ def _end_session(session: Session) -> None:
         with _engine().begin() as conn:
             conn.execute(update(console_sessions).where(console_sessions.c.id == _sid_hash(session.sid))
                          .values(ended_at=dt.datetime.now(dt.timezone.utc)))
+        control_audit.record(_engine(), action="console.sign_out", target="console",
+                             actor=f"console:{session.client_id}")
 
 
 @blueprint.after_request

@@ -343,6 +343,7 @@ def _csrf(html: str) -> str:
 
 def test_console_sign_out_ends_the_session_on_the_server(gateway):
     cid, secret = new_client(gateway, "reviewer", roles=["auditor"])
+    since = last_id(gateway)
     with httpx.Client(base_url=gateway.url, follow_redirects=False, timeout=15) as browser:
         csrf = _csrf(browser.get("/console/login").text)
         r = browser.post("/console/login", data={"csrf": csrf, "client_id": cid, "client_secret": secret})
@@ -355,6 +356,8 @@ def test_console_sign_out_ends_the_session_on_the_server(gateway):
     # The cookie from before sign-out (kept by an attacker, or a shared computer) opens nothing.
     r = httpx.get(f"{gateway.url}/console/records", cookies={"lgsp_console": stolen}, follow_redirects=False)
     assert r.status_code == 303 and r.headers["location"].endswith("/console/login")
+    actions = [(r["detail"]["action"], r["detail"]["actor"]) for r in admin_records_after(gateway, since)]
+    assert ("console.sign_in", f"console:{cid}") in actions and ("console.sign_out", f"console:{cid}") in actions
 
 
 def _forged(gateway, sub: str, scope: str, **times) -> str:
