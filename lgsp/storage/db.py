@@ -4,7 +4,7 @@ from __future__ import annotations
 from functools import cache
 from pathlib import Path
 
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Engine, create_engine, event, make_url
 
 from lgsp.config import private_dir, private_file
 
@@ -24,7 +24,7 @@ def _sqlite_pragmas(dbapi_conn, _record) -> None:
 
 def make_engine(url: str) -> Engine:
     if url.startswith("sqlite"):
-        path = url.split("///", 1)[-1]
+        path = make_url(url).database
         if path and path != ":memory:" and not path.startswith("file:"):
             # Owner-only, like the master secret: SQLite gives its -wal and -shm files the same mode.
             private_dir(Path(path).parent)
