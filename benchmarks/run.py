@@ -139,7 +139,8 @@ http {{
 
 def start_lgsp(work: Path, up_port: int, port: int, workers: int, database_url: str | None) -> tuple[subprocess.Popen, dict, str, str]:
     env = dict(os.environ, LGSP_HOME=str(work / "lgsp"), LGSP_PUBLIC_URL=f"http://127.0.0.1:{port}",
-               LGSP_SECRET_KEY=secrets.token_urlsafe(32), LGSP_LOG_LEVEL="WARNING")
+               LGSP_SECRET_KEY=secrets.token_urlsafe(32), LGSP_LOG_LEVEL="WARNING",
+               LGSP_EGRESS_ALLOW="127.0.0.0/8,::1")  # the upstream simulator is on loopback
     if database_url:
         env["LGSP_DATABASE_URL"] = database_url
     lgsp = [sys.executable, "-m", "lgsp.cli"]

@@ -43,6 +43,9 @@ class CallContext:
     officer: str | None = None
     purpose: str | None = None
     timeout: float | None = None
+    #: Canonical fields the caller's grant lets it see (dotted paths allowed). An adapter that
+    #: filters or orders on fields must accept only these, or hidden values leak through it.
+    fields: tuple[str, ...] | None = None
 
 
 @dataclass
@@ -126,6 +129,14 @@ class Adapter:
 
     def __init__(self, settings: Mapping[str, Any]):
         self.settings = dict(settings)
+
+    @classmethod
+    def check_settings(cls, settings: Mapping[str, Any]) -> None:
+        """Checks the settings schema cannot express, run when a connection is created or
+        changed and before the adapter is built. Raise ``lgsp.egress.EgressRefused`` for a
+        destination the operator's egress policy refuses, ValueError for anything else.
+        URL settings declared with ``format: uri`` or a ``^https?://`` pattern are already
+        checked against the egress policy."""
 
     async def call(self, operation: str, params: Mapping[str, Any], context: CallContext) -> AdapterResult:
         raise NotImplementedError

@@ -17,6 +17,7 @@ from sqlalchemy import Connection, Engine, insert, select, update
 from lgsp import plugins, specs
 from lgsp.audit import writer_for
 from lgsp.crypto import fernet, hash_secret
+from lgsp.egress import EgressRefused
 from lgsp.registry import bump_generation
 from lgsp.roles import ROLE_SCOPES
 from lgsp.storage.schema import clients, connections, grants, services
@@ -50,8 +51,16 @@ def _public(row: dict | None) -> dict | None:
         return None
     out = {str(k): (v.isoformat() if isinstance(v, dt.datetime) else v) for k, v in row.items() if k != "secret_hash"}
     if isinstance(out.get("settings"), dict):
-        out["settings"] = {k: (MASK if _is_sealed(v) else v) for k, v in out["settings"].items()}
+        out["settings"] = {k: _masked(v) for k, v in out["settings"].items()}
     return out
+
+
+def _masked(value: Any) -> Any:
+    if _is_sealed(value):
+        return MASK
+    if isinstance(value, dict):  # a map of secrets (headers): each value masked
+        return {k: (MASK if _is_sealed(v) else v) for k, v in value.items()}
+    return value
 
 
 def _is_sealed(value: Any) -> bool:
@@ -60,21 +69,51 @@ def _is_sealed(value: Any) -> bool:
 
 def seal_secrets(adapter: str, settings: dict[str, Any], previous: dict[str, Any] | None) -> dict[str, Any]:
     """Encrypt the settings the adapter marks writeOnly; a masked value keeps the stored secret."""
-    secret_names = plugins.secret_fields(adapter)
+    secret_names, secret_maps = plugins.secret_fields(adapter), plugins.secret_maps(adapter)
+    previous = previous or {}
     out = {}
     for key, value in settings.items():
-        if key in secret_names and value == MASK and previous and key in previous:
-            out[key] = previous[key]
-        elif key in secret_names and not _is_sealed(value):
-            out[key] = {"$secret": fernet().encrypt(str(value).encode()).decode()}
+        if key in secret_names:
+            out[key] = _sealed(value, previous.get(key))
+        elif key in secret_maps and isinstance(value, dict):
+            before = previous.get(key) if isinstance(previous.get(key), dict) else {}
+            out[key] = {name: _sealed(v, before.get(name)) for name, v in value.items()}
         else:
             out[key] = value
     return out
 
 
+def _sealed(value: Any, previous: Any) -> Any:
+    """One secret value encrypted; the mask keeps the stored secret it stands for."""
+    if value == MASK and previous is not None:
+        return previous
+    if _is_sealed(value):
+        return value
+    return {"$secret": fernet().encrypt(str(value).encode()).decode()}
+
+
+def _open(value: Any) -> Any:
+    return fernet().decrypt(value["$secret"].encode()).decode() if _is_sealed(value) else value
+
+
 def open_secrets(settings: dict[str, Any]) -> dict[str, Any]:
     """Settings as the adapter needs them (in memory only)."""
-    return {k: (fernet().decrypt(v["$secret"].encode()).decode() if _is_sealed(v) else v) for k, v in settings.items()}
+    return {k: ({n: _open(x) for n, x in v.items()} if isinstance(v, dict) and not _is_sealed(v) else _open(v))
+            for k, v in settings.items()}
+
+
+def unmasked(settings: dict[str, Any], plain: dict[str, Any]) -> dict[str, Any]:
+    """Settings as sent, with each mask replaced by the stored value it stands for (for validation)."""
+    out = {}
+    for key, value in settings.items():
+        stored = plain.get(key)
+        if value == MASK and key in plain:
+            out[key] = stored
+        elif isinstance(value, dict) and isinstance(stored, dict):
+            out[key] = {n: (stored.get(n, x) if x == MASK else x) for n, x in value.items()}
+        else:
+            out[key] = value
+    return out
 
 
 class Admin:
@@ -182,10 +221,14 @@ class Admin:
             before = _row(conn, connections, connections.c.name, name)
             previous = before["settings"] if before and before["adapter"] == adapter else None
             plain = open_secrets(previous) if previous else {}
-            check = {k: (plain.get(k, v) if v == MASK else v) for k, v in settings.items()}
+            check = unmasked(settings, plain)
             try:
                 plugins.validate_settings(adapter, check)
             except (plugins.AdapterNotFound, plugins.InvalidSettings) as exc:
+                raise AdminError(str(exc)) from None
+            except EgressRefused as exc:
+                raise AdminError(exc.detail, "admin.egress_refused") from None
+            except ValueError as exc:  # an adapter's own check_settings
                 raise AdminError(str(exc)) from None
             values = dict(adapter=adapter, settings=seal_secrets(adapter, settings, previous), enabled=enabled,
                           updated_at=_now())

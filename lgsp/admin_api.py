@@ -8,6 +8,7 @@ from typing import Any
 from connexion import request
 from flask import current_app
 
+from lgsp import control_audit
 from lgsp.admin import Admin, AdminError
 from lgsp.control_auth import claims_from_header
 from lgsp.errors import ExchangeError
@@ -44,12 +45,21 @@ def _run(fn, *args, **kwargs) -> Any:
         raise ExchangeError(exc.code, str(exc)) from None
 
 
+def _read(admin: Admin, action: str, target: str, result: Any) -> Any:
+    """Reads of the configuration are recorded too: who looked at which connections, clients, grants."""
+    count = len(result) if isinstance(result, list) else None
+    control_audit.read(admin.engine, admin.actor, action, target, **({"results": count} if count is not None else {}))
+    return result
+
+
 def list_connections():
-    return _json(_admin(INTEGRATOR).list_connections())
+    admin = _admin(INTEGRATOR)
+    return _json(_read(admin, "connection.list", "connections", admin.list_connections()))
 
 
 def get_connection(name: str):
-    return _json(_run(_admin(INTEGRATOR).get_connection, name))
+    admin = _admin(INTEGRATOR)
+    return _json(_read(admin, "connection.get", name, _run(admin.get_connection, name)))
 
 
 def put_connection(name: str, body: dict):
@@ -66,7 +76,8 @@ def disable_connection(name: str):
 
 
 def list_services():
-    return _json(_admin(INTEGRATOR).list_services())
+    admin = _admin(INTEGRATOR)
+    return _json(_read(admin, "service.list", "services", admin.list_services()))
 
 
 def put_service(name: str, body: dict):
@@ -76,7 +87,8 @@ def put_service(name: str, body: dict):
 
 
 def list_clients():
-    return _json(_admin(ADMIN).list_clients())
+    admin = _admin(ADMIN)
+    return _json(_read(admin, "client.list", "clients", admin.list_clients()))
 
 
 def create_client(body: dict):
@@ -87,7 +99,8 @@ def create_client(body: dict):
 
 
 def get_client(client_id: str):
-    return _json(_run(_admin(ADMIN).get_client, client_id))
+    admin = _admin(ADMIN)
+    return _json(_read(admin, "client.get", client_id, _run(admin.get_client, client_id)))
 
 
 def update_client(client_id: str, body: dict):
@@ -97,7 +110,8 @@ def update_client(client_id: str, body: dict):
 
 
 def list_grants(client_id: str | None = None):
-    return _json(_admin(ADMIN).list_grants(client_id))
+    admin = _admin(ADMIN)
+    return _json(_read(admin, "grant.list", client_id or "grants", admin.list_grants(client_id)))
 
 
 def create_grant(body: dict):

@@ -42,6 +42,8 @@ class Change:
 
 
 def _show(key: str, value: Any) -> str:
+    if key.startswith("settings.headers") and value:
+        return "(secret)"  # headers carry API keys (lgsp.plugins.secret_maps)
     return "(secret)" if key.startswith("settings.") and isinstance(value, str) and "secret" in key else repr(value)
 
 

@@ -12,6 +12,7 @@ still verifies.
 from __future__ import annotations
 
 import datetime as dt
+import os
 from pathlib import Path
 from typing import IO, Any
 
@@ -20,6 +21,7 @@ from sqlalchemy import Engine, and_, delete, func, insert, or_, select
 
 from lgsp import seals
 from lgsp.audit import _iso
+from lgsp.config import private_dir
 from lgsp.storage.schema import audit_chain_bases, audit_keys, audit_records, audit_seals
 
 
@@ -82,9 +84,9 @@ def retain(engine: Engine, older_than: dt.datetime, archive_dir: Path) -> dict[s
                 cut[chain] = (lowest, last)
     if not cut:
         return {"records": 0, "chains": 0, "archive": None}
-    archive_dir.mkdir(parents=True, exist_ok=True)
+    private_dir(archive_dir)
     path = archive_dir / f"audit-before-{older_than:%Y%m%dT%H%M%SZ}-{dt.datetime.now(dt.timezone.utc):%Y%m%dT%H%M%S}.jsonl"
-    with open(path, "xb") as out:
+    with os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "wb") as out:
         counts = export_jsonl(engine, None, None, out, chains=cut)
     signer = seals.signer(engine)
     with engine.begin() as conn:

@@ -24,6 +24,10 @@ class Settings:
     config_poll_seconds: float = field(default_factory=lambda: float(_env("LGSP_CONFIG_POLL_SECONDS", "1")))
     audit_batch_max: int = field(default_factory=lambda: int(_env("LGSP_AUDIT_BATCH_MAX", "256")))
     log_level: str = field(default_factory=lambda: _env("LGSP_LOG_LEVEL", "INFO"))
+    # Longest access-token lifetime (exp - iat) accepted, whoever signed it.
+    token_max_lifetime: int = field(default_factory=lambda: int(_env("LGSP_TOKEN_MAX_LIFETIME", "3600")))
+    # Private, loopback and link-local networks adapters may reach (CIDRs, comma-separated); none by default.
+    egress_allow: str = field(default_factory=lambda: _env("LGSP_EGRESS_ALLOW", ""))
 
     @property
     def issuer(self) -> str:
@@ -50,11 +54,30 @@ class Settings:
             return value.encode()
         path = self.home / "secret.key"
         if not path.exists():
-            self.home.mkdir(parents=True, exist_ok=True)
+            self.ensure_home()
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
             with os.fdopen(fd, "w") as f:
                 f.write(secrets.token_urlsafe(48))
         return path.read_text().strip().encode()
+
+
+    def ensure_home(self) -> Path:
+        """LGSP_HOME, created owner-only (0700): it holds the database, logs and keys."""
+        return private_dir(self.home)
+
+
+def private_dir(path: Path) -> Path:
+    """A directory only its owner can enter, when this creates it (an existing one is the operator's choice)."""
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    return path
+
+
+def private_file(path: Path) -> Path:
+    """Create `path` if missing, owner read/write only (0600), without truncating it."""
+    os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o600))
+    if path.stat().st_uid == os.getuid() and path.stat().st_mode & 0o077:
+        path.chmod(0o600)
+    return path
 
 
 @cache

@@ -3,13 +3,17 @@
 Login takes the client id and secret of a client with the auditor role (the
 same credentials as for an OAuth2 token; there is no other account and no
 default password). The session is a signed cookie holding only the client id,
-a CSRF token and the login time: HttpOnly, SameSite=Strict, scoped to /console,
-30 minutes idle. The client is re-read on every page, so disabling it or taking
-its role away ends the session at once. No JavaScript: forms and links only.
+a session id, a CSRF token and the login time: HttpOnly, SameSite=Strict, scoped
+to /console, 30 minutes idle. The session is also held on the server (table
+console_sessions, by the SHA-256 of its id), so signing out ends it there: the
+old cookie no longer opens a page. The client is re-read on every page, so
+disabling it or taking its role away ends the session at once. No JavaScript:
+forms and links only.
 """
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import hmac
 import re
 import secrets
@@ -22,11 +26,13 @@ from urllib.parse import urlencode
 
 from flask import Blueprint, Response, current_app, g, redirect, render_template, request, send_file, url_for
 from itsdangerous import BadSignature, URLSafeTimedSerializer
+from sqlalchemy import delete, insert, select, update
 from werkzeug.exceptions import HTTPException
 
-from lgsp import audit_search
+from lgsp import audit_search, control_audit
 from lgsp.audit import note_read
 from lgsp.crypto import derive_key, hash_secret, subject_hash, verify_secret
+from lgsp.storage.schema import console_sessions
 
 blueprint = Blueprint("console", __name__, url_prefix="/console", template_folder="templates",
                       static_folder="static", static_url_path="/static")
@@ -57,6 +63,7 @@ class Session:
     csrf: str
     client_id: str | None = None
     since: float | None = None   # login time (for the absolute limit)
+    sid: str | None = None       # the server-side session (console_sessions), ended by signing out
 
     @classmethod
     def anonymous(cls) -> "Session":
@@ -102,7 +109,8 @@ def _authenticate():
         return _page("console/error.html", 403, message="The form has expired; open the page again and resend it.")
     if request.endpoint in PUBLIC_ENDPOINTS:
         return None
-    client = _auditor(g.session.client_id) if g.session.client_id else None
+    live = g.session.client_id and _session_live(g.session)
+    client = _auditor(g.session.client_id) if live else None
     if client is None:
         g.session = Session.anonymous()
         return redirect(url_for("console.login"), 303)
@@ -113,6 +121,40 @@ def _authenticate():
 def _csrf_ok() -> bool:
     sent = request.form.get("csrf", "")
     return bool(sent) and hmac.compare_digest(sent.encode(), g.session.csrf.encode())
+
+
+def _sid_hash(sid: str) -> str:
+    return hashlib.sha256(sid.encode()).hexdigest()
+
+
+def _session_live(session: Session) -> bool:
+    """The session was opened by a sign-in of this client and has not been ended."""
+    if not session.sid:
+        return False
+    with _engine().connect() as conn:
+        row = conn.execute(select(console_sessions.c.client_id, console_sessions.c.ended_at)
+                           .where(console_sessions.c.id == _sid_hash(session.sid))).first()
+    return row is not None and row.ended_at is None and row.client_id == session.client_id
+
+
+def _open_session(client_id: str) -> Session:
+    sid, now = secrets.token_urlsafe(32), dt.datetime.now(dt.timezone.utc)
+    with _engine().begin() as conn:
+        # Sessions past the absolute limit can no longer be used: forget them.
+        conn.execute(delete(console_sessions).where(
+            console_sessions.c.created_at < now - dt.timedelta(seconds=MAX_SESSION_SECONDS)))
+        conn.execute(insert(console_sessions).values(id=_sid_hash(sid), client_id=client_id, created_at=now))
+    control_audit.record(_engine(), action="console.sign_in", target="console", actor=f"console:{client_id}")
+    return Session(csrf=secrets.token_urlsafe(32), client_id=client_id, since=time.time(), sid=sid)
+
+
+def _end_session(session: Session) -> None:
+    if session.sid:
+        with _engine().begin() as conn:
+            conn.execute(update(console_sessions).where(console_sessions.c.id == _sid_hash(session.sid))
+                         .values(ended_at=dt.datetime.now(dt.timezone.utc)))
+        control_audit.record(_engine(), action="console.sign_out", target="console",
+                             actor=f"console:{session.client_id}")
 
 
 @blueprint.after_request
@@ -165,13 +207,14 @@ def login():
         current_app.logger.warning("console login refused for client %r", client_id[:64])
         return _page("console/login.html", 401, client_id=client_id,
                      error="Client id or secret not accepted, or the client does not have the auditor role.")
-    g.session = Session(csrf=secrets.token_urlsafe(32), client_id=client_id, since=time.time())
+    g.session = _open_session(client_id)
     current_app.logger.info("console login: client %s", client_id)
     return redirect(url_for("console.records"), 303)
 
 
 @blueprint.post("/logout")
 def logout():
+    _end_session(g.session)
     g.session = None
     return redirect(url_for("console.login"), 303)
 

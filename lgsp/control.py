@@ -22,10 +22,13 @@ from flask import jsonify
 from joserfc.jwk import KeySet
 from sqlalchemy import Engine, select
 
-from lgsp import console, keys, specs
+from lgsp import console, control_audit, keys, specs
+from lgsp.audit import AuditUnavailable
 from lgsp.config import Settings
 from lgsp.crypto import verify_secret
 from lgsp.errors import ExchangeError, problem
+from lgsp.control_auth import verified_caller
+from lgsp.exchange import request_id_from
 from lgsp.identify import bearer_token
 from lgsp.rest_door import MIDDLEWARES, refusal_for
 from lgsp.roles import ROLE_SCOPES
@@ -33,6 +36,8 @@ from lgsp.storage.schema import clients, grants as grants_table
 
 TOKEN_PATH = "/oauth/token"
 JWKS_PATH = "/.well-known/jwks.json"
+# Refusals of these APIs are audited (the console and the token endpoint keep their own records).
+AUDITED_PREFIXES = ("/admin/", "/audit/")
 
 
 class OAuthClient(ClientMixin):
@@ -108,10 +113,20 @@ def create_control_plane(engine: Engine, cfg: Settings) -> FlaskApp:
     for path in specs.control_apis():
         capp.add_api(path, arguments={"public_url": cfg.public_url}, strict_validation=True,
                      swagger_ui_options=SwaggerUIOptions(swagger_ui=True))
-    capp.add_error_handler(ExchangeError, _problem)
-    capp.add_error_handler(ProblemException, _shape_problem)
+
+    def audited_problem(request, exc: ExchangeError) -> ConnexionResponse:
+        audited = _audit_refusal(engine, request.method, request.url.path, request.headers, exc)
+        return _problem(request, audited)
+
+    capp.add_error_handler(ExchangeError, audited_problem)
+    capp.add_error_handler(ProblemException, lambda request, exc: _shape_problem(request, exc, audited_problem))
     app.register_blueprint(console.blueprint)
-    server = AuthorizationServer(app, query_client=lambda cid: query_client(engine, cid), save_token=lambda t, r: None)
+
+    def save_token(token: dict, request) -> None:
+        # Nothing is stored (tokens are self-contained JWTs), but each issue is recorded.
+        control_audit.token_issued(engine, request.client.get_client_id(), token.get("scope"), token.get("expires_in"))
+
+    server = AuthorizationServer(app, query_client=lambda cid: query_client(engine, cid), save_token=save_token)
     server.register_grant(grants.ClientCredentialsGrant)
     server.register_token_generator("default", TokenGenerator(engine, cfg))
 
@@ -143,7 +158,10 @@ def create_control_plane(engine: Engine, cfg: Settings) -> FlaskApp:
 
     @app.errorhandler(ExchangeError)
     def refused(exc: ExchangeError):
-        return _problem_response(exc)
+        from flask import g, request
+
+        return _problem_response(_audit_refusal(engine, request.method, request.path, request.headers, exc,
+                                                g.get("lgsp_caller")))
 
     @app.errorhandler(Exception)
     def failed(_e):
@@ -163,13 +181,28 @@ def _problem_response(exc: ExchangeError):
     return app_response(body, exc.status, headers)
 
 
-def _shape_problem(request, exc: ProblemException) -> ConnexionResponse:
+def _shape_problem(request, exc: ProblemException, respond=None) -> ConnexionResponse:
     """A request the spec refuses: an anonymous caller hears about the token first."""
+    respond = respond or _problem
     if not bearer_token(request.headers.get("authorization")):
-        return _problem(request, ExchangeError("auth.token_missing", "Send an OAuth2 access token as "
-                                               "'Authorization: Bearer <token>'.",
-                                               headers={"WWW-Authenticate": 'Bearer realm="lgsp"'}))
-    return _problem(request, refusal_for(exc))
+        return respond(request, ExchangeError("auth.token_missing", "Send an OAuth2 access token as "
+                                              "'Authorization: Bearer <token>'.",
+                                              headers={"WWW-Authenticate": 'Bearer realm="lgsp"'}))
+    return respond(request, refusal_for(exc))
+
+
+def _audit_refusal(engine: Engine, method: str, path: str, headers, exc: ExchangeError,
+                   caller: str | None = None) -> ExchangeError:
+    """Record a refused admin or audit API call; the answer is the refusal, or 503 if it cannot be recorded."""
+    if not path.startswith(AUDITED_PREFIXES):
+        return exc
+    caller = caller or verified_caller(engine, headers.get("authorization"))
+    rid = headers.get("x-request-id")
+    try:
+        control_audit.refusal(engine, method, path, exc, caller, request_id_from(rid) if rid else None)
+    except AuditUnavailable:
+        return ExchangeError("audit.unavailable", "The audit log cannot be written, so the request was refused.")
+    return exc
 
 
 def _problem(_request, exc: ExchangeError) -> ConnexionResponse:

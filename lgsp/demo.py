@@ -29,6 +29,11 @@ LOOKUP_FIELDS = [
 ]
 
 
+def _private_log(path: Path):
+    """A log file only the owner can read: logs name clients and services."""
+    return os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "wb")
+
+
 def _wait(url: str, proc: subprocess.Popen, timeout: float = 30) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -107,22 +112,24 @@ def _commands(base: str, secret: str, citizen: str, enterprise: str) -> list[str
 def run(port: int, sim_port: int, check: bool, biz_port: int = 8082) -> int:
     if DEMO_HOME.exists():
         shutil.rmtree(DEMO_HOME)
-    DEMO_HOME.mkdir()
+    DEMO_HOME.mkdir(mode=0o700)
     base = f"http://127.0.0.1:{port}"
     os.environ.update(LGSP_HOME=str(DEMO_HOME.resolve()), LGSP_PUBLIC_URL=base)
+    # The simulators listen on loopback: the demo's operator allows it (nothing private is allowed by default).
+    os.environ.setdefault("LGSP_EGRESS_ALLOW", "127.0.0.0/8,::1")
     os.environ.pop("LGSP_DATABASE_URL", None)
     from lgsp.config import settings
 
     settings.cache_clear()
     procs: list[subprocess.Popen] = []
     try:
-        sim_log = open(DEMO_HOME / "simulator.log", "wb")
+        sim_log = _private_log(DEMO_HOME / "simulator.log")
         procs.append(subprocess.Popen(
             [sys.executable, "-m", "lgsp_adapters.population.simulator", "--port", str(sim_port)],
             stdout=sim_log, stderr=subprocess.STDOUT,
         ))
         secret = _prepare(port, sim_port, biz_port)
-        gw_log = open(DEMO_HOME / "gateway.log", "wb")
+        gw_log = _private_log(DEMO_HOME / "gateway.log")
         procs.append(subprocess.Popen(
             [sys.executable, "-m", "lgsp.cli", "serve", "--port", str(port)], stdout=gw_log, stderr=subprocess.STDOUT,
         ))

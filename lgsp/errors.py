@@ -45,6 +45,13 @@ ERRORS: dict[str, ErrorKind] = {
     "admin.invalid": ErrorKind(422, "The change is not valid", "Client"),
     "admin.not_found": ErrorKind(404, "No such object", "Client"),
     "admin.conflict": ErrorKind(409, "The object already exists", "Client"),
+    # Authorisation hardening (issue 7, section 4).
+    "auth.token_not_yet_valid": ErrorKind(401, "Access token not valid yet", "Client"),
+    "auth.token_lifetime": ErrorKind(401, "Access token lifetime too long", "Client"),
+    "access.filter_not_granted": ErrorKind(403, "Filter on a field the grant does not allow", "Client"),
+    "cursor.invalid": ErrorKind(400, "Cursor not valid", "Client"),
+    "admin.egress_refused": ErrorKind(400, "Destination refused by the egress policy", "Client"),
+    "upstream.egress_refused": ErrorKind(502, "Upstream destination refused by the egress policy", "Server"),
 }
 
 

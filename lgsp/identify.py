@@ -87,9 +87,29 @@ def decode_access_token(token: str, key_set) -> dict:
         raise ExchangeError("auth.token_invalid", "The access token was not issued for this API.")
     if not isinstance(claims.get("exp"), (int, float)) or not isinstance(claims.get("sub"), str):
         raise ExchangeError("auth.token_invalid", "The access token lacks required claims.")
+    _check_times(claims, max(cfg.token_max_lifetime, cfg.token_ttl))  # never refuse our own tokens
     claims["_kid"] = tok.header.get("kid")
     claims["_scopes"] = frozenset(str(claims.get("scope", "")).split())
     return claims
+
+
+# Clock skew tolerated between the token's issuer and this process.
+LEEWAY_SECONDS = 60
+
+
+def _check_times(claims: dict, max_lifetime: int) -> None:
+    """iat and nbf not in the future, and a lifetime no longer than the operator allows: a
+    token that lives for a year (a leaked signing key, a mis-set issuer) is refused."""
+    iat, nbf = claims.get("iat"), claims.get("nbf")
+    if not isinstance(iat, (int, float)) or (nbf is not None and not isinstance(nbf, (int, float))):
+        raise ExchangeError("auth.token_invalid", "The access token lacks a valid issue time (iat).")
+    now = time.time()
+    if iat > now + LEEWAY_SECONDS or (nbf is not None and nbf > now + LEEWAY_SECONDS):
+        raise ExchangeError("auth.token_not_yet_valid", "The access token is not valid yet (iat or nbf is in the "
+                                                        "future); check the clocks, or request a new token.")
+    if claims["exp"] - iat > max_lifetime:
+        raise ExchangeError("auth.token_lifetime", f"The access token's lifetime is over the {max_lifetime} s "
+                                                   f"this LGSP accepts; request a new token.")
 
 
 def identify(ex: Exchange, snap: Snapshot) -> None:

@@ -24,7 +24,7 @@ async def invoke(ex: Exchange, registry: Registry) -> None:
         raise ExchangeError("service.unavailable", f"The connection behind '{service.name}' is not available.")
     context = CallContext(
         request_id=ex.request_id, client_id=ex.client.client_id, agency_code=ex.client.agency_code,
-        officer=ex.officer, purpose=ex.purpose,
+        officer=ex.officer, purpose=ex.purpose, fields=ex.grant.allowed_fields if ex.grant else None,
     )
     started = time.perf_counter()
     outcome = "ok"

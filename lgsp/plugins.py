@@ -13,6 +13,7 @@ from typing import Any, Mapping
 
 import jsonschema
 
+from lgsp import egress
 from lgsp.adapter import Adapter
 
 GROUP = "lgsp.adapters"
@@ -42,10 +43,27 @@ def adapter_class(name: str) -> type[Adapter]:
 
 
 def validate_settings(name: str, settings: Mapping[str, Any]) -> None:
-    schema = adapter_class(name).settings_schema
+    """Check settings against the adapter's schema, then the egress policy (lgsp.egress.EgressRefused)."""
+    cls = adapter_class(name)
+    schema = cls.settings_schema
     errors = sorted(jsonschema.Draft202012Validator(schema).iter_errors(dict(settings)), key=str)
     if errors:
         raise InvalidSettings("; ".join(f"{'/'.join(map(str, e.path)) or 'settings'}: {e.message}" for e in errors))
+    for key in destination_fields(name):
+        if isinstance(settings.get(key), str):
+            try:
+                egress.check_url(settings[key])
+            except egress.EgressRefused as exc:
+                raise egress.EgressRefused(f"settings/{key}: {exc.detail}") from None
+    cls.check_settings(settings)
+
+
+def destination_fields(name: str) -> set[str]:
+    """Settings that name a URL the adapter sends requests to: declared with `format: uri`
+    or a pattern starting with ^https?:// (or ^http), and checked against the egress policy."""
+    props = adapter_class(name).settings_schema.get("properties", {})
+    return {k for k, v in props.items() if isinstance(v, dict)
+            and (v.get("format") in ("uri", "url") or str(v.get("pattern", "")).startswith("^http"))}
 
 
 def build(name: str, settings: Mapping[str, Any]) -> Adapter:
@@ -57,3 +75,11 @@ def secret_fields(name: str) -> set[str]:
     """Settings the adapter marks `writeOnly`: stored encrypted, never shown back."""
     props = adapter_class(name).settings_schema.get("properties", {})
     return {k for k, v in props.items() if isinstance(v, dict) and v.get("writeOnly")}
+
+
+def secret_maps(name: str) -> set[str]:
+    """Settings whose every value is a secret: `headers` (where API keys go) unless the adapter
+    marks it `x-lgsp-secret-values: false`, and any object marked `x-lgsp-secret-values: true`."""
+    props = adapter_class(name).settings_schema.get("properties", {})
+    return {k for k, v in props.items() if isinstance(v, dict)
+            and v.get("x-lgsp-secret-values", k == "headers") is True}

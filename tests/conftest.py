@@ -20,6 +20,9 @@ import httpx
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
+# The simulators of the tests listen on loopback, which the egress policy refuses unless the
+# operator allows it: this test process (and every server it starts) is that operator.
+os.environ.setdefault("LGSP_EGRESS_ALLOW", "127.0.0.0/8,::1")
 
 
 def free_port() -> int:
@@ -78,6 +81,8 @@ def lgsp_env(tmp_path_factory) -> dict[str, str]:
         "LGSP_PUBLIC_URL": f"http://127.0.0.1:{port}",
         "LGSP_CONFIG_POLL_SECONDS": "0.2",
         "LGSP_GATEWAY_PORT": str(port),
+        # The simulators listen on loopback; the egress policy refuses it unless the operator allows it.
+        "LGSP_EGRESS_ALLOW": "127.0.0.0/8,::1",
     }
     os.environ.update(env)
     from lgsp.config import settings

@@ -35,7 +35,8 @@ def private_lgsp(tmp_path_factory) -> dict[str, str]:
     """An LGSP database of its own, so the connections made here never reach the shared one."""
     home = tmp_path_factory.mktemp("sdk-home")
     env = {"LGSP_HOME": str(home), "LGSP_DATABASE_URL": f"sqlite:///{home / 'lgsp.db'}",
-           "LGSP_SECRET_KEY": secrets.token_urlsafe(32)}
+           "LGSP_SECRET_KEY": secrets.token_urlsafe(32),
+           "LGSP_EGRESS_ALLOW": "127.0.0.0/8,::1"}  # its simulator listens on loopback
     lgsp_cli(env, "db", "upgrade")
     return env
 

@@ -14,17 +14,20 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import binascii
+import os
 from importlib.resources import files
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
 import orjson
+from cryptography.fernet import Fernet, InvalidToken
 from sqlalchemy.exc import SQLAlchemyError
 
 from lgsp.adapter import (
     Adapter, AdapterResult, CallContext, NotAllowed, Operation, RecordNotFound, UpstreamError, UpstreamUnavailable,
 )
+from lgsp.crypto import derive_key
+from lgsp.egress import EgressRefused
 from lgsp.minimize import PAGE
 from lgsp.storage import engine_for
 from lgsp_adapters.datastore.datasets import Dataset, FilterError, load_datasets
@@ -52,6 +55,24 @@ class UnknownDataset(UpstreamError):
     code = "request.not_found"
 
 
+class FilterNotGranted(UpstreamError):
+    """A filter on a field the caller's grant hides: its answers would reveal the hidden values."""
+
+    code = "access.filter_not_granted"
+
+
+class CursorInvalid(UpstreamError):
+    """A cursor this API did not give to this client for this dataset."""
+
+    code = "cursor.invalid"
+
+
+# Operator configuration (environment), never connection settings: an integrator must not
+# choose which database the gateway opens or creates, nor which directories it reads.
+DATABASE_ENV = "LGSP_DATASTORE_DATABASE_URL"
+DATASETS_ENV = "LGSP_DATASTORE_DATASETS"
+
+
 def bundled_datasets() -> str:
     """The directory of the datasets shipped with the adapter (the example dataset)."""
     return str(Path(str(files("lgsp_adapters.datastore"))) / "datasets")
@@ -69,14 +90,16 @@ class DatastoreAdapter(Adapter):
         "additionalProperties": False,
         "properties": {
             "datasets": {
-                "description": "A directory of dataset declarations (*.yaml), or a list of declaration files; "
-                               "defaults to the datasets shipped with the adapter",
+                "description": "A directory of dataset declarations (*.yaml), or a list of declaration files, "
+                               "inside the adapter's own datasets or a directory the operator lists in "
+                               "LGSP_DATASTORE_DATASETS; defaults to the datasets shipped with the adapter",
                 "oneOf": [{"type": "string", "minLength": 1},
                           {"type": "array", "items": {"type": "string", "minLength": 1}, "minItems": 1}],
             },
             "database_url": {
                 "type": "string", "pattern": "^(sqlite|postgresql)(\\+[a-z0-9]+)?://",
-                "description": "SQLAlchemy URL of the database holding the records; defaults to the LGSP's own",
+                "description": "Not accepted: the operator sets the database (LGSP_DATASTORE_DATABASE_URL; "
+                               "default the LGSP's own), so that no integrator picks a database or a file path",
             },
         },
     }
@@ -114,12 +137,22 @@ class DatastoreAdapter(Adapter):
     examples = {"records.query": {"dataset": "business-licences", "limit": 1}}
     not_found_examples = {"records.get": {"dataset": "business-licences", "key": "SCT-NONE-0000-00000"}}
 
-    def __init__(self, settings: Mapping[str, Any]):
+    @classmethod
+    def check_settings(cls, settings: Mapping[str, Any]) -> None:
+        if "database_url" in settings:
+            raise EgressRefused(f"settings/database_url: the data store's database is chosen by the operator "
+                                f"({DATABASE_ENV}), not in a connection's settings.")
+        source = settings.get("datasets")
+        for path in [source] if isinstance(source, str) else source or []:
+            _check_datasets_path(path)
+
+    def __init__(self, settings: Mapping[str, Any], *, database_url: str | None = None):
         super().__init__(settings)
         # Declarations are read once, when the connection is built: a changed
         # declaration takes effect when the connection's settings change.
+        self.check_settings(self.settings)
         self.datasets = load_datasets(self.settings.get("datasets") or bundled_datasets())
-        self.store = Store(engine_for(self.settings.get("database_url") or _lgsp_database()))
+        self.store = Store(engine_for(database_url or os.environ.get(DATABASE_ENV) or _lgsp_database()))
         self._handlers: dict[str, Callable[[Dataset, Mapping[str, Any], CallContext], AdapterResult]] = {
             "records.publish": self._publish, "records.query": self._query, "records.get": self._get,
         }
@@ -185,11 +218,12 @@ class DatastoreAdapter(Adapter):
             conditions = dataset.conditions(_filters_of(params))
         except FilterError as exc:
             raise BadRequest(str(exc)) from None
+        _check_granted(conditions, context)
         limit = _limit(params.get("limit"))
-        after = _decode_cursor(params.get("cursor"), dataset.name)
+        after = _decode_cursor(params.get("cursor"), dataset.name, context.client_id)
         rows = self.store.query(dataset.name, conditions, after, limit + 1)  # one more: is there a next page?
         page = rows[:limit]
-        next_cursor = _encode_cursor(dataset.name, page[-1][0]) if len(rows) > limit else None
+        next_cursor = _encode_cursor(dataset.name, context.client_id, page[-1][0]) if len(rows) > limit else None
         return AdapterResult(
             data={"items": [data for _, data in page], "next_cursor": next_cursor},
             # Tells minimisation to apply the grant's fields to each item (lgsp.minimize).
@@ -239,22 +273,56 @@ def _limit(raw: Any) -> int:
     return limit
 
 
-# A cursor is opaque to callers: the dataset and the last key of the page they
-# saw. The next page starts after that key, so a walk through the pages sees
-# every record that exists throughout it exactly once, whatever is published
-# meanwhile (an offset would skip or repeat records when others are inserted).
-def _encode_cursor(dataset: str, key: str) -> str:
-    return base64.urlsafe_b64encode(orjson.dumps([dataset, key])).decode().rstrip("=")
+# A cursor is opaque to callers: the dataset, the client and the last key of the
+# page it saw, encrypted and authenticated (Fernet: AES and HMAC-SHA256, with a key
+# derived from the master secret). The key may be a field the client's grant hides,
+# and a forged cursor must not start a page anywhere the caller likes. The next page
+# starts after that key, so a walk through the pages sees every record that exists
+# throughout it exactly once, whatever is published meanwhile (an offset would skip
+# or repeat records when others are inserted).
+def _cursor_cipher() -> Fernet:
+    return Fernet(base64.urlsafe_b64encode(derive_key("lgsp/datastore-cursor")))
 
 
-def _decode_cursor(cursor: Any, dataset: str) -> str | None:
+def _encode_cursor(dataset: str, client_id: str, key: str) -> str:
+    return _cursor_cipher().encrypt(orjson.dumps([dataset, client_id, key])).decode().rstrip("=")
+
+
+def _decode_cursor(cursor: Any, dataset: str, client_id: str) -> str | None:
     if cursor in (None, ""):
         return None
     try:
         text = str(cursor)
-        name, key = orjson.loads(base64.urlsafe_b64decode(text + "=" * (-len(text) % 4)))
-    except (binascii.Error, ValueError, TypeError):
-        raise BadRequest("The cursor is not one this API gave out; start again without a cursor.") from None
-    if name != dataset or not isinstance(key, str):
-        raise BadRequest(f"The cursor belongs to another query than one of dataset '{dataset}'.")
+        name, owner, key = orjson.loads(_cursor_cipher().decrypt(text + "=" * (-len(text) % 4)))
+    except (InvalidToken, ValueError, TypeError):
+        raise CursorInvalid("The cursor is not one this API gave out; start again without a cursor.") from None
+    if name != dataset or owner != client_id or not isinstance(key, str):
+        raise CursorInvalid(f"The cursor was given out for another query than this client's of dataset '{dataset}'; "
+                            f"start again without a cursor.")
     return key
+
+
+def _check_granted(conditions: list, context: CallContext) -> None:
+    """Filters only on fields the grant shows: a filter on a hidden field would be an oracle for its values."""
+    if context.fields is None:  # called outside the pipeline (the contract kit): no grant to apply
+        return
+    allowed = set(context.fields)
+    for cond in conditions:
+        prefixes = {".".join(cond.path[:i]) for i in range(1, len(cond.path) + 1)}
+        if not prefixes & allowed:
+            name = ".".join(cond.path)
+            raise FilterNotGranted(f"The grant of client '{context.client_id}' does not show '{name}', so the query "
+                                   f"cannot filter on it.")
+
+
+def _allowed_dataset_roots() -> list[Path]:
+    roots = [Path(bundled_datasets())]
+    roots += [Path(p) for p in os.environ.get(DATASETS_ENV, "").split(os.pathsep) if p]
+    return [r.resolve() for r in roots]
+
+
+def _check_datasets_path(path: Any) -> None:
+    resolved = Path(str(path)).resolve()
+    if not any(resolved.is_relative_to(root) for root in _allowed_dataset_roots()):
+        raise EgressRefused(f"settings/datasets: {str(path)[:200]!r} is outside the adapter's datasets and the "
+                            f"directories the operator allows ({DATASETS_ENV}).")

@@ -17,6 +17,9 @@ from __future__ import annotations
 import asyncio
 import re
 import uuid
+from contextlib import closing
+from urllib.parse import urlsplit
+from urllib.request import url2pathname
 from xml.sax.saxutils import escape
 from importlib.resources import files
 from pathlib import Path
@@ -26,8 +29,9 @@ import aiohttp
 from lxml import etree
 from zeep import Client, Settings
 from zeep.exceptions import Error as ZeepError
+from zeep.transports import Transport
 
-from lgsp import soap
+from lgsp import egress, soap
 from lgsp.http import LazySession
 from lgsp.adapter import (
     Adapter, AdapterResult, CallContext, Operation, RecordNotFound, UpstreamError, UpstreamFault,
@@ -40,8 +44,47 @@ __version__ = "1.0.0"
 SOAP_OPERATIONS = {"citizen.get": "TraCuuThongTinCongDan", "citizen.verify": "XacThucThongTinCongDan"}
 
 
+def wsdl_directory() -> Path:
+    """The WSDL and schemas shipped with the adapter: the only local files a connection may name."""
+    return Path(str(files("lgsp_wsdl"))).resolve() / "population"
+
+
 def default_wsdl() -> str:
-    return str(Path(str(files("lgsp_wsdl"))) / "population" / "population.wsdl")
+    return str(wsdl_directory() / "population.wsdl")
+
+
+def _packaged(location: str) -> Path:
+    """The local WSDL or schema file, if it lies inside the adapter's package."""
+    if location.lower().startswith("file:"):
+        location = url2pathname(urlsplit(location).path)
+    path = Path(location).resolve()
+    if not path.is_relative_to(wsdl_directory()):
+        raise egress.EgressRefused(f"WSDL {location[:200]!r}: a WSDL is read from the adapter's package "
+                                   f"({wsdl_directory()}) or from an http(s) host the egress policy allows.")
+    return path
+
+
+def check_wsdl_location(location: str) -> None:
+    if urlsplit(location).scheme.lower() in egress.SCHEMES:
+        egress.check_url(location)
+    else:
+        _packaged(location)
+
+
+class WsdlTransport(Transport):
+    """zeep's loader for the WSDL and every schema it imports: files only from the adapter's
+    package, URLs only where the egress policy allows, and no redirects followed."""
+
+    def load(self, url: str) -> bytes:
+        if urlsplit(url).scheme.lower() not in egress.SCHEMES:
+            return _packaged(url).read_bytes()
+        egress.check_url(url)
+        response = self.session.get(url, timeout=self.load_timeout, allow_redirects=False)
+        with closing(response):
+            if response.is_redirect:
+                raise egress.EgressRefused(f"{url[:200]} answered with a redirect; the LGSP does not follow redirects.")
+            response.raise_for_status()
+            return response.content
 
 
 class PopulationAdapter(Adapter):
@@ -53,7 +96,8 @@ class PopulationAdapter(Adapter):
         "required": ["endpoint", "integration_code", "account", "agency_code"],
         "properties": {
             "endpoint": {"type": "string", "pattern": "^https?://", "description": "SOAP endpoint URL"},
-            "wsdl": {"type": "string", "description": "WSDL path or URL; defaults to the bundled one"},
+            "wsdl": {"type": "string", "description": "WSDL file of the adapter's package, or an http(s) URL the "
+                                                     "egress policy allows; defaults to the bundled one"},
             "timeout": {"type": "number", "exclusiveMinimum": 0, "maximum": 120, "default": 10},
             "max_connections": {"type": "integer", "minimum": 1, "maximum": 1000, "default": 100},
             "integration_code": {"type": "string", "minLength": 1, "description": "MaTichHop issued by the national side"},
@@ -93,6 +137,11 @@ class PopulationAdapter(Adapter):
 
     DEFAULT_SERVICE_CODES = {"citizen.get": "037", "citizen.verify": "033"}
 
+    @classmethod
+    def check_settings(cls, settings: Mapping[str, Any]) -> None:
+        if settings.get("wsdl"):
+            check_wsdl_location(settings["wsdl"])
+
     def __init__(self, settings: Mapping[str, Any]):
         super().__init__(settings)
         self.endpoint = self.settings["endpoint"]
@@ -100,8 +149,9 @@ class PopulationAdapter(Adapter):
         self._limit = int(self.settings.get("max_connections", 100))
         self._headers = {"Content-Type": "text/xml; charset=utf-8", **(self.settings.get("headers") or {})}
         # The WSDL is read once, from a file: nothing is fetched at call time.
-        self._client = Client(self.settings.get("wsdl") or default_wsdl(),
-                              settings=Settings(strict=True, forbid_dtd=True, forbid_entities=True, forbid_external=True))
+        self._client = Client(
+            self.settings.get("wsdl") or default_wsdl(), transport=WsdlTransport(),
+            settings=Settings(strict=True, forbid_dtd=True, forbid_entities=True, forbid_external=True))
         binding = next(iter(self._client.wsdl.bindings.values()))  # the WSDL declares one SOAP 1.1 binding
         self._service = self._client.create_service(str(binding.name), self.endpoint)
         self._actions = {op: binding.get(name).soapaction for op, name in SOAP_OPERATIONS.items()}

@@ -166,3 +166,14 @@ audit_bodies = Table(
     Column("ciphertext", Text, nullable=False),
     Index("ix_audit_bodies_chain_seq", "chain", "seq"),
 )
+
+# Console sign-ins, so that signing out ends a session on the server: the cookie
+# names a session by a random id (only its SHA-256 is stored); a page is served
+# only while the row exists and has not ended.
+console_sessions = Table(
+    "console_sessions", metadata,
+    Column("id", String(64), primary_key=True),          # SHA-256 hex of the session id in the cookie
+    Column("client_id", String(64), nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("ended_at", DateTime(timezone=True)),
+)

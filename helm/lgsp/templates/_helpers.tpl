@@ -114,6 +114,10 @@ key: {{ ternary .Values.database.existingSecretKey "database-url" (not (empty .V
   value: {{ .Values.config.logLevel | quote }}
 - name: LGSP_MAX_BODY_BYTES
   value: {{ .Values.config.maxBodyBytes | int64 | quote }}
+- name: LGSP_TOKEN_MAX_LIFETIME
+  value: {{ .Values.config.tokenMaxLifetime | int64 | quote }}
+- name: LGSP_EGRESS_ALLOW
+  value: {{ .Values.config.egressAllow | quote }}
 - name: LGSP_HOME
   value: /tmp/lgsp
 {{- with .Values.extraEnv }}
