@@ -45,6 +45,10 @@ ERRORS: dict[str, ErrorKind] = {
     "admin.invalid": ErrorKind(422, "The change is not valid", "Client"),
     "admin.not_found": ErrorKind(404, "No such object", "Client"),
     "admin.conflict": ErrorKind(409, "The object already exists", "Client"),
+    "request.context_invalid": ErrorKind(400, "Officer, purpose or request id not acceptable", "Client"),
+    "request.header_too_large": ErrorKind(431, "Request header fields too large", "Client"),
+    "record.invalid_characters": ErrorKind(400, "Record holds characters that cannot be exchanged", "Client"),
+    "auth.throttled": ErrorKind(429, "Too many failed authentications", "Client"),
 }
 
 
