@@ -201,6 +201,6 @@ def combined():
             return await control(scope, receive, send)
         return await data(scope, receive, send)
 
-    return app
+    return HeaderLimit(app, gw)  # the control plane's requests too (data already has its own)
 
 
