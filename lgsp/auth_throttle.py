@@ -127,8 +127,14 @@ def _event(channel: str, client_id: str | None, source: str | None) -> _Event:
 # -- the audit records ---------------------------------------------------------------------
 
 def _record(key: tuple[str, str | None, str | None], event: _Event) -> dict:
+    from lgsp.audit import HASHED_FIELDS
+
     channel, client_id, source = key
+    # Every column named, as in an exchange record: the writer inserts a group of records in one
+    # statement, which needs the same keys in each.
+    empty = {name: None for name in HASHED_FIELDS if name not in ("chain", "seq", "prev_hash")}
     return {
+        **empty,
         "at": dt.datetime.now(dt.timezone.utc), "kind": "security", "door": channel, "client_id": client_id,
         "outcome": "refused", "status": 429 if event.throttled else 401,
         "error_code": "auth.throttled" if event.throttled else "auth.token_invalid",

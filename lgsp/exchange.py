@@ -18,6 +18,7 @@ _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
 # What the caller says about the exchange goes into the audit record: bounded and plain.
 _PURPOSE = re.compile(r"^[A-Za-z0-9._:/-]{1,64}$")
 MAX_OFFICER = 128
+MAX_SERVICE = 128
 # Generated ids: a random per-process prefix and a counter (unique, and no
 # system call per request as uuid4 would need).
 _PREFIX = os.urandom(8).hex()
@@ -88,6 +89,8 @@ class Exchange:
     def drop_bad_context(self) -> str | None:
         """Check what the caller says about the exchange before it is recorded; if it
         cannot be recorded, forget it (the refusal is audited without it) and say why."""
+        if not isinstance(self.service_name, str) or len(self.service_name) > MAX_SERVICE:
+            self.service_name = None  # not a name any service could have (the refusal says why)
         problem = context_problem(self.officer, self.purpose, self.claimed_request_id)
         if problem:
             self.officer = self.purpose = None

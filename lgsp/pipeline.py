@@ -28,6 +28,7 @@ from lgsp.identify import check_password, identify
 from lgsp.invoke import invoke
 from lgsp.minimize import minimize
 from lgsp.resolve import resolve
+from lgsp.storage.schema import audit_records
 from lgsp.validate import validate
 
 log = logging.getLogger("lgsp.exchange")
@@ -90,12 +91,15 @@ async def serve(ex: Exchange, gw: Gateway, render: Renderer, *, refusal: Exchang
         await refuse(ex, gw, refusal)
     rendered = render_safely(ex, render)
     try:
-        await gw.audit.commit(audit_record(ex, rendered[2]))
-    except AuditUnavailable:
-        ex.error = ExchangeError("audit.unavailable", "The audit log cannot be written, so the exchange was refused.")
-        rendered = render_safely(ex, render)
-    except Exception:  # a record that cannot be written is an exchange that cannot leave
+        record = audit_record(ex, rendered[2])
+    except Exception:  # e.g. full body logging of an answer it cannot encode: still an exchange with a record
         log.exception("audit record could not be made", extra={"fields": {"request_id": ex.request_id}})
+        ex.error = internal_error()
+        rendered = render_safely(ex, render)
+        record = audit_record(ex, rendered[2], body_logging=False)
+    try:
+        await gw.audit.commit(record)
+    except AuditUnavailable:
         ex.error = ExchangeError("audit.unavailable", "The audit log cannot be written, so the exchange was refused.")
         rendered = render_safely(ex, render)
     observe(ex, gw.registry.snapshot.services)
@@ -121,7 +125,32 @@ def render_safely(ex: Exchange, render: Renderer) -> Rendered:
         return ex.status, {"Content-Type": "application/problem+json", "X-Request-ID": ex.request_id}, body
 
 
-def audit_record(ex: Exchange, body: bytes) -> dict:
+# The columns a caller's request can put values into, and the largest value each takes.
+_TEXT_COLUMNS = {name: audit_records.c[name].type.length for name in ("service", "upstream", "trace_id")}
+_MAX_INT = 2**31 - 1
+
+
+def fitted(record: dict) -> dict:
+    """The record with what the caller controls fitted to its columns. A value the database
+    refuses (PostgreSQL checks lengths and ranges) would fail the whole group commit, and so
+    every exchange committed with it; a refused request's over-long service name is cut."""
+    for name, length in _TEXT_COLUMNS.items():
+        value = record.get(name)
+        if value is not None and not isinstance(value, str):
+            record[name] = None
+        elif value is not None and len(value) > length:
+            record[name] = value[:length]
+    for name in ("request_bytes", "response_bytes"):
+        if isinstance(record.get(name), int):
+            record[name] = max(0, min(record[name], _MAX_INT))
+    return record
+
+
+def audit_record(ex: Exchange, body: bytes, *, body_logging: bool = True) -> dict:
+    return fitted(_audit_record(ex, body, body_logging))
+
+
+def _audit_record(ex: Exchange, body: bytes, body_logging: bool) -> dict:
     client = ex.client
     return {
         "at": ex.at,
@@ -145,7 +174,7 @@ def audit_record(ex: Exchange, body: bytes) -> dict:
         "response_bytes": len(body),
         "response_sha256": hashlib.sha256(body).hexdigest(),
         "detail": None,
-        **_body_logging(ex, body),
+        **(_body_logging(ex, body) if body_logging else {}),
     }
 
 

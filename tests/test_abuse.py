@@ -477,3 +477,28 @@ def test_over_large_header_on_the_control_plane_is_refused(gateway):
     r = httpx.post(f"{gateway.url}/oauth/token", data={"grant_type": "client_credentials"},
                    headers={"X-Padding": "p" * 40_000}, timeout=30)
     assert r.status_code == 431 and r.json()["code"] == "request.header_too_large"
+
+
+def test_values_too_large_for_their_columns_do_not_poison_the_group_commit(gateway, token):
+    """One record that the database would refuse (PostgreSQL checks lengths and ranges) would fail
+    every exchange committed with it; what the caller controls is fitted before it is recorded."""
+    rid = f"long-service-{uuid.uuid4().hex[:8]}"
+    r = soap_post(gateway.url, soap_envelope("a." + "b" * 300, context=f"<l:request_id>{rid}</l:request_id>"),
+                  {"Authorization": f"Bearer {token}"})
+    assert fault_code(r) == "request.invalid", r.text
+    assert len(audit_of(gateway, rid)["service"] or "") <= 128
+    rid = f"nested-service-{uuid.uuid4().hex[:8]}"
+    r = soap_post(gateway.url, soap_envelope("<l:x>a</l:x><l:y>b</l:y>", context=f"<l:request_id>{rid}</l:request_id>"),
+                  {"Authorization": f"Bearer {token}"})
+    assert fault_code(r) == "request.invalid", r.text
+    assert audit_of(gateway, rid)["service"] is None
+
+    with socket.create_connection(("127.0.0.1", int(gateway.url.rsplit(":", 1)[1]))) as sock:
+        sock.sendall(b"POST /api/services/v1/codelists.list HTTP/1.1\r\nHost: x\r\nX-Request-ID: huge-length-" +
+                     uuid.uuid4().hex[:8].encode() + b"\r\nContent-Type: application/json\r\n"
+                     b"Content-Length: 99999999999\r\n\r\n{}")
+        head = sock.recv(4096).decode("latin-1")
+    assert head.startswith("HTTP/1.1 401"), head  # no token: said first, as always
+    rid = re.search(r"x-request-id: (\S+)", head, re.I).group(1)
+    record = audit_of(gateway, rid)
+    assert record["outcome"] == "refused" and record["request_bytes"] <= 2**31 - 1
