@@ -502,3 +502,24 @@ def test_values_too_large_for_their_columns_do_not_poison_the_group_commit(gatew
     rid = re.search(r"x-request-id: (\S+)", head, re.I).group(1)
     record = audit_of(gateway, rid)
     assert record["outcome"] == "refused" and record["request_bytes"] <= 2**31 - 1
+
+
+def test_records_of_every_kind_commit_in_one_group(fresh_db_url):
+    """Admin and audit-read records name fewer columns than exchange records; a group holding both
+    must still commit (in the combined set-up they share one writer)."""
+    import datetime as dt
+
+    from lgsp.audit import HASHED_FIELDS, AuditWriter
+    from lgsp.storage import engine_for
+
+    writer = AuditWriter(engine_for(fresh_db_url))
+    now = dt.datetime.now(dt.timezone.utc)
+    exchange = {**{name: None for name in HASHED_FIELDS[3:]}, "at": now, "kind": "exchange", "outcome": "ok",
+                "door": "rest", "status": 200}
+    admin_read = {"at": now, "kind": "admin", "outcome": "ok", "detail": {"actor": "t", "action": "audit.search"}}
+    try:
+        futures = [writer.submit(record) for _ in range(40) for record in (exchange, admin_read)]
+        for fut in futures:
+            fut.result(30)
+    finally:
+        writer.close()
