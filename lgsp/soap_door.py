@@ -14,6 +14,7 @@ Parsing refuses DTDs, entities and external references, and bounds size and dept
 from __future__ import annotations
 
 import copy
+import logging
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,7 +27,9 @@ from lgsp.errors import ERRORS, ExchangeError
 from lgsp.exchange import Exchange, request_id_from
 from lgsp.gateway import Gateway
 from lgsp.identify import bearer_token
-from lgsp.pipeline import Rendered, serve
+from lgsp.pipeline import Rendered, internal_error, serve
+
+log = logging.getLogger(__name__)
 
 NS = "urn:lgsp:soap:v1"
 WSDL_NS = "http://schemas.xmlsoap.org/wsdl/"
@@ -233,7 +236,11 @@ class SoapDoor:
             req, refusal = SoapRequest(_version(headers.get("content-type", ""), None)), ExchangeError(
                 "request.too_large", f"The SOAP message is over the limit of {self.limit} bytes.")
         else:
-            req, refusal = read_request(self.contract, body, headers.get("content-type", ""))
+            try:
+                req, refusal = read_request(self.contract, body, headers.get("content-type", ""))
+            except Exception:  # a defect, not the caller's fault: still a Fault, still audited
+                log.exception("SOAP request could not be read")
+                req, refusal = SoapRequest(_version(headers.get("content-type", ""), None)), internal_error()
         context = req.context or {}
         ex = Exchange(
             door="soap",

@@ -523,3 +523,17 @@ def test_records_of_every_kind_commit_in_one_group(fresh_db_url):
             fut.result(30)
     finally:
         writer.close()
+
+
+def test_soap_request_that_cannot_be_read_is_an_audited_fault(gateway, token, monkeypatch):
+    from lgsp import soap_door
+
+    def broken(*_args):
+        raise RuntimeError("the reader broke")
+
+    monkeypatch.setattr(soap_door, "read_request", broken)
+    with in_process_gateway() as url:
+        r = soap_post(url, soap_envelope("codelists.get", {"name": "gender"}), {"Authorization": f"Bearer {token}"})
+    assert r.status_code == 500 and fault_code(r) == "internal.error" and "reader broke" not in r.text
+    record = audit_of(gateway, r.headers["x-request-id"])
+    assert record["outcome"] == "failed" and record["door"] == "soap" and record["error_code"] == "internal.error"
