@@ -537,3 +537,10 @@ def test_soap_request_that_cannot_be_read_is_an_audited_fault(gateway, token, mo
     assert r.status_code == 500 and fault_code(r) == "internal.error" and "reader broke" not in r.text
     record = audit_of(gateway, r.headers["x-request-id"])
     assert record["outcome"] == "failed" and record["door"] == "soap" and record["error_code"] == "internal.error"
+
+
+def test_oversize_officer_without_a_token_is_refused_and_recorded_without_it(gateway):
+    r = httpx.get(f"{gateway.url}/api/codelists/v1/gender", headers={"X-On-Behalf-Of": "o" * 10_000}, timeout=30)
+    assert_problem(r, 401, "auth.token_missing")  # the missing token is said first, as for every request
+    record = audit_of(gateway, r.headers["x-request-id"])
+    assert record["officer"] is None and record["outcome"] == "refused"
