@@ -46,6 +46,9 @@ HASHED_FIELDS = (
 )
 
 
+_EMPTY_ROW = dict.fromkeys(HASHED_FIELDS)
+
+
 def _iso(value: dt.datetime) -> str:
     if value.tzinfo is None:  # SQLite hands back naive UTC datetimes
         value = value.replace(tzinfo=dt.timezone.utc)
@@ -195,7 +198,8 @@ class AuditWriter:
             rows, bodies = [], []
             for record, _ in batch:
                 seq += 1
-                row = dict(record, chain=self.chain, seq=seq, prev_hash=head)
+                # Every column named: one INSERT takes the whole group, whatever kinds it mixes.
+                row = dict(_EMPTY_ROW, **record, chain=self.chain, seq=seq, prev_hash=head)
                 if BODY in row:
                     bodies.append({"chain": self.chain, "seq": seq, "ciphertext": row.pop(BODY)})
                 row["hash"] = head = record_hash(row)

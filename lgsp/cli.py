@@ -88,9 +88,11 @@ def serve(host: str, port: int, workers: int, plane: str, migrate: bool) -> None
     os.environ.setdefault("LGSP_PUBLIC_URL", f"http://{host}:{port}")
     settings.cache_clear()
     factory = {"all": "lgsp.app:combined", "data": "lgsp.app:data_plane", "control": "lgsp.app:control_plane"}[plane]
+    from lgsp.http_limits import SERVER_MAX_HEAD_BYTES, BoundedHttpTools  # request heads bounded at the server
+
     uvicorn.run(factory, factory=True, host=host, port=port, workers=workers, log_config=None,
-                access_log=False, loop="auto", http="auto", lifespan="auto" if plane != "control" else "off",
-                timeout_graceful_shutdown=10)
+                access_log=False, loop="auto", http=BoundedHttpTools, lifespan="auto" if plane != "control" else "off",
+                timeout_graceful_shutdown=10, h11_max_incomplete_event_size=SERVER_MAX_HEAD_BYTES)
 
 
 def _check_schema() -> None:

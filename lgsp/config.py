@@ -20,6 +20,8 @@ class Settings:
     public_url: str = field(default_factory=lambda: _env("LGSP_PUBLIC_URL", "http://127.0.0.1:8080").rstrip("/"))
     token_ttl: int = field(default_factory=lambda: int(_env("LGSP_TOKEN_TTL", "900")))
     max_body_bytes: int = field(default_factory=lambda: int(_env("LGSP_MAX_BODY_BYTES", str(64 * 1024))))
+    # All header fields of a request together (refused with 431 above it).
+    max_header_bytes: int = field(default_factory=lambda: int(_env("LGSP_MAX_HEADER_BYTES", str(16 * 1024))))
     # How often a worker looks for configuration changes (clients, grants, keys).
     config_poll_seconds: float = field(default_factory=lambda: float(_env("LGSP_CONFIG_POLL_SECONDS", "1")))
     audit_batch_max: int = field(default_factory=lambda: int(_env("LGSP_AUDIT_BATCH_MAX", "256")))

@@ -20,7 +20,6 @@ import secrets
 import tempfile
 import time
 from dataclasses import asdict, dataclass
-from functools import cache
 from typing import Any
 from urllib.parse import urlencode
 
@@ -29,9 +28,9 @@ from itsdangerous import BadSignature, URLSafeTimedSerializer
 from sqlalchemy import delete, insert, select, update
 from werkzeug.exceptions import HTTPException
 
-from lgsp import audit_search, control_audit
+from lgsp import audit_search, auth_throttle, control_audit, secret_check
 from lgsp.audit import note_read
-from lgsp.crypto import derive_key, hash_secret, subject_hash, verify_secret
+from lgsp.crypto import derive_key, subject_hash
 from lgsp.storage.schema import console_sessions
 
 blueprint = Blueprint("console", __name__, url_prefix="/console", template_folder="templates",
@@ -189,21 +188,26 @@ def _page(template: str, status: int = 200, **context: Any) -> Response:
 
 # -- login ---------------------------------------------------------------------------------
 
-@cache
-def _dummy_hash() -> str:
-    return hash_secret(secrets.token_urlsafe(16))
-
-
 @blueprint.route("/login", methods=["GET", "POST"])
 def login():
     if request.method == "GET":
         return _page("console/login.html")
     client_id = request.form.get("client_id", "").strip()
     secret = request.form.get("client_secret", "")
-    client = _auditor(client_id) if client_id else None
-    if client is None:
-        verify_secret(secret, _dummy_hash())  # same cost, so unknown ids are not told apart by timing
-    if client is None or not client.check_client_secret(secret):
+    wait = auth_throttle.retry_after("console", client_id, request.remote_addr)
+    client = _auditor(client_id) if client_id and wait is None else None
+    try:
+        # an unknown id is checked against a dummy hash: same cost, so ids are not told apart by timing
+        accepted = wait is None and secret_check.check(secret, client.row.secret_hash if client else None)
+    except secret_check.Busy:
+        accepted, wait = False, 1
+    if wait is not None:
+        response = _page("console/login.html", 429, client_id=client_id,
+                         error=f"Too many failed sign-ins; try again in {wait} seconds.")
+        response.headers["Retry-After"] = str(wait)
+        return response
+    if not accepted:
+        auth_throttle.failed("console", client_id, request.remote_addr)
         current_app.logger.warning("console login refused for client %r", client_id[:64])
         return _page("console/login.html", 401, client_id=client_id,
                      error="Client id or secret not accepted, or the client does not have the auditor role.")

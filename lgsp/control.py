@@ -22,10 +22,9 @@ from flask import jsonify
 from joserfc.jwk import KeySet
 from sqlalchemy import Engine, select
 
-from lgsp import console, control_audit, keys, specs
+from lgsp import auth_throttle, console, control_audit, keys, secret_check, specs
 from lgsp.audit import AuditUnavailable
 from lgsp.config import Settings
-from lgsp.crypto import verify_secret
 from lgsp.errors import ExchangeError, problem
 from lgsp.control_auth import verified_caller
 from lgsp.exchange import request_id_from
@@ -63,7 +62,7 @@ class OAuthClient(ClientMixin):
         return False
 
     def check_client_secret(self, client_secret: str) -> bool:
-        return verify_secret(client_secret, self.row.secret_hash)
+        return secret_check.check(client_secret, self.row.secret_hash)  # bounded pool, never unbounded CPU
 
     def check_endpoint_auth_method(self, method: str, endpoint: str) -> bool:
         return method in ("client_secret_basic", "client_secret_post")
@@ -73,6 +72,29 @@ class OAuthClient(ClientMixin):
 
     def check_grant_type(self, grant_type: str) -> bool:
         return grant_type == "client_credentials"
+
+
+class UnknownClient(OAuthClient):
+    """Stands in for a client id that does not exist (or is disabled): its secret check costs
+    what a real one does and always fails, so the answer and its timing say nothing about the id."""
+
+    def __init__(self, client_id: str):
+        super().__init__(None, [])
+        self.client_id = client_id
+
+    def get_client_id(self) -> str:
+        return self.client_id
+
+    def check_client_secret(self, client_secret: str) -> bool:
+        return secret_check.check(client_secret, None)
+
+
+def _claimed_client_id(req) -> str | None:
+    """The client id a token request names (HTTP Basic or form), before anything is checked."""
+    auth = req.authorization
+    if auth is not None and auth.type == "basic":
+        return auth.username or None
+    return req.form.get("client_id") or None
 
 
 class TokenGenerator(JWTBearerTokenGenerator):
@@ -126,13 +148,28 @@ def create_control_plane(engine: Engine, cfg: Settings) -> FlaskApp:
         # Nothing is stored (tokens are self-contained JWTs), but each issue is recorded.
         control_audit.token_issued(engine, request.client.get_client_id(), token.get("scope"), token.get("expires_in"))
 
-    server = AuthorizationServer(app, query_client=lambda cid: query_client(engine, cid), save_token=save_token)
+    server = AuthorizationServer(app, query_client=lambda cid: query_client(engine, cid) or UnknownClient(cid),
+                                 save_token=save_token)
     server.register_grant(grants.ClientCredentialsGrant)
     server.register_token_generator("default", TokenGenerator(engine, cfg))
 
     @app.post(TOKEN_PATH)
     def issue_token():
-        return server.create_token_response()
+        from flask import request
+
+        client_id, source = _claimed_client_id(request), request.remote_addr
+        wait = auth_throttle.retry_after("token", client_id, source)
+        if wait is None:
+            try:
+                response = server.create_token_response()
+            except secret_check.Busy:
+                wait = 1
+        if wait is not None:
+            return _problem_response(ExchangeError("auth.throttled", f"Too many failed authentications; try again "
+                                                   f"in {wait} s.", headers={"Retry-After": str(wait)}))
+        if response.status_code == 401:  # invalid_client: a wrong or unknown id or secret
+            auth_throttle.failed("token", client_id, source)
+        return response
 
     @app.get(JWKS_PATH)
     def jwks():

@@ -52,6 +52,10 @@ ERRORS: dict[str, ErrorKind] = {
     "cursor.invalid": ErrorKind(400, "Cursor not valid", "Client"),
     "admin.egress_refused": ErrorKind(400, "Destination refused by the egress policy", "Client"),
     "upstream.egress_refused": ErrorKind(502, "Upstream destination refused by the egress policy", "Server"),
+    "request.context_invalid": ErrorKind(400, "Officer, purpose or request id not acceptable", "Client"),
+    "request.header_too_large": ErrorKind(431, "Request header fields too large", "Client"),
+    "record.invalid_characters": ErrorKind(400, "Record holds characters that cannot be exchanged", "Client"),
+    "auth.throttled": ErrorKind(429, "Too many failed authentications", "Client"),
 }
 
 

@@ -6,6 +6,7 @@ import itertools
 import os
 import re
 import time
+import unicodedata
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -14,6 +15,10 @@ from lgsp.errors import ExchangeError
 from lgsp.registry import Client, Grant, Service
 
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
+# What the caller says about the exchange goes into the audit record: bounded and plain.
+_PURPOSE = re.compile(r"^[A-Za-z0-9._:/-]{1,64}$")
+MAX_OFFICER = 128
+MAX_SERVICE = 128
 # Generated ids: a random per-process prefix and a counter (unique, and no
 # system call per request as uuid4 would need).
 _PREFIX = os.urandom(8).hex()
@@ -25,6 +30,23 @@ def request_id_from(header: str | None) -> str:
     if header and _REQUEST_ID.match(header):
         return header
     return f"{_PREFIX}{next(_COUNTER):016x}"
+
+
+def _plain(text: str) -> bool:
+    """No control, format or unassigned characters (which could hide or forge text in a record)."""
+    return all(unicodedata.category(c)[0] != "C" for c in text)
+
+
+def context_problem(officer: str | None, purpose: str | None, claimed_request_id: str | None) -> str | None:
+    """Why the caller's officer, purpose or request id cannot be recorded; None when they can."""
+    if claimed_request_id and not _REQUEST_ID.match(claimed_request_id):
+        return "The request id (X-Request-ID or <request_id>) must be 1 to 64 of A-Z a-z 0-9 . _ : -."
+    if purpose is not None and not _PURPOSE.match(purpose):
+        return "The purpose (X-Purpose or <purpose>) must be a purpose code: 1 to 64 of A-Z a-z 0-9 . _ : / -."
+    if officer is not None and (len(officer) > MAX_OFFICER or not _plain(officer)):
+        return (f"The officer (X-On-Behalf-Of or <on_behalf_of>) must be at most {MAX_OFFICER} characters, "
+                "without control characters.")
+    return None
 
 
 @dataclass
@@ -41,6 +63,8 @@ class Exchange:
     purpose: str | None = None
     officer: str | None = None
     request_bytes: int = 0
+    claimed_request_id: str | None = None   # as the caller sent it (request_id may be a made one)
+    source: str | None = None               # the caller's network address
     at: dt.datetime = field(default_factory=lambda: dt.datetime.now(dt.timezone.utc))
     started: float = field(default_factory=time.perf_counter)
     # Filled by the stages:
@@ -61,6 +85,16 @@ class Exchange:
         # Known from the start, so that even a refused exchange records whom it was about.
         pid = self.params.get("personal_id")
         self.subject = pid if isinstance(pid, str) and pid else None
+
+    def drop_bad_context(self) -> str | None:
+        """Check what the caller says about the exchange before it is recorded; if it
+        cannot be recorded, forget it (the refusal is audited without it) and say why."""
+        if not isinstance(self.service_name, str) or len(self.service_name) > MAX_SERVICE:
+            self.service_name = None  # not a name any service could have (the refusal says why)
+        problem = context_problem(self.officer, self.purpose, self.claimed_request_id)
+        if problem:
+            self.officer = self.purpose = None
+        return problem
 
     @property
     def status(self) -> int:

@@ -7,8 +7,8 @@ import time
 from joserfc import jwt
 from joserfc.errors import JoseError
 
+from lgsp import auth_throttle, secret_check
 from lgsp.config import settings
-from lgsp.crypto import verify_secret
 from lgsp.errors import ExchangeError
 from lgsp.exchange import Exchange
 from lgsp.registry import Snapshot
@@ -26,22 +26,46 @@ _passwords: dict[tuple[str, str], str] = {}
 
 
 def _password_claims(client_id: str, secret: str, snap: Snapshot) -> dict:
-    """Claims for a WS-Security UsernameToken: the client's granted services and roles as scopes."""
+    """Claims for a WS-Security UsernameToken: the client's granted services and roles as scopes.
+
+    The secret itself was checked by `check_password` (off the event loop); here only its result is read.
+    """
     client = snap.clients.get(client_id)
-    key = (client_id, hashlib.sha256(secret.encode()).hexdigest())
-    if client is None or (_passwords.get(key) != client.secret_hash and not _check(key, secret, client)):
+    if client is None or _passwords.get(_password_key(client_id, secret)) != client.secret_hash:
         raise ExchangeError("auth.token_invalid", "The UsernameToken's client id or secret is wrong.")
     scopes = snap.granted.get(client_id, frozenset()) | {ROLE_SCOPES[r] for r in client.roles if r in ROLE_SCOPES}
     return {"sub": client_id, "exp": float("inf"), "_kid": None, "_scopes": frozenset(scopes)}
 
 
-def _check(key: tuple[str, str], secret: str, client) -> bool:
-    if not verify_secret(secret, client.secret_hash):
-        return False
+def _password_key(client_id: str, secret: str) -> tuple[str, str]:
+    return client_id, hashlib.sha256(secret.encode()).hexdigest()
+
+
+async def check_password(ex: Exchange, snap: Snapshot) -> None:
+    """Check a WS-Security UsernameToken's secret before `identify`: in the secret-check pool
+    (never on the event loop), throttled per client id and source, failures audited in aggregate."""
+    if ex.token or not ex.credentials:
+        return
+    client_id, secret = ex.credentials
+    client = snap.clients.get(client_id)
+    key = _password_key(client_id, secret)
+    if client is not None and _passwords.get(key) == client.secret_hash:
+        return  # checked before: proof of the secret, so no throttle applies
+    wait = auth_throttle.retry_after("soap", client_id, ex.source)
+    if wait is None:
+        try:
+            ok = await secret_check.check_async(secret, client.secret_hash if client else None)
+        except secret_check.Busy:
+            wait = 1
+    if wait is not None:
+        raise ExchangeError("auth.throttled", f"Too many failed authentications; try again in {wait} s.",
+                            headers={"Retry-After": str(wait)})
+    if not ok:
+        auth_throttle.failed("soap", client_id, ex.source)
+        raise ExchangeError("auth.token_invalid", "The UsernameToken's client id or secret is wrong.")
     if len(_passwords) >= 1000:
         _passwords.clear()
     _passwords[key] = client.secret_hash
-    return True
 
 
 def bearer_token(authorization: str | None) -> str | None:

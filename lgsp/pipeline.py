@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
-from typing import Callable
+from typing import Callable, Mapping
 
 from lgsp import metrics
 import orjson
@@ -21,13 +21,14 @@ from lgsp.audit import BODY, AuditUnavailable
 from lgsp.authorize import authorize
 from lgsp.canonical import to_canonical
 from lgsp.crypto import fernet, subject_hash
-from lgsp.errors import ExchangeError
+from lgsp.errors import ExchangeError, problem
 from lgsp.exchange import Exchange
 from lgsp.gateway import Gateway
-from lgsp.identify import identify
+from lgsp.identify import check_password, identify
 from lgsp.invoke import invoke
 from lgsp.minimize import minimize
 from lgsp.resolve import resolve
+from lgsp.storage.schema import audit_records
 from lgsp.validate import validate
 
 log = logging.getLogger("lgsp.exchange")
@@ -39,6 +40,7 @@ Renderer = Callable[[Exchange], Rendered]
 async def run_stages(ex: Exchange, gw: Gateway) -> None:
     snap = gw.registry.snapshot
     try:
+        await check_password(ex, snap)
         identify(ex, snap)
         resolve(ex, snap)
         authorize(ex, snap)
@@ -50,38 +52,105 @@ async def run_stages(ex: Exchange, gw: Gateway) -> None:
         ex.error = exc
     except Exception:
         log.exception("exchange failed unexpectedly", extra={"fields": {"request_id": ex.request_id}})
-        ex.error = ExchangeError("internal.error", "The LGSP could not complete the exchange; it has been logged.")
+        ex.error = internal_error()
 
 
-def refuse(ex: Exchange, gw: Gateway, error: ExchangeError) -> None:
+def internal_error() -> ExchangeError:
+    return ExchangeError("internal.error", "The LGSP could not complete the exchange; it has been logged.")
+
+
+async def refuse(ex: Exchange, gw: Gateway, error: ExchangeError) -> None:
     """A refusal before the stages ran (bad shape, too large, no such route).
 
     Identification still runs so the audit record names the caller; a problem
     with the token is reported first, as it would be by the full pipeline.
     """
     try:
+        await check_password(ex, gw.registry.snapshot)
         identify(ex, gw.registry.snapshot)
     except ExchangeError as auth_error:
         error = auth_error
     ex.error = error
 
 
-async def serve(ex: Exchange, gw: Gateway, render: Renderer, *, refusal: ExchangeError | None = None) -> Rendered:
+async def serve(ex: Exchange, gw: Gateway, render: Renderer, *, refusal: ExchangeError | None = None,
+                anonymous: bool = False) -> Rendered:
+    """The exchange through the stages (or refused), its answer rendered, its record committed.
+
+    `anonymous`: a refusal made before any of the request could be trusted (an
+    over-large head): the caller is not identified, nothing it sent is recorded.
+    """
+    context_problem = ex.drop_bad_context()  # before anything records the caller's values
+    if context_problem and refusal is None:
+        refusal = ExchangeError("request.context_invalid", context_problem)
     if refusal is None:
         await run_stages(ex, gw)
+    elif anonymous:
+        ex.error = refusal
     else:
-        refuse(ex, gw, refusal)
-    rendered = render(ex)
+        await refuse(ex, gw, refusal)
+    rendered = render_safely(ex, render)
     try:
-        await gw.audit.commit(audit_record(ex, rendered[2]))
+        record = audit_record(ex, rendered[2])
+    except Exception:  # e.g. full body logging of an answer it cannot encode: still an exchange with a record
+        log.exception("audit record could not be made", extra={"fields": {"request_id": ex.request_id}})
+        ex.error = internal_error()
+        rendered = render_safely(ex, render)
+        record = audit_record(ex, rendered[2], body_logging=False)
+    try:
+        await gw.audit.commit(record)
     except AuditUnavailable:
         ex.error = ExchangeError("audit.unavailable", "The audit log cannot be written, so the exchange was refused.")
-        rendered = render(ex)
-    observe(ex)
+        rendered = render_safely(ex, render)
+    observe(ex, gw.registry.snapshot.services)
     return rendered
 
 
-def audit_record(ex: Exchange, body: bytes) -> dict:
+def render_safely(ex: Exchange, render: Renderer) -> Rendered:
+    """The door's answer; if rendering fails, the door's own internal.error answer instead.
+
+    Whatever fails between the stages and the audit commit must still end in an
+    answer of the door's format and a record of it: nothing leaves unrecorded.
+    """
+    try:
+        return render(ex)
+    except Exception:
+        log.exception("answer could not be rendered", extra={"fields": {"request_id": ex.request_id}})
+    ex.error = internal_error()
+    try:
+        return render(ex)
+    except Exception:  # even the error answer failed: a fixed one, still audited by the caller
+        log.exception("error answer could not be rendered", extra={"fields": {"request_id": ex.request_id}})
+        body = orjson.dumps(problem(ex.error.code, ex.error.detail, ex.request_id))
+        return ex.status, {"Content-Type": "application/problem+json", "X-Request-ID": ex.request_id}, body
+
+
+# The columns a caller's request can put values into, and the largest value each takes.
+_TEXT_COLUMNS = {name: audit_records.c[name].type.length for name in ("service", "upstream", "trace_id")}
+_MAX_INT = 2**31 - 1
+
+
+def fitted(record: dict) -> dict:
+    """The record with what the caller controls fitted to its columns. A value the database
+    refuses (PostgreSQL checks lengths and ranges) would fail the whole group commit, and so
+    every exchange committed with it; a refused request's over-long service name is cut."""
+    for name, length in _TEXT_COLUMNS.items():
+        value = record.get(name)
+        if value is not None and not isinstance(value, str):
+            record[name] = None
+        elif value is not None and len(value) > length:
+            record[name] = value[:length]
+    for name in ("request_bytes", "response_bytes"):
+        if isinstance(record.get(name), int):
+            record[name] = max(0, min(record[name], _MAX_INT))
+    return record
+
+
+def audit_record(ex: Exchange, body: bytes, *, body_logging: bool = True) -> dict:
+    return fitted(_audit_record(ex, body, body_logging))
+
+
+def _audit_record(ex: Exchange, body: bytes, body_logging: bool) -> dict:
     client = ex.client
     return {
         "at": ex.at,
@@ -105,7 +174,7 @@ def audit_record(ex: Exchange, body: bytes) -> dict:
         "response_bytes": len(body),
         "response_sha256": hashlib.sha256(body).hexdigest(),
         "detail": None,
-        **_body_logging(ex, body),
+        **(_body_logging(ex, body) if body_logging else {}),
     }
 
 
@@ -124,8 +193,10 @@ def _body_logging(ex: Exchange, body: bytes) -> dict:
     return {}
 
 
-def observe(ex: Exchange) -> None:
-    service = ex.service_name or "-"
+def observe(ex: Exchange, services: Mapping[str, object] | None = None) -> None:
+    # Labels only from registered names: a made-up service name must not become a new series.
+    service = "-" if not ex.service_name else ex.service_name if ex.service or (
+        services is not None and ex.service_name in services) else "unknown"
     client = ex.client.client_id if ex.client else "-"
     code = ex.error.code if ex.error else ""
     elapsed = time.perf_counter() - ex.started

@@ -60,6 +60,8 @@ def exchange_from(req: ConnexionRequest, service: str | None, params: dict[str, 
         purpose=h.get("x-purpose") or None,
         officer=h.get("x-on-behalf-of") or None,
         request_bytes=int(h.get("content-length") or 0),
+        claimed_request_id=h.get("x-request-id"),
+        source=(req.scope.get("client") or (None,))[0],
     )
 
 

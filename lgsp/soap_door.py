@@ -14,6 +14,8 @@ Parsing refuses DTDs, entities and external references, and bounds size and dept
 from __future__ import annotations
 
 import copy
+import logging
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,7 +27,9 @@ from lgsp.errors import ERRORS, ExchangeError
 from lgsp.exchange import Exchange, request_id_from
 from lgsp.gateway import Gateway
 from lgsp.identify import bearer_token
-from lgsp.pipeline import Rendered, serve
+from lgsp.pipeline import Rendered, internal_error, serve
+
+log = logging.getLogger(__name__)
 
 NS = "urn:lgsp:soap:v1"
 WSDL_NS = "http://schemas.xmlsoap.org/wsdl/"
@@ -34,6 +38,8 @@ WSSE_NS = "http://docs.oasis-open.org/wss/2004/01/oasis-200401-wss-wssecurity-se
 PASSWORD_TEXT = "#PasswordText"
 CONTEXT_FIELDS = ("purpose", "on_behalf_of", "request_id")
 PATH = "/soap/v1"
+# Characters XML 1.0 cannot carry, even as character references (U+0001, U+FFFE, lone surrogates…).
+_NOT_XML = re.compile("[^\t\n\r\x20-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
 
 
 @dataclass(frozen=True)
@@ -146,7 +152,13 @@ def _append(parent: etree._Element, name: str, value: Any) -> None:
     elif isinstance(value, bool):
         child.text = "true" if value else "false"
     else:
-        child.text = str(value)
+        child.text = xml_text(str(value))
+
+
+def xml_text(text: str) -> str:
+    """`text` with the characters XML cannot carry replaced by U+FFFD: data from any
+    backend can hold them, and the answer must still be well-formed XML."""
+    return _NOT_XML.sub("\ufffd", text)
 
 
 def _envelope(version: str) -> tuple[etree._Element, etree._Element]:
@@ -166,13 +178,13 @@ def _fault(version: str, error: ExchangeError, request_id: str) -> tuple[int, by
         reason = etree.SubElement(fault, f"{{{ns}}}Reason")
         text = etree.SubElement(reason, f"{{{ns}}}Text")
         text.set("{http://www.w3.org/XML/1998/namespace}lang", "en")
-        text.text = error.detail
+        text.text = xml_text(error.detail)
         detail = etree.SubElement(fault, f"{{{ns}}}Detail")
         status = 400 if side == "Client" else 500
     else:
         fault = etree.SubElement(body, f"{{{soap.SOAP11_NS}}}Fault")
         etree.SubElement(fault, "faultcode").text = f"soap:{side}"
-        etree.SubElement(fault, "faultstring").text = error.detail
+        etree.SubElement(fault, "faultstring").text = xml_text(error.detail)
         detail = etree.SubElement(fault, "detail")
         status = 500  # SOAP 1.1 over HTTP: every fault is a 500
     err = etree.SubElement(detail, f"{{{NS}}}Error")
@@ -189,6 +201,8 @@ def renderer(req: SoapRequest):
         headers = {"Content-Type": content_type, "X-Request-ID": ex.request_id, "Cache-Control": "no-store"}
         if ex.error is not None:
             status, body = _fault(req.version, ex.error, ex.request_id)
+            if ex.error.status == 429:  # throttled: say so in HTTP terms too, so clients back off
+                status, headers["Retry-After"] = 429, ex.error.headers.get("Retry-After", "1")
             return status, headers, body
         env, body_el = _envelope(req.version)
         response = etree.SubElement(body_el, f"{{{NS}}}{req.operation.name}Response")
@@ -222,7 +236,11 @@ class SoapDoor:
             req, refusal = SoapRequest(_version(headers.get("content-type", ""), None)), ExchangeError(
                 "request.too_large", f"The SOAP message is over the limit of {self.limit} bytes.")
         else:
-            req, refusal = read_request(self.contract, body, headers.get("content-type", ""))
+            try:
+                req, refusal = read_request(self.contract, body, headers.get("content-type", ""))
+            except Exception:  # a defect, not the caller's fault: still a Fault, still audited
+                log.exception("SOAP request could not be read")
+                req, refusal = SoapRequest(_version(headers.get("content-type", ""), None)), internal_error()
         context = req.context or {}
         ex = Exchange(
             door="soap",
@@ -235,6 +253,8 @@ class SoapDoor:
             officer=context.get("on_behalf_of"),
             request_bytes=len(body),
             check_params=bool(req.operation and req.operation.service_from),
+            claimed_request_id=context.get("request_id") or headers.get("x-request-id"),
+            source=(scope.get("client") or (None,))[0],
         )
         status, out_headers, payload = await serve(ex, self.gateway, renderer(req), refusal=refusal)
         await _send(send, status, out_headers, payload)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import os
+import re
 from importlib.resources import files
 from pathlib import Path
 from typing import Any, Callable, Mapping
@@ -43,6 +44,16 @@ class RecordInvalid(UpstreamError):
     """A published record does not fit its dataset's schema (or its key)."""
 
     code = "record.invalid"
+
+
+class RecordCharacters(UpstreamError):
+    """A published record holds characters XML cannot carry: readers on the SOAP door could not get it."""
+
+    code = "record.invalid_characters"
+
+
+# XML 1.0's characters; anything else (U+0001, U+FFFE…) is refused at publish.
+_NOT_XML = re.compile("[^\t\n\r\x20-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
 
 
 class BadRequest(UpstreamError):
@@ -192,6 +203,7 @@ class DatastoreAdapter(Adapter):
                 f"Only systems of agency {dataset.owner}, the owner of dataset '{dataset.name}', may publish to it; "
                 f"client '{context.client_id}' belongs to {context.agency_code or 'no agency'}.")
         record = _record_of(params.get("record"))
+        _check_characters(record)
         key = self._checked_key(dataset, record, params.get("key"))
         published = self.store.publish(dataset.name, key, record, context.client_id)
         data = {"dataset": dataset.name, "key": key, "outcome": published.outcome, "version": published.version}
@@ -254,6 +266,22 @@ def _record_of(raw: Any) -> Any:
         except orjson.JSONDecodeError:
             raise RecordInvalid("The record is neither a JSON object nor JSON text of one.") from None
     return raw
+
+
+def _check_characters(value: Any, path: str = "record") -> None:
+    """Refuse text (names and values) that XML cannot carry, naming where it is."""
+    if isinstance(value, dict):
+        for name, sub in value.items():
+            _check_characters(name, f"{path}: a field name")
+            _check_characters(sub, f"{path}.{name}")
+    elif isinstance(value, list):
+        for i, item in enumerate(value):
+            _check_characters(item, f"{path}[{i}]")
+    elif isinstance(value, str):
+        bad = _NOT_XML.search(value)
+        if bad:
+            raise RecordCharacters(f"{path} holds the character U+{ord(bad.group()):04X}, which XML (and so the "
+                                   "SOAP door) cannot carry; remove or replace it.")
 
 
 def _filters_of(params: Mapping[str, Any]) -> dict[str, Any]:
