@@ -234,7 +234,7 @@ def business_sim(tmp_path_factory):
     client = ("lgsp-test", secrets.token_urlsafe(16))
     server = start_server(
         [sys.executable, "-m", "lgsp_adapters.business.simulator", "--host", "127.0.0.1", "--port", str(port),
-         "--client-id", client[0], "--client-secret", client[1], "--token-ttl", str(BUSINESS_TOKEN_TTL)],
+         "--client-id", client[0], f"--client-secret={client[1]}", "--token-ttl", str(BUSINESS_TOKEN_TTL)],
         f"http://127.0.0.1:{port}", "/_sim/faults", log,
     )
     server.extra["client"] = client
