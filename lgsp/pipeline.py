@@ -59,6 +59,9 @@ def refuse(ex: Exchange, gw: Gateway, error: ExchangeError) -> None:
     Identification still runs so the audit record names the caller; a problem
     with the token is reported first, as it would be by the full pipeline.
     """
+    if error.code.startswith("auth."):  # the refusal is about the credentials themselves: say that
+        ex.error = error
+        return
     try:
         identify(ex, gw.registry.snapshot)
     except ExchangeError as auth_error:
