@@ -120,7 +120,7 @@ parameters = {{ "path.grant_id" = {world['scratch_grant']} }}
 def run_schemathesis(url: str, config: Path, token: str | None, report: Path) -> subprocess.CompletedProcess:
     cmd = [sys.executable, str(Path(__file__).with_name("st_cli.py")), "--config-file", str(config), "run", url,
            "--checks", "all", "--seed", str(SEED), "--max-examples", str(MAX_EXAMPLES),
-           "--no-shrink", "--workers", "2", "--request-timeout", "10",
+           "--no-shrink", "--generation-database", "none", "--workers", "2", "--request-timeout", "10",
            "--phases", "examples,coverage,fuzzing", "--no-color", "--max-redirects", "0",
            "--report", "ndjson", "--report-ndjson-path", str(report)]
     if token:
