@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -22,7 +23,7 @@ import pytest
 from conftest import get_token
 
 SEED = 20251107
-MAX_EXAMPLES = 8
+MAX_EXAMPLES = 15
 PURPOSE = "administrative-procedure"
 OWNER = "000.00.12.H30"
 # The answers a request that fits the document may get besides 2xx: the token's client may
@@ -132,13 +133,21 @@ def run_schemathesis(url: str, config: Path, token: str | None, report: Path) ->
 @pytest.mark.parametrize("credentials", ["token", "anonymous"])
 def test_every_served_document_keeps_its_contract(st_world, tmp_path, credentials):
     gw = st_world["gw"]
-    failed = {}
+    failed, ran = {}, {}
     for name, (url, role) in served_documents(gw).items():
         config = _config(st_world, tmp_path / f"{name}.toml", admin=name == "admin")
         assert httpx.get(url).status_code == 200, f"{url} is not served"
         token = st_world["tokens"][role] if credentials == "token" else None
         result = run_schemathesis(url, config, token, tmp_path / f"{name}.ndjson")
-        print(f"--- {name} ({credentials})\n{result.stdout[-6000:]}")
         if result.returncode != 0:
             failed[name] = result.stdout[-20000:] + result.stderr[-2000:]
+            continue
+        selected = re.search(r"Selected: (\d+)/(\d+)\s+Tested: (\d+)", result.stdout)
+        cases = re.search(r"(\d+) generated, (\d+) passed", result.stdout)
+        assert selected and cases, result.stdout[-3000:]
+        total, tested = int(selected[2]), int(selected[3])
+        assert tested == total, f"{name}: schemathesis tested {tested} of {total} operations"
+        ran[name] = (tested, int(cases[1]))
     assert not failed, "\n\n".join(f"=== {name}\n{out}" for name, out in failed.items())
+    print(f"schemathesis ({credentials}): " + ", ".join(f"{n} {ops} operations/{cases} cases"
+                                                      for n, (ops, cases) in ran.items()))
