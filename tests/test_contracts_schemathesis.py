@@ -23,7 +23,7 @@ import pytest
 from conftest import get_token
 
 SEED = 20251107
-MAX_EXAMPLES = 15
+MAX_EXAMPLES = 10
 PURPOSE = "administrative-procedure"
 OWNER = "000.00.12.H30"
 # The answers a request that fits the document may get besides 2xx: the token's client may
