@@ -234,8 +234,11 @@ class Admin:
 
     def set_service(self, name: str, *, version: str, connection: str, operation: str, personal_data: bool = True,
                     body_logging: str = "off", enabled: bool = True, description: str | None = None) -> None:
-        if not re.match(r"^[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)+$", name):
-            raise AdminError("A service name is dotted lower-case words, e.g. population.citizen.get.")
+        if not re.match(r"^[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)+$", name) or len(name) > 128:
+            raise AdminError("A service name is dotted lower-case words, at most 128 characters, "
+                             "e.g. population.citizen.get.")
+        if len(operation) > 64 or len(version) > 16:
+            raise AdminError("An operation name is at most 64 characters, a version at most 16.")
         if body_logging not in ("off", "metadata", "full"):
             raise AdminError("Body logging is one of: off, metadata, full.")
         with self.engine.begin() as conn:

@@ -28,6 +28,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from werkzeug.routing import RequestRedirect
 from joserfc.jwk import KeySet
 from sqlalchemy import Engine, select
+from sqlalchemy.exc import DataError
 
 from lgsp import console, keys, specs
 from lgsp.config import Settings
@@ -204,6 +205,8 @@ def _known_failure(exc: Exception) -> ExchangeError | None:
         return Malformed("The body is not UTF-8 text; JSON must be sent as UTF-8 (RFC 8259).").error
     if isinstance(exc, RecursionError):
         return Malformed("The JSON body nests too deeply to be read.").error
+    if isinstance(exc, DataError):  # a value the database cannot keep (too long, out of range)
+        return ExchangeError("request.invalid", "A value is longer or larger than the LGSP can keep.")
     return None
 
 

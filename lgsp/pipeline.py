@@ -84,6 +84,12 @@ async def serve(ex: Exchange, gw: Gateway, render: Renderer, *, refusal: Exchang
     return rendered
 
 
+def _recordable(value: str | None, width: int) -> str | None:
+    """A caller's value as the audit column can hold it: an oversize one (refused by the spec) is left out,
+    so the refusal is still recorded (PostgreSQL would refuse the whole record)."""
+    return value if value is None or len(value) <= width else None
+
+
 def audit_record(ex: Exchange, body: bytes) -> dict:
     client = ex.client
     return {
@@ -93,8 +99,8 @@ def audit_record(ex: Exchange, body: bytes) -> dict:
         "door": ex.door,
         "client_id": client.client_id if client else None,
         "agency_code": client.agency_code if client else None,
-        "officer": ex.officer,
-        "purpose": ex.purpose,
+        "officer": _recordable(ex.officer, 128),
+        "purpose": _recordable(ex.purpose, 64),
         "service": ex.service_name,
         "outcome": ex.outcome,
         "status": ex.status,

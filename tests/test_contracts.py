@@ -321,3 +321,39 @@ def test_cli_on_an_unmigrated_database_says_what_to_run(empty_db_url, tmp_path, 
     assert result.returncode == 1, result
     assert "Traceback" not in result.stderr and "sqlalchemy" not in result.stderr.lower()
     assert re.search(r"run `lgsp db upgrade`", result.stderr), result.stderr
+
+
+# -- found by schemathesis on PostgreSQL ----------------------------------------------------------
+
+def test_an_oversize_officer_is_refused_and_the_refusal_still_recorded(gateway, callers):
+    r = httpx.get(f"{gateway.url}/api/population/v1/citizens/001090012345",
+                  headers={**bearer(callers, "client"), "X-Purpose": PURPOSE, "X-On-Behalf-Of": "0" * 129,
+                           "X-Request-ID": "ct-officer"})
+    assert_problem(r, 400, "request.invalid")
+    record = audit_of(gateway, "ct-officer")  # PostgreSQL refused the whole record before
+    assert record["officer"] is None and record["error_code"] == "request.invalid"
+
+
+def test_concurrent_creation_of_the_same_object_is_a_conflict_not_a_500(gateway, callers):
+    from concurrent.futures import ThreadPoolExecutor
+
+    name = f"ct.race.s{uuid.uuid4().hex[:6]}"
+    body = {"version": "v1", "connection": "codelists", "operation": "codelist.list"}
+
+    def put(_):
+        return httpx.put(f"{gateway.url}/admin/v1/services/{name}", json=body, headers=bearer(callers, "admin"),
+                         timeout=30).status_code
+
+    with ThreadPoolExecutor(8) as pool:
+        statuses = list(pool.map(put, range(8)))
+    assert set(statuses) <= {200, 409} and 200 in statuses, statuses
+
+
+def test_admin_values_longer_than_the_database_keeps_are_refused(gateway, callers):
+    name = "a." + "b" * 140
+    r = httpx.put(f"{gateway.url}/admin/v1/services/{name}", headers=bearer(callers, "admin"),
+                  json={"version": "v1", "connection": "codelists", "operation": "codelist.list"})
+    assert r.status_code == 400 and r.json()["code"] == "request.invalid", r.text
+    r = httpx.put(f"{gateway.url}/admin/v1/services/ct.long.op", headers=bearer(callers, "admin"),
+                  json={"version": "v1", "connection": "codelists", "operation": "o" * 65})
+    assert r.status_code == 400 and r.json()["code"] == "request.invalid", r.text
