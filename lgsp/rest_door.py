@@ -146,9 +146,8 @@ def refusal_for(exc: Exception, subject: str | None = None, path: str | None = N
         return ExchangeError("request.not_found", "There is no API at this address; see /api for the list.")
     if status == 405:
         allow = allowed_methods(path or "")
-        return ExchangeError("request.method_not_allowed",
-                             f"This address takes {allow} only." if allow else "This API does not accept that HTTP method.",
-                             headers={"Allow": allow} if allow else None)
+        detail = f"This address takes {allow} only." if allow else "This API does not accept that HTTP method."
+        return ExchangeError("request.method_not_allowed", detail, headers={"Allow": allow} if allow else None)
     if isinstance(exc, (ProblemException, HTTPException)) and status and 400 <= status < 500:
         return ExchangeError("request.invalid", str(getattr(exc, "detail", "") or "The request is not valid."))
     return ExchangeError("internal.error", "The LGSP could not complete the exchange; it has been logged.")
