@@ -3,8 +3,9 @@ gateway serves: with and without credentials, all checks, a fixed seed, 0 failur
 
 The gateway is the shared test gateway (real HTTP on loopback) with the simulators
 behind it. Writing operations of the admin API are pinned to throw-away objects
-(a scratch connection, client and grant) so that a run never disables the
-clients it runs as, and running it again changes nothing that matters.
+(a scratch connection, service, client and grant) so that a run never rewires the
+services or disables the clients other tests use, and running it again changes
+nothing that matters.
 """
 from __future__ import annotations
 
@@ -68,7 +69,8 @@ def st_world(business_gateway):
     time.sleep(0.6)  # > config poll interval
     tokens = {role: get_token(gw, ids[role], secrets[role]) for role in ids}
     return {"gw": gw, "tokens": tokens, "run": run, "scratch_client": scratch_client,
-            "scratch_grant": scratch_grant, "scratch_connection": f"st-scratch-{run}"}
+            "scratch_grant": scratch_grant, "scratch_connection": f"st-scratch-{run}",
+            "scratch_service": f"st.scratch.s{run}"}
 
 
 def served_documents(gw) -> dict[str, tuple[str, str]]:
@@ -105,6 +107,10 @@ checks.positive_data_acceptance.expected-statuses = {json.dumps(["400", *ACCEPTE
 [[operations]]
 include-path = "/connections/{{name}}"
 parameters = {{ "path.name" = "{world['scratch_connection']}" }}
+
+[[operations]]
+include-path = "/services/{{name}}"
+parameters = {{ "path.name" = "{world['scratch_service']}" }}
 
 [[operations]]
 include-path = "/clients/{{client_id}}"
