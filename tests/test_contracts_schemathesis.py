@@ -132,7 +132,8 @@ def run_schemathesis(url: str, config: Path, token: str | None, report: Path) ->
            "--report", "ndjson", "--report-ndjson-path", str(report)]
     if token:
         cmd += ["-H", f"Authorization: Bearer {token}", "-H", f"X-Purpose: {PURPOSE}"]
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=300,
+    # Run in the report's directory: schemathesis keeps a cache in its working directory.
+    return subprocess.run(cmd, check=False, capture_output=True, text=True, timeout=300, cwd=report.parent,
                           env={**os.environ, "SCHEMATHESIS_HOOKS": ""})
 
 
