@@ -116,6 +116,21 @@ def unmasked(settings: dict[str, Any], plain: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def _check_grant_fields(conn: Connection, svc: dict, fields: Sequence[str]) -> None:
+    """A field the service's answer does not have would grant nothing: refuse it, suggest the nearest."""
+    from lgsp import grant_fields
+
+    connection = _row(conn, connections, connections.c.name, svc["connection"]) or {}
+    try:
+        settings = open_secrets(connection.get("settings") or {})
+    except Exception:  # settings sealed with another key: fall back to the document's shape
+        settings = {}
+    shape = grant_fields.service_shape(svc["name"], connection.get("adapter"), svc["operation"], settings)
+    unknown = grant_fields.unknown_fields(shape, fields) if shape is not None else {}
+    if unknown:
+        raise AdminError(grant_fields.describe(svc["name"], unknown))
+
+
 class Admin:
     def __init__(self, engine: Engine, actor: str):
         self.engine = engine
@@ -180,8 +195,10 @@ class Admin:
         with self.engine.begin() as conn:
             if not _row(conn, clients, clients.c.client_id, client_id):
                 raise AdminError(f"No client '{client_id}'.", "admin.not_found")
-            if not _row(conn, services, services.c.name, service):
+            svc = _row(conn, services, services.c.name, service)
+            if not svc:
                 raise AdminError(f"No service '{service}'; see `lgsp services list`.", "admin.not_found")
+            _check_grant_fields(conn, svc, fields)
             existing = conn.execute(select(grants.c.id).where(
                 grants.c.client_id == client_id, grants.c.service == service, grants.c.status == "active")).first()
             if existing:
@@ -195,6 +212,13 @@ class Admin:
             bump_generation(conn)
         self._record("grant.add", f"{client_id}/{service}", None, after)
         return grant_id
+
+    def check_grant_fields(self, service: str, fields: Sequence[str]) -> None:
+        """Refuse field names the service's answer does not have (used by `lgsp apply --dry-run` too)."""
+        with self.engine.connect() as conn:
+            svc = _row(conn, services, services.c.name, service)
+            if svc:
+                _check_grant_fields(conn, svc, fields)
 
     def list_grants(self, client_id: str | None = None) -> list[dict]:
         q = select(grants).order_by(grants.c.id)
@@ -253,8 +277,11 @@ class Admin:
 
     def set_service(self, name: str, *, version: str, connection: str, operation: str, personal_data: bool = True,
                     body_logging: str = "off", enabled: bool = True, description: str | None = None) -> None:
-        if not re.match(r"^[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)+$", name):
-            raise AdminError("A service name is dotted lower-case words, e.g. population.citizen.get.")
+        if not re.match(r"^[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)+$", name) or len(name) > 128:
+            raise AdminError("A service name is dotted lower-case words, at most 128 characters, "
+                             "e.g. population.citizen.get.")
+        if len(operation) > 64 or len(version) > 16:
+            raise AdminError("An operation name is at most 64 characters, a version at most 16.")
         if body_logging not in ("off", "metadata", "full"):
             raise AdminError("Body logging is one of: off, metadata, full.")
         with self.engine.begin() as conn:

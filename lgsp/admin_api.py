@@ -7,6 +7,7 @@ from typing import Any
 
 from connexion import request
 from flask import current_app
+from sqlalchemy.exc import IntegrityError
 
 from lgsp import control_audit
 from lgsp.admin import Admin, AdminError
@@ -43,6 +44,9 @@ def _run(fn, *args, **kwargs) -> Any:
         return fn(*args, **kwargs)
     except AdminError as exc:
         raise ExchangeError(exc.code, str(exc)) from None
+    except IntegrityError:  # two callers made the same object at once: one of them wins
+        raise ExchangeError("admin.conflict", "The object was changed by another request at the same time; "
+                            "read it and try again.") from None
 
 
 def _read(admin: Admin, action: str, target: str, result: Any) -> Any:

@@ -29,9 +29,10 @@ from lgsp import logs, metrics, specs
 from lgsp.config import settings
 from lgsp.control import JWKS_PATH, TOKEN_PATH, create_control_plane
 from lgsp.gateway import Gateway
-from lgsp.errors import ExchangeError
+from lgsp.errors import ExchangeError, problem
 from lgsp.exchange import Exchange, request_id_from
 from lgsp.pipeline import serve
+from lgsp.request_guard import RequestGuard
 from lgsp.rest_door import MIDDLEWARES, add_shared_apis
 from lgsp.rest_door import render as rest_render
 from lgsp.soap_door import PATH as SOAP_PATH
@@ -137,6 +138,7 @@ def data_plane(gateway: Gateway | None = None):
 
     middlewares = list(MIDDLEWARES)
     middlewares.insert(middlewares.index(ExceptionMiddleware) + 1, BodyLimit)
+    middlewares.insert(middlewares.index(BodyLimit) + 1, RequestGuard)
     middlewares.insert(middlewares.index(RoutingMiddleware) + 1, RouteCapture)
     app = AsyncApp("lgsp", middlewares=middlewares, lifespan=lifespan)
     add_shared_apis(app, gw)
@@ -178,9 +180,19 @@ def data_plane(gateway: Gateway | None = None):
         # The SOAP door speaks SOAP Faults, not problem+json: it sits beside connexion, not inside it.
         if scope["type"] == "http" and scope["path"].rstrip("/") == SOAP_PATH:
             return await soap_door(scope, receive, send)
+        if scope["type"] == "http" and scope["path"].startswith(CONTROL_PREFIXES):
+            # A data-plane-only process: the control plane's addresses are not exchanges to refuse and audit.
+            return await control_plane_elsewhere(scope, receive, send)
         return await app(scope, receive, send)
 
     return HeaderLimit(data, gw)
+
+
+async def control_plane_elsewhere(scope, receive, send) -> None:
+    body = orjson.dumps(problem("request.not_found", "This address belongs to the control plane (tokens, admin, "
+                                "audit, console), which another process serves.", None))
+    await Response(body, status_code=404, media_type="application/problem+json",
+                   headers={"Cache-Control": "no-store"})(scope, receive, send)
 
 
 def control_plane(gateway: Gateway | None = None):

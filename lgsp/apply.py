@@ -109,6 +109,7 @@ def plan(admin: Admin, doc: dict[str, Any]) -> list[Change]:
     for spec in doc.get("grants") or []:
         key = (spec["client"], spec["service"])
         desired = {"fields": list(spec["fields"]), "purposes": list(spec["purposes"])}
+        admin.check_grant_fields(key[1], desired["fields"])  # a typo must fail the dry run too
         g = grants.get(key)
         current = {"fields": g["allowed_fields"], "purposes": g["allowed_purposes"], "id": g["id"]} if g else None
         change = _change("grant", f"{key[0]} → {key[1]}", current, desired)

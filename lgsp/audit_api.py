@@ -64,6 +64,8 @@ def search_records(limit: int = 50, cursor: str | None = None, order: str = "des
 
 def get_record(id: int):  # noqa: A002 - the path parameter's name in the spec
     engine = _authorized_engine()
+    if id > audit_search.MAX_RECORD_ID:
+        raise ExchangeError("request.invalid", f"A record id is at most {audit_search.MAX_RECORD_ID}.")
     record = audit_search.get_record(engine, id)
     if record is None:
         raise ExchangeError("record.not_found", f"There is no audit record {id}.")

@@ -71,6 +71,12 @@ class Filters:
                 if f.name not in ("start", "end") and getattr(self, f.name)}
 
 
+# Years of four digits only: earlier ones are typing errors, and cannot be shifted to UTC near year 1.
+MIN_YEAR = 1000
+# Record ids are 64-bit signed integers in both databases.
+MAX_RECORD_ID = 2**63 - 1
+
+
 def parse_time(value: str | dt.datetime | None, name: str = "time") -> dt.datetime | None:
     """An aware UTC datetime (bound as UTC on both SQLite and PostgreSQL)."""
     if value is None or value == "":
@@ -82,6 +88,8 @@ def parse_time(value: str | dt.datetime | None, name: str = "time") -> dt.dateti
             raise InvalidQuery(f"'{name}' must be an RFC 3339 date-time such as 2025-07-01T08:00:00+07:00.") from None
     if value.tzinfo is None:
         raise InvalidQuery(f"'{name}' needs a UTC offset (Z or +07:00): local times are ambiguous.")
+    if value.year < MIN_YEAR:
+        raise InvalidQuery(f"'{name}' is before the year {MIN_YEAR}; no audit record is that old.")
     return value.astimezone(UTC)
 
 
@@ -164,6 +172,8 @@ def to_json(row: Mapping[str, Any]) -> dict[str, Any]:
 
 def get_record(engine: Engine, record_id: int) -> dict | None:
     """The record (with client name) and its integrity, or None."""
+    if not 1 <= record_id <= MAX_RECORD_ID:
+        return None
     with engine.connect() as conn:
         row = conn.execute(select(*_COLUMNS).select_from(_JOINED).where(col.id == record_id)).first()
         if row is None:

@@ -10,6 +10,15 @@ from lgsp.exchange import Exchange
 from lgsp.registry import Snapshot
 
 
+# Where each door carries the purpose: callers are told in their own protocol's terms.
+PURPOSE_CARRIER = {"rest": "the X-Purpose header", "soap": "the <purpose> element of the request"}
+
+
+def missing_purpose_sentence(door: str | None) -> str:
+    carrier = PURPOSE_CARRIER.get(door or "rest", PURPOSE_CARRIER["rest"])
+    return f"This service returns personal data: state the purpose in {carrier}."
+
+
 def authorize(ex: Exchange, snap: Snapshot) -> None:
     service = ex.service
     grant = snap.grants.get((ex.client.client_id, service.name))
@@ -23,9 +32,7 @@ def authorize(ex: Exchange, snap: Snapshot) -> None:
     if not service.personal_data:
         return
     if not ex.purpose:
-        raise ExchangeError(
-            "purpose.missing", "This service returns personal data: state the purpose in the X-Purpose header."
-        )
+        raise ExchangeError("purpose.missing", missing_purpose_sentence(ex.door))
     if ex.purpose not in grant.allowed_purposes:
         raise ExchangeError(
             "purpose.not_allowed",

@@ -1,6 +1,7 @@
 """The `lgsp` command."""
 from __future__ import annotations
 
+import functools
 import json
 import os
 import sys
@@ -19,7 +20,51 @@ def _engine():
     from lgsp.config import settings
     from lgsp.storage import engine_for
 
-    return engine_for(settings().db_url)
+    engine = engine_for(settings().db_url)
+    _require_schema(str(engine.url))
+    return engine
+
+
+@functools.cache
+def _require_schema(url: str) -> None:
+    """Refuse, with what to run instead, a database that is not at this LGSP's schema (no traceback)."""
+    from alembic.config import Config
+    from alembic.runtime.migration import MigrationContext
+    from alembic.script import ScriptDirectory
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from lgsp.config import settings
+    from lgsp.storage import engine_for
+    from lgsp.storage.db import MIGRATIONS
+
+    try:
+        with engine_for(settings().db_url).connect() as conn:
+            current = set(MigrationContext.configure(conn).get_current_heads())
+    except SQLAlchemyError as exc:
+        raise click.ClickException(f"The database cannot be opened ({type(exc).__name__}); "
+                                   f"check LGSP_DATABASE_URL.") from None
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS))
+    heads = set(ScriptDirectory.from_config(cfg).get_heads())
+    if not current:
+        raise click.ClickException("The database has no LGSP schema yet: run `lgsp db upgrade` first.")
+    if current != heads:
+        raise click.ClickException(f"The database schema is at revision {', '.join(sorted(current))}, not this "
+                                   f"LGSP's {', '.join(sorted(heads))}: run `lgsp db upgrade` first.")
+
+
+class _Commands(click.Group):
+    """The `lgsp` group: a database failure is a one-line error, never a traceback."""
+
+    def invoke(self, ctx: click.Context):
+        from sqlalchemy.exc import SQLAlchemyError
+
+        try:
+            return super().invoke(ctx)
+        except SQLAlchemyError as exc:
+            reason = str(getattr(exc, "orig", None) or type(exc).__name__).splitlines()[0][:200]
+            raise click.ClickException(f"The database could not be used ({reason}). If it has not been "
+                                       f"migrated to this version, run `lgsp db upgrade`.") from None
 
 
 def _admin():
@@ -56,7 +101,7 @@ def _csv(value: str) -> list[str]:
     return [v.strip() for v in value.split(",") if v.strip()]
 
 
-@click.group()
+@click.group(cls=_Commands)
 @click.version_option(package_name="lgsp")
 def main() -> None:
     """LGSP — the provincial data-sharing platform.
@@ -96,10 +141,7 @@ def serve(host: str, port: int, workers: int, plane: str, migrate: bool) -> None
 
 
 def _check_schema() -> None:
-    from sqlalchemy import inspect
-
-    if "audit_records" not in inspect(_engine()).get_table_names():
-        raise click.ClickException("The database has no LGSP schema yet: run `lgsp db upgrade` (or serve --migrate).")
+    _engine()  # refuses a database that is not migrated, saying what to run
 
 
 # -- db ---------------------------------------------------------------------------

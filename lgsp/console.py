@@ -223,6 +223,7 @@ def logout():
     return redirect(url_for("console.login"), 303)
 
 
+@blueprint.get("", strict_slashes=False)
 @blueprint.get("/")
 def home():
     return redirect(url_for("console.records"), 303)

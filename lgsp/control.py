@@ -9,6 +9,9 @@ gets no new token at once.
 """
 from __future__ import annotations
 
+import functools
+import logging
+
 from authlib.integrations.flask_oauth2 import AuthorizationServer
 from authlib.oauth2.rfc6749 import ClientMixin, grants
 from authlib.oauth2.rfc9068 import JWTBearerTokenGenerator
@@ -18,9 +21,14 @@ from connexion import FlaskApp
 from connexion.exceptions import ProblemException
 from connexion.lifecycle import ConnexionResponse
 from connexion.options import SwaggerUIOptions
+from connexion.middleware.exceptions import ExceptionMiddleware
 from flask import jsonify
+from flask import request as flask_request
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from werkzeug.routing import RequestRedirect
 from joserfc.jwk import KeySet
 from sqlalchemy import Engine, select
+from sqlalchemy.exc import DataError
 
 from lgsp import auth_throttle, console, control_audit, keys, secret_check, specs
 from lgsp.audit import AuditUnavailable
@@ -29,9 +37,12 @@ from lgsp.errors import ExchangeError, problem
 from lgsp.control_auth import verified_caller
 from lgsp.exchange import request_id_from
 from lgsp.identify import bearer_token
+from lgsp.request_guard import Malformed, RequestGuard, allowed_methods
 from lgsp.rest_door import MIDDLEWARES, refusal_for
 from lgsp.roles import ROLE_SCOPES
 from lgsp.storage.schema import clients, grants as grants_table
+
+log = logging.getLogger(__name__)
 
 TOKEN_PATH = "/oauth/token"
 JWKS_PATH = "/.well-known/jwks.json"
@@ -97,6 +108,12 @@ def _claimed_client_id(req) -> str | None:
     return req.form.get("client_id") or None
 
 
+class ClientCredentials(grants.ClientCredentialsGrant):
+    """The client credentials grant with both ways the metadata advertises (RFC 6749 §2.3.1)."""
+
+    TOKEN_ENDPOINT_AUTH_METHODS = ["client_secret_basic", "client_secret_post"]
+
+
 class TokenGenerator(JWTBearerTokenGenerator):
     """RFC 9068 JWT access tokens signed with the active key (kid in the header)."""
 
@@ -128,7 +145,10 @@ def query_client(engine: Engine, client_id: str) -> OAuthClient | None:
 
 
 def create_control_plane(engine: Engine, cfg: Settings) -> FlaskApp:
-    capp = FlaskApp("lgsp.control", middlewares=MIDDLEWARES)
+    middlewares = list(MIDDLEWARES)
+    middlewares.insert(middlewares.index(ExceptionMiddleware) + 1,
+                       functools.partial(RequestGuard, limit=cfg.max_body_bytes))
+    capp = FlaskApp("lgsp.control", middlewares=middlewares)
     app = capp.app
     app.config["LGSP_ENGINE"] = engine
     app.config["LGSP_SETTINGS"] = cfg
@@ -142,6 +162,8 @@ def create_control_plane(engine: Engine, cfg: Settings) -> FlaskApp:
 
     capp.add_error_handler(ExchangeError, audited_problem)
     capp.add_error_handler(ProblemException, lambda request, exc: _shape_problem(request, exc, audited_problem))
+    capp.add_error_handler(StarletteHTTPException, lambda request, exc: _http_problem(request, exc, audited_problem))
+    capp.add_error_handler(Exception, lambda request, exc: _failure(request, exc, audited_problem))
     app.register_blueprint(console.blueprint)
 
     def save_token(token: dict, request) -> None:
@@ -150,7 +172,7 @@ def create_control_plane(engine: Engine, cfg: Settings) -> FlaskApp:
 
     server = AuthorizationServer(app, query_client=lambda cid: query_client(engine, cid) or UnknownClient(cid),
                                  save_token=save_token)
-    server.register_grant(grants.ClientCredentialsGrant)
+    server.register_grant(ClientCredentials)
     server.register_token_generator("default", TokenGenerator(engine, cfg))
 
     @app.post(TOKEN_PATH)
@@ -185,13 +207,22 @@ def create_control_plane(engine: Engine, cfg: Settings) -> FlaskApp:
             "token_endpoint": cfg.public_url + TOKEN_PATH,
             "jwks_uri": cfg.public_url + JWKS_PATH,
             "grant_types_supported": ["client_credentials"],
-            "token_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post"],
-            "response_types_supported": ["token"],
+            "token_endpoint_auth_methods_supported": ClientCredentials.TOKEN_ENDPOINT_AUTH_METHODS,
+            # No authorization endpoint: no response type is offered (RFC 8414 §2 requires the member).
+            "response_types_supported": [],
         })
 
     @app.errorhandler(404)
     def not_found(_e):
-        return jsonify({"error": "not_found", "detail": "No such control-plane endpoint."}), 404
+        return _problem_response(ExchangeError("request.not_found", "No such control-plane address."))
+
+    @app.errorhandler(405)
+    def not_allowed(_e):
+        return _problem_response(_method_not_allowed(flask_request.path))
+
+    @app.errorhandler(RequestRedirect)
+    def moved(exc: RequestRedirect):
+        return exc.get_response()  # carries its Location
 
     @app.errorhandler(ExchangeError)
     def refused(exc: ExchangeError):
@@ -201,11 +232,59 @@ def create_control_plane(engine: Engine, cfg: Settings) -> FlaskApp:
                                                 g.get("lgsp_caller")))
 
     @app.errorhandler(Exception)
-    def failed(_e):
+    def failed(exc: Exception):
+        known = _known_failure(exc)
+        if known is not None:
+            return _problem_response(known)
         app.logger.exception("control plane request failed")
-        return jsonify({"error": "server_error", "detail": "The request could not be completed; it has been logged."}), 500
+        return _problem_response(_INTERNAL)
 
     return capp
+
+
+_INTERNAL = ExchangeError("internal.error", "The request could not be completed; it has been logged.")
+
+
+def _method_not_allowed(path: str) -> ExchangeError:
+    allow = allowed_methods(path)
+    return ExchangeError("request.method_not_allowed",
+                         f"This address takes {allow} only." if allow else "This address does not take that method.",
+                         headers={"Allow": allow} if allow else None)
+
+
+def _known_failure(exc: Exception) -> ExchangeError | None:
+    """Failures that are the request's fault, raised below the handlers (bytes, numbers out of range)."""
+    if isinstance(exc, Malformed):
+        return exc.error
+    if isinstance(exc, UnicodeDecodeError):
+        return Malformed("The body is not UTF-8 text; JSON must be sent as UTF-8 (RFC 8259).").error
+    if isinstance(exc, RecursionError):
+        return Malformed("The JSON body nests too deeply to be read.").error
+    if isinstance(exc, DataError):  # a value the database cannot keep (too long, out of range)
+        return ExchangeError("request.invalid", "A value is longer or larger than the LGSP can keep.")
+    return None
+
+
+def _http_problem(request, exc: StarletteHTTPException, respond=None):
+    """Routing refusals of the control plane (404, 405, 413, slash redirects) in the one error format."""
+    respond = respond or _problem
+    status = exc.status_code
+    if 300 <= status < 400:
+        location = (exc.headers or {}).get("location") or str(exc.detail or "")
+        return ConnexionResponse(status_code=status, body=b"", headers={"Location": location})
+    if status == 405:
+        return respond(request, _method_not_allowed(request.url.path))
+    if status == 404:
+        return respond(request, ExchangeError("request.not_found", "No such control-plane address."))
+    return respond(request, refusal_for(exc, path=request.url.path))
+
+
+def _failure(request, exc: Exception, respond=None) -> ConnexionResponse:
+    known = _known_failure(exc)
+    if known is None:
+        log.error("control plane request failed", exc_info=exc)
+        known = _INTERNAL
+    return (respond or _problem)(request, known)
 
 
 def _problem_body(exc: ExchangeError) -> tuple[bytes, dict]:

@@ -17,6 +17,7 @@ class ErrorKind(NamedTuple):
 ERRORS: dict[str, ErrorKind] = {
     "request.invalid": ErrorKind(400, "The request is not valid", "Client"),
     "request.too_large": ErrorKind(413, "The request body is too large", "Client"),
+    "request.malformed": ErrorKind(400, "The request cannot be read", "Client"),
     "request.not_found": ErrorKind(404, "No such API", "Client"),
     "request.method_not_allowed": ErrorKind(405, "Method not allowed", "Client"),
     "request.unsupported_media_type": ErrorKind(415, "Unsupported media type", "Client"),
@@ -27,6 +28,7 @@ ERRORS: dict[str, ErrorKind] = {
     "auth.token_invalid": ErrorKind(401, "Access token not valid", "Client"),
     "auth.token_expired": ErrorKind(401, "Access token expired", "Client"),
     "auth.client_disabled": ErrorKind(401, "Client disabled", "Client"),
+    "auth.digest_unsupported": ErrorKind(401, "Password digest not supported", "Client"),
     "access.no_grant": ErrorKind(403, "No grant for this service", "Client"),
     "access.not_owner": ErrorKind(403, "Only the data owner may do this", "Client"),
     "purpose.missing": ErrorKind(400, "Purpose required", "Client"),

@@ -65,6 +65,9 @@ async def refuse(ex: Exchange, gw: Gateway, error: ExchangeError) -> None:
     Identification still runs so the audit record names the caller; a problem
     with the token is reported first, as it would be by the full pipeline.
     """
+    if error.code.startswith("auth."):  # the refusal is about the credentials themselves: say that
+        ex.error = error
+        return
     try:
         await check_password(ex, gw.registry.snapshot)
         identify(ex, gw.registry.snapshot)
@@ -104,6 +107,12 @@ async def serve(ex: Exchange, gw: Gateway, render: Renderer, *, refusal: Exchang
         rendered = render_safely(ex, render)
     observe(ex, gw.registry.snapshot.services)
     return rendered
+
+
+def _recordable(value: str | None, width: int) -> str | None:
+    """A caller's value as the audit column can hold it: an oversize one (refused by the spec) is left out,
+    so the refusal is still recorded (PostgreSQL would refuse the whole record)."""
+    return value if value is None or len(value) <= width else None
 
 
 def render_safely(ex: Exchange, render: Renderer) -> Rendered:
@@ -159,8 +168,8 @@ def _audit_record(ex: Exchange, body: bytes, body_logging: bool) -> dict:
         "door": ex.door,
         "client_id": client.client_id if client else None,
         "agency_code": client.agency_code if client else None,
-        "officer": ex.officer,
-        "purpose": ex.purpose,
+        "officer": _recordable(ex.officer, 128),
+        "purpose": _recordable(ex.purpose, 64),
         "service": ex.service_name,
         "outcome": ex.outcome,
         "status": ex.status,

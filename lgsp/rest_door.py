@@ -8,6 +8,7 @@ the pipeline. Requests the spec refuses still go through `pipeline.serve`
 """
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import orjson
@@ -22,11 +23,16 @@ from starlette.exceptions import HTTPException
 from starlette.responses import Response
 
 from lgsp import personal_id, specs
+from lgsp.authorize import missing_purpose_sentence
 from lgsp.errors import ExchangeError, problem
 from lgsp.exchange import Exchange, request_id_from
 from lgsp.gateway import Gateway
 from lgsp.identify import bearer_token
 from lgsp.pipeline import Rendered, serve
+from lgsp.request_guard import Malformed, allowed_methods
+from lgsp.validate import check_enterprise_code
+
+log = logging.getLogger(__name__)
 
 JSON = "application/json"
 PROBLEM = "application/problem+json"
@@ -98,7 +104,14 @@ class RestDoor:
     async def on_problem(self, req: ConnexionRequest, exc: Exception) -> ConnexionResponse:
         extensions = req.scope.get("extensions", {})
         ex = exchange_from(req, _service_of(req), dict(extensions.get("lgsp.path_params", {})))
-        error = refusal_for(exc, ex.subject)
+        error = refusal_for(exc, ex.subject, req.url.path)
+        if isinstance(exc, BadRequestProblem) and "enterprise_code" in ex.params:
+            try:  # the spec's pattern refused it: say so in the code's own terms, as every door does
+                check_enterprise_code(ex.params["enterprise_code"])
+            except ExchangeError as malformed:
+                error = malformed
+        if error.code == "internal.error":  # a defect: keep its trace for the operator, never for the caller
+            log.error("request %s failed before its handler", ex.request_id, exc_info=exc)
         status, headers, body = await serve(ex, self.gateway, render, refusal=error)
         return ConnexionResponse(status_code=status, body=body, headers=headers, content_type=headers["Content-Type"])
 
@@ -108,11 +121,19 @@ def _service_of(req: ConnexionRequest) -> str | None:
     return routing.get("operation_id")
 
 
-def refusal_for(exc: Exception, subject: str | None = None) -> ExchangeError:
+def refusal_for(exc: Exception, subject: str | None = None, path: str | None = None) -> ExchangeError:
     """The stable error for an exception connexion raised before a handler ran."""
     status = getattr(exc, "status_code", None) or getattr(exc, "status", None)
+    if isinstance(exc, Malformed):
+        return exc.error
+    if isinstance(exc, UnicodeDecodeError):
+        return Malformed("The body is not UTF-8 text; JSON must be sent as UTF-8 (RFC 8259).").error
+    if isinstance(exc, RecursionError):
+        return Malformed("The JSON body nests too deeply to be read.").error
     if isinstance(exc, BadRequestProblem):
         detail = str(exc.detail or "The request does not match the API specification.")
+        if "x-purpose" in detail.lower() and "missing" in detail.lower():
+            return ExchangeError("purpose.missing", missing_purpose_sentence("rest"))
         if subject is not None or "personal_id" in detail:
             try:  # the spec's pattern refused it: say why in the personal ID's own terms
                 personal_id.parse(subject if subject is not None else "")
@@ -126,7 +147,9 @@ def refusal_for(exc: Exception, subject: str | None = None) -> ExchangeError:
     if status == 404:
         return ExchangeError("request.not_found", "There is no API at this address; see /api for the list.")
     if status == 405:
-        return ExchangeError("request.method_not_allowed", "This API does not accept that HTTP method.")
+        allow = allowed_methods(path or "")
+        detail = f"This address takes {allow} only." if allow else "This API does not accept that HTTP method."
+        return ExchangeError("request.method_not_allowed", detail, headers={"Allow": allow} if allow else None)
     if isinstance(exc, (ProblemException, HTTPException)) and status and 400 <= status < 500:
         return ExchangeError("request.invalid", str(getattr(exc, "detail", "") or "The request is not valid."))
     return ExchangeError("internal.error", "The LGSP could not complete the exchange; it has been logged.")

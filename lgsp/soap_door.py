@@ -95,8 +95,9 @@ def _username_token(envelope: etree._Element) -> tuple[str, str] | None:
         return None
     password = token.find(f"{{{WSSE_NS}}}Password")
     if password is not None and not (password.get("Type") or PASSWORD_TEXT).endswith(PASSWORD_TEXT):
-        raise ExchangeError("auth.token_invalid",
-                            "Only PasswordText UsernameTokens are accepted (secrets are stored hashed).")
+        raise ExchangeError("auth.digest_unsupported",
+                            "PasswordDigest UsernameTokens are not supported (client secrets are stored hashed, so "
+                            "a digest cannot be checked): send the secret as PasswordText over TLS, or a bearer token.")
     return (token.findtext(f"{{{WSSE_NS}}}Username") or "").strip(), (password.text or "") if password is not None else ""
 
 
@@ -201,8 +202,10 @@ def renderer(req: SoapRequest):
         headers = {"Content-Type": content_type, "X-Request-ID": ex.request_id, "Cache-Control": "no-store"}
         if ex.error is not None:
             status, body = _fault(req.version, ex.error, ex.request_id)
+            headers = {**headers, **ex.error.headers}
             if ex.error.status == 429:  # throttled: say so in HTTP terms too, so clients back off
-                status, headers["Retry-After"] = 429, ex.error.headers.get("Retry-After", "1")
+                status = 429
+                headers.setdefault("Retry-After", "1")
             return status, headers, body
         env, body_el = _envelope(req.version)
         response = etree.SubElement(body_el, f"{{{NS}}}{req.operation.name}Response")
@@ -228,9 +231,12 @@ class SoapDoor:
             if scope.get("query_string", b"").lower() in (b"wsdl", b"wsdl="):
                 return await _send(send, 200, {"Content-Type": "text/xml; charset=utf-8"},
                                    self.contract.served(self.gateway.settings.public_url))
-            return await _send(send, 404, {"Content-Type": "text/plain"}, b"Ask for ?wsdl, or POST a SOAP request.")
+            return await self._refuse(send, headers, ExchangeError(
+                "request.not_found", f"Ask for {PATH}?wsdl, or POST a SOAP request."))
         if scope["method"] != "POST":
-            return await _send(send, 405, {"Allow": "GET, POST", "Content-Type": "text/plain"}, b"POST SOAP requests.")
+            return await self._refuse(send, headers, ExchangeError(
+                "request.method_not_allowed", "POST SOAP requests (GET ?wsdl for the contract).",
+                headers={"Allow": "GET, POST"}))
         body, too_large = await _read_body(receive, headers, self.limit)
         if too_large:
             req, refusal = SoapRequest(_version(headers.get("content-type", ""), None)), ExchangeError(
@@ -258,6 +264,18 @@ class SoapDoor:
         )
         status, out_headers, payload = await serve(ex, self.gateway, renderer(req), refusal=refusal)
         await _send(send, status, out_headers, payload)
+
+    async def _refuse(self, send, headers: dict[str, str], error: ExchangeError) -> None:
+        await _refuse_plain(self, send, headers, error)
+
+
+async def _refuse_plain(door: "SoapDoor", send, headers: dict[str, str], error: ExchangeError) -> None:
+    """A request that is no SOAP call at all, answered as a Fault and audited like any refusal."""
+    req = SoapRequest(_version(headers.get("content-type", ""), None))
+    ex = Exchange(door="soap", request_id=request_id_from(headers.get("x-request-id")), service_name=None,
+                  params={}, token=bearer_token(headers.get("authorization")))
+    status, out_headers, payload = await serve(ex, door.gateway, renderer(req), refusal=error)
+    await _send(send, status, out_headers, payload)
 
 
 async def _read_body(receive, headers: dict[str, str], limit: int) -> tuple[bytes, bool]:

@@ -2,6 +2,7 @@
 this checks meaning), before any backend is called."""
 from __future__ import annotations
 
+import datetime as _dt
 import re
 from functools import lru_cache
 
@@ -33,10 +34,36 @@ def _check_against_adapter(ex: Exchange, registry: Registry) -> None:
         raise ExchangeError("request.invalid", f"{where}: {errors[0].message}")
 
 
+_ISO_DATE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
+
+
+def check_dates(params: dict) -> None:
+    """A date the calendar does not have (1985-02-30) is refused here, not by the national side."""
+    for name, value in params.items():
+        if name.endswith("date") and isinstance(value, str) and _ISO_DATE.fullmatch(value):
+            try:
+                _dt.date.fromisoformat(value)
+            except ValueError:
+                raise ExchangeError("request.invalid", f"{name}: {value} is not a date of the calendar.") from None
+
+
+# Control characters other than tab, CR and LF: XML cannot carry them, so a backend behind
+# SOAP would answer a fault; no parameter of ours needs them.
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+
+
+def check_text(params: dict) -> None:
+    for name, value in params.items():
+        if isinstance(value, str) and _CONTROL.search(value):
+            raise ExchangeError("request.invalid", f"{name}: control characters are not allowed.")
+
+
 def validate(ex: Exchange, registry: Registry | None = None) -> None:
     if ex.check_params and registry is not None:
         _check_against_adapter(ex, registry)
+    check_text(ex.params)
     check_enterprise_code(ex.params.get("enterprise_code"))
+    check_dates(ex.params)
     value = ex.params.get("personal_id")
     if value is None:
         return

@@ -281,8 +281,10 @@ def test_spec_declares_the_service():
         "name": "business.enterprise.get"}}
     doc = yaml.safe_load(api.path.read_text(encoding="utf-8"))
     param = doc["components"]["parameters"]["EnterpriseCode"]
-    # A pattern here would turn a bad code into request.invalid instead of enterprise_code.malformed.
-    assert param["schema"] == {"type": "string"}
+    # The document states the shape the gateway checks (a refusal still says enterprise_code.malformed).
+    from lgsp.validate import _ENTERPRISE_CODE
+
+    assert param["schema"] == {"type": "string", "pattern": f"^{_ENTERPRISE_CODE.pattern}$"}
     canonical = set(load_mapping(MAPPING).apply("enterprise.get", fixture("legacy")[0]))
     assert canonical == set(doc["components"]["schemas"]["Enterprise"]["properties"])
 

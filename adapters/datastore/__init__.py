@@ -157,6 +157,20 @@ class DatastoreAdapter(Adapter):
         for path in [source] if isinstance(source, str) else source or []:
             _check_datasets_path(path)
 
+    @classmethod
+    def canonical_fields(cls, operation: str, settings: Mapping[str, Any]) -> Any:
+        """Fields a grant may name: the receipt's for publishing, else the datasets' record fields."""
+        if operation == "records.publish":
+            return {"dataset", "key", "outcome", "version"}
+        from lgsp.grant_fields import Shape, schema_shape
+
+        shape = Shape()
+        for dataset in load_datasets(settings.get("datasets") or bundled_datasets()).values():
+            found = schema_shape(dataset.schema)
+            shape.paths |= found.paths
+            shape.open |= found.open
+        return shape
+
     def __init__(self, settings: Mapping[str, Any], *, database_url: str | None = None):
         super().__init__(settings)
         # Declarations are read once, when the connection is built: a changed
