@@ -394,18 +394,41 @@ def audit() -> None:
 @click.option("--file", "path", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="Verify an export file offline instead of the database.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
-def audit_verify(path: Path | None, as_json: bool) -> None:
+@click.option("--incremental", is_flag=True,
+              help="Verify only what follows the last sealed verification checkpoint (see docs/audit.md).")
+@click.option("--jobs", type=click.IntRange(min=1), default=None,
+              help="Worker processes (default: one per CPU for a large trail).")
+@click.option("--checkpoint/--no-checkpoint", default=True, show_default=True,
+              help="After a verify with no findings, record a sealed checkpoint for --incremental.")
+def audit_verify(path: Path | None, as_json: bool, incremental: bool, jobs: int | None, checkpoint: bool) -> None:
     """Check every hash chain and seal; exit 1 on any finding (edited, deleted, inserted,
     reordered or renumbered records, truncation, forged seals)."""
+    from lgsp import audit_checkpoint
     from lgsp.audit_verify import verify_database, verify_file
 
-    def progress(n: int) -> None:
-        click.echo(f"… {n:,} records read", err=True)
+    def progress(n) -> None:
+        chains = f", {n.chains_done}/{n.chains} chains" if hasattr(n, "chains") else ""
+        rate = f", {n.rate:,.0f} records/s" if hasattr(n, "rate") else ""
+        click.echo(f"… {n:,} records read{chains}{rate}", err=True)
 
-    report = verify_file(path) if path else verify_database(_engine(), progress)
+    if path:
+        report = verify_file(path)
+    else:
+        engine = _engine()
+        report = verify_database(engine, progress, jobs=jobs, incremental=incremental)
+        if report.checkpoint:
+            click.echo(f"incremental: from the checkpoint of {report.checkpoint['at']} "
+                       f"({report.checkpoint['chains']} chains)", err=True)
+        elif incremental:
+            click.echo("incremental: no usable checkpoint, verified in full", err=True)
+        if checkpoint and report.ok:
+            where = audit_checkpoint.record(engine, report)
+            if where:
+                click.echo(f"checkpoint recorded: chain {where[0]} seq {where[1]}", err=True)
     if as_json:
         click.echo(json.dumps({"ok": report.ok, "chains": report.chains, "records": report.records,
-                               "seals": report.seals, "unsealed": report.unsealed,
+                               "seals": report.seals, "unsealed": report.unsealed, "mode": report.mode,
+                               "checkpoint": report.checkpoint,
                                "findings": [f.__dict__ for f in report.findings]}, indent=2))
     else:
         for f in report.findings:

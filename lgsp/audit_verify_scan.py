@@ -1,0 +1,235 @@
+"""Reading chains out of the database for the verifier, fast and in parallel.
+
+Each chain is cut into segments of `SEGMENT` seqs; each segment is one task,
+checked by `run_task` in this process or in a pool of worker processes (spawned,
+so no database connection or thread is shared with the parent). A task reads
+its rows with a raw DBAPI cursor, only the columns the hash covers, with `at`
+already put in its canonical text by the database; the hash is then one
+`orjson.dumps` + SHA-256 per record. Anything that does not hash that way is
+checked again exactly as the writer hashed it (`exact_problem`), so the fast
+path changes speed, never the result.
+
+Each task reads in one snapshot: its seals first, then its records, so a seal
+written meanwhile by a running gateway never covers records the task did not see.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import secrets
+from dataclasses import dataclass
+from typing import Any, Callable, Iterator, Mapping, Sequence
+
+import orjson
+from sqlalchemy import Connection, Engine, and_, select, text
+
+from lgsp.audit import HASHED_FIELDS
+from lgsp.audit_verify_chain import BLOCK, SegmentChecker, SegmentResult, Start, record_problem
+from lgsp.storage.schema import audit_records, audit_seals
+
+SEGMENT = 1 << 18   # seqs per task (262,144; a multiple of BLOCK)
+FETCH = 4096        # rows per fetchmany
+
+# SQLite builds the whole canonical JSON that record_hash hashes (same compact form as orjson for
+# what the writer stores); `at` only when stored exactly as SQLAlchemy writes it, JSON columns only
+# when valid. Anything else gives other bytes, and the record is then hashed the exact way.
+_AT_SQLITE = ("CASE WHEN length(at) = 26 AND substr(at, 11, 1) = ' ' "
+              "THEN substr(at, 1, 10) || 'T' || substr(at, 12) || 'Z' END")
+# PostgreSQL: `at` as canonical text; the JSON columns as their text (orjson in Python).
+_AT_POSTGRES = "to_char(at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')"
+
+
+def _row_sql(dialect: str, bounded_below: bool, bounded_above: bool) -> str:
+    """Rows (seq, prev_hash, hash, id, …what the dialect's hasher needs) of one chain, in seq order."""
+    if dialect == "postgresql":
+        columns = [_AT_POSTGRES if f == "at" else f"{f}::text" if f in ("fields", "detail") else f
+                   for f in HASHED_FIELDS] + ["at"]
+    else:
+        parts = [_AT_SQLITE if f == "at" else f"CASE WHEN json_valid({f}) THEN json({f}) END"
+                 if f in ("fields", "detail") else f for f in HASHED_FIELDS]
+        columns = [f"json_array({', '.join(parts)})"]
+    where = ["chain = :chain"]
+    if bounded_below:
+        where.append("seq >= :lo")
+    if bounded_above:
+        where.append("seq < :hi")
+    return (f"SELECT seq, prev_hash, hash, id, {', '.join(columns)} FROM audit_records "
+            f"WHERE {' AND '.join(where)} ORDER BY seq, id")
+
+
+class SqliteHasher:
+    """Rows (seq, prev_hash, hash, id, canonical JSON text): one SHA-256 per record."""
+
+    def __init__(self, conn: Connection):
+        self.conn = conn
+
+    def fast(self, rows: Sequence[Sequence[Any]]) -> list[bool]:
+        sha = hashlib.sha256
+        return [sha(r[4].encode()).hexdigest() == r[2] for r in rows]
+
+    def exact(self, row: Sequence[Any]) -> tuple[str, str] | None:
+        record = self.conn.execute(select(audit_records).where(audit_records.c.id == row[3])).first()
+        return record_problem(record._asdict(), row[2])
+
+
+class PostgresHasher:
+    """Rows (seq, prev_hash, hash, id, hashed fields with `at` as text and JSON as text, `at`)."""
+
+    def fast(self, rows: Sequence[Sequence[Any]]) -> list[bool]:
+        sha, dumps, loads = hashlib.sha256, orjson.dumps, orjson.loads
+        out = []
+        for r in rows:
+            c = list(r[4:_END])
+            try:
+                if c[_FIELDS] is not None:
+                    c[_FIELDS] = loads(c[_FIELDS])
+                if c[_DETAIL] is not None:
+                    c[_DETAIL] = loads(c[_DETAIL])
+                out.append(c[3] is not None and sha(dumps(c)).hexdigest() == r[2])
+            except (ValueError, TypeError):
+                out.append(False)
+        return out
+
+    def exact(self, row: Sequence[Any]) -> tuple[str, str] | None:
+        record = dict(zip(HASHED_FIELDS, row[4:_END]))
+        record["at"] = row[_END]
+        try:
+            for name in ("fields", "detail"):
+                if record[name] is not None:
+                    record[name] = json.loads(record[name])  # as psycopg decodes JSON for SQLAlchemy
+        except ValueError:
+            return "edited", "content does not match its hash"
+        return record_problem(record, row[2])
+
+
+_FIELDS, _DETAIL = HASHED_FIELDS.index("fields"), HASHED_FIELDS.index("detail")
+_END = 4 + len(HASHED_FIELDS)
+
+
+@dataclass(frozen=True)
+class Task:
+    """One segment of one chain: records with lo <= seq < hi, read from `read_from` (context)."""
+    url: str
+    chain: str
+    lo: int | None
+    hi: int | None
+    read_from: int | None
+    chain_start: Start                 # how the chain starts (base or genesis)
+    closed_at: int | None
+    keys: Mapping[str, str]
+    is_last: bool
+    start: Start | None = None         # given (a checkpoint head); else read from the database
+
+
+def _begin_snapshot(conn: Connection) -> None:
+    if conn.dialect.name == "sqlite":
+        conn.exec_driver_sql("BEGIN")  # pysqlite would not start a read transaction by itself
+    else:
+        conn.execute(text("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY"))
+
+
+def _raw_rows(conn: Connection, chain: str, lo: int | None, hi: int | None) -> Iterator[list]:
+    """Batches of rows, streamed (server-side cursor on PostgreSQL)."""
+    dialect = conn.dialect.name
+    sql = _row_sql(dialect, lo is not None, hi is not None)
+    params: dict[str, Any] = {"chain": chain}
+    if lo is not None:
+        params["lo"] = lo
+    if hi is not None:
+        params["hi"] = hi
+    driver = conn.connection.driver_connection
+    if dialect == "postgresql":
+        cur = driver.cursor(name=f"lgsp_verify_{secrets.token_hex(4)}")
+        cur.itersize = FETCH
+        sql = sql.replace(":chain", "%(chain)s").replace(":lo", "%(lo)s").replace(":hi", "%(hi)s")
+    else:
+        cur = driver.cursor()
+    try:
+        cur.execute(sql, params)
+        while batch := cur.fetchmany(FETCH):
+            yield batch
+    finally:
+        cur.close()
+
+
+def _prev_row(conn: Connection, chain: str, before: int):
+    c = audit_records.c
+    return conn.execute(select(c.id, c.seq, c.hash).where(c.chain == chain, c.seq < before)
+                        .order_by(c.seq.desc(), c.id.desc()).limit(1)).first()
+
+
+def _seals(conn: Connection, chain: str, lo: int | None, hi: int | None) -> list[dict]:
+    s = audit_seals.c
+    where = [s.chain == chain]
+    if lo is not None:
+        where.append(s.seq >= lo)
+    if hi is not None:
+        where.append(s.seq < hi)
+    query = select(s.chain, s.seq, s.head_hash, s.at, s.kid, s.signature, s.reason).where(and_(*where))
+    return [r._asdict() for r in conn.execute(query.order_by(s.seq, s.id))]
+
+
+def run_task(task: Task, engine: Engine | None = None, on_rows: Callable[[int], None] | None = None
+             ) -> SegmentResult:
+    """Check one segment (in a worker process, or here when `engine` is given)."""
+    if engine is None:
+        from lgsp.storage import engine_for
+
+        engine = engine_for(task.url)
+    with engine.connect() as conn:
+        _begin_snapshot(conn)
+        start = task.start or _start_of(conn, task)
+        hasher = PostgresHasher() if conn.dialect.name == "postgresql" else SqliteHasher(conn)
+        checker = SegmentChecker(task.chain, task.lo, task.hi, start,
+                                 chain_seals=_seals(conn, task.chain, task.lo, task.hi), keys=task.keys,
+                                 closed_at=task.closed_at, is_last=task.is_last, hasher=hasher)
+        for batch in _raw_rows(conn, task.chain, task.read_from, None if task.is_last else _context_end(task)):
+            checker.feed(batch)
+            if on_rows is not None:
+                on_rows(len(batch))
+        conn.rollback()
+    return checker.finish()
+
+
+def _context_end(task: Task) -> int | None:
+    return None if task.hi is None else task.hi + BLOCK
+
+
+def _start_of(conn: Connection, task: Task) -> Start:
+    """The state before the first row read: from the record just before it, or the chain's start."""
+    first = task.chain_start
+    if task.read_from is None:
+        return first
+    prev = _prev_row(conn, task.chain, task.read_from)
+    if prev is None:
+        return first
+    return Start(expected_seq=max(first.expected_seq, prev.seq + 1), prev_hash=prev.hash, prev_id=prev.id,
+                 prev_seq=prev.seq, base_seq=first.base_seq)
+
+
+def segments(lo: int, hi: int, first_lo: int | None, *, size: int = SEGMENT) -> list[tuple[int | None, int | None]]:
+    """Cut seqs lo..hi (inclusive) at multiples of `size`: [(first_lo, c1), (c1, c2), …, (ck, None)]."""
+    cuts = list(range((lo // size + 1) * size, hi + 1, size)) if hi >= lo else []
+    bounds = [first_lo, *cuts, None]
+    return list(zip(bounds[:-1], bounds[1:]))
+
+
+def chains_in(conn: Connection) -> list[str]:
+    """Every chain with records, seals or a base, each found through an index (no full scan)."""
+    found: set[str] = set()
+    for table in ("audit_records", "audit_seals"):
+        sql = (f"WITH RECURSIVE c(chain) AS (SELECT min(chain) FROM {table} UNION ALL "
+               f"SELECT (SELECT min(t.chain) FROM {table} t WHERE t.chain > c.chain) FROM c WHERE c.chain IS NOT NULL) "
+               "SELECT chain FROM c WHERE chain IS NOT NULL")
+        found.update(r[0] for r in conn.execute(text(sql)))
+    found.update(r[0] for r in conn.execute(text("SELECT chain FROM audit_chain_bases")))
+    return sorted(found)
+
+
+def seq_range(conn: Connection, chain: str) -> tuple[int, int] | None:
+    c = audit_records.c
+    low = conn.execute(select(c.seq).where(c.chain == chain).order_by(c.seq).limit(1)).scalar()
+    if low is None:
+        return None
+    high = conn.execute(select(c.seq).where(c.chain == chain).order_by(c.seq.desc()).limit(1)).scalar()
+    return low, high
