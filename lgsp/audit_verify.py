@@ -213,6 +213,9 @@ def _check_head(conn: Connection, chain: str, head: list, span: tuple[int, int] 
         kind = "deleted" if span and span[1] > seq else "truncated"
         return [Finding(kind, chain, (), f"the record at seq {seq} verified by the checkpoint of {when} is gone")], None
     if not same:
+        edited = [r["id"] for r in rows if r["hash"] == hash_]
+        if edited:
+            return [Finding("edited", chain, tuple(edited), "content does not match its hash")], None
         return [Finding("seal_mismatch", chain, tuple(r["id"] for r in rows),
                         f"the record at seq {seq} is not the one the checkpoint of {when} verified")], None
     others = [r["id"] for r in rows if r is not same[0]]
