@@ -173,7 +173,8 @@ def main() -> None:
     chain_ids = [f"bench-{c}:{1000 + c}:{secrets.token_hex(4)}" for c in range(args.chains)]
     live = chain_ids[0]
     heads = fill(engine, args.records, args.chains, start_at=base, chain_ids=chain_ids, close=False)
-    print(f"filled {args.records:,} records in {args.chains} chains in {time.perf_counter() - started:.0f} s", flush=True)
+    print(f"filled {args.records:,} records in {args.chains} chains in {time.perf_counter() - started:.0f} s",
+          flush=True)
 
     results = []
     if not args.skip_legacy:

@@ -135,8 +135,9 @@ def _check_listed(chain, rows, chain_seals, keys, base, sealed_base):
     if base and sealed_base:
         base_finding = _base_finding(chain, base, chain_seals, keys, rows[0]["id"] if rows else None)
     base_seq = base["base_seq"] if base else None
-    result = check_rows(chain, rows, chain_seals, keys, _chain_start(base), closed_at_of(chain_seals, keys, base_seq))
-    findings, unsealed, head = _merge(chain, [result], base_seq, base_finding, closed_at_of(chain_seals, keys, base_seq))
+    closed_at = closed_at_of(chain_seals, keys, base_seq)
+    result = check_rows(chain, rows, chain_seals, keys, _chain_start(base), closed_at)
+    findings, unsealed, head = _merge(chain, [result], base_seq, base_finding, closed_at)
     return findings, unsealed, (head, result)
 
 
@@ -150,7 +151,8 @@ def _merge(chain: str, results: list[SegmentResult], base_seq: int | None, base_
         findings += r.seal_findings
     after = [i for r in results for i in r.after_close]
     if after:
-        findings.append(Finding("inserted", chain, tuple(after), f"records after the chain's shutdown seal at seq {closed_at}"))
+        findings.append(Finding("inserted", chain, tuple(after),
+                                f"records after the chain's shutdown seal at seq {closed_at}"))
     last = results[-1].last if results else None
     last_seq = last[0] if last else (base_seq or 0)
     sealed = [r.sealed for r in results if r.sealed]
@@ -243,7 +245,8 @@ def _plan_chain(conn: Connection, chain: str, base: Mapping[str, Any] | None, ke
         if base:
             s, c = audit_seals.c, audit_records.c
             at_base = [r._asdict() for r in conn.execute(select(
-                s.chain, s.seq, s.head_hash, s.at, s.kid, s.signature, s.reason).where(s.chain == chain, s.seq == base_seq))]
+                s.chain, s.seq, s.head_hash, s.at, s.kid, s.signature, s.reason
+            ).where(s.chain == chain, s.seq == base_seq))]
             first_id = conn.execute(select(c.id).where(c.chain == chain).order_by(c.seq, c.id).limit(1)).scalar()
             plan.base_finding = _base_finding(chain, base, at_base, keys, first_id)
         first_lo, from_seq, given = None, (span[0] if span else 0), None
@@ -305,6 +308,14 @@ def verify_database(engine: Engine, progress: Callable[[int], None] | None = Non
     return report
 
 
+def cpus() -> int:
+    """CPUs this process may run on (the default number of jobs)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
 def verify_chain(engine: Engine, chain: str, keys: Mapping[str, str]) -> Report:
     """Verify one chain in full, in this process (a checkpoint's own chain)."""
     tasks: list[Task] = []
@@ -323,7 +334,7 @@ def _run(engine: Engine, tasks: list[Task], jobs: int | None, progress, started:
     """Run the tasks here or in a pool of processes; tell `progress` as records are done."""
     chains = len(plans)
     if jobs is None:
-        jobs = (os.cpu_count() or 1) if sum(p.span for p in plans) >= PARALLEL_FROM else 1
+        jobs = cpus() if sum(p.span for p in plans) >= PARALLEL_FROM else 1
     in_memory = engine.url.get_backend_name() == "sqlite" and engine.url.database in (None, "", ":memory:")
     results: list[SegmentResult | None] = [None] * len(tasks)
     chain_of = {i: n for n, plan in enumerate(plans) for i in plan.tasks}

@@ -80,7 +80,8 @@ def summary(report) -> list[tuple]:
 def test_parallel_verify_finds_exactly_what_serial_verify_finds_on_a_tampered_trail(engine):
     long_chain = write_chain(engine, 10_000)
     short_chain = write_chain(engine, 300, seal_every=100)
-    a = {r["seq"]: r for r in rows_at(engine, long_chain, 2000, 2001, 2003, 4095, 4096, 4097, 6000, 8191, 8192, 8193, 9000)}
+    seqs = (2000, 2001, 2003, 4095, 4096, 4097, 6000, 8191, 8192, 8193, 9000)
+    a = {r["seq"]: r for r in rows_at(engine, long_chain, *seqs)}
     with engine.begin() as conn:
         # an edit and a deletion either side of the segment boundary at 4,096
         conn.execute(update(audit_records).where(audit_records.c.id == a[4095]["id"]).values(officer="someone-else"))
@@ -94,8 +95,8 @@ def test_parallel_verify_finds_exactly_what_serial_verify_finds_on_a_tampered_tr
         forged = dict(record(99_999), chain=long_chain, seq=2003, prev_hash=a[2000]["hash"])
         forged["hash"] = record_hash(forged)
         conn.execute(audit_records.insert().values(**forged))
-        sealed = conn.execute(select(audit_seals.c.id).where(audit_seals.c.chain == long_chain, audit_seals.c.seq > 5000)
-                              .order_by(audit_seals.c.seq).limit(1)).scalar()
+        sealed = conn.execute(select(audit_seals.c.id).where(
+            audit_seals.c.chain == long_chain, audit_seals.c.seq > 5000).order_by(audit_seals.c.seq).limit(1)).scalar()
         conn.execute(update(audit_seals).where(audit_seals.c.id == sealed).values(head_hash=a[9000]["hash"]))
         # the short chain loses its tail under a seal
         conn.execute(audit_records.delete().where(audit_records.c.chain == short_chain, audit_records.c.seq > 250))
@@ -121,8 +122,8 @@ def test_a_long_single_chain_is_split_into_segments_and_never_held_whole(engine)
     assert report.records == 10_000 and report.chains == 1 and report.unsealed == {}
     assert report.heads[chain][0] == 10_000
 
-    from lgsp.audit_verify import _plan_chain, _url_of
     from lgsp import seals
+    from lgsp.audit_verify import _plan_chain, _url_of
 
     tasks: list = []
     keys = seals.public_keys(engine)
