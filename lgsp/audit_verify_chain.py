@@ -1,13 +1,15 @@
 """Checking one stretch of one chain as a stream: the verifier's per-record work.
 
 A chain is read in seq order and cut into blocks of `BLOCK` seqs. Each record's
-hash and link to the record before it are checked as it streams past; only the
-blocks around a record that fails those checks are kept and examined for what
-the failure means (a fork, a reordered record, …). A record's relations are
+hash, seq and link to the record before it are checked as it streams past; the
+last three blocks are kept, and only blocks next to a record that fails those
+checks are examined for what the failure means (a fork, a reordered record,
+…). A record's relations are
 therefore looked for among the records of its own block and the blocks either
 side: a record moved further than that is still reported, as a broken link or
 a deleted/inserted record rather than as `reordered`. Memory is three blocks,
-whatever the chain's length.
+whatever the chain's length. (A repeated seq is reported once: the records
+after it are no longer all flagged `inserted`, as the first verifier did.)
 
 A segment is the part of a chain with lo <= seq < hi (None: unbounded). It is
 read with one block of context either side so that checking a chain in

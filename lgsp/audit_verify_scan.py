@@ -3,11 +3,12 @@
 Each chain is cut into segments of `SEGMENT` seqs; each segment is one task,
 checked by `run_task` in this process or in a pool of worker processes (spawned,
 so no database connection or thread is shared with the parent). A task reads
-its rows with a raw DBAPI cursor, only the columns the hash covers, with `at`
-already put in its canonical text by the database; the hash is then one
-`orjson.dumps` + SHA-256 per record. Anything that does not hash that way is
-checked again exactly as the writer hashed it (`exact_problem`), so the fast
-path changes speed, never the result.
+its rows with a raw DBAPI cursor, only the columns the hash covers: SQLite
+builds the record's canonical JSON itself (one SHA-256 per record in Python),
+PostgreSQL sends the columns with `at` as canonical text (one orjson.dumps and
+one SHA-256). Anything that does not hash that way is checked again exactly as
+the writer hashed it (`record_problem`), so the fast path changes the speed,
+never the result.
 
 Each task reads in one snapshot: its seals first, then its records, so a seal
 written meanwhile by a running gateway never covers records the task did not see.
