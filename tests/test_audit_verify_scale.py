@@ -218,3 +218,22 @@ def test_cli_incremental_verify_with_jobs_and_progress(engine, lgsp_env):
         conn.execute(update(audit_records).where(audit_records.c.id == target["id"]).values(officer="x"))
     bad = verify("--incremental")
     assert bad.returncode == 1 and "edited" in bad.stdout and "checkpoint recorded" not in bad.stderr
+
+
+def test_incremental_verify_after_retention_moved_a_chain_past_its_checkpoint(engine, tmp_path):
+    from lgsp.audit_export import retain
+
+    now = dt.datetime.now(dt.timezone.utc)
+    writer = AuditWriter(engine, batch_max=1, seal_every=10)
+    for i in range(30):
+        writer.commit_sync(dict(record(i), at=now - dt.timedelta(days=400 - i)))
+    writer.close()
+    first = verify_database(engine)
+    assert first.heads[writer.chain][0] == 30
+    audit_checkpoint.record(engine, first)
+    assert retain(engine, now - dt.timedelta(days=365), tmp_path / "archive")["records"] == 30
+    report = verify_database(engine, incremental=True)
+    assert report.ok and report.checkpoint is not None, report.findings
+    with engine.begin() as conn:  # moving the base without its retention seal is still caught
+        conn.execute(audit_seals.delete().where(audit_seals.c.chain == writer.chain, audit_seals.c.reason == "retention"))
+    assert "deleted" in {f.kind for f in verify_database(engine, incremental=True).findings}
