@@ -235,5 +235,6 @@ def test_incremental_verify_after_retention_moved_a_chain_past_its_checkpoint(en
     report = verify_database(engine, incremental=True)
     assert report.ok and report.checkpoint is not None, report.findings
     with engine.begin() as conn:  # moving the base without its retention seal is still caught
-        conn.execute(audit_seals.delete().where(audit_seals.c.chain == writer.chain, audit_seals.c.reason == "retention"))
+        conn.execute(audit_seals.delete().where(audit_seals.c.chain == writer.chain,
+                                                audit_seals.c.reason == "retention"))
     assert "deleted" in {f.kind for f in verify_database(engine, incremental=True).findings}
