@@ -238,3 +238,36 @@ def test_incremental_verify_after_retention_moved_a_chain_past_its_checkpoint(en
         conn.execute(audit_seals.delete().where(audit_seals.c.chain == writer.chain,
                                                 audit_seals.c.reason == "retention"))
     assert "deleted" in {f.kind for f in verify_database(engine, incremental=True).findings}
+
+
+def test_incremental_verify_finds_what_full_verify_finds_after_the_checkpoint(engine):
+    writer = AuditWriter(engine, batch_max=512, seal_every=500)
+    write(writer, 2000)
+    first = verify_database(engine)
+    audit_checkpoint.record(engine, first)
+    assert first.heads[writer.chain][0] <= 2000
+    write(writer, 8000, first=2000)
+    writer.close()
+    closed = write_chain(engine, 300, seal_every=100)
+    r = {x["seq"]: x for x in rows_at(engine, writer.chain, 6000, 6500, 7000, 7001, 8000, 8001)}
+    last = rows_at(engine, closed, 300)[0]
+    with engine.begin() as conn:
+        conn.execute(update(audit_records).where(audit_records.c.id == r[6000]["id"]).values(status=500))
+        conn.execute(audit_records.delete().where(audit_records.c.id == r[6500]["id"]))
+        set_seq(conn, r[7000]["id"], -1)
+        set_seq(conn, r[7001]["id"], 7000)
+        set_seq(conn, r[7000]["id"], 7001)
+        seal_ids = conn.execute(select(audit_seals.c.id).where(
+            audit_seals.c.chain == writer.chain, audit_seals.c.seq > 8000).order_by(audit_seals.c.seq)).scalars().all()
+        conn.execute(update(audit_seals).where(audit_seals.c.id == seal_ids[0]).values(kid="seal-unknown"))
+        conn.execute(update(audit_seals).where(audit_seals.c.id == seal_ids[1]).values(head_hash=r[8000]["hash"]))
+        conn.execute(audit_records.delete().where(audit_records.c.chain == writer.chain, audit_records.c.seq > 9900))
+        forged = dict(record(77), chain=closed, seq=301, prev_hash=last["hash"])
+        forged["hash"] = record_hash(forged)
+        conn.execute(audit_records.insert().values(**forged))
+    full = verify_database(engine, jobs=1, segment=SEGMENT)
+    incremental = verify_database(engine, incremental=True, jobs=2, segment=SEGMENT)
+    assert incremental.checkpoint is not None
+    assert summary(incremental) == summary(full)
+    assert {"edited", "deleted", "reordered", "renumbered", "unknown_key", "forged_seal", "truncated",
+            "inserted"} <= {f.kind for f in incremental.findings}
