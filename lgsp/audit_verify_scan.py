@@ -5,8 +5,8 @@ checked by `run_task` in this process or in a pool of worker processes (spawned,
 so no database connection or thread is shared with the parent). A task reads
 its rows with a raw DBAPI cursor, only the columns the hash covers: SQLite
 builds the record's canonical JSON itself (one SHA-256 per record in Python),
-PostgreSQL sends the columns with `at` as canonical text (one orjson.dumps and
-one SHA-256). Anything that does not hash that way is checked again exactly as
+PostgreSQL builds it around the two JSON columns, which Python re-encodes
+with orjson. Anything that does not hash that way is checked again exactly as
 the writer hashed it (`record_problem`), so the fast path changes the speed,
 never the result.
 
@@ -16,7 +16,6 @@ written meanwhile by a running gateway never covers records the task did not see
 from __future__ import annotations
 
 import hashlib
-import json
 import secrets
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator, Mapping, Sequence
@@ -36,15 +35,30 @@ FETCH = 4096        # rows per fetchmany
 # when valid. Anything else gives other bytes, and the record is then hashed the exact way.
 _AT_SQLITE = ("CASE WHEN length(at) = 26 AND substr(at, 11, 1) = ' ' "
               "THEN substr(at, 1, 10) || 'T' || substr(at, 12) || 'Z' END")
-# PostgreSQL: `at` as canonical text; the JSON columns as their text (orjson in Python).
-_AT_POSTGRES = "to_char(at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')"
+# PostgreSQL's JSON output has spaces, so it builds the canonical text around the two JSON
+# columns, which Python re-encodes with orjson (their stored text is json.dumps's).
+_PG_INTEGERS = ("seq", "status", "request_bytes", "response_bytes")
+
+
+def _pg_scalar(name: str) -> str:
+    if name == "at":
+        return "to_json(to_char(at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"'))::text"
+    if name in _PG_INTEGERS:
+        return f"coalesce({name}::text, 'null')"
+    if name == "latency_ms":  # orjson writes 3.0 where PostgreSQL writes 3
+        return ("coalesce(CASE WHEN latency_ms = trunc(latency_ms) AND abs(latency_ms) < 1e15 "
+                "THEN trunc(latency_ms)::bigint::text || '.0' ELSE to_json(latency_ms)::text END, 'null')")
+    return f"coalesce(to_json({name})::text, 'null')"
 
 
 def _row_sql(dialect: str, bounded_below: bool, bounded_above: bool) -> str:
     """Rows (seq, prev_hash, hash, id, …what the dialect's hasher needs) of one chain, in seq order."""
     if dialect == "postgresql":
-        columns = [_AT_POSTGRES if f == "at" else f"{f}::text" if f in ("fields", "detail") else f
-                   for f in HASHED_FIELDS] + ["at"]
+        i, j = HASHED_FIELDS.index("fields"), HASHED_FIELDS.index("detail")
+        head = " || ',' || ".join(_pg_scalar(f) for f in HASHED_FIELDS[:i])
+        mid = " || ',' || ".join(_pg_scalar(f) for f in HASHED_FIELDS[i + 1:j])
+        assert j == len(HASHED_FIELDS) - 1  # detail closes the array
+        columns = [f"'[' || {head} || ','", "fields::text", f"',' || {mid} || ','", "detail::text"]
     else:
         parts = [_AT_SQLITE if f == "at" else f"CASE WHEN json_valid({f}) THEN json({f}) END"
                  if f in ("fields", "detail") else f for f in HASHED_FIELDS]
@@ -58,53 +72,44 @@ def _row_sql(dialect: str, bounded_below: bool, bounded_above: bool) -> str:
             f"WHERE {' AND '.join(where)} ORDER BY seq, id")
 
 
-class SqliteHasher:
-    """Rows (seq, prev_hash, hash, id, canonical JSON text): one SHA-256 per record."""
+class _Refetch:
+    """The exact check: the record read again through SQLAlchemy, hashed as the writer hashed it."""
 
-    def __init__(self, conn: Connection):
-        self.conn = conn
+    def __init__(self, conn: Connection, chain: str):
+        self.conn, self.chain = conn, chain
+
+    def exact(self, row: Sequence[Any]) -> tuple[str, str] | None:
+        c = audit_records.c
+        record = self.conn.execute(select(audit_records).where(
+            c.chain == self.chain, c.seq == row[0], c.id == row[3], c.hash == row[2])).first()
+        if record is None:
+            return "edited", "content does not match its hash"
+        return record_problem(record._asdict(), row[2])
+
+
+class SqliteHasher(_Refetch):
+    """Rows (seq, prev_hash, hash, id, canonical JSON text): one SHA-256 per record."""
 
     def fast(self, rows: Sequence[Sequence[Any]]) -> list[bool]:
         sha = hashlib.sha256
         return [sha(r[4].encode()).hexdigest() == r[2] for r in rows]
 
-    def exact(self, row: Sequence[Any]) -> tuple[str, str] | None:
-        record = self.conn.execute(select(audit_records).where(audit_records.c.id == row[3])).first()
-        return record_problem(record._asdict(), row[2])
 
-
-class PostgresHasher:
-    """Rows (seq, prev_hash, hash, id, hashed fields with `at` as text and JSON as text, `at`)."""
+class PostgresHasher(_Refetch):
+    """Rows (seq, prev_hash, hash, id, text before `fields`, fields, text between, detail)."""
 
     def fast(self, rows: Sequence[Sequence[Any]]) -> list[bool]:
         sha, dumps, loads = hashlib.sha256, orjson.dumps, orjson.loads
         out = []
         for r in rows:
-            c = list(r[4:_END])
             try:
-                if c[_FIELDS] is not None:
-                    c[_FIELDS] = loads(c[_FIELDS])
-                if c[_DETAIL] is not None:
-                    c[_DETAIL] = loads(c[_DETAIL])
-                out.append(c[3] is not None and sha(dumps(c)).hexdigest() == r[2])
-            except (ValueError, TypeError):
+                fields, detail = r[5], r[7]
+                canon = b"".join((r[4].encode(), b"null" if fields is None else dumps(loads(fields)), r[6].encode(),
+                                  b"null" if detail is None else dumps(loads(detail)), b"]"))
+                out.append(sha(canon).hexdigest() == r[2])
+            except (ValueError, TypeError, AttributeError):
                 out.append(False)
         return out
-
-    def exact(self, row: Sequence[Any]) -> tuple[str, str] | None:
-        record = dict(zip(HASHED_FIELDS, row[4:_END]))
-        record["at"] = row[_END]
-        try:
-            for name in ("fields", "detail"):
-                if record[name] is not None:
-                    record[name] = json.loads(record[name])  # as psycopg decodes JSON for SQLAlchemy
-        except ValueError:
-            return "edited", "content does not match its hash"
-        return record_problem(record, row[2])
-
-
-_FIELDS, _DETAIL = HASHED_FIELDS.index("fields"), HASHED_FIELDS.index("detail")
-_END = 4 + len(HASHED_FIELDS)
 
 
 @dataclass(frozen=True)
@@ -180,7 +185,7 @@ def run_task(task: Task, engine: Engine | None = None, on_rows: Callable[[int], 
     with engine.connect() as conn:
         _begin_snapshot(conn)
         start = task.start or _start_of(conn, task)
-        hasher = PostgresHasher() if conn.dialect.name == "postgresql" else SqliteHasher(conn)
+        hasher = (PostgresHasher if conn.dialect.name == "postgresql" else SqliteHasher)(conn, task.chain)
         checker = SegmentChecker(task.chain, task.lo, task.hi, start,
                                  chain_seals=_seals(conn, task.chain, task.lo, task.hi), keys=task.keys,
                                  closed_at=task.closed_at, is_last=task.is_last, hasher=hasher)
