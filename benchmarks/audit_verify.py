@@ -201,7 +201,9 @@ def main() -> None:
         out = ROOT / "benchmarks" / "results" / "audit_verify.md"
         out.parent.mkdir(parents=True, exist_ok=True)
         with open(out, "a") as f:
-            f.write(f"\n## {header}\n`{' '.join(sys.argv[1:]) or '(defaults)'}`, {args.records:,} records, "
+            shown = " ".join(engine.url.render_as_string(hide_password=True) if a == args.database_url else a
+                             for a in sys.argv[1:])
+            f.write(f"\n## {header}\n`{shown or '(defaults)'}`, {args.records:,} records, "
                     f"{args.chains} chains, seal keys {len(seals.public_keys(engine))}\n```\n")
             f.write("\n".join(r["line"] for r in results) + "\n")
             if legacy_rate:
