@@ -53,8 +53,7 @@ import orjson
 from sqlalchemy import Connection, Engine, select
 
 from lgsp import seals
-from lgsp.audit import record_hash
-from lgsp.audit_verify_chain import BLOCK, Finding, SegmentResult, Start, check_rows, closed_at_of
+from lgsp.audit_verify_chain import BLOCK, Finding, SegmentResult, Start, check_rows, closed_at_of, record_problem
 from lgsp.audit_verify_scan import SEGMENT, Task, chains_in, run_task, segments, seq_range
 from lgsp.storage.schema import audit_chain_bases, audit_records, audit_seals
 
@@ -210,7 +209,7 @@ def _check_head(conn: Connection, chain: str, head: list, span: tuple[int, int] 
     seq, hash_ = head[0], head[1]
     rows = [r._asdict() for r in conn.execute(select(audit_records).where(
         audit_records.c.chain == chain, audit_records.c.seq == seq).order_by(audit_records.c.id))]
-    same = [r for r in rows if r["hash"] == hash_ and record_hash(r) == hash_]
+    same = [r for r in rows if r["hash"] == hash_ and record_problem(r, hash_) is None]
     if not rows:
         kind = "deleted" if span and span[1] > seq else "truncated"
         return [Finding(kind, chain, (), f"the record at seq {seq} verified by the checkpoint of {when} is gone")], None
