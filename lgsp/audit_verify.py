@@ -14,35 +14,57 @@ What each kind of finding means (each names the record ids involved):
     seal_mismatch the record at a seal's seq is not the record that was sealed
                   (rewritten with recomputed hashes)
     forged_seal   a seal's signature does not verify
-    unknown_key   a seal names a key that is not known
     untrusted_key a seal was made by a key the database holds but the operator's trust does not
                   (seal keys are trusted only from outside the database: lgsp/audit_trust.py)
+    unknown_key   a seal names a key that is not known
 Then the checks anchored outside the database (lgsp/audit_anchor.py): no_start_seal,
 chain_missing, tail_deleted, witness_mismatch, seal_deleted, witness_invalid.
 Unsealed records at the end of a chain (written after its last seal, e.g. before a
 crash) are reported as information, not as findings.
+
+Full verification (the default) reads every record and seal, chains in
+parallel across processes, a long chain cut into segments
+(lgsp/audit_verify_scan.py; the per-record checks are in
+lgsp/audit_verify_chain.py). A record's relations (forks, reordering) are looked
+for within 2,048 seqs either side; a record moved further is still reported, as
+a broken link or a deleted/inserted record.
+
+Incremental verification (lgsp/audit_checkpoint.py) starts from the last
+checkpoint: a sealed admin record, written after a clean verify, holding per
+chain the highest sealed seq verified and its hash. What it re-checks: that the
+checkpoint record's own chain verifies and seals it; for each chain in the
+checkpoint, that the record at the checkpoint seq is still there, alone, and
+hashes to the checkpointed hash (so rewriting verified history with recomputed
+hashes is caught at that boundary); everything after that seq (records, links,
+seals, shutdown) as a full verify would; chains not in the checkpoint in full;
+chains in the checkpoint that have vanished. What it does not re-check: records
+and seals before the checkpoint seq (an edit there that leaves the checkpoint
+record alone, or a record inserted there, is found by the next full verify only),
+nor forks or reordering across the checkpoint boundary.
 """
 from __future__ import annotations
 
 import datetime as dt
+import multiprocessing
+import os
+import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Mapping
+from typing import Any, Callable, Iterable, Mapping
 
 import orjson
-from sqlalchemy import Engine, select
+from sqlalchemy import Connection, Engine, select
 
 from lgsp import seals
-from lgsp.audit import GENESIS, record_hash
+from lgsp.audit_verify_chain import BLOCK, Finding, SegmentResult, Start, check_rows, closed_at_of, record_problem
+from lgsp.audit_verify_scan import SEGMENT, Task, chains_in, run_task, segments, seq_range
 from lgsp.storage.schema import audit_chain_bases, audit_records, audit_seals
 
+__all__ = ["Finding", "Report", "Progress", "check_chain", "verify_database", "verify_file"]
 
-@dataclass(frozen=True)
-class Finding:
-    kind: str
-    chain: str
-    record_ids: tuple[int, ...]
-    detail: str
+PROGRESS_EVERY = 100_000
+PARALLEL_FROM = 200_000  # records: below this, starting worker processes costs more than it saves
 
 
 @dataclass
@@ -53,6 +75,10 @@ class Report:
     findings: list[Finding] = field(default_factory=list)
     unsealed: dict[str, int] = field(default_factory=dict)
     witness: dict[str, Any] = field(default_factory=dict)  # what the database was compared with (audit_anchor)
+    # Per chain, the highest valid seal verified: [seq, hash, shutdown seq or None] (what a checkpoint keeps).
+    heads: dict[str, list] = field(default_factory=dict)
+    mode: str = "full"
+    checkpoint: dict[str, Any] | None = None   # incremental: the checkpoint it started from
 
     @property
     def ok(self) -> bool:
@@ -62,166 +88,302 @@ class Report:
         return {i for f in self.findings for i in f.record_ids}
 
 
-def _shifted_hash_matches(row: Mapping[str, Any]) -> int | None:
-    """If the record's hash holds for seq±1..3, that seq (it was renumbered)."""
-    for delta in (-1, 1, -2, 2, -3, 3):
-        if row["seq"] + delta >= 1 and record_hash(dict(row, seq=row["seq"] + delta)) == row["hash"]:
-            return row["seq"] + delta
-    return None
+class Progress(int):
+    """Records read so far (an int, as before), with chains done and the rate."""
+    chains_done: int
+    chains: int
+    seconds: float
+
+    def __new__(cls, records: int, chains_done: int, chains: int, seconds: float) -> "Progress":
+        p = super().__new__(cls, records)
+        p.chains_done, p.chains, p.seconds = chains_done, chains, seconds
+        return p
+
+    @property
+    def rate(self) -> float:
+        return int(self) / self.seconds if self.seconds > 0 else 0.0
+
+
+# -- one chain as a list (export files, tests) --------------------------------------------
+
+def _base_finding(chain: str, base: Mapping[str, Any], chain_seals: Iterable[Mapping[str, Any]],
+                  keys: Mapping[str, str], first_id: int | None) -> Finding | None:
+    if any(s["reason"] == "retention" and s["seq"] == base["base_seq"] and s["head_hash"] == base["base_hash"]
+           and seals.verify(s, keys) is None for s in chain_seals):
+        return None
+    return Finding("deleted", chain, (first_id,) if first_id is not None else (),
+                   f"the chain starts after seq {base['base_seq']} without a valid retention seal there")
+
+
+def _chain_start(base: Mapping[str, Any] | None) -> Start:
+    if not base:
+        return Start()
+    return Start(expected_seq=base["base_seq"] + 1, prev_hash=base["base_hash"], base_seq=base["base_seq"])
 
 
 def check_chain(chain: str, rows: list[Mapping[str, Any]], chain_seals: list[Mapping[str, Any]],
                 keys: Mapping[str, str], base: Mapping[str, Any] | None = None,
                 sealed_base: bool = True) -> tuple[list[Finding], int]:
-    """Findings for one chain (rows in seq order) and the number of unsealed records at its end.
+    """Findings for one chain held as a list (rows in seq order), and its unsealed records at the end.
 
     `base` is where the chain starts when its oldest records were removed by
     retention (database: it must carry a valid retention seal) or left out of an
     export (file: `sealed_base=False`, the export's start is taken as given).
     """
-    findings: list[Finding] = []
-
-    def find(kind: str, ids: Iterable[int], detail: str) -> None:
-        findings.append(Finding(kind, chain, tuple(ids), detail))
-
-    if base and sealed_base and not any(
-        s["reason"] == "retention" and s["seq"] == base["base_seq"] and s["head_hash"] == base["base_hash"]
-        and seals.verify(s, keys) is None for s in chain_seals
-    ):
-        find("deleted", [rows[0]["id"]] if rows else [],
-             f"the chain starts after seq {base['base_seq']} without a valid retention seal there")
-
-    expected_seq = (base["base_seq"] + 1) if base else 1
-    prev_hash = base["base_hash"] if base else GENESIS
-    prev_id: int | None = None
-    by_hash = {r["hash"]: r for r in rows}
-    position = {r["id"]: i for i, r in enumerate(rows)}
-    linked_to = {r["prev_hash"] for r in rows}
-    claims: dict[str, list[int]] = {}
-    for r in rows:
-        claims.setdefault(r["prev_hash"], []).append(r["id"])
-    for row in rows:
-        rid, seq = row["id"], row["seq"]
-        explained = False
-        if seq < expected_seq:
-            find("inserted", [rid], f"seq {seq} appears again (or out of order) after seq {expected_seq - 1}")
-            explained = True
-        elif seq > expected_seq:
-            find("deleted", [i for i in (prev_id, rid) if i is not None],
-                 f"seq {expected_seq}–{seq - 1} missing between these records")
-            explained = True
-        if record_hash(row) != row["hash"]:
-            moved = _shifted_hash_matches(row)
-            if moved is not None:
-                find("renumbered", [rid], f"seq changed from {moved} to {seq}")
-            else:
-                find("edited", [rid], "content does not match its hash")
-            explained = True
-        if row["hash"] not in linked_to and len(claims[row["prev_hash"]]) > 1 and row is not rows[-1]:
-            others = ", ".join(str(i) for i in claims[row["prev_hash"]] if i != rid)
-            find("inserted", [rid], f"claims the same predecessor as record {others}, and no record follows it")
-            explained = True
-        if row["prev_hash"] != prev_hash:
-            target = by_hash.get(row["prev_hash"])
-            if target is not None and position[target["id"]] > position[rid]:
-                find("reordered", [rid, target["id"]], f"links to record {target['id']}, which comes after it")
-            elif not explained:
-                find("broken_link", [rid], "does not link to the record before it")
-        prev_hash, prev_id = row["hash"], rid
-        expected_seq = max(expected_seq, seq) + 1
-
-    last_seq = rows[-1]["seq"] if rows else (base["base_seq"] if base else 0)
-    by_seq = {r["seq"]: r for r in rows}
-    closed_at: int | None = None
-    sealed_to = base["base_seq"] if base else 0
-    for seal in chain_seals:
-        problem = seals.verify(seal, keys)
-        if problem:
-            kind = "unknown_key" if "unknown key" in problem else "untrusted_key" if "not trusted" in problem \
-                else "forged_seal"
-            find(kind, [r["id"] for r in rows if r["seq"] == seal["seq"]], f"seal at seq {seal['seq']}: {problem}")
-            continue
-        if seal["seq"] == 0 or (base and seal["seq"] <= base["base_seq"]):
-            continue
-        sealed = by_seq.get(seal["seq"])
-        if seal["seq"] > last_seq:
-            find("truncated", [rows[-1]["id"]] if rows else [],
-                 f"a seal covers seq {seal['seq']}, the chain ends at seq {last_seq}")
-        elif sealed is None or sealed["hash"] != seal["head_hash"]:
-            find("seal_mismatch", [sealed["id"]] if sealed else [],
-                 f"the record at seq {seal['seq']} is not the one sealed at {seal['at']}")
-        sealed_to = max(sealed_to, seal["seq"])
-        if seal["reason"] == "shutdown":
-            closed_at = seal["seq"] if closed_at is None else max(closed_at, seal["seq"])
-    if closed_at is not None:
-        after = [r["id"] for r in rows if r["seq"] > closed_at]
-        if after:
-            find("inserted", after, f"records after the chain's shutdown seal at seq {closed_at}")
-    return findings, max(0, last_seq - sealed_to)
+    found, unsealed, _ = _check_listed(chain, rows, chain_seals, keys, base, sealed_base)
+    return found, unsealed
 
 
-def _check_all(chains: Iterable[tuple[str, list]], seals_by_chain: dict[str, list], bases: dict[str, Mapping],
-               keys: Mapping[str, str], sealed_base: bool = True) -> Report:
-    """Check chain by chain (`chains` may be a stream), then the chains that have only seals."""
-    report = Report()
-    seen: set[str] = set()
-
-    def check(chain: str, rows: list) -> None:
-        found, unsealed = check_chain(chain, rows, seals_by_chain.get(chain, []), keys, bases.get(chain), sealed_base)
-        report.chains += 1
-        report.records += len(rows)
-        report.seals += len(seals_by_chain.get(chain, []))
-        report.findings += found
-        if unsealed:
-            report.unsealed[chain] = unsealed
-
-    for chain, rows in chains:
-        seen.add(chain)
-        check(chain, rows)
-    for chain in sorted(set(seals_by_chain) - seen):  # sealed, but every record gone
-        check(chain, [])
-    return report
+def _check_listed(chain, rows, chain_seals, keys, base, sealed_base):
+    base_finding = None
+    if base and sealed_base:
+        base_finding = _base_finding(chain, base, chain_seals, keys, rows[0]["id"] if rows else None)
+    base_seq = base["base_seq"] if base else None
+    closed_at = closed_at_of(chain_seals, keys, base_seq)
+    result = check_rows(chain, rows, chain_seals, keys, _chain_start(base), closed_at)
+    findings, unsealed, head = _merge(chain, [result], base_seq, base_finding, closed_at)
+    return findings, unsealed, (head, result)
 
 
-def _stream_chains(conn, progress: Callable[[int], None] | None = None) -> Iterator[tuple[str, list]]:
-    """Each chain's records in seq order, one chain in memory at a time."""
-    current, rows, count = None, [], 0
-    result = conn.execution_options(yield_per=5000).execute(
-        select(audit_records).order_by(audit_records.c.chain, audit_records.c.seq, audit_records.c.id))
-    for r in result:
-        if r.chain != current:
-            if current is not None:
-                yield current, rows
-            current, rows = r.chain, []
-        rows.append(r._asdict())
-        count += 1
-        if progress and count % PROGRESS_EVERY == 0:
-            progress(count)
-    if current is not None:
-        yield current, rows
+def _merge(chain: str, results: list[SegmentResult], base_seq: int | None, base_finding: Finding | None,
+           closed_at: int | None, head: list | None = None) -> tuple[list[Finding], int, list | None]:
+    """A chain's findings from its segments (in order), its unsealed count and its verified head."""
+    findings = [base_finding] if base_finding else []
+    for r in results:
+        findings += r.row_findings
+    for r in results:
+        findings += r.seal_findings
+    after = [i for r in results for i in r.after_close]
+    if after:
+        findings.append(Finding("inserted", chain, tuple(after),
+                                f"records after the chain's shutdown seal at seq {closed_at}"))
+    last = results[-1].last if results else None
+    last_seq = last[0] if last else (base_seq or 0)
+    sealed = [r.sealed for r in results if r.sealed]
+    top = max(sealed, key=lambda s: s[0]) if sealed else None
+    if top is not None and (head is None or top[0] > head[0]):
+        head = [top[0], top[1], closed_at]
+    elif head is not None:
+        head = [head[0], head[1], closed_at]
+    sealed_to = max(base_seq or 0, head[0] if head else 0)
+    return findings, max(0, last_seq - sealed_to), head
 
 
-PROGRESS_EVERY = 100_000
+def _add(report: Report, chain: str, results: list[SegmentResult], findings: list[Finding], unsealed: int,
+         head: list | None) -> None:
+    report.chains += 1
+    report.records += sum(r.records for r in results)
+    report.seals += sum(r.seals for r in results)
+    report.findings += findings
+    if unsealed:
+        report.unsealed[chain] = unsealed
+    if head is not None and head[0] > 0:
+        report.heads[chain] = head
+
+
+# -- the database ---------------------------------------------------------------------------
+
+@dataclass
+class _ChainPlan:
+    chain: str
+    base_seq: int | None
+    base_finding: Finding | None
+    closed_at: int | None
+    tasks: list[int] = field(default_factory=list)
+    span: int = 0                            # seqs to read (an estimate of the records)
+    head: list | None = None                 # incremental: the checkpoint head it continues from
+    extra: list[Finding] = field(default_factory=list)
+
+
+def _url_of(engine: Engine) -> str:
+    return engine.url.render_as_string(hide_password=False)
+
+
+def _shutdown_seals(conn: Connection, chain: str, after: int | None) -> list[dict]:
+    s = audit_seals.c
+    query = select(s.chain, s.seq, s.head_hash, s.at, s.kid, s.signature, s.reason).where(
+        s.chain == chain, s.reason == "shutdown")
+    if after is not None:
+        query = query.where(s.seq > after)
+    return [r._asdict() for r in conn.execute(query)]
+
+
+def _check_head(conn: Connection, chain: str, head: list, span: tuple[int, int] | None,
+                when: str) -> tuple[list[Finding], int | None]:
+    """Is the record a checkpoint verified at `head` still there, alone, and the same? (its id if so)"""
+    seq, hash_ = head[0], head[1]
+    rows = [r._asdict() for r in conn.execute(select(audit_records).where(
+        audit_records.c.chain == chain, audit_records.c.seq == seq).order_by(audit_records.c.id))]
+    same = [r for r in rows if r["hash"] == hash_ and record_problem(r, hash_) is None]
+    if not rows:
+        kind = "deleted" if span and span[1] > seq else "truncated"
+        return [Finding(kind, chain, (), f"the record at seq {seq} verified by the checkpoint of {when} is gone")], None
+    if not same:
+        edited = [r["id"] for r in rows if r["hash"] == hash_]
+        if edited:
+            return [Finding("edited", chain, tuple(edited), "content does not match its hash")], None
+        return [Finding("seal_mismatch", chain, tuple(r["id"] for r in rows),
+                        f"the record at seq {seq} is not the one the checkpoint of {when} verified")], None
+    others = [r["id"] for r in rows if r is not same[0]]
+    found = [Finding("inserted", chain, tuple(others), f"seq {seq} appears again beside the checkpointed record")
+             ] if others else []
+    return found, same[0]["id"]
+
+
+def _plan_chain(conn: Connection, chain: str, base: Mapping[str, Any] | None, keys: Mapping[str, str], url: str,
+                tasks: list[Task], segment: int, head: list | None, when: str = "") -> _ChainPlan:
+    """The tasks that verify one chain: all of it, or (given a checkpoint head) what follows the head."""
+    base_seq = base["base_seq"] if base else None
+    span = seq_range(conn, chain)
+    chain_start = _chain_start(base)
+    if head is not None:
+        plan = _ChainPlan(chain, base_seq, None, None, head=head)
+        plan.extra, head_id = _check_head(conn, chain, head, span, when)
+        closed = closed_at_of(_shutdown_seals(conn, chain, head[0]), keys, base_seq)
+        plan.closed_at = head[2] if closed is None else closed
+        first_lo = from_seq = head[0] + 1
+        given: Start | None = Start(expected_seq=head[0] + 1, prev_hash=head[1], prev_id=head_id, prev_seq=head[0],
+                                    base_seq=base_seq)
+    else:
+        plan = _ChainPlan(chain, base_seq, None, closed_at_of(_shutdown_seals(conn, chain, None), keys, base_seq))
+        if base:
+            s, c = audit_seals.c, audit_records.c
+            at_base = [r._asdict() for r in conn.execute(select(
+                s.chain, s.seq, s.head_hash, s.at, s.kid, s.signature, s.reason
+            ).where(s.chain == chain, s.seq == base_seq))]
+            first_id = conn.execute(select(c.id).where(c.chain == chain).order_by(c.seq, c.id).limit(1)).scalar()
+            plan.base_finding = _base_finding(chain, base, at_base, keys, first_id)
+        first_lo, from_seq, given = None, (span[0] if span else 0), None
+    high = span[1] if span else from_seq
+    plan.span = max(0, high - from_seq + 1)
+    for i, (lo, hi) in enumerate(segments(from_seq, high, first_lo, size=segment)):
+        if i == 0:
+            read_from = lo
+        else:  # one block of context before the segment, never below where this verify starts
+            read_from = lo - BLOCK if first_lo is None else max(lo - BLOCK, first_lo)
+        plan.tasks.append(len(tasks))
+        tasks.append(Task(url=url, chain=chain, lo=lo, hi=hi, read_from=read_from, chain_start=chain_start,
+                          closed_at=plan.closed_at, keys=keys, is_last=hi is None, start=given if i == 0 else None))
+    return plan
 
 
 def verify_database(engine: Engine, progress: Callable[[int], None] | None = None,
-                    witness_dir: Path | None = None, trust_file: Path | None = None) -> Report:
-    """Verify every chain and seal in the database, and the database against the witness
-    (`witness_dir`, default the configured one); `progress(n)` is told every 100,000 records read.
-    Seal keys are trusted from `trust_file` alone if given, else as lgsp/audit_trust.py says."""
-    from lgsp import audit_anchor, audit_trust
+                    witness_dir: Path | None = None, trust_file: Path | None = None, *, jobs: int | None = None,
+                    incremental: bool = False, keys: Mapping[str, str] | None = None,
+                    segment: int = SEGMENT) -> Report:
+    """Verify every chain and seal in the database (or, `incremental`, what follows the last checkpoint).
 
+    `progress(p)` is told every 100,000 records or so (p: a Progress, an int of records read).
+    `jobs`: worker processes (default: one per CPU once the trail is big enough to gain from them).
+    `keys`: seal public keys (kid → hex) trusted from outside the database; default: `trust_file` alone if
+    given, else as lgsp/audit_trust.py says — never the database's word alone. The database is then checked
+    against the witness (`witness_dir`, default the configured one) and for chains without a start seal.
+    """
+    from lgsp import audit_anchor, audit_checkpoint, audit_trust
+
+    keys = keys if keys is not None else audit_trust.trusted_keys(engine, trust_file=trust_file)
+    started = time.perf_counter()
+    report = Report(mode="incremental" if incremental else "full")
+    checkpoint = audit_checkpoint.latest(engine, keys) if incremental else None
+    heads: dict[str, list] = {}
+    if checkpoint is not None:
+        report.checkpoint = checkpoint.summary()
+        heads = checkpoint.heads
+    elif incremental:
+        report.mode = "full"  # no usable checkpoint yet: everything is new
+    url = _url_of(engine)
+    tasks: list[Task] = []
+    plans: list[_ChainPlan] = []
     with engine.connect() as conn:
-        seals_by_chain: dict[str, list] = {}
-        for s in conn.execute(select(audit_seals).order_by(audit_seals.c.chain, audit_seals.c.seq)):
-            seals_by_chain.setdefault(s.chain, []).append(s._asdict())
         bases = {b.chain: b._asdict() for b in conn.execute(select(audit_chain_bases))}
-        keys = audit_trust.trusted_keys(engine, trust_file=trust_file)  # never the database's word alone
-        report = _check_all(_stream_chains(conn, progress), seals_by_chain, bases, keys)
+        present = chains_in(conn)
+        for chain in present:
+            base, head = bases.get(chain), heads.get(chain)
+            if head is not None and base and base["base_seq"] >= head[0]:
+                head = None  # retention moved the sealed base past the checkpoint: start from the base
+            plans.append(_plan_chain(conn, chain, base, keys, url, tasks, segment, head,
+                                     checkpoint.when if checkpoint else ""))
+    results = _run(engine, tasks, jobs, progress, started, plans)
+    for plan in plans:
+        chain_results = [results[i] for i in plan.tasks]
+        findings, unsealed, head = _merge(plan.chain, chain_results, plan.base_seq, plan.base_finding,
+                                          plan.closed_at, plan.head)
+        _add(report, plan.chain, chain_results, plan.extra + findings, unsealed, head)
+    for chain in sorted(set(heads) - set(present)):
+        report.findings.append(Finding("deleted", chain, (), f"the chain verified by the checkpoint of "
+                                       f"{checkpoint.when} is gone: records, seals and all"))
+    with engine.connect() as conn:  # in full on every run, incremental or not: it reads only seals and heads
         anchored = audit_anchor.database_findings(conn, keys, witness_dir)
-        report.findings += anchored.findings
-        report.witness = anchored.witness
-        return report
+    report.findings += anchored.findings
+    report.witness = anchored.witness
+    return report
+
+
+def cpus() -> int:
+    """CPUs this process may run on (the default number of jobs)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def verify_chain(engine: Engine, chain: str, keys: Mapping[str, str]) -> Report:
+    """Verify one chain in full, in this process (a checkpoint's own chain)."""
+    tasks: list[Task] = []
+    with engine.connect() as conn:
+        base = conn.execute(select(audit_chain_bases).where(audit_chain_bases.c.chain == chain)).first()
+        plan = _plan_chain(conn, chain, base._asdict() if base else None, keys, _url_of(engine), tasks, SEGMENT, None)
+    results = [run_task(t, engine) for t in tasks]
+    report = Report()
+    findings, unsealed, head = _merge(chain, results, plan.base_seq, plan.base_finding, plan.closed_at)
+    _add(report, chain, results, findings, unsealed, head)
+    return report
+
+
+def _run(engine: Engine, tasks: list[Task], jobs: int | None, progress, started: float,
+         plans: list[_ChainPlan]) -> list[SegmentResult]:
+    """Run the tasks here or in a pool of processes; tell `progress` as records are done."""
+    chains = len(plans)
+    if jobs is None:
+        jobs = cpus() if sum(p.span for p in plans) >= PARALLEL_FROM else 1
+    in_memory = engine.url.get_backend_name() == "sqlite" and engine.url.database in (None, "", ":memory:")
+    results: list[SegmentResult | None] = [None] * len(tasks)
+    chain_of = {i: n for n, plan in enumerate(plans) for i in plan.tasks}
+    remaining = [len(p.tasks) for p in plans]
+    done = {"records": 0, "told": 0, "chains": sum(1 for r in remaining if r == 0)}
+
+    def tell(force: bool = False) -> None:
+        if progress and done["records"] - done["told"] >= (1 if force else PROGRESS_EVERY):
+            done["told"] = done["records"]
+            progress(Progress(done["records"], done["chains"], chains, time.perf_counter() - started))
+
+    def finished(i: int, result: SegmentResult, counted: bool) -> None:
+        results[i] = result
+        if not counted:
+            done["records"] += result.records
+        n = chain_of[i]
+        remaining[n] -= 1
+        if remaining[n] == 0:
+            done["chains"] += 1
+        tell()
+
+    if jobs <= 1 or len(tasks) <= 1 or in_memory:
+        for i, task in enumerate(tasks):
+            def on_rows(n: int) -> None:
+                done["records"] += n
+                tell()
+            before = done["records"]
+            result = run_task(task, engine, on_rows)
+            done["records"] = before + result.records
+            finished(i, result, counted=True)
+    else:
+        context = multiprocessing.get_context("spawn")  # no connections or threads inherited
+        with ProcessPoolExecutor(max_workers=jobs, mp_context=context) as pool:
+            futures = {pool.submit(run_task, task): i for i, task in enumerate(tasks)}
+            for future in as_completed(futures):
+                finished(futures[future], future.result(), counted=False)
+    tell(force=True)
+    return results  # type: ignore[return-value]
 
 
 # -- export files -------------------------------------------------------------------------
@@ -235,11 +397,14 @@ def verify_file(path: Path, trust_file: Path | None = None, witness_dir: Path | 
     """Verify an export (JSON Lines: records, seals, keys and chain bases) offline.
 
     The keys in the file are not trusted: seals verify with `trust_file` (or the configured
-    trust, see lgsp/audit_trust.py). With `witness_dir`, witnessed heads inside the export must match."""
+    trust, see lgsp/audit_trust.py). With `witness_dir`, witnessed heads inside the export must match.
+    """
+    from lgsp import audit_anchor, audit_trust
+
     chains: dict[str, list] = {}
     seals_by_chain: dict[str, list] = {}
     bases: dict[str, Mapping] = {}
-    keys: dict[str, str] = {}
+    file_keys: dict[str, str] = {}
     with open(path, "rb") as f:
         for line in f:
             if not line.strip():
@@ -251,17 +416,16 @@ def verify_file(path: Path, trust_file: Path | None = None, witness_dir: Path | 
             elif kind == "seal":
                 seals_by_chain.setdefault(item["chain"], []).append(_revive(item))
             elif kind == "key":
-                keys[item["kid"]] = item["public_key"]
+                file_keys[item["kid"]] = item["public_key"]
             elif kind == "base":
                 bases[item["chain"]] = item
-    for rows in chains.values():
-        rows.sort(key=lambda r: (r["seq"], r["id"]))
-    for items in seals_by_chain.values():
-        items.sort(key=lambda s: s["seq"])
-    from lgsp import audit_anchor, audit_trust
-
-    trusted = audit_trust.trusted_keys(trust_file=trust_file, seen=keys)
-    report = _check_all(sorted(chains.items()), seals_by_chain, bases, trusted, sealed_base=False)
+    keys = audit_trust.trusted_keys(trust_file=trust_file, seen=file_keys)
+    report = Report()
+    for chain in sorted(set(chains) | set(seals_by_chain)):
+        rows = sorted(chains.get(chain, []), key=lambda r: (r["seq"], r["id"]))
+        chain_seals = sorted(seals_by_chain.get(chain, []), key=lambda s: s["seq"])
+        findings, unsealed, (head, result) = _check_listed(chain, rows, chain_seals, keys, bases.get(chain), False)
+        _add(report, chain, [result], findings, unsealed, head)
     if witness_dir is not None:
-        report.findings += audit_anchor.file_findings(chains, bases, trusted, witness_dir)
+        report.findings += audit_anchor.file_findings(chains, bases, keys, witness_dir)
     return report

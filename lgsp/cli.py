@@ -447,28 +447,50 @@ def audit() -> None:
               help="Witness directory of sealed heads. Default for the database: LGSP_AUDIT_WITNESS or "
                    "LGSP_HOME/audit-witness; an export file is compared with a witness only when given.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
-def audit_verify(path: Path | None, trust_file: Path | None, witness_dir: Path | None, as_json: bool) -> None:
+@click.option("--incremental", is_flag=True,
+              help="Verify only what follows the last sealed verification checkpoint (see docs/audit.md).")
+@click.option("--jobs", type=click.IntRange(min=1), default=None,
+              help="Worker processes (default: one per CPU for a large trail).")
+@click.option("--checkpoint/--no-checkpoint", default=True, show_default=True,
+              help="After a verify with no findings, record a sealed checkpoint for --incremental.")
+def audit_verify(path: Path | None, trust_file: Path | None, witness_dir: Path | None, as_json: bool,
+                 incremental: bool, jobs: int | None, checkpoint: bool) -> None:
     """Check every hash chain and seal, and the database against the witness; exit 1 on any finding
     (edited, deleted, inserted, reordered or renumbered records, truncation, forged or untrusted seals,
     missing chains, start seals or witnessed heads)."""
-    from lgsp import audit_trust
+    from lgsp import audit_checkpoint, audit_trust
     from lgsp.audit_verify import verify_database, verify_file
 
-    def progress(n: int) -> None:
-        click.echo(f"… {n:,} records read", err=True)
+    def progress(n) -> None:
+        chains = f", {n.chains_done}/{n.chains} chains" if hasattr(n, "chains") else ""
+        rate = f", {n.rate:,.0f} records/s" if hasattr(n, "rate") else ""
+        click.echo(f"… {n:,} records read{chains}{rate}", err=True)
 
     if trust_file is None and not audit_trust.trust_path().exists() and not audit_trust.master_secret_available():
         click.echo("Error: no trusted seal keys here: pass --trust FILE (made with `lgsp audit trust export` "
                    "where the gateway runs), or set LGSP_AUDIT_TRUST or LGSP_SECRET_KEY.", err=True)
         sys.exit(2)
     try:
-        report = (verify_file(path, trust_file, witness_dir) if path
-                  else verify_database(_engine(), progress, witness_dir, trust_file))
+        if path:
+            report = verify_file(path, trust_file, witness_dir)
+        else:
+            engine = _engine()
+            report = verify_database(engine, progress, witness_dir, trust_file, jobs=jobs, incremental=incremental)
+            if report.checkpoint:
+                click.echo(f"incremental: from the checkpoint of {report.checkpoint['at']} "
+                           f"({report.checkpoint['chains']} chains)", err=True)
+            elif incremental:
+                click.echo("incremental: no usable checkpoint, verified in full", err=True)
+            if checkpoint and report.ok:
+                where = audit_checkpoint.record(engine, report)
+                if where:
+                    click.echo(f"checkpoint recorded: chain {where[0]} seq {where[1]}", err=True)
     except audit_trust.TrustFileError as exc:
         raise click.ClickException(str(exc)) from None
     if as_json:
         click.echo(json.dumps({"ok": report.ok, "chains": report.chains, "records": report.records,
                                "seals": report.seals, "unsealed": report.unsealed, "witness": report.witness,
+                               "mode": report.mode, "checkpoint": report.checkpoint,
                                "findings": [f.__dict__ for f in report.findings]}, indent=2))
     else:
         for f in report.findings:
