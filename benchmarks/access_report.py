@@ -350,6 +350,23 @@ def run_queries(engine: Engine, runs: int, total: int) -> Bench:
     return bench
 
 
+def export_month(engine: Engine) -> str:
+    """`lgsp audit export` of one month (June 2025) to /dev/null: rate and how much the peak memory grew."""
+    import resource
+
+    from lgsp.audit_export import export_jsonl
+
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    t = time.perf_counter()
+    with open(os.devnull, "wb") as out:
+        counts = export_jsonl(engine, dt.datetime(2025, 6, 1, tzinfo=dt.timezone.utc),
+                              dt.datetime(2025, 7, 1, tzinfo=dt.timezone.utc), out)
+    seconds = time.perf_counter() - t
+    grew = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - peak) / 1024
+    return (f"export of one month (June 2025): {counts['records']:,} records in {seconds:.1f} s "
+            f"({counts['records'] / seconds:,.0f} records/s), peak memory +{grew:.0f} MB")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--records", type=int, default=1_000_000)
@@ -394,6 +411,8 @@ def main() -> int:
     size = database_size(engine)
     print(f"\n{total:,} audit records, {size / 1e9:.1f} GB; timings (first run, then median and max of {args.runs}):")
     bench = run_queries(engine, args.runs, total)
+    exported = export_month(engine)
+    print(f"  {exported}")
     if args.results:
         version = engine.dialect.server_version_info
         head = [f"# benchmarks/access_report.py, {dt.date.today().isoformat()}", "",
@@ -403,7 +422,7 @@ def main() -> int:
                 f"statistics refresh: {stats_seconds:.1f} s",
                 f"- command: `{' '.join(sys.argv)}`", ""]
         args.results.parent.mkdir(parents=True, exist_ok=True)
-        args.results.write_text("\n".join(head) + bench.markdown() + "\n")
+        args.results.write_text("\n".join(head) + bench.markdown() + f"\n\n{exported}\n")
     engine.dispose()
     if workdir and not args.keep:
         workdir.cleanup()

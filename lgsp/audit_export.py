@@ -32,9 +32,16 @@ PROGRESS_EVERY = 100_000
 Progress = Callable[[int], None]
 
 
+def _datetime(value: Any) -> str:
+    if isinstance(value, dt.datetime):
+        return _iso(value)
+    raise TypeError(type(value).__name__)
+
+
 def _line(kind: str, row: dict[str, Any]) -> bytes:
-    data = {"type": kind, **{str(k): (_iso(v) if isinstance(v, dt.datetime) else v) for k, v in row.items()}}
-    return orjson.dumps(data) + b"\n"
+    # orjson hands datetimes to _datetime (the hash's own format); keys must be plain str.
+    data = {"type": kind, **{str(k): v for k, v in row.items()}}
+    return orjson.dumps(data, default=_datetime, option=orjson.OPT_PASSTHROUGH_DATETIME) + b"\n"
 
 
 def export_jsonl(engine: Engine, start: dt.datetime | None, end: dt.datetime | None, out: IO[bytes],
@@ -54,11 +61,13 @@ def export_jsonl(engine: Engine, start: dt.datetime | None, end: dt.datetime | N
                 query = query.where(audit_records.c.at < end)
             if start or end:  # read the period's index range and sort it (on disk past the cache), not the whole trail
                 query = query.with_hint(audit_records, "INDEXED BY ix_audit_at", "sqlite")
-        for row in conn.execution_options(yield_per=5000).execute(query):
-            r = row._asdict()
-            span = ranges.setdefault(r["chain"], [r["seq"], r["seq"], r["prev_hash"]])
-            span[1] = r["seq"]
-            out.write(_line("record", r))
+        result = conn.execution_options(yield_per=5000).execute(query)
+        keys = ["type", *map(str, result.keys())]
+        for row in result:
+            span = ranges.setdefault(row.chain, [row.seq, row.seq, row.prev_hash])
+            span[1] = row.seq
+            out.write(orjson.dumps(dict(zip(keys, ("record", *row))), default=_datetime,
+                                   option=orjson.OPT_PASSTHROUGH_DATETIME) + b"\n")
             counts["records"] += 1
             if progress and counts["records"] % PROGRESS_EVERY == 0:
                 progress(counts["records"])
