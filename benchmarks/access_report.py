@@ -378,6 +378,8 @@ def main() -> int:
     parser.add_argument("--runs", type=int, default=7)
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--results", type=Path, help="also write the figures as Markdown to this file")
+    parser.add_argument("--migrate-from", metavar="REVISION",
+                        help="fill the schema of this revision (e.g. 0003), then time the migrations to the head")
     args = parser.parse_args()
 
     workdir = None
@@ -391,9 +393,9 @@ def main() -> int:
             url = f"sqlite:///{Path(workdir.name) / 'audit.db'}"
     engine = engine_for(url)
     print(f"database: {engine.url.render_as_string(hide_password=True)}\ncpu: {cpu_model()}")
-    fill_seconds = None
+    fill_seconds = migrate_seconds = None
     if not args.reuse:
-        upgrade(url)
+        upgrade(url, args.migrate_from or "head")
         with engine.connect() as conn:
             existing = conn.execute(select(func.count()).select_from(audit_records)).scalar()
         if existing:
@@ -402,6 +404,12 @@ def main() -> int:
         print(f"filling {args.records:,} records over {args.subjects:,} citizens …")
         fill_seconds = fill(engine, args.records, args.subjects, args.seed)
         print(f"  filled (indexes included) in {fill_seconds:.0f} s")
+        if args.migrate_from:
+            t = time.perf_counter()
+            upgrade(url)
+            migrate_seconds = time.perf_counter() - t
+            print(f"  migrated from {args.migrate_from} to the head in {migrate_seconds:.0f} s "
+                  f"({args.records / migrate_seconds:,.0f} records/s)")
     t = time.perf_counter()
     maintenance.keep_statistics(engine)
     stats_seconds = time.perf_counter() - t
@@ -417,10 +425,14 @@ def main() -> int:
         version = engine.dialect.server_version_info
         head = [f"# benchmarks/access_report.py, {dt.date.today().isoformat()}", "",
                 f"- database: {engine.url.get_backend_name()} {'.'.join(map(str, version or ()))}",
-                f"- cpu: {cpu_model()}", f"- records: {total:,}; citizens: {args.subjects:,}; size: {size / 1e9:.1f} GB",
+                f"- cpu: {cpu_model()}",
+                f"- records: {total:,}; citizens: {args.subjects:,}; size: {size / 1e9:.1f} GB",
                 f"- fill (load + indexes): {f'{fill_seconds:.0f} s' if fill_seconds else 'reused'}; "
                 f"statistics refresh: {stats_seconds:.1f} s",
                 f"- command: `{' '.join(sys.argv)}`", ""]
+        if migrate_seconds:
+            head.insert(-2, f"- migration from {args.migrate_from} to the head: {migrate_seconds:.0f} s "
+                            f"({args.records / migrate_seconds:,.0f} records/s)")
         args.results.parent.mkdir(parents=True, exist_ok=True)
         args.results.write_text("\n".join(head) + bench.markdown() + f"\n\n{exported}\n")
     engine.dispose()
