@@ -33,6 +33,7 @@ from lgsp.storage.schema import audit_bodies, audit_chain_bases, audit_records, 
 
 REPORT_MAX = 10_000   # accesses listed in one report; the summary counts them all
 WALK_MAX = 100_000    # records walked from a record to its seal on the record page
+COUNT_MAX = 100_000   # longest chain whose records the record page counts
 UTC = dt.timezone.utc
 
 col = audit_records.c
@@ -305,14 +306,26 @@ def _walk_to_seal(conn, row: dict, seal: dict) -> list[str]:
 
 
 def _chain_status(conn, chain: str) -> dict:
-    """Cheap facts about the record's chain: its length, its last seal, records after it."""
-    stats = conn.execute(select(func.count(), func.min(col.seq), func.max(col.seq)).where(col.chain == chain)).one()
+    """Cheap facts about the record's chain: its span, its last seal, records after it.
+
+    First and last seq are one index probe each. Counting the records (to show gaps)
+    reads the chain's index range, so it is done for chains up to COUNT_MAX seqs long
+    only (a chain lives as long as its process: it can hold tens of millions); beyond,
+    `records` and `gaps` are None and `lgsp audit verify` is the check.
+    """
+    first = conn.execute(select(func.min(col.seq)).where(col.chain == chain)).scalar()
+    last = conn.execute(select(func.max(col.seq)).where(col.chain == chain)).scalar()
+    if first is not None and last - first < COUNT_MAX:
+        count = conn.execute(select(func.count()).where(col.chain == chain)).scalar()
+    else:
+        count = None if first is not None else 0
+    stats = (count, first, last)
     last_seal = conn.execute(select(audit_seals).where(audit_seals.c.chain == chain)
                              .order_by(audit_seals.c.seq.desc(), audit_seals.c.id.desc()).limit(1)).first()
     sealed_seq = last_seal.seq if last_seal else 0
     return {
         "chain": chain, "records": stats[0], "first_seq": stats[1], "last_seq": stats[2],
-        "gaps": (stats[2] - stats[1] + 1 - stats[0]) if stats[0] else 0,
+        "gaps": (stats[2] - stats[1] + 1 - stats[0]) if stats[0] else (None if stats[0] is None else 0),
         "last_seal": {"seq": last_seal.seq, "at": iso(last_seal.at), "reason": last_seal.reason} if last_seal else None,
         "unsealed": max(0, (stats[2] or 0) - sealed_seq),
         "closed": bool(last_seal and last_seal.reason == "shutdown"),
@@ -386,9 +399,9 @@ def _summary_rows(rows) -> list[dict]:
 
 def summary_query(where: list) -> Select:
     """Per client, over all of a citizen's accesses (for a report too long to list)."""
+    answered = func.sum(case((col.outcome == "ok", 1), else_=0))
     return pinned(select(col.client_id, func.max(clients.c.name), func.max(col.agency_code),
-                         func.max(clients.c.agency_name), func.count(), func.sum(case((col.outcome == "ok", 1), else_=0)),
-                         func.min(col.at), func.max(col.at))
+                         func.max(clients.c.agency_name), func.count(), answered, func.min(col.at), func.max(col.at))
                   .select_from(_JOINED).where(*where).group_by(col.client_id), REPORT_INDEX)
 
 
