@@ -436,7 +436,7 @@ def main() -> int:
                 f"- records: {total:,}; citizens: {args.subjects:,}; size: {size / 1e9:.1f} GB",
                 f"- fill (load + indexes): {f'{fill_seconds:.0f} s' if fill_seconds else 'reused'}; "
                 f"statistics refresh: {stats_seconds:.1f} s",
-                f"- command: `{' '.join(sys.argv)}`", ""]
+                f"- command: `{' '.join(sys.argv)}`", "", ""]
         if migrate_seconds:
             head.insert(-2, f"- migration from {args.migrate_from} to the head: {migrate_seconds:.0f} s "
                             f"({args.records / migrate_seconds:,.0f} records/s)")
