@@ -33,7 +33,7 @@ from lgsp.storage.schema import audit_bodies, audit_chain_bases, audit_records, 
 
 REPORT_MAX = 10_000   # accesses listed in one report; the summary counts them all
 WALK_MAX = 100_000    # records walked from a record to its seal on the record page
-COUNT_MAX = 100_000   # longest chain whose records the record page counts
+COUNT_MAX = 10_000    # longest chain whose records the record page counts
 UTC = dt.timezone.utc
 
 col = audit_records.c
