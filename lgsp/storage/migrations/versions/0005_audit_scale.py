@@ -54,7 +54,8 @@ def _partition(bind) -> None:
     bind.execute(text("LOCK TABLE audit_records IN ACCESS EXCLUSIVE MODE"))
     bind.execute(text("ALTER TABLE audit_records RENAME TO audit_records_plain"))
     bind.execute(text("ALTER SEQUENCE audit_records_id_seq OWNED BY NONE"))
-    bind.execute(text("CREATE TABLE audit_records (LIKE audit_records_plain INCLUDING DEFAULTS) PARTITION BY RANGE (at)"))
+    bind.execute(text("CREATE TABLE audit_records (LIKE audit_records_plain INCLUDING DEFAULTS) "
+                      "PARTITION BY RANGE (at)"))
     first, last = bind.execute(text("SELECT min(at), max(at) FROM audit_records_plain")).one()
     now = dt.datetime.now(dt.timezone.utc)
     ahead = partitions.Month.of(now).start + dt.timedelta(days=31 * partitions.MONTHS_AHEAD)
