@@ -29,6 +29,7 @@ from sqlalchemy import Engine, insert, select
 
 from lgsp import metrics, seals, syslog, witness
 from lgsp.config import settings
+from lgsp.storage import maintenance
 from lgsp.storage.schema import audit_bodies, audit_records, audit_seals
 
 log = logging.getLogger(__name__)
@@ -97,6 +98,7 @@ class AuditWriter:
         self._queue: queue.SimpleQueue = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._run, name="audit-writer", daemon=True)
         self._stopping = False
+        self._maintain_at = 0.0  # partitions ahead and statistics: at start, then hourly (lgsp.storage.maintenance)
         self._thread.start()
 
     # -- submitting ------------------------------------------------------
@@ -133,6 +135,9 @@ class AuditWriter:
         except Exception:
             log.error("audit seal key unavailable: chain %s will not be sealed", self.chain, exc_info=True)
         while True:
+            if time.monotonic() >= self._maintain_at:
+                maintenance.hourly(self.engine, self._write_lock)
+                self._maintain_at = time.monotonic() + maintenance.EVERY_SECONDS
             try:
                 first = self._queue.get(timeout=self.seal_seconds)
             except queue.Empty:
@@ -154,6 +159,7 @@ class AuditWriter:
             if self._stopping and self._queue.empty():
                 break
         self._seal_if_due(reason="shutdown")
+        maintenance.at_close(self.engine, self._write_lock)
 
     def _pending_seals(self, seq: int, head: str, reason: str | None) -> list[dict]:
         if self._signer is None:

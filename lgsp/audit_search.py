@@ -2,10 +2,18 @@
 integrity, the citizen access report. Plain functions over the Engine (Core).
 
 Searches order by (at, id) and stop after one page, so they read one index range:
-(subject_hash, at), (client_id, at), (officer, at), (service, at), or (at) for
-the other filters (which are then checked row by row along the time index).
-On SQLite the id is the rowid, which every index carries, so (at, id) order
-comes straight from the index.
+every filter has a (column, at, id) index that matches both the filter and the
+order, and the first filter present in INDEXES names the one to read (the other
+filters are checked on its rows). SQLite's planner, without statistics, once
+walked every exchange in time order for one citizen's report (issue 15): there
+the index is pinned with INDEXED BY, so the plan cannot drift and a query whose
+index is gone fails instead of scanning. PostgreSQL has no hints; an index that
+matches filter and order is the cheapest path there, as long as the planner's
+estimates hold, so the conditions stay plain equalities it can estimate
+(wrapping the others, as `col || ''`, made it guess 0.5 % and sort every match
+of the leading filter instead). tests/test_audit_plans.py asserts each query's
+plan on both databases. On SQLite the id is the rowid, which every index entry
+ends with, so (column, at) already is (column, at, id).
 """
 from __future__ import annotations
 
@@ -25,11 +33,27 @@ from lgsp.storage.schema import audit_bodies, audit_chain_bases, audit_records, 
 
 REPORT_MAX = 10_000   # accesses listed in one report; the summary counts them all
 WALK_MAX = 100_000    # records walked from a record to its seal on the record page
+COUNT_MAX = 10_000    # longest chain whose records the record page counts
 UTC = dt.timezone.utc
 
 col = audit_records.c
 _JOINED = audit_records.outerjoin(clients, clients.c.client_id == col.client_id)
 _COLUMNS = (audit_records, clients.c.name.label("client_name"), clients.c.agency_name.label("agency_name"))
+
+
+# Filter → the index a search with it walks, most selective first; no filter (or time only): the time index.
+INDEXES = (
+    ("request_id", "ix_audit_request_id"), ("subject_hash", "ix_audit_subject_at"), ("officer", "ix_audit_officer_at"),
+    ("client_id", "ix_audit_client_at"), ("service", "ix_audit_service_at"), ("purpose", "ix_audit_purpose_at"),
+    ("outcome", "ix_audit_outcome_at"), ("kind", "ix_audit_kind_at"),
+)
+TIME_INDEX = "ix_audit_at"
+REPORT_INDEX = "ix_audit_subject_at"
+
+
+def pinned(query: Select, index: str) -> Select:
+    """The query reads audit_records through `index` (SQLite: INDEXED BY; elsewhere the query's shape)."""
+    return query.with_hint(audit_records, f"INDEXED BY {index}", "sqlite")
 
 
 class InvalidQuery(ValueError):
@@ -57,6 +81,11 @@ class Filters:
         if pid:
             values["subject_hash"] = subject_hash(pid)
         return cls(start=parse_time(params.get("from"), "from"), end=parse_time(params.get("to"), "to"), **values)
+
+    @property
+    def index(self) -> str:
+        """The index a search with these filters walks."""
+        return next((index for name, index in INDEXES if getattr(self, name)), TIME_INDEX)
 
     def clauses(self) -> list:
         out = [getattr(col, name) == value for name, value in self._equalities().items()]
@@ -122,10 +151,13 @@ def decode_cursor(cursor: str, order: str) -> tuple[dt.datetime, int]:
 
 
 def _after(at: dt.datetime, record_id: int, order: str):
-    """Keyset condition: strictly past (at, id) in the page order."""
+    """Keyset condition: strictly past (at, id) in the page order.
+
+    The plain bound on `at` comes first so both databases start the index range there.
+    """
     if order == "asc":
-        return or_(col.at > at, and_(col.at == at, col.id > record_id))
-    return or_(col.at < at, and_(col.at == at, col.id < record_id))
+        return and_(col.at >= at, or_(col.at > at, col.id > record_id))
+    return and_(col.at <= at, or_(col.at < at, col.id < record_id))
 
 
 def _ordered(query: Select, order: str) -> Select:
@@ -142,13 +174,19 @@ def search(engine: Engine, filters: Filters, limit: int = 50, cursor: str | None
     conditions = filters.clauses()
     if cursor:
         conditions.append(_after(*decode_cursor(cursor, order), order))
-    query = _ordered(select(*_COLUMNS).select_from(_JOINED).where(*conditions), order).limit(limit + 1)
+    query = search_query(filters, conditions, order).limit(limit + 1)
     with engine.connect() as conn:
         rows = [_plain(row._mapping) for row in conn.execute(query)]
     more = len(rows) > limit
     rows = rows[:limit]
     next_cursor = encode_cursor(rows[-1]["at"], rows[-1]["id"], order) if more else None
     return rows, next_cursor
+
+
+def search_query(filters: Filters, conditions: list | None = None, order: str = "desc") -> Select:
+    """A search page's query, before its limit."""
+    query = select(*_COLUMNS).select_from(_JOINED).where(*(filters.clauses() if conditions is None else conditions))
+    return _ordered(pinned(query, filters.index), order)
 
 
 def _plain(row: Mapping[str, Any]) -> dict[str, Any]:
@@ -278,14 +316,26 @@ def _walk_to_seal(conn, row: dict, seal: dict) -> list[str]:
 
 
 def _chain_status(conn, chain: str) -> dict:
-    """Cheap facts about the record's chain: its length, its last seal, records after it."""
-    stats = conn.execute(select(func.count(), func.min(col.seq), func.max(col.seq)).where(col.chain == chain)).one()
+    """Cheap facts about the record's chain: its span, its last seal, records after it.
+
+    First and last seq are one index probe each. Counting the records (to show gaps)
+    reads the chain's index range, so it is done for chains up to COUNT_MAX seqs long
+    only (a chain lives as long as its process: it can hold tens of millions); beyond,
+    `records` and `gaps` are None and `lgsp audit verify` is the check.
+    """
+    first = conn.execute(select(func.min(col.seq)).where(col.chain == chain)).scalar()
+    last = conn.execute(select(func.max(col.seq)).where(col.chain == chain)).scalar()
+    if first is not None and last - first < COUNT_MAX:
+        count = conn.execute(select(func.count()).where(col.chain == chain)).scalar()
+    else:
+        count = None if first is not None else 0
+    stats = (count, first, last)
     last_seal = conn.execute(select(audit_seals).where(audit_seals.c.chain == chain)
                              .order_by(audit_seals.c.seq.desc(), audit_seals.c.id.desc()).limit(1)).first()
     sealed_seq = last_seal.seq if last_seal else 0
     return {
         "chain": chain, "records": stats[0], "first_seq": stats[1], "last_seq": stats[2],
-        "gaps": (stats[2] - stats[1] + 1 - stats[0]) if stats[0] else 0,
+        "gaps": (stats[2] - stats[1] + 1 - stats[0]) if stats[0] else (None if stats[0] is None else 0),
         "last_seal": {"seq": last_seal.seq, "at": iso(last_seal.at), "reason": last_seal.reason} if last_seal else None,
         "unsealed": max(0, (stats[2] or 0) - sealed_seq),
         "closed": bool(last_seal and last_seal.reason == "shutdown"),
@@ -303,12 +353,12 @@ def access_report(engine: Engine, personal_id: str, start: dt.datetime | None = 
                   end: dt.datetime | None = None) -> dict[str, Any]:
     """Every exchange about one citizen, oldest first, and a summary by client.
 
-    Reads only the (subject_hash, at) index range of this citizen's keyed hash.
+    Reads only the (subject_hash, at, id) index range of this citizen's keyed hash:
+    its cost grows with the citizen's accesses, not with the trail.
     """
-    where = Filters(start=start, end=end, kind="exchange", subject_hash=subject_hash(personal_id)).clauses()
+    where = report_filters(personal_id, start, end).clauses()
     with engine.connect() as conn:
-        rows = conn.execute(select(*_ACCESS_COLUMNS).select_from(_JOINED).where(*where)
-                            .order_by(col.at, col.id).limit(REPORT_MAX + 1)).all()
+        rows = conn.execute(report_query(where).limit(REPORT_MAX + 1)).all()
         truncated = len(rows) > REPORT_MAX
         rows = rows[:REPORT_MAX]
         by_client = _summary_sql(conn, where) if truncated else _summary_rows(rows)
@@ -327,6 +377,15 @@ def access_report(engine: Engine, personal_id: str, start: dt.datetime | None = 
         "accesses": accesses,
         "truncated": truncated,
     }
+
+
+def report_filters(personal_id: str, start: dt.datetime | None = None, end: dt.datetime | None = None) -> Filters:
+    return Filters(start=start, end=end, kind="exchange", subject_hash=subject_hash(personal_id))
+
+
+def report_query(where: list) -> Select:
+    """The report's rows, oldest first, before its limit."""
+    return pinned(select(*_ACCESS_COLUMNS).select_from(_JOINED).where(*where), REPORT_INDEX).order_by(col.at, col.id)
 
 
 def _access(row: Mapping[str, Any]) -> dict[str, Any]:
@@ -348,10 +407,16 @@ def _summary_rows(rows) -> list[dict]:
     return sorted(groups.values(), key=lambda g: (-g["count"], g["client_id"] or ""))
 
 
+def summary_query(where: list) -> Select:
+    """Per client, over all of a citizen's accesses (for a report too long to list)."""
+    answered = func.sum(case((col.outcome == "ok", 1), else_=0))
+    return pinned(select(col.client_id, func.max(clients.c.name), func.max(col.agency_code),
+                         func.max(clients.c.agency_name), func.count(), answered, func.min(col.at), func.max(col.at))
+                  .select_from(_JOINED).where(*where).group_by(col.client_id), REPORT_INDEX)
+
+
 def _summary_sql(conn, where: list) -> list[dict]:
-    query = (select(col.client_id, func.max(clients.c.name), func.max(col.agency_code), func.max(clients.c.agency_name),
-                    func.count(), func.sum(case((col.outcome == "ok", 1), else_=0)), func.min(col.at), func.max(col.at))
-             .select_from(_JOINED).where(*where).group_by(col.client_id))
+    query = summary_query(where)
     groups = [{"client_id": c, "client_name": n, "agency_code": ac, "agency_name": an, "count": k,
                "answered": int(ok or 0), "first": iso(first), "last": iso(last)}
               for c, n, ac, an, k, ok, first, last in conn.execute(query)]

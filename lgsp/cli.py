@@ -550,7 +550,7 @@ def audit_export(start: str | None, end: str | None, output: Path) -> None:
     from lgsp.audit_export import export_jsonl
 
     with open(output, "wb") as out:
-        counts = export_jsonl(_engine(), _when(start), _when(end), out)
+        counts = export_jsonl(_engine(), _when(start), _when(end), out, progress=_records_progress("written"))
     click.echo(f"exported {counts['records']} records of {counts['chains']} chains and {counts['seals']} seals "
                f"to {output}")
 
@@ -565,12 +565,21 @@ def audit_retain(days: int, archive_dir: Path) -> None:
     from lgsp.audit_export import retain
 
     cutoff = dt.datetime.now(dt.timezone.utc) - dt.timedelta(days=days)
-    result = retain(_engine(), cutoff, archive_dir)
+    result = retain(_engine(), cutoff, archive_dir, progress=_records_progress("archived"))
     if not result["records"]:
         click.echo("nothing older than the cut-off")
         return
     _admin().record_action("audit.retain", str(archive_dir), None, result)
     click.echo(f"archived and removed {result['records']} records of {result['chains']} chains: {result['archive']}")
+    if result.get("partitions_dropped"):
+        click.echo(f"dropped whole month partitions: {', '.join(result['partitions_dropped'])}")
+
+
+def _records_progress(verb: str):
+    """A progress line on stderr every 100,000 records (export and retention at province scale)."""
+    def progress(n: int) -> None:
+        click.echo(f"… {n:,} records {verb}", err=True)
+    return progress
 
 
 @audit.command("rotate-key")

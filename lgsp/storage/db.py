@@ -5,6 +5,7 @@ from functools import cache
 from pathlib import Path
 
 from sqlalchemy import Engine, create_engine, event, make_url
+from sqlalchemy.dialects.sqlite.base import SQLiteCompiler
 
 from lgsp.config import private_dir, private_file
 
@@ -22,6 +23,17 @@ def _sqlite_pragmas(dbapi_conn, _record) -> None:
     cur.close()
 
 
+class _HintingSQLiteCompiler(SQLiteCompiler):
+    """Renders `Select.with_hint(table, "INDEXED BY ix", "sqlite")` after the table name.
+
+    SQLAlchemy leaves SQLite's from-hints out; the audit queries pin their index
+    with one, so a query whose index is gone fails instead of scanning.
+    """
+
+    def get_from_hint_text(self, table, text):
+        return text
+
+
 def make_engine(url: str) -> Engine:
     if url.startswith("sqlite"):
         path = make_url(url).database
@@ -31,6 +43,7 @@ def make_engine(url: str) -> Engine:
             private_file(Path(path))
         engine = create_engine(url, connect_args={"check_same_thread": False}, pool_size=8, max_overflow=8)
         event.listen(engine, "connect", _sqlite_pragmas)
+        engine.dialect.statement_compiler = _HintingSQLiteCompiler
         return engine
     if url.startswith("postgresql://"):
         url = "postgresql+psycopg://" + url[len("postgresql://"):]

@@ -110,14 +110,20 @@ audit_records = Table(
     Column("response_bytes", Integer),
     Column("response_sha256", String(64)),
     Column("detail", JSON),                           # admin actions: who/what/before/after
+    # PostgreSQL (migration 0005): partitioned by month on `at`, so its keys include `at`:
+    # primary key (id, at), unique (chain, seq, at).
     UniqueConstraint("chain", "seq", name="uq_audit_chain_seq"),
-    Index("ix_audit_subject_at", "subject_hash", "at"),
-    Index("ix_audit_at", "at"),
-    Index("ix_audit_client_at", "client_id", "at"),
-    Index("ix_audit_officer_at", "officer", "at"),
-    Index("ix_audit_service_at", "service", "at"),
+    # One index per search filter, in time order: a page reads one index range (audit_search).
+    # SQLite builds them as (column, at): the rowid (= id) ends every index entry anyway.
+    Index("ix_audit_subject_at", "subject_hash", "at", "id"),
+    Index("ix_audit_at", "at", "id"),
+    Index("ix_audit_client_at", "client_id", "at", "id"),
+    Index("ix_audit_officer_at", "officer", "at", "id"),
+    Index("ix_audit_service_at", "service", "at", "id"),
+    Index("ix_audit_purpose_at", "purpose", "at", "id"),
+    Index("ix_audit_outcome_at", "outcome", "at", "id"),
+    Index("ix_audit_kind_at", "kind", "at", "id"),
     Index("ix_audit_request_id", "request_id"),
-    Index("ix_audit_kind_at", "kind", "at"),
 )
 
 # Seals: a chain head signed (Ed25519) at intervals, so that later edits,
