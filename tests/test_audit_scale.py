@@ -75,7 +75,7 @@ def test_migration_0005_keeps_every_record_and_chain(database_url):
     write_chain(engine, old)
     write_chain(engine, [now] * 7)
     before = snapshot(engine)
-    assert verify_cli(database_url).returncode == 0
+    assert verify_database(engine).ok  # (the CLI refuses a schema behind its own: it says to upgrade first)
 
     upgrade(database_url)
     assert snapshot(engine) == before  # same ids, same hashes: nothing re-chained
