@@ -23,7 +23,7 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
-from .data import Address, Citizen, Dataset, PersonRef, generate
+from .data import MARITAL_CODES, VITAL_CODES, Address, Citizen, Dataset, PersonRef, generate
 
 SOAP_ENV = "http://schemas.xmlsoap.org/soap/envelope/"
 SOAP12_ENV = "http://www.w3.org/2003/05/soap-envelope"
@@ -37,8 +37,9 @@ ICT = dt.timezone(dt.timedelta(hours=7), "ICT")
 
 # Error codes carried in the fault detail (Loi/MaLoi); stable, documented in README.md.
 E_FORMAT, E_MISSING, E_ID, E_VALUE, E_OPERATION, E_SYSTEM = "01", "02", "03", "04", "05", "99"
-HEADER_FIELDS = ("MaYeuCau", "MaDVC", "MaTichHop", "MaDonVi", "MaCanBo", "TaiKhoan")
-REQUIRED_FIELDS = ("MaYeuCau", "MaDVC", "MaTichHop", "MaDonVi", "TaiKhoan")
+HEADER_FIELDS = ("MaYeuCau", "MaDVC", "MaDichVu", "MaTichHop", "MaDonVi", "MaCanBo", "TaiKhoan")
+REQUIRED_FIELDS = ("MaYeuCau", "MaTichHop", "MaDonVi", "TaiKhoan")
+SERVICE_CODE_FIELDS = ("MaDVC", "MaDichVu")  # two spellings of the service code seen in the wild
 _ID12 = re.compile(r"[0-9]{12}")
 _ID9 = re.compile(r"[0-9]{9}")
 _DATE8 = re.compile(r"[0-9]{8}")
@@ -194,6 +195,8 @@ def read_query(op: etree._Element) -> Query:
     for name in REQUIRED_FIELDS:
         if not header[name]:
             raise SoapFault(E_MISSING, f"Thiếu thông tin bắt buộc: {name}")
+    if sum(bool(header[name]) for name in SERVICE_CODE_FIELDS) != 1:
+        raise SoapFault(E_MISSING, "Cần đúng một trong MaDVC hoặc MaDichVu")
     pid, old = _text(op, "SoDinhDanh"), _text(op, "SoCMND")
     if (pid is None) == (old is None):
         raise SoapFault(E_MISSING, "Cần đúng một trong SoDinhDanh hoặc SoCMND")
@@ -289,10 +292,104 @@ def op_household(ds: Dataset, op: etree._Element) -> etree._Element:
     return out
 
 
+def _result(tag: str, q: Query, fields: list[tuple[str, str | None]]) -> etree._Element:
+    """A verification answer: MaYeuCau, the given fields in order, GhiChu and ThoiDiemDuLieu."""
+    out = etree.Element(_q(tag), nsmap={None: DC})
+    _leaf(out, "MaYeuCau", q.header["MaYeuCau"])
+    for name, value in fields:
+        _leaf(out, name, value)
+    _leaf(out, "ThoiDiemDuLieu", _now())
+    return out
+
+
+def _bool(value: bool) -> str:
+    return "true" if value else "false"
+
+
+def _required_id(op: etree._Element, name: str) -> str:
+    value = _text(op, name)
+    if not value:
+        raise SoapFault(E_MISSING, f"Thiếu thông tin bắt buộc: {name}")
+    if not _ID12.fullmatch(value):
+        raise SoapFault(E_ID, f"{name} phải gồm 12 chữ số")
+    return value
+
+
+def op_verify_head(ds: Dataset, op: etree._Element) -> etree._Element:
+    q = read_query(op)
+    head_id = _required_id(op, "SoDinhDanhChuHo")
+    c = ds.find(q.personal_id, q.old_id)
+    ok = bool(c and c.head and c.head.personal_id == head_id)
+    # The relation only when the claim holds: a "no" says nothing else about the record.
+    return _result("KetQuaXacMinhChuHo", q, [
+        ("KetQua", _bool(ok)), ("QuanHe", c.relation if ok and c else None),
+        ("GhiChu", "Thông tin khớp" if ok else "Thông tin không khớp")])
+
+
+RELATIVE_KINDS = ("Cha", "Me", "VoChong", "Con")
+
+
+def is_relative(ds: Dataset, c: Citizen | None, kind: str, other_id: str) -> bool:
+    """Whether other_id is c's father, mother, spouse or child on record."""
+    if c is None:
+        return False
+    if kind == "Con":
+        child = ds.by_id.get(other_id)
+        return bool(child and c.personal_id in (getattr(child.father, "personal_id", None),
+                                                 getattr(child.mother, "personal_id", None)))
+    ref = {"Cha": c.father, "Me": c.mother, "VoChong": c.spouse}[kind]
+    return bool(ref and ref.personal_id == other_id)
+
+
+def op_verify_relative(ds: Dataset, op: etree._Element) -> etree._Element:
+    q = read_query(op)
+    kind = _text(op, "QuanHe")
+    if kind not in RELATIVE_KINDS:
+        raise SoapFault(E_VALUE, "QuanHe phải là Cha, Me, VoChong hoặc Con")
+    other = _required_id(op, "SoDinhDanhNguoiThan")
+    ok = is_relative(ds, ds.find(q.personal_id, q.old_id), kind, other)
+    return _result("KetQuaXacMinhNhanThan", q, [
+        ("KetQua", _bool(ok)), ("GhiChu", "Thông tin khớp" if ok else "Thông tin không khớp")])
+
+
+def _status_answer(tag: str, q: Query, found: bool, field_name: str, actual: str | None,
+                   claimed: str | None, extra: list[tuple[str, str | None]]) -> etree._Element:
+    if not found:
+        return _result(tag, q, [("TonTai", "false"), ("GhiChu", "Không tìm thấy công dân")])
+    fields = [("TonTai", "true")]
+    if claimed:
+        fields.append(("KetQua", _bool(claimed == actual)))
+    return _result(tag, q, fields + [(field_name, actual), *extra, ("GhiChu", "Thành công")])
+
+
+def op_marital(ds: Dataset, op: etree._Element) -> etree._Element:
+    q = read_query(op)
+    claimed = _text(op, "TinhTrangHonNhan")
+    if claimed and claimed not in MARITAL_CODES:
+        raise SoapFault(E_VALUE, "TinhTrangHonNhan phải là 1, 2, 3 hoặc 4")
+    c = ds.find(q.personal_id, q.old_id)
+    return _status_answer("KetQuaTinhTrangHonNhan", q, c is not None, "TinhTrangHonNhan",
+                          c.marital if c else None, claimed, [])
+
+
+def op_vital(ds: Dataset, op: etree._Element) -> etree._Element:
+    q = read_query(op)
+    claimed = _text(op, "TinhTrang")
+    if claimed and claimed not in VITAL_CODES:
+        raise SoapFault(E_VALUE, "TinhTrang phải là 1 (còn sống), 2 (đã chết) hoặc 3 (mất tích)")
+    c = ds.find(q.personal_id, q.old_id)
+    return _status_answer("KetQuaTinhTrangChetMatTich", q, c is not None, "TinhTrang",
+                          c.vital if c else None, claimed, [("NgaySuKien", c.vital_date if c else None)])
+
+
 OPERATIONS: dict[str, Callable[[Dataset, etree._Element], etree._Element]] = {
     "TraCuuThongTinCongDan": op_lookup,
     "XacThucThongTinCongDan": op_verify,
     "CungCapThongTinHoGiaDinh": op_household,
+    "XacMinhThongTinChuHo": op_verify_head,
+    "XacMinhThongTinNhanThan": op_verify_relative,
+    "XacMinhTinhTrangHonNhan": op_marital,
+    "XacMinhTinhTrangChetMatTich": op_vital,
 }
 
 
