@@ -37,6 +37,7 @@ def validate(ex: Exchange, registry: Registry | None = None) -> None:
     if ex.check_params and registry is not None:
         _check_against_adapter(ex, registry)
     check_enterprise_code(ex.params.get("enterprise_code"))
+    check_other_personal_ids(ex.params)
     value = ex.params.get("personal_id")
     if value is None:
         return
@@ -44,6 +45,18 @@ def validate(ex: Exchange, registry: Registry | None = None) -> None:
         personal_id.parse(value)
     except personal_id.PersonalIdError as exc:
         raise ExchangeError(exc.code, exc.detail) from None
+
+
+def check_other_personal_ids(params: dict) -> None:
+    """Refuse a malformed ID of another person (head_personal_id, relative_personal_id, ...),
+    naming the field, so the caller knows which of the two IDs is wrong."""
+    for key in sorted(params):
+        if not key.endswith("_personal_id"):
+            continue
+        try:
+            personal_id.parse(params[key])
+        except personal_id.PersonalIdError as exc:
+            raise ExchangeError(exc.code, f"{key}: {exc.detail}") from None
 
 
 # An enterprise code: 10 digits; a branch adds "-" and 3 digits (0101234565-001).

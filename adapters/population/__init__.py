@@ -27,17 +27,39 @@ from lxml import etree
 from zeep import Client, Settings
 from zeep.exceptions import Error as ZeepError
 
-from lgsp import soap
+from lgsp import codelists, soap
 from lgsp.http import LazySession
 from lgsp.adapter import (
     Adapter, AdapterResult, CallContext, Operation, RecordNotFound, UpstreamError, UpstreamFault,
     UpstreamMalformed, UpstreamTimeout, UpstreamUnavailable,
 )
 
-__version__ = "1.0.0"
+__version__ = "1.1.0"
 
 # The adapter's operations and the WSDL operations behind them.
-SOAP_OPERATIONS = {"citizen.get": "TraCuuThongTinCongDan", "citizen.verify": "XacThucThongTinCongDan"}
+SOAP_OPERATIONS = {
+    "citizen.get": "TraCuuThongTinCongDan",
+    "citizen.verify": "XacThucThongTinCongDan",
+    "household.get": "CungCapThongTinHoGiaDinh",
+    "household_head.verify": "XacMinhThongTinChuHo",
+    "relatives.verify": "XacMinhThongTinNhanThan",
+    "marital_status.verify": "XacMinhTinhTrangHonNhan",
+    "vital_status.verify": "XacMinhTinhTrangChetMatTich",
+}
+# Canonical values -> the population database's codes, for the verifications' claims.
+RELATIONSHIPS = {"father": "Cha", "mother": "Me", "spouse": "VoChong", "child": "Con"}
+MARITAL_STATUSES = ("single", "married", "divorced", "widowed")
+VITAL_STATUSES = ("alive", "deceased", "missing")
+# Answers whose TonTai=false means "no such citizen" (the others say so with KetQua=false).
+STATUS_ANSWERS = ("marital_status.verify", "vital_status.verify")
+
+_PID = {"type": "string"}
+
+
+def _params(*required: str, **extra: Any) -> dict[str, Any]:
+    props = {name: _PID for name in required if name.endswith("personal_id")}
+    props.update(extra)
+    return {"type": "object", "required": list(required), "properties": props}
 
 
 def default_wsdl() -> str:
@@ -62,8 +84,12 @@ class PopulationAdapter(Adapter):
                             "description": "MaDonVi (the province's agency code) used when the client has none"},
             "service_codes": {
                 "type": "object",
-                "properties": {"citizen.get": {"type": "string"}, "citizen.verify": {"type": "string"}},
+                "properties": {op: {"type": "string"} for op in SOAP_OPERATIONS},
                 "additionalProperties": False,
+            },
+            "service_code_field": {
+                "enum": ["MaDVC", "MaDichVu"], "default": "MaDVC",
+                "description": "The name the national side expects for the service code (both are seen)",
             },
             "headers": {
                 "type": "object", "additionalProperties": {"type": "string"},
@@ -83,15 +109,56 @@ class PopulationAdapter(Adapter):
                            "properties": {"personal_id": {"type": "string"}, "full_name": {"type": "string"},
                                           "birth_date": {"type": "string"}}},
         ),
+        "household.get": Operation(
+            "household.get", "The household of a citizen: head, members, address (CungCapThongTinHoGiaDinh)",
+            mapping="household.get", params_schema=_params("personal_id"),
+        ),
+        "household_head.verify": Operation(
+            "household_head.verify", "Verify who heads a citizen's household (XacMinhThongTinChuHo)",
+            mapping="household_head.verify", params_schema=_params("personal_id", "head_personal_id"),
+        ),
+        "relatives.verify": Operation(
+            "relatives.verify", "Verify a father, mother, spouse or child (XacMinhThongTinNhanThan)",
+            mapping="relatives.verify",
+            params_schema=_params("personal_id", "relative_personal_id", "relationship",
+                                  relationship={"enum": list(RELATIONSHIPS)}),
+        ),
+        "marital_status.verify": Operation(
+            "marital_status.verify", "Verify a citizen's marital status (XacMinhTinhTrangHonNhan)",
+            mapping="marital_status.verify",
+            params_schema=_params("personal_id", "marital_status", marital_status={"enum": list(MARITAL_STATUSES)}),
+        ),
+        "vital_status.verify": Operation(
+            "vital_status.verify", "Verify whether a citizen is alive, deceased or missing (XacMinhTinhTrangChetMatTich)",
+            mapping="vital_status.verify",
+            params_schema=_params("personal_id", "vital_status", vital_status={"enum": list(VITAL_STATUSES)}),
+        ),
     }
     mapping_file = Path(__file__).parent / "mapping.yaml"
     simulator = "lgsp_adapters.population.simulator:create_app"
     examples = {
         "citizen.get": {"personal_id": "001085012345"},
         "citizen.verify": {"personal_id": "001085012345", "full_name": "Nguyễn Văn An", "birth_date": "1985-03-12"},
+        "household.get": {"personal_id": "001212012347"},
+        "household_head.verify": {"personal_id": "001212012347", "head_personal_id": "001085012345"},
+        "relatives.verify": {"personal_id": "001085012345", "relative_personal_id": "001055012349",
+                             "relationship": "father"},
+        "marital_status.verify": {"personal_id": "001085012345", "marital_status": "married"},
+        "vital_status.verify": {"personal_id": "079048067891", "vital_status": "alive"},
+    }
+    not_found_examples = {
+        "citizen.get": {"personal_id": "001099999999"},
+        "household.get": {"personal_id": "001099999999"},
+        "marital_status.verify": {"personal_id": "001099999999", "marital_status": "single"},
+        "vital_status.verify": {"personal_id": "001099999999", "vital_status": "alive"},
     }
 
-    DEFAULT_SERVICE_CODES = {"citizen.get": "037", "citizen.verify": "033"}
+    # 037 (look-up) and 033 (verify) are the codes seen; the others follow them by kind
+    # and are settings (`service_codes`) until the national side publishes its own.
+    DEFAULT_SERVICE_CODES = {
+        "citizen.get": "037", "citizen.verify": "033", "household.get": "037", "household_head.verify": "033",
+        "relatives.verify": "033", "marital_status.verify": "033", "vital_status.verify": "033",
+    }
 
     def __init__(self, settings: Mapping[str, Any]):
         super().__init__(settings)
@@ -106,6 +173,7 @@ class PopulationAdapter(Adapter):
         self._service = self._client.create_service(str(binding.name), self.endpoint)
         self._actions = {op: binding.get(name).soapaction for op, name in SOAP_OPERATIONS.items()}
         self._codes = {**self.DEFAULT_SERVICE_CODES, **(self.settings.get("service_codes") or {})}
+        self._code_field = self.settings.get("service_code_field") or "MaDVC"
         self._http = LazySession(limit=self._limit, timeout=self.timeout)
         self._templates: dict[tuple[str, str], list[str]] = {}
 
@@ -116,7 +184,7 @@ class PopulationAdapter(Adapter):
                         trace_id: str) -> dict[str, Any]:
         fields: dict[str, Any] = {
             "MaYeuCau": trace_id,
-            "MaDVC": self._codes[operation],
+            self._code_field: self._codes[operation],
             "MaTichHop": self.settings["integration_code"],
             "MaDonVi": context.agency_code or self.settings["agency_code"],
             "MaCanBo": context.officer,
@@ -128,6 +196,7 @@ class PopulationAdapter(Adapter):
             fields["HoVaTen"] = params["full_name"]
             birth = params["birth_date"]
             fields["NgayThangNamSinh"] = {"Nam": birth} if len(birth) == 4 else {"NgayThangNam": birth.replace("-", "")}
+        fields.update(_claim_fields(operation, params))
         return fields
 
     def _envelope(self, operation: str, fields: dict[str, Any]) -> bytes:
@@ -157,7 +226,7 @@ class PopulationAdapter(Adapter):
         where = {"upstream": self.endpoint, "trace_id": trace_id}
         try:
             body = self._envelope(operation, self._request_fields(operation, params, context, trace_id))
-        except (ZeepError, TypeError, ValueError) as exc:
+        except (ZeepError, TypeError, ValueError, KeyError) as exc:
             raise UpstreamError(f"The request does not fit the population database's WSDL: {exc}", **where) from None
         headers = dict(self._headers, SOAPAction=f'"{self._actions[operation]}"')
         try:
@@ -170,7 +239,12 @@ class PopulationAdapter(Adapter):
         answer = self._answer(status, content, where)
         if operation == "citizen.get":
             return self._citizen(answer, where)
-        return AdapterResult(data=soap.to_dict(answer), **where)
+        if operation == "household.get":
+            return self._household(answer, where)
+        data = soap.to_dict(answer)
+        if operation in STATUS_ANSWERS and data.get("TonTai") == "false":
+            raise RecordNotFound("The national population database has no citizen with this personal ID.", **where)
+        return AdapterResult(data=data, **where)
 
     def _answer(self, status: int, content: bytes, where: dict) -> etree._Element:
         """The SOAP Body's content, or the right UpstreamError."""
@@ -196,6 +270,34 @@ class PopulationAdapter(Adapter):
             raise RecordNotFound("The national population database has no citizen with this personal ID.", **where)
         meta = {k: v for k, v in collection.attrib.items() if k in ("SoCongDan", "GhiChu", "ThoiDiemDuLieu")}
         return AdapterResult(data=soap.to_dict(found[0]), meta=meta, **where)
+
+
+    def _household(self, household: etree._Element, where: dict) -> AdapterResult:
+        if household.find("{*}ThanhVien") is None:
+            raise RecordNotFound("The national population database has no household for this personal ID.",
+                                 **where)
+        meta = {k: v for k, v in household.attrib.items() if k in ("SoThanhVien", "GhiChu", "ThoiDiemDuLieu")}
+        return AdapterResult(data=soap.to_dict(household), meta=meta, **where)
+
+
+def _claim_fields(operation: str, params: Mapping[str, Any]) -> dict[str, Any]:
+    """The operation's own request fields after the citizen's ID (canonical values → national codes)."""
+    if operation == "household_head.verify":
+        return {"SoDinhDanhChuHo": params["head_personal_id"]}
+    if operation == "relatives.verify":
+        return {"QuanHe": RELATIONSHIPS[params["relationship"]], "SoDinhDanhNguoiThan": params["relative_personal_id"]}
+    if operation == "marital_status.verify":
+        return {"TinhTrangHonNhan": _national_code("marital-status", params["marital_status"])}
+    if operation == "vital_status.verify":
+        return {"TinhTrang": _national_code("vital-status", params["vital_status"])}
+    return {}
+
+
+def _national_code(codelist: str, canonical: str) -> str:
+    code = codelists.get(codelist).reverse("population-db").get(canonical)
+    if code is None:
+        raise ValueError(f"{codelist} has no population-db code for {canonical!r}")
+    return code
 
 
 _SLOT = re.compile(r"LGSPSLOT\d{3}X")

@@ -283,6 +283,10 @@ def op_household(ds: Dataset, op: etree._Element) -> etree._Element:
         head = next((m for m in members if m.relation == "Chủ hộ"), members[0])
         _leaf(out, "SoSoHoKhau", head.household)
         _address(out, "DiaChi", head.permanent)
+        chu_ho = etree.SubElement(out, _q("ChuHo"))
+        for tag, value in (("QuanHe", head.relation), ("SoDinhDanh", head.personal_id),
+                           ("SoCMND", head.old_id), ("HoVaTen", head.full_name)):
+            _leaf(chu_ho, tag, value)
     for m in members:
         el = etree.SubElement(out, _q("ThanhVien"))
         for tag, value in (("QuanHe", m.relation), ("SoDinhDanh", m.personal_id),
