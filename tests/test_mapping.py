@@ -47,7 +47,8 @@ def full() -> dict:
 
 def test_mapping_file(m):
     assert m.source == "population-db"
-    assert m.operations == ("citizen.get", "citizen.verify")
+    assert m.operations == ("citizen.get", "citizen.verify", "household.get", "household_head.verify",
+                            "relatives.verify", "marital_status.verify", "vital_status.verify")
     assert load_mapping(str(MAPPING)) is m  # cached by resolved path
 
 
