@@ -2,12 +2,11 @@
 (zeep from the served WSDL, over loopback), and the consistency of the data behind them."""
 from __future__ import annotations
 
-from typing import Iterator
+from collections.abc import Iterator
 
 import httpx
 import pytest
 import zeep
-
 from conftest import serve_in_thread
 from lgsp_adapters.population.simulator import FIXED_IDS, create_app
 from lgsp_adapters.population.simulator.app import is_relative
@@ -76,8 +75,8 @@ def test_service_code_may_be_named_ma_dich_vu(client: zeep.Client, server) -> No
 @pytest.mark.parametrize("op,body,error", [
     ("XacMinhThongTinChuHo", "<b:SoDinhDanh>001085012345</b:SoDinhDanh><b:SoDinhDanhChuHo>123</b:SoDinhDanhChuHo>", "03"),
     ("XacMinhThongTinChuHo", "<b:SoDinhDanh>001085012345</b:SoDinhDanh>", "02"),
-    ("XacMinhThongTinNhanThan", "<b:SoDinhDanh>001085012345</b:SoDinhDanh><b:QuanHe>Ban</b:QuanHe>"
-                                "<b:SoDinhDanhNguoiThan>001188012346</b:SoDinhDanhNguoiThan>", "04"),
+    ("XacMinhThongTinNhanThan", ("<b:SoDinhDanh>001085012345</b:SoDinhDanh><b:QuanHe>Ban</b:QuanHe>"
+                                 "<b:SoDinhDanhNguoiThan>001188012346</b:SoDinhDanhNguoiThan>"), "04"),
     ("XacMinhTinhTrangHonNhan", "<b:SoDinhDanh>001085012345</b:SoDinhDanh><b:TinhTrangHonNhan>9</b:TinhTrangHonNhan>", "04"),
     ("XacMinhTinhTrangChetMatTich", "<b:SoDinhDanh>001085012345</b:SoDinhDanh><b:TinhTrang>x</b:TinhTrang>", "04"),
 ])
