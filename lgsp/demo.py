@@ -88,7 +88,7 @@ def _prepare(port: int, sim_port: int, biz_port: int) -> str:
     admin.add_grant(CLIENT_ID, "population.citizen.get", LOOKUP_FIELDS, [PURPOSE])
     admin.add_grant(CLIENT_ID, "population.citizen.verify", ["match"], [PURPOSE])
     admin.add_grant(CLIENT_ID, "business.enterprise.get", BUSINESS_FIELDS, [PURPOSE])
-    admin.add_grant(CLIENT_ID, "codelists.admin_unit.translate", ["province", "commune", "legacy"], [PURPOSE])
+    admin.add_grant(CLIENT_ID, "codelists.admin_unit.translate", ["province", "commune", "legacy", "split"], [PURPOSE])
     admin.add_grant(CLIENT_ID, "population.vital_status.verify", VITAL_FIELDS, [PURPOSE])
     return secret
 

@@ -101,9 +101,9 @@ def test_plain_text_name_is_accepted(m):
 
 
 def test_repeated_element_reads_its_first_occurrence(m):
-    national = {"ThuongTru": [{"MaTinhThanh": "48", "MaPhuongXa": "20236"}, {"MaTinhThanh": "01"}]}
+    national = {"ThuongTru": [{"MaTinhThanh": "48", "MaPhuongXa": "20242"}, {"MaTinhThanh": "01"}]}
     out = m.apply("citizen.get", national)
-    assert out["permanent_address"]["commune"] == {"code": "20236", "name": "Phường Hải Châu"}
+    assert out["permanent_address"]["commune"] == {"code": "20242", "name": "Phường Hải Châu"}
 
 
 def test_unknown_codes(m):
