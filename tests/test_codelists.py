@@ -11,7 +11,7 @@ from lgsp import codelists
 from lgsp.personal_id import PROVINCE_CODES
 
 DATA = Path(codelists.__file__).parent / "data"
-FLAT = ["blood-types", "ethnic-groups", "gender", "marital-status", "religions", "vital-status"]
+FLAT = ["blood-types", "ethnic-groups", "gender", "marital-status", "religions", "vital-status", "request-status"]
 
 
 def test_names_lists_every_data_file():

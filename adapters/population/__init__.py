@@ -45,7 +45,12 @@ SOAP_OPERATIONS = {
     "relatives.verify": "XacMinhThongTinNhanThan",
     "marital_status.verify": "XacMinhTinhTrangHonNhan",
     "vital_status.verify": "XacMinhTinhTrangChetMatTich",
+    "bulk_verification.submit": "XacThucDanhSachCongDan",
+    "bulk_verification.status": "GetRequestStatus",
+    "bulk_verification.result": "GetRequestResult",
 }
+LIST_OPERATIONS = ("bulk_verification.submit", "bulk_verification.status", "bulk_verification.result")
+EXAMPLE_HANDLE = "VIDU-000001"  # the simulator's always-finished example list
 # Canonical values -> the population database's codes, for the verifications' claims.
 RELATIONSHIPS = {"father": "Cha", "mother": "Me", "spouse": "VoChong", "child": "Con"}
 MARITAL_STATUSES = ("single", "married", "divorced", "widowed")
@@ -133,6 +138,25 @@ class PopulationAdapter(Adapter):
             mapping="vital_status.verify",
             params_schema=_params("personal_id", "vital_status", vital_status={"enum": list(VITAL_STATUSES)}),
         ),
+        "bulk_verification.submit": Operation(
+            "bulk_verification.submit", "Submit a list of ID, name and birth date to verify (XacThucDanhSachCongDan)",
+            mapping="bulk_verification.submit",
+            params_schema={"type": "object", "required": ["items"], "properties": {"items": {
+                "type": "array", "minItems": 1, "items": {
+                    "type": "object", "required": ["personal_id", "full_name", "birth_date"],
+                    "properties": {"personal_id": _PID, "full_name": {"type": "string"},
+                                   "birth_date": {"type": "string"}}}}}},
+        ),
+        "bulk_verification.status": Operation(
+            "bulk_verification.status", "Whether a submitted list is done (GetRequestStatus)",
+            mapping="bulk_verification.status",
+            params_schema={"type": "object", "required": ["handle"], "properties": {"handle": {"type": "string"}}},
+        ),
+        "bulk_verification.result": Operation(
+            "bulk_verification.result", "The outcome of each person of a list (GetRequestResult)",
+            mapping="bulk_verification.result",
+            params_schema={"type": "object", "required": ["handle"], "properties": {"handle": {"type": "string"}}},
+        ),
     }
     mapping_file = Path(__file__).parent / "mapping.yaml"
     simulator = "lgsp_adapters.population.simulator:create_app"
@@ -145,12 +169,19 @@ class PopulationAdapter(Adapter):
                              "relationship": "father"},
         "marital_status.verify": {"personal_id": "001085012345", "marital_status": "married"},
         "vital_status.verify": {"personal_id": "079048067891", "vital_status": "alive"},
+        "bulk_verification.submit": {"items": [
+            {"personal_id": "001085012345", "full_name": "Nguyễn Văn An", "birth_date": "1985-03-12"},
+            {"personal_id": "079040067890", "full_name": "Phạm Văn Sáu", "birth_date": "1940"}]},
+        "bulk_verification.status": {"handle": EXAMPLE_HANDLE},
+        "bulk_verification.result": {"handle": EXAMPLE_HANDLE},
     }
     not_found_examples = {
         "citizen.get": {"personal_id": "001099999999"},
         "household.get": {"personal_id": "001099999999"},
         "marital_status.verify": {"personal_id": "001099999999", "marital_status": "single"},
         "vital_status.verify": {"personal_id": "001099999999", "vital_status": "alive"},
+        "bulk_verification.status": {"handle": "KHONGCO-000000"},
+        "bulk_verification.result": {"handle": "KHONGCO-000000"},
     }
 
     # 037 (look-up) and 033 (verify) are the codes seen; the others follow them by kind
@@ -158,6 +189,7 @@ class PopulationAdapter(Adapter):
     DEFAULT_SERVICE_CODES = {
         "citizen.get": "037", "citizen.verify": "033", "household.get": "037", "household_head.verify": "033",
         "relatives.verify": "033", "marital_status.verify": "033", "vital_status.verify": "033",
+        "bulk_verification.submit": "033", "bulk_verification.status": "033", "bulk_verification.result": "033",
     }
 
     def __init__(self, settings: Mapping[str, Any]):
@@ -190,6 +222,8 @@ class PopulationAdapter(Adapter):
             "MaCanBo": context.officer,
             "TaiKhoan": self.settings["account"],
         }
+        if operation in LIST_OPERATIONS:
+            return {**fields, **_list_fields(operation, params)}
         pid = params["personal_id"]
         fields["SoCMND" if len(pid) == 9 else "SoDinhDanh"] = pid  # callers choose by length
         if operation == "citizen.verify":
@@ -225,7 +259,10 @@ class PopulationAdapter(Adapter):
         trace_id = context.request_id or uuid.uuid4().hex
         where = {"upstream": self.endpoint, "trace_id": trace_id}
         try:
-            body = self._envelope(operation, self._request_fields(operation, params, context, trace_id))
+            fields = self._request_fields(operation, params, context, trace_id)
+            # A list has a new shape for every length: build it directly, no template to cache.
+            body = self._list_envelope(operation, fields) if operation in LIST_OPERATIONS else (
+                self._envelope(operation, fields))
         except (ZeepError, TypeError, ValueError, KeyError) as exc:
             raise UpstreamError(f"The request does not fit the population database's WSDL: {exc}", **where) from None
         headers = dict(self._headers, SOAPAction=f'"{self._actions[operation]}"')
@@ -242,6 +279,12 @@ class PopulationAdapter(Adapter):
         if operation == "household.get":
             return self._household(answer, where)
         data = soap.to_dict(answer)
+        if operation in ("bulk_verification.status", "bulk_verification.result") and (
+                data.get("TrangThai") == "KhongTonTai"):
+            raise RecordNotFound("The population database has no list request with this handle (or it expired).",
+                                 **where)
+        if operation == "bulk_verification.result" and isinstance(data.get("KetQua"), dict):
+            data["KetQua"] = [data["KetQua"]]  # one person: still a list
         if operation in STATUS_ANSWERS and data.get("TonTai") == "false":
             raise RecordNotFound("The national population database has no citizen with this personal ID.", **where)
         return AdapterResult(data=data, **where)
@@ -272,6 +315,10 @@ class PopulationAdapter(Adapter):
         return AdapterResult(data=soap.to_dict(found[0]), meta=meta, **where)
 
 
+    def _list_envelope(self, operation: str, fields: dict[str, Any]) -> bytes:
+        envelope = self._client.create_message(self._service, SOAP_OPERATIONS[operation], **fields)
+        return etree.tostring(envelope, xml_declaration=True, encoding="utf-8")
+
     def _household(self, household: etree._Element, where: dict) -> AdapterResult:
         if household.find("{*}ThanhVien") is None:
             raise RecordNotFound("The national population database has no household for this personal ID.",
@@ -291,6 +338,18 @@ def _claim_fields(operation: str, params: Mapping[str, Any]) -> dict[str, Any]:
     if operation == "vital_status.verify":
         return {"TinhTrang": _national_code("vital-status", params["vital_status"])}
     return {}
+
+
+def _list_fields(operation: str, params: Mapping[str, Any]) -> dict[str, Any]:
+    if operation != "bulk_verification.submit":
+        return {"MaTraCuu": params["handle"]}
+    rows = []
+    for item in params["items"]:
+        pid, birth = item["personal_id"], item["birth_date"]
+        row: dict[str, Any] = {"SoCMND" if len(pid) == 9 else "SoDinhDanh": pid, "HoVaTen": item["full_name"]}
+        row["NgayThangNamSinh"] = {"Nam": birth} if len(birth) == 4 else {"NgayThangNam": birth.replace("-", "")}
+        rows.append(row)
+    return {"DanhSach": {"CongDan": rows}}
 
 
 def _national_code(codelist: str, canonical: str) -> str:

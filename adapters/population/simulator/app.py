@@ -10,7 +10,9 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import re
+import time
 import unicodedata
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -32,7 +34,7 @@ DC = "http://www.mic.gov.vn/dancu/1.0"  # citizen data
 WSDL_SOAP = "http://schemas.xmlsoap.org/wsdl/soap/"
 XS = "http://www.w3.org/2001/XMLSchema"
 XML_TYPE = "text/xml; charset=utf-8"
-MAX_BODY = 256 * 1024  # a citizen request is well under 2 KB
+MAX_BODY = 1024 * 1024  # a citizen request is well under 2 KB; a list of 1,000 about 250 KB
 ICT = dt.timezone(dt.timedelta(hours=7), "ICT")
 
 # Error codes carried in the fault detail (Loi/MaLoi); stable, documented in README.md.
@@ -386,6 +388,108 @@ def op_vital(ds: Dataset, op: etree._Element) -> etree._Element:
                           c.vital if c else None, claimed, [("NgaySuKien", c.vital_date if c else None)])
 
 
+# --- the asynchronous family (lists) -----------------------------------------------------
+
+LIST_LIMIT = 1000          # persons per XacThucDanhSachCongDan, as the national side's list limit
+SECONDS_PER_PERSON = 0.0005  # simulated processing time (1,000 persons: 0.5 s), at least MIN_SECONDS
+MIN_SECONDS = 0.2
+EXAMPLE_HANDLE = "VIDU-000001"  # a finished list, always there: docs and the contract kit use it
+
+
+@dataclass
+class ListRequest:
+    items: list[tuple[str | None, str | None, bool]]  # (SoDinhDanh, SoCMND, TonTai)
+    ready_at: float
+
+
+def read_list(ds: Dataset, op: etree._Element) -> ListRequest:
+    rows = op.findall(f"{_q('DanhSach', BCA)}/{_q('CongDan', BCA)}")
+    if not rows:
+        raise SoapFault(E_MISSING, "DanhSach phải có ít nhất một CongDan")
+    if len(rows) > LIST_LIMIT:
+        raise SoapFault(E_VALUE, f"DanhSach tối đa {LIST_LIMIT} công dân")
+    items = []
+    for row in rows:
+        pid, old = _text(row, "SoDinhDanh"), _text(row, "SoCMND")
+        if (pid is None) == (old is None) or (pid and not _ID12.fullmatch(pid)) or (old and not _ID9.fullmatch(old)):
+            raise SoapFault(E_ID, "Mỗi CongDan cần SoDinhDanh 12 chữ số hoặc SoCMND 9 chữ số")
+        name = _text(row, "HoVaTen")
+        if not name:
+            raise SoapFault(E_MISSING, "Thiếu thông tin bắt buộc: HoVaTen")
+        full, year = _read_birth(row)
+        items.append((pid, old, verify_matches(ds.find(pid, old), name, full, year)))
+    return ListRequest(items, time.monotonic() + max(MIN_SECONDS, SECONDS_PER_PERSON * len(items)))
+
+
+class ListRequests:
+    """Lists in progress or done, by handle (MaTraCuu); kept for the simulator's lifetime."""
+
+    def __init__(self, ds: Dataset):
+        self.ds = ds
+        self.requests: dict[str, ListRequest] = {}
+        self.count = 0
+        first = [c for c in ds.citizens[:3]]
+        self.requests[EXAMPLE_HANDLE] = ListRequest([(c.personal_id, None, True) for c in first], 0.0)
+
+    def submit(self, ds: Dataset, op: etree._Element) -> etree._Element:
+        q = _request_header(op)
+        request = read_list(ds, op)
+        self.count += 1
+        handle = f"DS-{self.count:06d}-{uuid.uuid4().hex[:8]}"
+        self.requests[handle] = request
+        return _result("KetQuaTiepNhan", q, [("MaTraCuu", handle), ("SoLuong", str(len(request.items)))])
+
+    def _find(self, op: etree._Element) -> tuple[str, ListRequest | None]:
+        _request_header(op)
+        handle = _text(op, "MaTraCuu")
+        if not handle:
+            raise SoapFault(E_MISSING, "Thiếu thông tin bắt buộc: MaTraCuu")
+        return handle, self.requests.get(handle)
+
+    def status(self, ds: Dataset, op: etree._Element) -> etree._Element:
+        handle, request = self._find(op)
+        out = etree.Element(_q("TrangThaiYeuCau"), nsmap={None: DC})
+        _leaf(out, "MaTraCuu", handle)
+        _leaf(out, "TrangThai", _state(request))
+        if request is not None:
+            done = len(request.items) if _state(request) == "HoanThanh" else 0
+            _leaf(out, "SoLuong", str(len(request.items)))
+            _leaf(out, "SoDaXuLy", str(done))
+        return out
+
+    def result(self, ds: Dataset, op: etree._Element) -> etree._Element:
+        handle, request = self._find(op)
+        out = etree.Element(_q("KetQuaDanhSach"), nsmap={None: DC})
+        _leaf(out, "MaTraCuu", handle)
+        state = _state(request)
+        _leaf(out, "TrangThai", state)
+        if request is not None and state == "HoanThanh":
+            for pid, old, ok in request.items:
+                row = etree.SubElement(out, _q("KetQua"))
+                _leaf(row, "SoDinhDanh", pid)
+                _leaf(row, "SoCMND", old)
+                _leaf(row, "TonTai", _bool(ok))
+        _leaf(out, "ThoiDiemDuLieu", _now())
+        return out
+
+
+def _state(request: ListRequest | None) -> str:
+    if request is None:
+        return "KhongTonTai"
+    return "HoanThanh" if time.monotonic() >= request.ready_at else "DangXuLy"
+
+
+def _request_header(op: etree._Element) -> Query:
+    """The common header of a request that names no citizen (lists, handles)."""
+    header = {name: _text(op, name) for name in HEADER_FIELDS}
+    for name in REQUIRED_FIELDS:
+        if not header[name]:
+            raise SoapFault(E_MISSING, f"Thiếu thông tin bắt buộc: {name}")
+    if sum(bool(header[name]) for name in SERVICE_CODE_FIELDS) != 1:
+        raise SoapFault(E_MISSING, "Cần đúng một trong MaDVC hoặc MaDichVu")
+    return Query(header, None, None)
+
+
 OPERATIONS: dict[str, Callable[[Dataset, etree._Element], etree._Element]] = {
     "TraCuuThongTinCongDan": op_lookup,
     "XacThucThongTinCongDan": op_verify,
@@ -424,6 +528,9 @@ class Simulator:
         self.faults = faults or Faults()
         self.stats = Stats()
         self._served: dict[str, bytes] = {}  # WSDL rewritten per endpoint URL
+        self.lists = ListRequests(dataset)
+        self.handlers = {**OPERATIONS, "XacThucDanhSachCongDan": self.lists.submit,
+                         "GetRequestStatus": self.lists.status, "GetRequestResult": self.lists.result}
 
     # POST /dancu
     async def soap(self, request: Request) -> Response:
@@ -449,7 +556,7 @@ class Simulator:
             body = await self._read(request)
             op = parse_operation(body)
             name = etree.QName(op).localname
-            handler = OPERATIONS.get(name) if etree.QName(op).namespace == BCA else None
+            handler = self.handlers.get(name) if etree.QName(op).namespace == BCA else None
             if handler is None:
                 raise SoapFault(E_OPERATION, f"Không hỗ trợ thao tác {name}")
             self._check_action(request, name)
