@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
-from typing import Callable
+from typing import Awaitable, Callable
 
 from lgsp import metrics
 import orjson
@@ -66,9 +66,11 @@ def refuse(ex: Exchange, gw: Gateway, error: ExchangeError) -> None:
     ex.error = error
 
 
-async def serve(ex: Exchange, gw: Gateway, render: Renderer, *, refusal: ExchangeError | None = None) -> Rendered:
+async def serve(ex: Exchange, gw: Gateway, render: Renderer, *, refusal: ExchangeError | None = None,
+                stages: Callable[[Exchange, Gateway], Awaitable[None]] | None = None) -> Rendered:
+    """Run the stages (the usual ones, or a service's own, e.g. lgsp.bulk), render, audit."""
     if refusal is None:
-        await run_stages(ex, gw)
+        await (stages or run_stages)(ex, gw)
     else:
         refuse(ex, gw, refusal)
     rendered = render(ex)

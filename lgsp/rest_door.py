@@ -21,7 +21,7 @@ from connexion.resolver import Resolver
 from starlette.exceptions import HTTPException
 from starlette.responses import Response
 
-from lgsp import personal_id, specs
+from lgsp import bulk, personal_id, specs
 from lgsp.errors import ExchangeError, problem
 from lgsp.exchange import Exchange, request_id_from
 from lgsp.gateway import Gateway
@@ -76,12 +76,26 @@ class RestDoor:
         """The operation handler of one service: connexion passes validated params."""
         if service == GENERIC:
             return self.call_by_name
+        if service in bulk.STAGES:  # bulk verification: its own stages, 202 on submit
+            return self._bulk_handler(service)
 
         async def handle(body: dict | None = None, **params: Any) -> Response:
             if isinstance(body, dict):
                 params.update(body)
             ex = exchange_from(current_request, service, params)
             return _response(await serve(ex, self.gateway, render))
+
+        handle.__name__ = service.replace(".", "_")
+        return handle
+
+    def _bulk_handler(self, service: str):
+        stages, rendering = bulk.STAGES[service], bulk.accepted(render)
+
+        async def handle(body: dict | None = None, **params: Any) -> Response:
+            if isinstance(body, dict):
+                params.update(body)
+            ex = exchange_from(current_request, service, params)
+            return _response(await serve(ex, self.gateway, rendering, stages=stages))
 
         handle.__name__ = service.replace(".", "_")
         return handle

@@ -7,7 +7,7 @@ from functools import lru_cache
 
 import jsonschema
 
-from lgsp import personal_id
+from lgsp import bulk, personal_id
 from lgsp.errors import ExchangeError
 from lgsp.exchange import Exchange
 from lgsp.registry import Registry
@@ -38,6 +38,8 @@ def validate(ex: Exchange, registry: Registry | None = None) -> None:
         _check_against_adapter(ex, registry)
     check_enterprise_code(ex.params.get("enterprise_code"))
     check_other_personal_ids(ex.params)
+    if ex.service is not None and ex.service.operation == bulk.SUBMIT_OPERATION:
+        bulk.check_items(ex.params.get("items"))
     value = ex.params.get("personal_id")
     if value is None:
         return
