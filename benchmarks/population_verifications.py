@@ -139,7 +139,7 @@ def main() -> None:
             for p in procs:
                 p.terminate()
                 p.wait(10)
-    pct = lambda q: times[min(len(times) - 1, int(q * len(times)))]  # noqa: E731
+    pct = lambda q: times[min(len(times) - 1, int(q * len(times)))]
     print(f"{'measure':52} {'median':>9} {'p90':>9} {'p99':>9}")
     print(f"{'verify-marital-status, 1 at a time (ms)':52} {statistics.median(times):>9.2f} {pct(0.9):>9.2f} "
           f"{pct(0.99):>9.2f}")

@@ -23,7 +23,8 @@ import logging
 import os
 import time
 import uuid
-from typing import Any, Awaitable, Callable
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 import orjson
 from sqlalchemy import delete, insert, select, update
@@ -61,12 +62,12 @@ def poll_deadline() -> float:
 
 
 def _now() -> dt.datetime:
-    return dt.datetime.now(dt.timezone.utc)
+    return dt.datetime.now(dt.UTC)
 
 
 def _utc(value: dt.datetime) -> dt.datetime:
     """SQLite hands back naive datetimes; they were written in UTC."""
-    return value if value.tzinfo else value.replace(tzinfo=dt.timezone.utc)
+    return value if value.tzinfo else value.replace(tzinfo=dt.UTC)
 
 
 # -- input checks (the validate stage calls this before anything is sent) --------------
@@ -162,7 +163,7 @@ class BulkJobs:
         return _public(row, self.gw.settings.public_url)
 
     # polling
-    async def _poll(self, job_id: str, handle: str, origin: "_Origin") -> None:
+    async def _poll(self, job_id: str, handle: str, origin: _Origin) -> None:
         try:
             items = await self._wait_for_result(handle, origin)
         except UpstreamError as exc:
@@ -180,7 +181,7 @@ class BulkJobs:
         await asyncio.to_thread(self._finish, job_id, items=minimised)
         await self._audit_items(job_id, handle, origin, minimised, None)
 
-    async def _call(self, origin: "_Origin", operation: str, handle: str) -> dict[str, Any]:
+    async def _call(self, origin: _Origin, operation: str, handle: str) -> dict[str, Any]:
         adapter = self.gw.registry.adapter(origin.connection)
         if adapter is None:
             raise UpstreamError(f"The connection {origin.connection} is not available.")
@@ -192,7 +193,7 @@ class BulkJobs:
         except MappingError as exc:
             raise UpstreamError(f"The upstream answer could not be mapped: {exc}") from None
 
-    async def _wait_for_result(self, handle: str, origin: "_Origin") -> list[dict[str, Any]]:
+    async def _wait_for_result(self, handle: str, origin: _Origin) -> list[dict[str, Any]]:
         """GetRequestStatus with backoff until done, then GetRequestResult."""
         deadline = time.monotonic() + poll_deadline()
         delay, transient = FIRST_POLL, 0
@@ -212,7 +213,7 @@ class BulkJobs:
             delay = min(delay * 2, MAX_POLL)
         return (await self._call(origin, "bulk_verification.result", handle)).get("items") or []
 
-    async def _audit_items(self, job_id: str, handle: str, origin: "_Origin", items: list | None,
+    async def _audit_items(self, job_id: str, handle: str, origin: _Origin, items: list | None,
                            error: str | None) -> None:
         """One audit record per person: the citizen's access report finds each of them."""
         records = []
@@ -237,11 +238,23 @@ class BulkJobs:
 class _Origin:
     """What the poller keeps of the submitting exchange (not the exchange itself)."""
 
-    __slots__ = ("request_id", "client_id", "agency_code", "officer", "purpose", "service", "connection", "door",
-                 "allowed_fields", "personal_ids", "upstream", "started")
+    __slots__ = (
+        "agency_code",
+        "allowed_fields",
+        "client_id",
+        "connection",
+        "door",
+        "officer",
+        "personal_ids",
+        "purpose",
+        "request_id",
+        "service",
+        "started",
+        "upstream",
+    )
 
     @classmethod
-    def of(cls, ex: Exchange) -> "_Origin":
+    def of(cls, ex: Exchange) -> _Origin:
         o = cls()
         o.request_id, o.client_id, o.agency_code = ex.request_id, ex.client.client_id, ex.client.agency_code
         o.officer, o.purpose, o.service, o.door = ex.officer, ex.purpose, ex.service.name, ex.door

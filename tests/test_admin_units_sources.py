@@ -8,8 +8,8 @@ import uuid
 
 import httpx
 import pytest
-
 from conftest import get_token
+
 from lgsp import codelists
 from lgsp.codelists import build_admin_units as builder
 

@@ -7,12 +7,12 @@ import uuid
 
 import httpx
 import pytest
+from conftest import assert_problem, audit_of, get_token
+from lgsp_adapters.population.simulator import FIXED_IDS
 from sqlalchemy import select
 
-from conftest import assert_problem, audit_of, get_token
 from lgsp.crypto import subject_hash
 from lgsp.storage.schema import audit_records, bulk_jobs
-from lgsp_adapters.population.simulator import FIXED_IDS
 
 URL = "/api/population/v1/bulk-verifications"
 PURPOSE = "social-assistance"
