@@ -70,6 +70,11 @@ def test_a_list_is_verified_asynchronously_and_each_person_audited(gateway, toke
     assert [row.subject_hash for row in rows] == [subject_hash(i["personal_id"]) for i in items]
     assert all(row.outcome == "ok" and row.fields == ["match", "personal_id"] and row.trace_id for row in rows)
     assert AN not in stored and "match" not in stored  # encrypted at rest
+    # The citizen's access report (Decree 13/2023) lists the bulk check like any other exchange.
+    from lgsp.audit_search import access_report
+
+    report = access_report(gateway.extra["engine"], MAI)
+    assert any(a["service"] == "population.bulk_verification.submit" for a in report["accesses"]), report
 
 
 def test_another_client_cannot_read_the_job(gateway, token):

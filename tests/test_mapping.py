@@ -48,7 +48,8 @@ def full() -> dict:
 def test_mapping_file(m):
     assert m.source == "population-db"
     assert m.operations == ("citizen.get", "citizen.verify", "household.get", "household_head.verify",
-                            "relatives.verify", "marital_status.verify", "vital_status.verify")
+                            "relatives.verify", "marital_status.verify", "vital_status.verify",
+                            "bulk_verification.submit", "bulk_verification.status", "bulk_verification.result")
     assert load_mapping(str(MAPPING)) is m  # cached by resolved path
 
 
