@@ -104,7 +104,8 @@ class RestDoor:
         """Any service by name (openapi/services.v1.yaml): params checked against the adapter's schema."""
         ex = exchange_from(current_request, service, dict(body))
         ex.check_params = True
-        return _response(await serve(ex, self.gateway, render))
+        stages = bulk.STAGES.get(service)  # a list by name is still a job, polled and audited per person
+        return _response(await serve(ex, self.gateway, bulk.accepted(render) if stages else render, stages=stages))
 
     # -- refusals raised by connexion before our handler ---------------------
     async def on_problem(self, req: ConnexionRequest, exc: Exception) -> ConnexionResponse:

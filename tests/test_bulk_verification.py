@@ -113,6 +113,14 @@ def test_bad_lists_are_refused_naming_the_items_and_nothing_is_sent(gateway, tok
     assert sim_lists(population_sim) == before
 
 
+def test_a_list_sent_by_service_name_is_a_job_too(gateway, token):
+    r = httpx.post(f"{gateway.url}/api/services/v1/population.bulk_verification.submit",
+                   json={"items": [{"personal_id": AN, "full_name": "Nguyễn Văn An", "birth_date": "1985-03-12"}]},
+                   headers={"Authorization": f"Bearer {token}", "X-Purpose": PURPOSE}, timeout=30)
+    assert r.status_code == 202, r.text
+    assert poll(gateway, token, r.headers["location"])["items"] == [{"personal_id": AN, "match": True}]
+
+
 def test_upstream_down_fails_the_submission(gateway, token, faults):
     faults.set("down")
     r = post(gateway, token, _items(2))
