@@ -25,7 +25,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 
-from lgsp import logs, metrics, specs
+from lgsp import bulk, logs, metrics, specs
 from lgsp.config import settings
 from lgsp.control import JWKS_PATH, TOKEN_PATH, create_control_plane
 from lgsp.gateway import Gateway
@@ -54,8 +54,10 @@ class BodyLimit:
         # connexion copies the scope below this point; sharing this dict lets the
         # error handlers see the route of a refusal (see RouteCapture).
         scope.setdefault("extensions", {})
+        # A bulk verification's list is larger than any other request body.
+        limit = max(self.limit, bulk.MAX_BODY) if scope["path"].endswith(bulk.PATH_SUFFIX) else self.limit
         declared = dict(scope["headers"]).get(b"content-length")
-        if declared and declared.isdigit() and int(declared) > self.limit:
+        if declared and declared.isdigit() and int(declared) > limit:
             raise HTTPException(413)
         seen = 0
 
@@ -63,7 +65,7 @@ class BodyLimit:
             nonlocal seen
             message = await receive()
             seen += len(message.get("body", b""))
-            if seen > self.limit:
+            if seen > limit:
                 raise HTTPException(413)
             return message
 

@@ -27,6 +27,9 @@ LOOKUP_FIELDS = [
     "personal_id", "full_name", "gender", "birth_date", "nationality", "permanent_address", "current_address",
     "data_as_of",
 ]
+# A pension desk asks whether a person is still alive: yes or no and the status on record, nothing else.
+VITAL_FIELDS = ["match", "vital_status", "event_date"]
+DECEASED_CITIZEN = "079048067891"  # a documented deceased person of the simulator (its README)
 
 
 def _private_log(path: Path):
@@ -90,7 +93,8 @@ def _prepare(port: int, sim_port: int, biz_port: int) -> str:
     admin.add_grant(CLIENT_ID, "population.citizen.get", LOOKUP_FIELDS, [PURPOSE])
     admin.add_grant(CLIENT_ID, "population.citizen.verify", ["match"], [PURPOSE])
     admin.add_grant(CLIENT_ID, "business.enterprise.get", BUSINESS_FIELDS, [PURPOSE])
-    admin.add_grant(CLIENT_ID, "codelists.admin_unit.translate", ["province", "commune", "legacy"], [PURPOSE])
+    admin.add_grant(CLIENT_ID, "codelists.admin_unit.translate", ["province", "commune", "legacy", "split"], [PURPOSE])
+    admin.add_grant(CLIENT_ID, "population.vital_status.verify", VITAL_FIELDS, [PURPOSE])
     return secret
 
 
@@ -106,7 +110,10 @@ def _commands(base: str, secret: str, citizen: str, enterprise: str) -> list[str
     auth = f"-H \"Authorization: Bearer $TOKEN\" -H 'X-Purpose: {PURPOSE}'"
     business = f"curl -s {auth} {base}/api/business/v1/enterprises/{enterprise}"
     codes = f"curl -s {auth} '{base}/api/codelists/v1/admin-units/translate?province=77&district=747'"
-    return [token, read, business, codes]
+    vital = (f"curl -s {auth} -H 'Content-Type: application/json' "
+             f"-d '{{\"personal_id\": \"{DECEASED_CITIZEN}\", \"vital_status\": \"alive\"}}' "
+             f"{base}/api/population/v1/citizens/verify-vital-status")
+    return [token, read, business, codes, vital]
 
 
 def run(port: int, sim_port: int, check: bool, biz_port: int = 8082) -> int:
@@ -161,6 +168,10 @@ Also: an enterprise from the business registry, and an old administrative unit c
   {commands[2]}
   {commands[3]}
 
+Is this person alive? (grant: {', '.join(VITAL_FIELDS)}; the answer says no, and what the record says):
+
+  {commands[4]}
+
 SOAP door: http://127.0.0.1:{port}/soap/v1?wsdl    audit console: http://127.0.0.1:{port}/console
 """, flush=True)
         if check:
@@ -193,7 +204,7 @@ def _check(commands: list[str]) -> int:
     script = "set -e\n" + "".join(f"{c}\necho\n" for c in commands)  # one answer per line
     result = subprocess.run(["bash", "-c", script], capture_output=True, text=True, timeout=60)
     print(result.stdout)
-    if result.returncode != 0 or '"full_name"' not in result.stdout or '"enterprise_code"' not in result.stdout:
+    if result.returncode != 0 or any(f'"{key}"' not in result.stdout for key in ("full_name", "enterprise_code", "match")):
         print(result.stderr, file=sys.stderr)
         return 1
     return 0

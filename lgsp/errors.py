@@ -24,6 +24,8 @@ ERRORS: dict[str, ErrorKind] = {
     "personal_id.malformed": ErrorKind(400, "Malformed personal ID", "Client"),
     "personal_id.impossible": ErrorKind(400, "Impossible personal ID", "Client"),
     "enterprise_code.malformed": ErrorKind(400, "Malformed enterprise code", "Client"),
+    "bulk.too_many_items": ErrorKind(400, "Too many items in the list", "Client"),
+    "bulk.duplicate_items": ErrorKind(400, "The same person is listed twice", "Client"),
     "auth.token_missing": ErrorKind(401, "Access token required", "Client"),
     "auth.token_invalid": ErrorKind(401, "Access token not valid", "Client"),
     "auth.token_expired": ErrorKind(401, "Access token expired", "Client"),

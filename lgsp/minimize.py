@@ -41,10 +41,13 @@ def project(value: Any, tree: dict) -> Any:
         return [project(v, tree) for v in value]
     if not isinstance(value, dict):
         return value
+    # In the answer's own (canonical) order, whatever the grant's order: typed SOAP
+    # answers with repeated members are xs:sequence and need a stable order.
     out = {}
-    for key, sub in tree.items():
-        if key in value:
-            out[key] = value[key] if sub is True else project(value[key], sub)
+    for key, item in value.items():
+        sub = tree.get(key)
+        if sub is not None:
+            out[key] = item if sub is True else project(item, sub)
     return out
 
 

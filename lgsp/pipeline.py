@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
-from typing import Callable, Mapping
+from typing import Awaitable, Callable, Mapping
 
 from lgsp import metrics
 import orjson
@@ -77,8 +77,10 @@ async def refuse(ex: Exchange, gw: Gateway, error: ExchangeError) -> None:
 
 
 async def serve(ex: Exchange, gw: Gateway, render: Renderer, *, refusal: ExchangeError | None = None,
-                anonymous: bool = False) -> Rendered:
-    """The exchange through the stages (or refused), its answer rendered, its record committed.
+                anonymous: bool = False,
+                stages: Callable[[Exchange, Gateway], Awaitable[None]] | None = None) -> Rendered:
+    """The exchange through the stages (the usual ones, or a service's own, e.g. lgsp.bulk) or refused,
+    its answer rendered, its record committed.
 
     `anonymous`: a refusal made before any of the request could be trusted (an
     over-large head): the caller is not identified, nothing it sent is recorded.
@@ -87,7 +89,7 @@ async def serve(ex: Exchange, gw: Gateway, render: Renderer, *, refusal: Exchang
     if context_problem and refusal is None:
         refusal = ExchangeError("request.context_invalid", context_problem)
     if refusal is None:
-        await run_stages(ex, gw)
+        await (stages or run_stages)(ex, gw)
     elif anonymous:
         ex.error = refusal
     else:

@@ -22,7 +22,7 @@ from connexion.resolver import Resolver
 from starlette.exceptions import HTTPException
 from starlette.responses import Response
 
-from lgsp import personal_id, specs
+from lgsp import bulk, personal_id, specs
 from lgsp.authorize import missing_purpose_sentence
 from lgsp.errors import ExchangeError, problem
 from lgsp.exchange import Exchange, request_id_from
@@ -84,6 +84,8 @@ class RestDoor:
         """The operation handler of one service: connexion passes validated params."""
         if service == GENERIC:
             return self.call_by_name
+        if service in bulk.STAGES:  # bulk verification: its own stages, 202 on submit
+            return self._bulk_handler(service)
 
         async def handle(body: dict | None = None, **params: Any) -> Response:
             if isinstance(body, dict):
@@ -94,11 +96,24 @@ class RestDoor:
         handle.__name__ = service.replace(".", "_")
         return handle
 
+    def _bulk_handler(self, service: str):
+        stages, rendering = bulk.STAGES[service], bulk.accepted(render)
+
+        async def handle(body: dict | None = None, **params: Any) -> Response:
+            if isinstance(body, dict):
+                params.update(body)
+            ex = exchange_from(current_request, service, params)
+            return _response(await serve(ex, self.gateway, rendering, stages=stages))
+
+        handle.__name__ = service.replace(".", "_")
+        return handle
+
     async def call_by_name(self, service: str, body: dict) -> Response:
         """Any service by name (openapi/services.v1.yaml): params checked against the adapter's schema."""
         ex = exchange_from(current_request, service, dict(body))
         ex.check_params = True
-        return _response(await serve(ex, self.gateway, render))
+        stages = bulk.STAGES.get(service)  # a list by name is still a job, polled and audited per person
+        return _response(await serve(ex, self.gateway, bulk.accepted(render) if stages else render, stages=stages))
 
     # -- refusals raised by connexion before our handler ---------------------
     async def on_problem(self, req: ConnexionRequest, exc: Exception) -> ConnexionResponse:

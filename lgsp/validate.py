@@ -8,7 +8,7 @@ from functools import lru_cache
 
 import jsonschema
 
-from lgsp import personal_id
+from lgsp import bulk, personal_id
 from lgsp.errors import ExchangeError
 from lgsp.exchange import Exchange
 from lgsp.registry import Registry
@@ -64,6 +64,9 @@ def validate(ex: Exchange, registry: Registry | None = None) -> None:
     check_text(ex.params)
     check_enterprise_code(ex.params.get("enterprise_code"))
     check_dates(ex.params)
+    check_other_personal_ids(ex.params)
+    if ex.service is not None and ex.service.operation == bulk.SUBMIT_OPERATION:
+        bulk.check_items(ex.params.get("items"))
     value = ex.params.get("personal_id")
     if value is None:
         return
@@ -71,6 +74,18 @@ def validate(ex: Exchange, registry: Registry | None = None) -> None:
         personal_id.parse(value)
     except personal_id.PersonalIdError as exc:
         raise ExchangeError(exc.code, exc.detail) from None
+
+
+def check_other_personal_ids(params: dict) -> None:
+    """Refuse a malformed ID of another person (head_personal_id, relative_personal_id, ...),
+    naming the field, so the caller knows which of the two IDs is wrong."""
+    for key in sorted(params):
+        if not key.endswith("_personal_id"):
+            continue
+        try:
+            personal_id.parse(params[key])
+        except personal_id.PersonalIdError as exc:
+            raise ExchangeError(exc.code, f"{key}: {exc.detail}") from None
 
 
 # An enterprise code: 10 digits; a branch adds "-" and 3 digits (0101234565-001).

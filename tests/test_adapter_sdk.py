@@ -152,9 +152,13 @@ def test_contract_kit_passes_on_the_population_simulator(gateway, population_sim
     assert result.returncode == 0, result.stdout + result.stderr
     out = result.stdout
     assert out.splitlines()[0].split() == ["SUBJECT", "CHECK", "STATUS", "DETAIL"]
-    for op in ("citizen.get", "citizen.verify"):
+    from lgsp_adapters.population import SOAP_OPERATIONS, PopulationAdapter
+
+    for op in SOAP_OPERATIONS:  # every operation, every fault mode
         for check in ("example", "call", "mapping", "fault slow", "fault down", "fault malformed", "fault fault"):
             assert _status(out, op, check) == "PASS", (op, check, out)
+    for op in PopulationAdapter.not_found_examples:
+        assert _status(out, op, "not found") == "PASS", (op, out)
     assert "UpstreamTimeout (upstream.timeout)" in out and "UpstreamFault (upstream.fault)" in out
     assert "0 failed" in out and "the contract holds" in out
     assert httpx.get(f"{population_sim.url}/_sim/faults").json()["mode"] == "normal"

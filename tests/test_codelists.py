@@ -11,7 +11,7 @@ from lgsp import codelists
 from lgsp.personal_id import PROVINCE_CODES
 
 DATA = Path(codelists.__file__).parent / "data"
-FLAT = ["blood-types", "ethnic-groups", "gender", "marital-status", "religions"]
+FLAT = ["blood-types", "ethnic-groups", "gender", "marital-status", "religions", "vital-status", "request-status"]
 
 
 def test_names_lists_every_data_file():
@@ -164,28 +164,32 @@ def test_unit_codes_have_their_shape():
         assert all(len(c) == width and c.isdigit() for c in table)
 
 
-def test_sample_communes_merge_many_to_one():
+def test_the_whole_country_is_listed():
+    """Built from the PyPI packages (lgsp/codelists/build_admin_units.py), not a sample."""
     au = codelists.admin_units()
-    provinces = {p for _, p in au.districts_legacy.values()}
-    assert len(provinces) >= 6
-    for p in provinces:
-        districts = [d for d, (_, dp) in au.districts_legacy.items() if dp == p]
-        assert 2 <= len(districts) <= 4, p
-        for d in districts:
-            assert 3 <= sum(1 for v in au.communes_legacy.values() if v[1] == d) <= 6, d
+    assert len(au.communes_current) == 3321 and len(au.provinces_legacy) == 63
+    assert len(au.districts_legacy) > 690 and len(au.communes_legacy) > 10_000
+    assert "vietnam-provinces" in au.source and "vietnamadminunits" in au.source
     targets = [v[3] for v in au.communes_legacy.values()]
-    assert set(targets) == set(au.communes_current)  # every current commune of the sample has its old ones
-    assert len(targets) > len(set(targets))  # several old communes became one
+    assert len(targets) > 2 * len(set(targets))  # several old communes became one
     # current communes of merged provinces belong to the new province
     for code, (_, _, p, current) in au.communes_legacy.items():
         assert au.communes_current[current][1] == au.provinces_legacy[p][1]
 
 
-def test_codes_are_never_reused_for_another_place():
+def test_split_communes_name_every_part():
     au = codelists.admin_units()
-    for code in au.communes_current:
-        if code in au.communes_legacy:
-            assert au.communes_legacy[code][3] == code
+    assert len(au.communes_split) > 100
+    for code, parts in au.communes_split.items():
+        assert len(parts) >= 2 and au.communes_legacy[code][3] in parts
+        assert {au.communes_current[p][1] for p in parts} == {au.communes_current[au.communes_legacy[code][3]][1]}
+
+
+def test_codes_are_never_reused_for_another_place_but_for_the_listed_exceptions():
+    au = codelists.admin_units()
+    doc = yaml.load((DATA / "admin-units.yaml").read_bytes(), Loader=yaml.SafeLoader)
+    reused = {code for code in au.communes_current if code in au.communes_legacy and au.communes_legacy[code][3] != code}
+    assert reused == set(doc["code_reuse_exceptions"]) and len(reused) <= 20
 
 
 def test_broken_admin_units_are_refused():
@@ -200,15 +204,15 @@ def test_broken_admin_units_are_refused():
     [
         # pre-2025 address in a merged province: province and commune translated
         (("77", "747", "26508"), ("79", "Thành phố Hồ Chí Minh"), ("26506", "Phường Vũng Tàu"), ("77", "747", "26508")),
-        # old commune code without a district is still recognised as old
-        (("01", None, "00001"), ("01", "Thành phố Hà Nội"), ("00004", "Phường Ba Đình"), ("01", None, "00001")),
+        # old commune code without a district is still recognised as old (Phúc Xá is now part of Hồng Hà)
+        (("01", None, "00001"), ("01", "Thành phố Hà Nội"), ("00097", "Phường Hồng Hà"), ("01", None, "00001")),
         # a legacy-only province code marks the address as old even for a code that is also current
-        (("49", None, "20401"), ("48", "Thành phố Đà Nẵng"), ("20401", "Phường Hội An"), ("49", None, "20401")),
+        (("49", None, "20401"), ("48", "Thành phố Đà Nẵng"), ("20401", "Phường Hội An Tây"), ("49", None, "20401")),
         # current codes: no legacy
-        (("48", None, "20401"), ("48", "Thành phố Đà Nẵng"), ("20401", "Phường Hội An"), None),
+        (("48", None, "20401"), ("48", "Thành phố Đà Nẵng"), ("20401", "Phường Hội An Tây"), None),
         ((None, None, "26740"), ("79", "Thành phố Hồ Chí Minh"), ("26740", "Phường Sài Gòn"), None),
         # unknown commune in an old province: province translated, commune kept
-        (("02", "026", "00700"), ("08", "Tỉnh Tuyên Quang"), ("00700", None), ("02", "026", "00700")),
+        (("02", "026", "00698"), ("08", "Tỉnh Tuyên Quang"), ("00698", None), ("02", "026", "00698")),
         # unknown commune in a current province
         (("48", None, "20999"), ("48", "Thành phố Đà Nẵng"), ("20999", None), None),
         # unknown everything: kept as given

@@ -24,6 +24,8 @@ def test_demo_serves_and_its_curl_commands_return_a_minimised_citizen(tmp_path):
     answers = [json.loads(line) for line in result.stdout.strip().splitlines() if line.startswith("{")]
     answer = next(a for a in answers if "full_name" in a)
     assert any(a.get("enterprise_code") for a in answers)
+    vital = next(a for a in answers if "match" in a)
+    assert vital == {"match": False, "vital_status": "deceased", "event_date": "2024-02-10"}
     assert answer["full_name"] and answer["personal_id"]
     assert "religion" not in answer and "father" not in answer  # the demo grant does not allow them
     assert "curl -s -u demo-one-stop-shop:" in result.stdout

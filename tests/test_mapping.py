@@ -47,7 +47,9 @@ def full() -> dict:
 
 def test_mapping_file(m):
     assert m.source == "population-db"
-    assert m.operations == ("citizen.get", "citizen.verify")
+    assert m.operations == ("citizen.get", "citizen.verify", "household.get", "household_head.verify",
+                            "relatives.verify", "marital_status.verify", "vital_status.verify",
+                            "bulk_verification.submit", "bulk_verification.status", "bulk_verification.result")
     assert load_mapping(str(MAPPING)) is m  # cached by resolved path
 
 
@@ -100,9 +102,9 @@ def test_plain_text_name_is_accepted(m):
 
 
 def test_repeated_element_reads_its_first_occurrence(m):
-    national = {"ThuongTru": [{"MaTinhThanh": "48", "MaPhuongXa": "20236"}, {"MaTinhThanh": "01"}]}
+    national = {"ThuongTru": [{"MaTinhThanh": "48", "MaPhuongXa": "20242"}, {"MaTinhThanh": "01"}]}
     out = m.apply("citizen.get", national)
-    assert out["permanent_address"]["commune"] == {"code": "20236", "name": "Phường Hải Châu"}
+    assert out["permanent_address"]["commune"] == {"code": "20242", "name": "Phường Hải Châu"}
 
 
 def test_unknown_codes(m):

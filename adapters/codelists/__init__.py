@@ -74,6 +74,11 @@ class CodeListsAdapter(Adapter):
             if params["name"] not in codelists.names():
                 raise RecordNotFound(f"There is no code list {params['name']!r}.", upstream="codelists")
             return AdapterResult(data=_codelist(params["name"]), upstream="codelists")
-        province, commune, legacy = codelists.admin_units().current_unit(
-            params["province"], params.get("district") or None, params.get("commune") or None)
-        return AdapterResult(data={"province": province, "commune": commune, "legacy": legacy}, upstream="codelists")
+        units = codelists.admin_units()
+        district, commune_code = params.get("district") or None, params.get("commune") or None
+        province, commune, legacy = units.current_unit(params["province"], district, commune_code)
+        data = {"province": province, "commune": commune, "legacy": legacy}
+        split = units.split_of(commune_code, district) if legacy else None
+        if split:  # the old commune now lies in several: say so, and name them all
+            data["split"] = split
+        return AdapterResult(data=data, upstream="codelists")

@@ -31,17 +31,44 @@ from zeep import Client, Settings
 from zeep.exceptions import Error as ZeepError
 from zeep.transports import Transport
 
-from lgsp import egress, soap
+from lgsp import codelists, egress, soap
 from lgsp.http import LazySession
 from lgsp.adapter import (
     Adapter, AdapterResult, CallContext, Operation, RecordNotFound, UpstreamError, UpstreamFault,
     UpstreamMalformed, UpstreamTimeout, UpstreamUnavailable,
 )
 
-__version__ = "1.0.0"
+__version__ = "1.1.0"
 
 # The adapter's operations and the WSDL operations behind them.
-SOAP_OPERATIONS = {"citizen.get": "TraCuuThongTinCongDan", "citizen.verify": "XacThucThongTinCongDan"}
+SOAP_OPERATIONS = {
+    "citizen.get": "TraCuuThongTinCongDan",
+    "citizen.verify": "XacThucThongTinCongDan",
+    "household.get": "CungCapThongTinHoGiaDinh",
+    "household_head.verify": "XacMinhThongTinChuHo",
+    "relatives.verify": "XacMinhThongTinNhanThan",
+    "marital_status.verify": "XacMinhTinhTrangHonNhan",
+    "vital_status.verify": "XacMinhTinhTrangChetMatTich",
+    "bulk_verification.submit": "XacThucDanhSachCongDan",
+    "bulk_verification.status": "GetRequestStatus",
+    "bulk_verification.result": "GetRequestResult",
+}
+LIST_OPERATIONS = ("bulk_verification.submit", "bulk_verification.status", "bulk_verification.result")
+EXAMPLE_HANDLE = "VIDU-000001"  # the simulator's always-finished example list
+# Canonical values -> the population database's codes, for the verifications' claims.
+RELATIONSHIPS = {"father": "Cha", "mother": "Me", "spouse": "VoChong", "child": "Con"}
+MARITAL_STATUSES = ("single", "married", "divorced", "widowed")
+VITAL_STATUSES = ("alive", "deceased", "missing")
+# Answers whose TonTai=false means "no such citizen" (the others say so with KetQua=false).
+STATUS_ANSWERS = ("marital_status.verify", "vital_status.verify")
+
+_PID = {"type": "string"}
+
+
+def _params(*required: str, **extra: Any) -> dict[str, Any]:
+    props = {name: _PID for name in required if name.endswith("personal_id")}
+    props.update(extra)
+    return {"type": "object", "required": list(required), "properties": props}
 
 
 def wsdl_directory() -> Path:
@@ -106,8 +133,12 @@ class PopulationAdapter(Adapter):
                             "description": "MaDonVi (the province's agency code) used when the client has none"},
             "service_codes": {
                 "type": "object",
-                "properties": {"citizen.get": {"type": "string"}, "citizen.verify": {"type": "string"}},
+                "properties": {op: {"type": "string"} for op in SOAP_OPERATIONS},
                 "additionalProperties": False,
+            },
+            "service_code_field": {
+                "enum": ["MaDVC", "MaDichVu"], "default": "MaDVC",
+                "description": "The name the national side expects for the service code (both are seen)",
             },
             "headers": {
                 "type": "object", "additionalProperties": {"type": "string"},
@@ -127,15 +158,83 @@ class PopulationAdapter(Adapter):
                            "properties": {"personal_id": {"type": "string"}, "full_name": {"type": "string"},
                                           "birth_date": {"type": "string"}}},
         ),
+        "household.get": Operation(
+            "household.get", "The household of a citizen: head, members, address (CungCapThongTinHoGiaDinh)",
+            mapping="household.get", params_schema=_params("personal_id"),
+        ),
+        "household_head.verify": Operation(
+            "household_head.verify", "Verify who heads a citizen's household (XacMinhThongTinChuHo)",
+            mapping="household_head.verify", params_schema=_params("personal_id", "head_personal_id"),
+        ),
+        "relatives.verify": Operation(
+            "relatives.verify", "Verify a father, mother, spouse or child (XacMinhThongTinNhanThan)",
+            mapping="relatives.verify",
+            params_schema=_params("personal_id", "relative_personal_id", "relationship",
+                                  relationship={"enum": list(RELATIONSHIPS)}),
+        ),
+        "marital_status.verify": Operation(
+            "marital_status.verify", "Verify a citizen's marital status (XacMinhTinhTrangHonNhan)",
+            mapping="marital_status.verify",
+            params_schema=_params("personal_id", "marital_status", marital_status={"enum": list(MARITAL_STATUSES)}),
+        ),
+        "vital_status.verify": Operation(
+            "vital_status.verify", "Verify whether a citizen is alive, deceased or missing (XacMinhTinhTrangChetMatTich)",
+            mapping="vital_status.verify",
+            params_schema=_params("personal_id", "vital_status", vital_status={"enum": list(VITAL_STATUSES)}),
+        ),
+        "bulk_verification.submit": Operation(
+            "bulk_verification.submit", "Submit a list of ID, name and birth date to verify (XacThucDanhSachCongDan)",
+            mapping="bulk_verification.submit",
+            params_schema={"type": "object", "required": ["items"], "properties": {"items": {
+                "type": "array", "minItems": 1, "items": {
+                    "type": "object", "required": ["personal_id", "full_name", "birth_date"],
+                    "properties": {"personal_id": _PID, "full_name": {"type": "string"},
+                                   "birth_date": {"type": "string"}}}}}},
+        ),
+        "bulk_verification.status": Operation(
+            "bulk_verification.status", "Whether a submitted list is done (GetRequestStatus)",
+            mapping="bulk_verification.status",
+            params_schema={"type": "object", "required": ["handle"], "properties": {"handle": {"type": "string"}}},
+        ),
+        "bulk_verification.result": Operation(
+            "bulk_verification.result", "The outcome of each person of a list (GetRequestResult)",
+            mapping="bulk_verification.result",
+            params_schema={"type": "object", "required": ["handle"], "properties": {"handle": {"type": "string"}}},
+        ),
     }
     mapping_file = Path(__file__).parent / "mapping.yaml"
     simulator = "lgsp_adapters.population.simulator:create_app"
     examples = {
         "citizen.get": {"personal_id": "001085012345"},
         "citizen.verify": {"personal_id": "001085012345", "full_name": "Nguyễn Văn An", "birth_date": "1985-03-12"},
+        "household.get": {"personal_id": "001212012347"},
+        "household_head.verify": {"personal_id": "001212012347", "head_personal_id": "001085012345"},
+        "relatives.verify": {"personal_id": "001085012345", "relative_personal_id": "001055012349",
+                             "relationship": "father"},
+        "marital_status.verify": {"personal_id": "001085012345", "marital_status": "married"},
+        "vital_status.verify": {"personal_id": "079048067891", "vital_status": "alive"},
+        "bulk_verification.submit": {"items": [
+            {"personal_id": "001085012345", "full_name": "Nguyễn Văn An", "birth_date": "1985-03-12"},
+            {"personal_id": "079040067890", "full_name": "Phạm Văn Sáu", "birth_date": "1940"}]},
+        "bulk_verification.status": {"handle": EXAMPLE_HANDLE},
+        "bulk_verification.result": {"handle": EXAMPLE_HANDLE},
+    }
+    not_found_examples = {
+        "citizen.get": {"personal_id": "001099999999"},
+        "household.get": {"personal_id": "001099999999"},
+        "marital_status.verify": {"personal_id": "001099999999", "marital_status": "single"},
+        "vital_status.verify": {"personal_id": "001099999999", "vital_status": "alive"},
+        "bulk_verification.status": {"handle": "KHONGCO-000000"},
+        "bulk_verification.result": {"handle": "KHONGCO-000000"},
     }
 
-    DEFAULT_SERVICE_CODES = {"citizen.get": "037", "citizen.verify": "033"}
+    # 037 (look-up) and 033 (verify) are the codes seen; the others follow them by kind
+    # and are settings (`service_codes`) until the national side publishes its own.
+    DEFAULT_SERVICE_CODES = {
+        "citizen.get": "037", "citizen.verify": "033", "household.get": "037", "household_head.verify": "033",
+        "relatives.verify": "033", "marital_status.verify": "033", "vital_status.verify": "033",
+        "bulk_verification.submit": "033", "bulk_verification.status": "033", "bulk_verification.result": "033",
+    }
 
     @classmethod
     def check_settings(cls, settings: Mapping[str, Any]) -> None:
@@ -156,6 +255,7 @@ class PopulationAdapter(Adapter):
         self._service = self._client.create_service(str(binding.name), self.endpoint)
         self._actions = {op: binding.get(name).soapaction for op, name in SOAP_OPERATIONS.items()}
         self._codes = {**self.DEFAULT_SERVICE_CODES, **(self.settings.get("service_codes") or {})}
+        self._code_field = self.settings.get("service_code_field") or "MaDVC"
         self._http = LazySession(limit=self._limit, timeout=self.timeout)
         self._templates: dict[tuple[str, str], list[str]] = {}
 
@@ -166,18 +266,21 @@ class PopulationAdapter(Adapter):
                         trace_id: str) -> dict[str, Any]:
         fields: dict[str, Any] = {
             "MaYeuCau": trace_id,
-            "MaDVC": self._codes[operation],
+            self._code_field: self._codes[operation],
             "MaTichHop": self.settings["integration_code"],
             "MaDonVi": context.agency_code or self.settings["agency_code"],
             "MaCanBo": context.officer,
             "TaiKhoan": self.settings["account"],
         }
+        if operation in LIST_OPERATIONS:
+            return {**fields, **_list_fields(operation, params)}
         pid = params["personal_id"]
         fields["SoCMND" if len(pid) == 9 else "SoDinhDanh"] = pid  # callers choose by length
         if operation == "citizen.verify":
             fields["HoVaTen"] = params["full_name"]
             birth = params["birth_date"]
             fields["NgayThangNamSinh"] = {"Nam": birth} if len(birth) == 4 else {"NgayThangNam": birth.replace("-", "")}
+        fields.update(_claim_fields(operation, params))
         return fields
 
     def _envelope(self, operation: str, fields: dict[str, Any]) -> bytes:
@@ -206,8 +309,11 @@ class PopulationAdapter(Adapter):
         trace_id = context.request_id or uuid.uuid4().hex
         where = {"upstream": self.endpoint, "trace_id": trace_id}
         try:
-            body = self._envelope(operation, self._request_fields(operation, params, context, trace_id))
-        except (ZeepError, TypeError, ValueError) as exc:
+            fields = self._request_fields(operation, params, context, trace_id)
+            # A list has a new shape for every length: build it directly, no template to cache.
+            body = self._list_envelope(operation, fields) if operation in LIST_OPERATIONS else (
+                self._envelope(operation, fields))
+        except (ZeepError, TypeError, ValueError, KeyError) as exc:
             raise UpstreamError(f"The request does not fit the population database's WSDL: {exc}", **where) from None
         headers = dict(self._headers, SOAPAction=f'"{self._actions[operation]}"')
         try:
@@ -220,7 +326,18 @@ class PopulationAdapter(Adapter):
         answer = self._answer(status, content, where)
         if operation == "citizen.get":
             return self._citizen(answer, where)
-        return AdapterResult(data=soap.to_dict(answer), **where)
+        if operation == "household.get":
+            return self._household(answer, where)
+        data = soap.to_dict(answer)
+        if operation in ("bulk_verification.status", "bulk_verification.result") and (
+                data.get("TrangThai") == "KhongTonTai"):
+            raise RecordNotFound("The population database has no list request with this handle (or it expired).",
+                                 **where)
+        if operation == "bulk_verification.result" and isinstance(data.get("KetQua"), dict):
+            data["KetQua"] = [data["KetQua"]]  # one person: still a list
+        if operation in STATUS_ANSWERS and data.get("TonTai") == "false":
+            raise RecordNotFound("The national population database has no citizen with this personal ID.", **where)
+        return AdapterResult(data=data, **where)
 
     def _answer(self, status: int, content: bytes, where: dict) -> etree._Element:
         """The SOAP Body's content, or the right UpstreamError."""
@@ -246,6 +363,50 @@ class PopulationAdapter(Adapter):
             raise RecordNotFound("The national population database has no citizen with this personal ID.", **where)
         meta = {k: v for k, v in collection.attrib.items() if k in ("SoCongDan", "GhiChu", "ThoiDiemDuLieu")}
         return AdapterResult(data=soap.to_dict(found[0]), meta=meta, **where)
+
+
+    def _list_envelope(self, operation: str, fields: dict[str, Any]) -> bytes:
+        envelope = self._client.create_message(self._service, SOAP_OPERATIONS[operation], **fields)
+        return etree.tostring(envelope, xml_declaration=True, encoding="utf-8")
+
+    def _household(self, household: etree._Element, where: dict) -> AdapterResult:
+        if household.find("{*}ThanhVien") is None:
+            raise RecordNotFound("The national population database has no household for this personal ID.",
+                                 **where)
+        meta = {k: v for k, v in household.attrib.items() if k in ("SoThanhVien", "GhiChu", "ThoiDiemDuLieu")}
+        return AdapterResult(data=soap.to_dict(household), meta=meta, **where)
+
+
+def _claim_fields(operation: str, params: Mapping[str, Any]) -> dict[str, Any]:
+    """The operation's own request fields after the citizen's ID (canonical values → national codes)."""
+    if operation == "household_head.verify":
+        return {"SoDinhDanhChuHo": params["head_personal_id"]}
+    if operation == "relatives.verify":
+        return {"QuanHe": RELATIONSHIPS[params["relationship"]], "SoDinhDanhNguoiThan": params["relative_personal_id"]}
+    if operation == "marital_status.verify":
+        return {"TinhTrangHonNhan": _national_code("marital-status", params["marital_status"])}
+    if operation == "vital_status.verify":
+        return {"TinhTrang": _national_code("vital-status", params["vital_status"])}
+    return {}
+
+
+def _list_fields(operation: str, params: Mapping[str, Any]) -> dict[str, Any]:
+    if operation != "bulk_verification.submit":
+        return {"MaTraCuu": params["handle"]}
+    rows = []
+    for item in params["items"]:
+        pid, birth = item["personal_id"], item["birth_date"]
+        row: dict[str, Any] = {"SoCMND" if len(pid) == 9 else "SoDinhDanh": pid, "HoVaTen": item["full_name"]}
+        row["NgayThangNamSinh"] = {"Nam": birth} if len(birth) == 4 else {"NgayThangNam": birth.replace("-", "")}
+        rows.append(row)
+    return {"DanhSach": {"CongDan": rows}}
+
+
+def _national_code(codelist: str, canonical: str) -> str:
+    code = codelists.get(codelist).reverse("population-db").get(canonical)
+    if code is None:
+        raise ValueError(f"{codelist} has no population-db code for {canonical!r}")
+    return code
 
 
 _SLOT = re.compile(r"LGSPSLOT\d{3}X")

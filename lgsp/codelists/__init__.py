@@ -17,7 +17,7 @@ from __future__ import annotations
 import functools
 import os
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Mapping
@@ -230,6 +230,20 @@ class AdminUnits:
     districts_legacy: Mapping[str, tuple[str, str]]  # code -> (name, province)
     communes_legacy: Mapping[str, tuple[str, str, str, str]]  # code -> (name, district, province, current commune)
     communes_current: Mapping[str, tuple[str, str]]  # code -> (name, province)
+    # Old communes split across several current ones -> every current commune holding a part.
+    communes_split: Mapping[str, tuple[str, ...]] = field(default_factory=lambda: MappingProxyType({}))
+
+    def split_of(self, commune_code: str | None, district_code: str | None = None) -> list[dict[str, Any]] | None:
+        """The current communes an old commune was split into (None when it was not split).
+
+        `current_unit` names one successor (the one the sources give by default); an address in
+        an old commune that was split may lie in any of these, so a caller must check the street.
+        A current code given without a district is not an old commune: no split.
+        """
+        parts = self.communes_split.get(commune_code or "")
+        if not parts or (not district_code and commune_code in self.communes_current):
+            return None
+        return [{"code": c, "name": self.communes_current[c][0]} for c in parts]
 
     def current_unit(
         self,
@@ -342,11 +356,23 @@ def _build_admin_units(doc: dict[str, Any]) -> AdminUnits:
             problems.append(f"legacy commune {c}: current commune {cur} is not in province {pl[p][1]}")
     problems += [f"current commune {c} -> unknown province {v[1]}" for c, v in cc.items() if v[1] not in pc]
     # Codes are never reused: a current code equal to an old one must continue that old commune.
+    # `code_reuse_exceptions` lists where the sources themselves say otherwise (see the file's note).
+    excepted = {_code(c, "admin-units/code_reuse_exceptions") for c in doc.get("code_reuse_exceptions") or ()}
     problems += [
         f"current commune {c} reuses the code of old commune {c}, which became {cl[c][3]}"
         for c in cc
-        if c in cl and cl[c][3] != c
+        if c in cl and cl[c][3] != c and c not in excepted
     ]
+    split: dict[str, tuple[str, ...]] = {}
+    for row in cl_rows:
+        parts = row.get("split")
+        if parts is None:
+            continue
+        if not isinstance(parts, list) or row["current"] not in parts:
+            problems.append(f"legacy commune {row['code']}: split must list its current commune")
+            continue
+        problems += [f"legacy commune {row['code']}: split names unknown commune {p}" for p in parts if p not in cc]
+        split[row["code"]] = tuple(parts)
     if problems:
         raise CodeListError("admin-units: " + "; ".join(problems))
 
@@ -360,6 +386,7 @@ def _build_admin_units(doc: dict[str, Any]) -> AdminUnits:
         districts_legacy=MappingProxyType(dl),
         communes_legacy=MappingProxyType(cl),
         communes_current=MappingProxyType(cc),
+        communes_split=MappingProxyType(split),
     )
 
 

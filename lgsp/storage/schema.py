@@ -183,3 +183,25 @@ console_sessions = Table(
     Column("created_at", DateTime(timezone=True), nullable=False),
     Column("ended_at", DateTime(timezone=True)),
 )
+
+# Bulk verifications (lgsp.bulk): one row per list a client submitted. The result is
+# encrypted at rest and removed after the retention time (`expires_at`).
+bulk_jobs = Table(
+    "bulk_jobs", metadata,
+    Column("id", String(36), primary_key=True),
+    Column("client_id", String(64), nullable=False),
+    Column("service", String(128), nullable=False),
+    Column("request_id", String(64), nullable=False),
+    Column("purpose", String(64)),
+    Column("officer", String(128)),
+    Column("status", String(16), nullable=False),        # pending | done | failed
+    Column("item_count", Integer, nullable=False),
+    Column("upstream_handle", String(128)),
+    Column("allowed_fields", JSON, nullable=False),
+    Column("result", Text),                               # Fernet ciphertext of the items' outcomes
+    Column("error_code", String(64)),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+    Column("expires_at", DateTime(timezone=True), nullable=False),
+    Index("ix_bulk_jobs_expires_at", "expires_at"),
+)

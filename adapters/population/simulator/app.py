@@ -10,7 +10,9 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import re
+import time
 import unicodedata
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -23,7 +25,7 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
-from .data import Address, Citizen, Dataset, PersonRef, generate
+from .data import MARITAL_CODES, VITAL_CODES, Address, Citizen, Dataset, PersonRef, generate
 
 SOAP_ENV = "http://schemas.xmlsoap.org/soap/envelope/"
 SOAP12_ENV = "http://www.w3.org/2003/05/soap-envelope"
@@ -32,13 +34,14 @@ DC = "http://www.mic.gov.vn/dancu/1.0"  # citizen data
 WSDL_SOAP = "http://schemas.xmlsoap.org/wsdl/soap/"
 XS = "http://www.w3.org/2001/XMLSchema"
 XML_TYPE = "text/xml; charset=utf-8"
-MAX_BODY = 256 * 1024  # a citizen request is well under 2 KB
+MAX_BODY = 1024 * 1024  # a citizen request is well under 2 KB; a list of 1,000 about 250 KB
 ICT = dt.timezone(dt.timedelta(hours=7), "ICT")
 
 # Error codes carried in the fault detail (Loi/MaLoi); stable, documented in README.md.
 E_FORMAT, E_MISSING, E_ID, E_VALUE, E_OPERATION, E_SYSTEM = "01", "02", "03", "04", "05", "99"
-HEADER_FIELDS = ("MaYeuCau", "MaDVC", "MaTichHop", "MaDonVi", "MaCanBo", "TaiKhoan")
-REQUIRED_FIELDS = ("MaYeuCau", "MaDVC", "MaTichHop", "MaDonVi", "TaiKhoan")
+HEADER_FIELDS = ("MaYeuCau", "MaDVC", "MaDichVu", "MaTichHop", "MaDonVi", "MaCanBo", "TaiKhoan")
+REQUIRED_FIELDS = ("MaYeuCau", "MaTichHop", "MaDonVi", "TaiKhoan")
+SERVICE_CODE_FIELDS = ("MaDVC", "MaDichVu")  # two spellings of the service code seen in the wild
 _ID12 = re.compile(r"[0-9]{12}")
 _ID9 = re.compile(r"[0-9]{9}")
 _DATE8 = re.compile(r"[0-9]{8}")
@@ -194,6 +197,8 @@ def read_query(op: etree._Element) -> Query:
     for name in REQUIRED_FIELDS:
         if not header[name]:
             raise SoapFault(E_MISSING, f"Thiếu thông tin bắt buộc: {name}")
+    if sum(bool(header[name]) for name in SERVICE_CODE_FIELDS) != 1:
+        raise SoapFault(E_MISSING, "Cần đúng một trong MaDVC hoặc MaDichVu")
     pid, old = _text(op, "SoDinhDanh"), _text(op, "SoCMND")
     if (pid is None) == (old is None):
         raise SoapFault(E_MISSING, "Cần đúng một trong SoDinhDanh hoặc SoCMND")
@@ -280,6 +285,10 @@ def op_household(ds: Dataset, op: etree._Element) -> etree._Element:
         head = next((m for m in members if m.relation == "Chủ hộ"), members[0])
         _leaf(out, "SoSoHoKhau", head.household)
         _address(out, "DiaChi", head.permanent)
+        chu_ho = etree.SubElement(out, _q("ChuHo"))
+        for tag, value in (("QuanHe", head.relation), ("SoDinhDanh", head.personal_id),
+                           ("SoCMND", head.old_id), ("HoVaTen", head.full_name)):
+            _leaf(chu_ho, tag, value)
     for m in members:
         el = etree.SubElement(out, _q("ThanhVien"))
         for tag, value in (("QuanHe", m.relation), ("SoDinhDanh", m.personal_id),
@@ -289,10 +298,206 @@ def op_household(ds: Dataset, op: etree._Element) -> etree._Element:
     return out
 
 
+def _result(tag: str, q: Query, fields: list[tuple[str, str | None]]) -> etree._Element:
+    """A verification answer: MaYeuCau, the given fields in order, GhiChu and ThoiDiemDuLieu."""
+    out = etree.Element(_q(tag), nsmap={None: DC})
+    _leaf(out, "MaYeuCau", q.header["MaYeuCau"])
+    for name, value in fields:
+        _leaf(out, name, value)
+    _leaf(out, "ThoiDiemDuLieu", _now())
+    return out
+
+
+def _bool(value: bool) -> str:
+    return "true" if value else "false"
+
+
+def _required_id(op: etree._Element, name: str) -> str:
+    value = _text(op, name)
+    if not value:
+        raise SoapFault(E_MISSING, f"Thiếu thông tin bắt buộc: {name}")
+    if not _ID12.fullmatch(value):
+        raise SoapFault(E_ID, f"{name} phải gồm 12 chữ số")
+    return value
+
+
+def op_verify_head(ds: Dataset, op: etree._Element) -> etree._Element:
+    q = read_query(op)
+    head_id = _required_id(op, "SoDinhDanhChuHo")
+    c = ds.find(q.personal_id, q.old_id)
+    ok = bool(c and c.head and c.head.personal_id == head_id)
+    # The relation only when the claim holds: a "no" says nothing else about the record.
+    return _result("KetQuaXacMinhChuHo", q, [
+        ("KetQua", _bool(ok)), ("QuanHe", c.relation if ok and c else None),
+        ("GhiChu", "Thông tin khớp" if ok else "Thông tin không khớp")])
+
+
+RELATIVE_KINDS = ("Cha", "Me", "VoChong", "Con")
+
+
+def is_relative(ds: Dataset, c: Citizen | None, kind: str, other_id: str) -> bool:
+    """Whether other_id is c's father, mother, spouse or child on record."""
+    if c is None:
+        return False
+    if kind == "Con":
+        child = ds.by_id.get(other_id)
+        return bool(child and c.personal_id in (getattr(child.father, "personal_id", None),
+                                                 getattr(child.mother, "personal_id", None)))
+    ref = {"Cha": c.father, "Me": c.mother, "VoChong": c.spouse}[kind]
+    return bool(ref and ref.personal_id == other_id)
+
+
+def op_verify_relative(ds: Dataset, op: etree._Element) -> etree._Element:
+    q = read_query(op)
+    kind = _text(op, "QuanHe")
+    if kind not in RELATIVE_KINDS:
+        raise SoapFault(E_VALUE, "QuanHe phải là Cha, Me, VoChong hoặc Con")
+    other = _required_id(op, "SoDinhDanhNguoiThan")
+    ok = is_relative(ds, ds.find(q.personal_id, q.old_id), kind, other)
+    return _result("KetQuaXacMinhNhanThan", q, [
+        ("KetQua", _bool(ok)), ("GhiChu", "Thông tin khớp" if ok else "Thông tin không khớp")])
+
+
+def _status_answer(tag: str, q: Query, found: bool, field_name: str, actual: str | None,
+                   claimed: str | None, extra: list[tuple[str, str | None]]) -> etree._Element:
+    if not found:
+        return _result(tag, q, [("TonTai", "false"), ("GhiChu", "Không tìm thấy công dân")])
+    fields = [("TonTai", "true")]
+    if claimed:
+        fields.append(("KetQua", _bool(claimed == actual)))
+    return _result(tag, q, fields + [(field_name, actual), *extra, ("GhiChu", "Thành công")])
+
+
+def op_marital(ds: Dataset, op: etree._Element) -> etree._Element:
+    q = read_query(op)
+    claimed = _text(op, "TinhTrangHonNhan")
+    if claimed and claimed not in MARITAL_CODES:
+        raise SoapFault(E_VALUE, "TinhTrangHonNhan phải là 1, 2, 3 hoặc 4")
+    c = ds.find(q.personal_id, q.old_id)
+    return _status_answer("KetQuaTinhTrangHonNhan", q, c is not None, "TinhTrangHonNhan",
+                          c.marital if c else None, claimed, [])
+
+
+def op_vital(ds: Dataset, op: etree._Element) -> etree._Element:
+    q = read_query(op)
+    claimed = _text(op, "TinhTrang")
+    if claimed and claimed not in VITAL_CODES:
+        raise SoapFault(E_VALUE, "TinhTrang phải là 1 (còn sống), 2 (đã chết) hoặc 3 (mất tích)")
+    c = ds.find(q.personal_id, q.old_id)
+    return _status_answer("KetQuaTinhTrangChetMatTich", q, c is not None, "TinhTrang",
+                          c.vital if c else None, claimed, [("NgaySuKien", c.vital_date if c else None)])
+
+
+# --- the asynchronous family (lists) -----------------------------------------------------
+
+LIST_LIMIT = 1000          # persons per XacThucDanhSachCongDan, as the national side's list limit
+SECONDS_PER_PERSON = 0.0005  # simulated processing time (1,000 persons: 0.5 s), at least MIN_SECONDS
+MIN_SECONDS = 0.2
+EXAMPLE_HANDLE = "VIDU-000001"  # a finished list, always there: docs and the contract kit use it
+
+
+@dataclass
+class ListRequest:
+    items: list[tuple[str | None, str | None, bool]]  # (SoDinhDanh, SoCMND, TonTai)
+    ready_at: float
+
+
+def read_list(ds: Dataset, op: etree._Element) -> ListRequest:
+    rows = op.findall(f"{_q('DanhSach', BCA)}/{_q('CongDan', BCA)}")
+    if not rows:
+        raise SoapFault(E_MISSING, "DanhSach phải có ít nhất một CongDan")
+    if len(rows) > LIST_LIMIT:
+        raise SoapFault(E_VALUE, f"DanhSach tối đa {LIST_LIMIT} công dân")
+    items = []
+    for row in rows:
+        pid, old = _text(row, "SoDinhDanh"), _text(row, "SoCMND")
+        if (pid is None) == (old is None) or (pid and not _ID12.fullmatch(pid)) or (old and not _ID9.fullmatch(old)):
+            raise SoapFault(E_ID, "Mỗi CongDan cần SoDinhDanh 12 chữ số hoặc SoCMND 9 chữ số")
+        name = _text(row, "HoVaTen")
+        if not name:
+            raise SoapFault(E_MISSING, "Thiếu thông tin bắt buộc: HoVaTen")
+        full, year = _read_birth(row)
+        items.append((pid, old, verify_matches(ds.find(pid, old), name, full, year)))
+    return ListRequest(items, time.monotonic() + max(MIN_SECONDS, SECONDS_PER_PERSON * len(items)))
+
+
+class ListRequests:
+    """Lists in progress or done, by handle (MaTraCuu); kept for the simulator's lifetime."""
+
+    def __init__(self, ds: Dataset):
+        self.ds = ds
+        self.requests: dict[str, ListRequest] = {}
+        self.count = 0
+        first = [c for c in ds.citizens[:3]]
+        self.requests[EXAMPLE_HANDLE] = ListRequest([(c.personal_id, None, True) for c in first], 0.0)
+
+    def submit(self, ds: Dataset, op: etree._Element) -> etree._Element:
+        q = _request_header(op)
+        request = read_list(ds, op)
+        self.count += 1
+        handle = f"DS-{self.count:06d}-{uuid.uuid4().hex[:8]}"
+        self.requests[handle] = request
+        return _result("KetQuaTiepNhan", q, [("MaTraCuu", handle), ("SoLuong", str(len(request.items)))])
+
+    def _find(self, op: etree._Element) -> tuple[str, ListRequest | None]:
+        _request_header(op)
+        handle = _text(op, "MaTraCuu")
+        if not handle:
+            raise SoapFault(E_MISSING, "Thiếu thông tin bắt buộc: MaTraCuu")
+        return handle, self.requests.get(handle)
+
+    def status(self, ds: Dataset, op: etree._Element) -> etree._Element:
+        handle, request = self._find(op)
+        out = etree.Element(_q("TrangThaiYeuCau"), nsmap={None: DC})
+        _leaf(out, "MaTraCuu", handle)
+        _leaf(out, "TrangThai", _state(request))
+        if request is not None:
+            done = len(request.items) if _state(request) == "HoanThanh" else 0
+            _leaf(out, "SoLuong", str(len(request.items)))
+            _leaf(out, "SoDaXuLy", str(done))
+        return out
+
+    def result(self, ds: Dataset, op: etree._Element) -> etree._Element:
+        handle, request = self._find(op)
+        out = etree.Element(_q("KetQuaDanhSach"), nsmap={None: DC})
+        _leaf(out, "MaTraCuu", handle)
+        state = _state(request)
+        _leaf(out, "TrangThai", state)
+        if request is not None and state == "HoanThanh":
+            for pid, old, ok in request.items:
+                row = etree.SubElement(out, _q("KetQua"))
+                _leaf(row, "SoDinhDanh", pid)
+                _leaf(row, "SoCMND", old)
+                _leaf(row, "TonTai", _bool(ok))
+        _leaf(out, "ThoiDiemDuLieu", _now())
+        return out
+
+
+def _state(request: ListRequest | None) -> str:
+    if request is None:
+        return "KhongTonTai"
+    return "HoanThanh" if time.monotonic() >= request.ready_at else "DangXuLy"
+
+
+def _request_header(op: etree._Element) -> Query:
+    """The common header of a request that names no citizen (lists, handles)."""
+    header = {name: _text(op, name) for name in HEADER_FIELDS}
+    for name in REQUIRED_FIELDS:
+        if not header[name]:
+            raise SoapFault(E_MISSING, f"Thiếu thông tin bắt buộc: {name}")
+    if sum(bool(header[name]) for name in SERVICE_CODE_FIELDS) != 1:
+        raise SoapFault(E_MISSING, "Cần đúng một trong MaDVC hoặc MaDichVu")
+    return Query(header, None, None)
+
+
 OPERATIONS: dict[str, Callable[[Dataset, etree._Element], etree._Element]] = {
     "TraCuuThongTinCongDan": op_lookup,
     "XacThucThongTinCongDan": op_verify,
     "CungCapThongTinHoGiaDinh": op_household,
+    "XacMinhThongTinChuHo": op_verify_head,
+    "XacMinhThongTinNhanThan": op_verify_relative,
+    "XacMinhTinhTrangHonNhan": op_marital,
+    "XacMinhTinhTrangChetMatTich": op_vital,
 }
 
 
@@ -323,6 +528,9 @@ class Simulator:
         self.faults = faults or Faults()
         self.stats = Stats()
         self._served: dict[str, bytes] = {}  # WSDL rewritten per endpoint URL
+        self.lists = ListRequests(dataset)
+        self.handlers = {**OPERATIONS, "XacThucDanhSachCongDan": self.lists.submit,
+                         "GetRequestStatus": self.lists.status, "GetRequestResult": self.lists.result}
 
     # POST /dancu
     async def soap(self, request: Request) -> Response:
@@ -348,7 +556,7 @@ class Simulator:
             body = await self._read(request)
             op = parse_operation(body)
             name = etree.QName(op).localname
-            handler = OPERATIONS.get(name) if etree.QName(op).namespace == BCA else None
+            handler = self.handlers.get(name) if etree.QName(op).namespace == BCA else None
             if handler is None:
                 raise SoapFault(E_OPERATION, f"Không hỗ trợ thao tác {name}")
             self._check_action(request, name)

@@ -29,6 +29,9 @@ from lgsp.personal_id import PROVINCE_CODES, make
 
 MALE, FEMALE = "1", "2"  # GioiTinh in the population database
 SINGLE, MARRIED, DIVORCED, WIDOWED = "1", "2", "3", "4"  # TinhTrangHonNhan
+MARITAL_CODES = frozenset((SINGLE, MARRIED, DIVORCED, WIDOWED))
+ALIVE, DECEASED, MISSING = "1", "2", "3"  # TinhTrang of XacMinhTinhTrangChetMatTich
+VITAL_CODES = frozenset((ALIVE, DECEASED, MISSING))
 BLOOD_TYPES = {"1": "O", "2": "A", "3": "B", "4": "AB"}  # NhomMau, as lgsp/codelists assumes
 ETHNIC_GROUPS = {"1": "Kinh", "2": "Tày", "3": "Thái", "4": "Hoa", "5": "Khơ-me",
                  "6": "Mường", "7": "Nùng", "8": "HMông", "9": "Dao"}
@@ -149,6 +152,8 @@ class Citizen:
     household: str | None = None  # SoSoHoKhau
     relation: str | None = None  # QuanHe to the household head
     head: PersonRef | None = None
+    vital: str = ALIVE  # alive, deceased or missing (only the fixed citizens "tu" and "nam" are not alive)
+    vital_date: str | None = None  # yyyyMMdd of the death or of the missing-person declaration
     # Units behind the addresses, kept to re-render them when a citizen moves.
     hometown_unit: Commune | None = field(default=None, repr=False)
 
@@ -511,6 +516,8 @@ FIXED_IDS = {
     "hung": "001055012349",    # Nguyễn Văn Hùng, An's widowed father, living with them
     "mai": "048192054321",     # Lê Thị Mai, single, Đà Nẵng, current codes
     "sau": "079040067890",     # Phạm Văn Sáu, born 1940 (year only on record), HCM City
+    "tu": "079048067891",      # Đặng Văn Tư, widower, HCM City: deceased on 2024-02-10
+    "nam": "048079054322",     # Võ Văn Nam, single, Đà Nẵng: declared missing on 2019-08-15
 }
 
 
@@ -565,6 +572,19 @@ def _fixed(g: _Generator) -> None:
                   father=PersonRef("Phạm Văn Bảy"), mother=PersonRef("Ngô Thị Tư"))
     g.join(sau, "790000000003", sau, HEAD, hcm, "Số 7 Hai Bà Trưng")
     sau.current = sau.permanent
+
+    # The documented deceased and missing persons (no one else is): their records stay
+    # in the register, as they do nationally, with the status and the date of the event.
+    tu = citizen("tu", "Đặng", "Văn", "Tư", MALE, "19480417", 1948, hcm, True, old_id="020987654",
+                 religion="1", marital=WIDOWED, vital=DECEASED, vital_date="20240210",
+                 father=PersonRef("Đặng Văn Hai"), mother=PersonRef("Lý Thị Ba"))
+    g.join(tu, "790000000004", tu, HEAD, hcm, "Số 21 Lê Duẩn")
+    tu.current = tu.permanent
+    nam = citizen("nam", "Võ", "Văn", "Nam", MALE, "19790923", 1979, danang, False, blood="1",
+                  vital=MISSING, vital_date="20190815",
+                  father=PersonRef("Võ Văn Quý"), mother=PersonRef("Trương Thị Hạnh"))
+    g.join(nam, "480000000005", nam, HEAD, danang, "Số 3 Bạch Đằng")
+    nam.current = nam.permanent
 
 
 def generate(count: int = 3000, seed: int = 1, admin_units: str | Path | None = None) -> Dataset:
