@@ -193,7 +193,8 @@ class AuditWriter:
             rows, bodies = [], []
             for record, _ in batch:
                 seq += 1
-                row = dict(record, chain=self.chain, seq=seq, prev_hash=head)
+                # Every column named: admin and exchange records share one multi-row INSERT.
+                row = dict.fromkeys(HASHED_FIELDS) | dict(record, chain=self.chain, seq=seq, prev_hash=head)
                 if BODY in row:
                     bodies.append({"chain": self.chain, "seq": seq, "ciphertext": row.pop(BODY)})
                 row["hash"] = head = record_hash(row)

@@ -94,10 +94,12 @@ def serve(host: str, port: int, workers: int, plane: str, migrate: bool) -> None
 
 
 def _check_schema() -> None:
-    from sqlalchemy import inspect
+    from lgsp.startup_checks import StartupRefusal, check_database
 
-    if "audit_records" not in inspect(_engine()).get_table_names():
-        raise click.ClickException("The database has no LGSP schema yet: run `lgsp db upgrade` (or serve --migrate).")
+    try:
+        check_database(_engine())  # schema version this release knows, keys this master secret opens
+    except StartupRefusal as exc:
+        raise click.ClickException(str(exc)) from None
 
 
 # -- db ---------------------------------------------------------------------------

@@ -1,11 +1,13 @@
 """The configuration snapshot each worker serves from: clients, grants, services,
 connections and token keys, held in memory so the hot path never waits on the
 database. A worker re-reads it when the `config_state.generation` counter moves
-(every admin change bumps it), checked every `config_poll_seconds`.
+(every admin change bumps it), checked every `config_poll_seconds`, and at once
+when PostgreSQL notifies a change made on another node (lgsp/config_notify.py).
 """
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from dataclasses import dataclass, field
 from typing import Any
@@ -14,6 +16,7 @@ from joserfc.jwk import KeySet
 from sqlalchemy import Connection, Engine, select, update
 
 from lgsp import keys, plugins
+from lgsp.config_notify import Listener, announce
 from lgsp.adapter import Adapter
 from lgsp.storage.schema import clients, config_state, connections, grants, services, signing_keys
 
@@ -72,6 +75,7 @@ class Snapshot:
 
 def bump_generation(conn: Connection) -> None:
     conn.execute(update(config_state).where(config_state.c.id == 1).values(generation=config_state.c.generation + 1))
+    announce(conn)
 
 
 def read_generation(engine: Engine) -> int:
@@ -121,15 +125,24 @@ class Registry:
         self.snapshot = Snapshot()
         self._adapters: dict[str, tuple[ConnectionSpec, Adapter]] = {}
         self._task: asyncio.Task | None = None
+        self._listener: Listener | None = None
+        self._wake: asyncio.Event | None = None
 
     def refresh(self) -> None:
         self.snapshot = load_snapshot(self.engine)
 
     async def start(self) -> None:
         await asyncio.to_thread(self.refresh)
+        self._wake = asyncio.Event()
+        if Listener.supported(self.engine):
+            loop, wake = asyncio.get_running_loop(), self._wake
+            self._listener = Listener(self.engine, lambda: loop.call_soon_threadsafe(wake.set))
+            self._listener.start()
         self._task = asyncio.create_task(self._poll())
 
     async def stop(self) -> None:
+        if self._listener:
+            self._listener.stop()
         if self._task:
             self._task.cancel()
         for _, adapter in self._adapters.values():
@@ -138,7 +151,9 @@ class Registry:
 
     async def _poll(self) -> None:
         while True:
-            await asyncio.sleep(self.poll_seconds)
+            with contextlib.suppress(TimeoutError):  # a notification, or the poll interval, whichever first
+                await asyncio.wait_for(self._wake.wait(), self.poll_seconds)
+            self._wake.clear()
             try:
                 if await asyncio.to_thread(read_generation, self.engine) != self.snapshot.generation:
                     await asyncio.to_thread(self.refresh)
