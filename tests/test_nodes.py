@@ -380,7 +380,7 @@ def test_a_change_on_one_node_reaches_every_node_within_a_second(cluster, case):
         list(pool.map(probe, cluster.nodes))  # every node asked at once: a slow answer delays only its own
     assert set(seen) == {n.name for n in cluster.nodes}, f"{case.name}: only {seen} took the change"
     assert max(seen.values()) < PROPAGATION_LIMIT, f"{case.name}: {seen}"
-    print(f"{case.name}: seen on every node within {max(seen.values()):.3f} s ({len(load.outcomes)} requests meanwhile)")
+    print(f"{case.name}: on every node within {max(seen.values()):.3f} s, {len(load.outcomes)} requests meanwhile")
     assert not load.failed, f"load through nginx failed meanwhile: {len(load.failed)} of {len(load.outcomes)}"
 
 
