@@ -21,6 +21,9 @@ from lgsp.adapter import Adapter
 from lgsp.storage.schema import clients, config_state, connections, grants, services, signing_keys
 
 log = logging.getLogger(__name__)
+# How long a changed connection's old adapter lives on for the calls it is serving
+# (above the longest upstream timeout an adapter accepts, 120 s).
+ADAPTER_DRAIN_SECONDS = 125.0
 
 
 @dataclass(frozen=True)
@@ -127,6 +130,7 @@ class Registry:
         self._task: asyncio.Task | None = None
         self._listener: Listener | None = None
         self._wake: asyncio.Event | None = None
+        self._retired: set[asyncio.Task] = set()  # adapters of changed connections, closing once drained
 
     def refresh(self) -> None:
         self.snapshot = load_snapshot(self.engine)
@@ -145,6 +149,9 @@ class Registry:
             self._listener.stop()
         if self._task:
             self._task.cancel()
+        for task in self._retired:
+            task.cancel()  # closes each retired adapter now
+        await asyncio.gather(*self._retired, return_exceptions=True)
         for _, adapter in self._adapters.values():
             await adapter.aclose()
         self._adapters.clear()
@@ -157,6 +164,7 @@ class Registry:
             try:
                 if await asyncio.to_thread(read_generation, self.engine) != self.snapshot.generation:
                     await asyncio.to_thread(self.refresh)
+                    log.info("configuration loaded", extra={"fields": {"generation": self.snapshot.generation}})
                     await self._drop_stale_adapters()
                     # Build new or changed connections' adapters off the event loop (a WSDL
                     # load takes tens of ms), not in the first request that needs them.
@@ -168,7 +176,17 @@ class Registry:
         for name, (conn, adapter) in list(self._adapters.items()):
             if self.snapshot.connections.get(name) != conn:
                 del self._adapters[name]
-                await adapter.aclose()
+                # Calls already under way finish on the old adapter: closing its HTTP session
+                # under them left each waiting out its whole timeout (a 504 for a config change).
+                task = asyncio.create_task(self._close_later(adapter))
+                self._retired.add(task)
+                task.add_done_callback(self._retired.discard)
+
+    async def _close_later(self, adapter: Adapter) -> None:
+        try:
+            await asyncio.sleep(ADAPTER_DRAIN_SECONDS)
+        finally:
+            await adapter.aclose()
 
     def build_adapters(self) -> None:
         """Build every enabled connection's adapter now rather than on its first request."""
