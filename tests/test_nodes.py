@@ -37,7 +37,7 @@ from conftest import _postgres_database, free_port, lgsp_cli, start_server, wait
 from lgsp import keys, seals
 from lgsp.admin import Admin
 from lgsp.storage import engine_for, upgrade
-from lgsp.storage.schema import audit_records, config_state
+from lgsp.storage.schema import audit_records, audit_seals, config_state
 
 pytestmark = [
     pytest.mark.slow,
@@ -448,9 +448,12 @@ def test_a_node_killed_under_load_loses_no_answered_exchange(cluster):
                                     .where(audit_records.c.request_id.in_(answered))).scalars())
         chains = set(conn.execute(select(audit_records.c.chain).where(audit_records.c.kind == "exchange")
                                   .distinct()).scalars())
+        sealed = set(conn.execute(select(audit_seals.c.chain).distinct()).scalars())
+        seal_keys = set(conn.execute(select(audit_seals.c.kid).distinct()).scalars())
     missing = [rid for rid in answered if rid not in recorded]
     assert not missing, f"{len(missing)} answered exchanges have no audit record, e.g. {missing[:5]}"
     assert len(chains) >= NODES, f"every node writes its own chain: {chains}"
+    assert chains <= sealed and len(seal_keys) == 1, "every node seals its chain with the one shared seal key"
 
     run = lgsp_cli(cluster.env, "audit", "verify", "--json", check=False)
     report = json.loads(run.stdout)
