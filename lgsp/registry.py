@@ -16,8 +16,8 @@ from joserfc.jwk import KeySet
 from sqlalchemy import Connection, Engine, select, update
 
 from lgsp import keys, plugins
-from lgsp.config_notify import Listener, announce
 from lgsp.adapter import Adapter
+from lgsp.config_notify import Listener, announce
 from lgsp.storage.schema import clients, config_state, connections, grants, services, signing_keys
 
 log = logging.getLogger(__name__)
