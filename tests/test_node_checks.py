@@ -2,6 +2,7 @@
 that several busy nodes brought out (admin and exchange records in one group commit)."""
 from __future__ import annotations
 
+import asyncio
 import concurrent.futures
 import datetime as dt
 import os
@@ -82,3 +83,36 @@ def test_admin_and_exchange_records_commit_in_one_group(fresh_db_url):
         kinds = sorted(conn.execute(select(audit_records.c.kind).where(audit_records.c.chain == writer.chain)))
     assert [k for (k,) in kinds] == ["admin", "exchange"]
     assert verify_database(engine).ok
+
+
+def test_a_call_under_way_finishes_when_its_connection_changes(fresh_db_url, population_sim, faults):
+    """A connection changed on any node (pushed to every node at once) must not cut the calls
+    its old adapter is serving: the old one is closed only once they are done."""
+    from lgsp.adapter import CallContext
+    from lgsp.admin import Admin
+    from lgsp.registry import Registry
+
+    engine = engine_for(fresh_db_url)
+    admin = Admin(engine, "tests")
+    settings = {"endpoint": f"{population_sim.url}/dancu", "timeout": 5, "integration_code": "LGSP-TEST",
+                "account": "lgsp-test", "agency_code": "000.00.00.H30"}
+    admin.set_connection("population", "population", settings)
+
+    async def scenario():
+        registry = Registry(engine, poll_seconds=0.05)
+        await registry.start()
+        try:
+            old = registry.adapter("population")
+            faults.set("slow", delay=1.5, count=1)
+            call = asyncio.create_task(old.call("citizen.get", {"personal_id": "001085012345"},
+                                                CallContext(request_id="drain-1", client_id="tests")))
+            await asyncio.sleep(0.3)  # the call is waiting on the slow upstream
+            admin.set_connection("population", "population", {**settings, "timeout": 6})
+            while registry.adapter("population") is old:
+                await asyncio.sleep(0.05)
+            return await asyncio.wait_for(call, 10)
+        finally:
+            await registry.stop()
+
+    result = asyncio.run(scenario())
+    assert result.data, result
