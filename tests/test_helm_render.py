@@ -17,7 +17,7 @@ import yaml
 
 import helm_python.chart as helm
 import kubernetes_validate
-from helm_python.errors import HelmRenderError
+from helm_python.errors import HelmRenderError, HelmValuesError
 from kubernetes_validate import utils as kv_utils
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -109,3 +109,15 @@ def test_schema_validation_catches_a_broken_manifest(tmp_path):
     template.write_text(template.read_text().replace("spec:\n", "spec:\n  replica: 3\n", 1))
     findings = schema_findings(render(MINIMAL, copy))
     assert len(findings) == 1 and "replica" in findings[0], findings
+
+
+@pytest.mark.parametrize("values, where", [
+    ({**MINIMAL, "dataPlane": {"replicas": 3}}, "additional properties 'replicas' not allowed"),
+    ({**MINIMAL, "dataPlane": {"replicaCount": "three"}}, "/dataPlane/replicaCount"),
+    ({**MINIMAL, "publicUrl": "https://lgsp.example.gov.vn/"}, "/publicUrl"),
+], ids=["misspelt-key", "wrong-type", "trailing-slash"])
+def test_values_outside_the_schema_are_refused(values, where):
+    """values.schema.json: Helm refuses a misspelt or mistyped value instead of ignoring it."""
+    with pytest.raises(HelmValuesError) as caught:
+        render(values)
+    assert where in str(caught.value)
