@@ -141,7 +141,12 @@ def serve(host: str, port: int, workers: int, plane: str, migrate: bool) -> None
 
 
 def _check_schema() -> None:
-    _engine()  # refuses a database that is not migrated, saying what to run
+    from lgsp.startup_checks import StartupRefusal, check_database
+
+    try:
+        check_database(_engine())  # schema version this release knows, keys this master secret opens
+    except StartupRefusal as exc:
+        raise click.ClickException(str(exc)) from None
 
 
 # -- db ---------------------------------------------------------------------------
@@ -170,6 +175,44 @@ def db_upgrade() -> None:
     """Bring the schema to the latest version (Alembic), register the specs' services, make a signing key."""
     _upgrade()
     click.echo("database is up to date")
+
+
+# -- backup and restore ------------------------------------------------------------
+@main.command("backup")
+@click.argument("dump", type=click.Path(dir_okay=False, path_type=Path))
+def backup_cmd(dump: Path) -> None:
+    """Write a consistent copy of the database to DUMP (pg_dump custom format on PostgreSQL),
+    with DUMP.json beside it. The master secret is not in it: back it up on its own."""
+    from lgsp.backup import BackupError, backup
+
+    try:
+        meta = backup(_engine(), dump)
+    except BackupError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"backup written: {dump} ({meta['bytes']:,} bytes, schema {', '.join(meta['schema'])})")
+    click.echo(f"master secret fingerprint: {meta['secret_fingerprint']} — keep LGSP_SECRET_KEY in its own "
+               "backup: without it the keys in this dump cannot be read.")
+
+
+@main.command("restore")
+@click.argument("dump", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+def restore_cmd(dump: Path) -> None:
+    """Load DUMP into the empty database LGSP_DATABASE_URL names, check that this master secret
+    opens its keys, and verify the whole audit trail (exit 1 on any finding)."""
+    from lgsp.audit_verify import verify_database
+    from lgsp.backup import BackupError, restore
+    from lgsp.startup_checks import StartupRefusal, check_master_secret
+
+    engine = _engine()
+    try:
+        restore(engine, dump)
+        check_master_secret(engine)
+    except (BackupError, StartupRefusal) as exc:
+        raise click.ClickException(str(exc)) from None
+    report = verify_database(engine)
+    click.echo(f"restored {dump}; audit trail: {report.chains} chains, {report.records} records, "
+               f"{report.seals} seals, {len(report.findings)} findings")
+    sys.exit(0 if report.ok else 1)
 
 
 # -- clients ----------------------------------------------------------------------

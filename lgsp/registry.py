@@ -1,11 +1,13 @@
 """The configuration snapshot each worker serves from: clients, grants, services,
 connections and token keys, held in memory so the hot path never waits on the
 database. A worker re-reads it when the `config_state.generation` counter moves
-(every admin change bumps it), checked every `config_poll_seconds`.
+(every admin change bumps it), checked every `config_poll_seconds`, and at once
+when PostgreSQL notifies a change made on another node (lgsp/config_notify.py).
 """
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from dataclasses import dataclass, field
 from typing import Any
@@ -15,9 +17,13 @@ from sqlalchemy import Connection, Engine, select, update
 
 from lgsp import keys, plugins
 from lgsp.adapter import Adapter
+from lgsp.config_notify import Listener, announce
 from lgsp.storage.schema import clients, config_state, connections, grants, services, signing_keys
 
 log = logging.getLogger(__name__)
+# How long a changed connection's old adapter lives on for the calls it is serving
+# (above the longest upstream timeout an adapter accepts, 120 s).
+ADAPTER_DRAIN_SECONDS = 125.0
 
 
 @dataclass(frozen=True)
@@ -72,6 +78,7 @@ class Snapshot:
 
 def bump_generation(conn: Connection) -> None:
     conn.execute(update(config_state).where(config_state.c.id == 1).values(generation=config_state.c.generation + 1))
+    announce(conn)
 
 
 def read_generation(engine: Engine) -> int:
@@ -121,27 +128,43 @@ class Registry:
         self.snapshot = Snapshot()
         self._adapters: dict[str, tuple[ConnectionSpec, Adapter]] = {}
         self._task: asyncio.Task | None = None
+        self._listener: Listener | None = None
+        self._wake: asyncio.Event | None = None
+        self._retired: set[asyncio.Task] = set()  # adapters of changed connections, closing once drained
 
     def refresh(self) -> None:
         self.snapshot = load_snapshot(self.engine)
 
     async def start(self) -> None:
         await asyncio.to_thread(self.refresh)
+        self._wake = asyncio.Event()
+        if Listener.supported(self.engine):
+            loop, wake = asyncio.get_running_loop(), self._wake
+            self._listener = Listener(self.engine, lambda: loop.call_soon_threadsafe(wake.set))
+            self._listener.start()
         self._task = asyncio.create_task(self._poll())
 
     async def stop(self) -> None:
+        if self._listener:
+            self._listener.stop()
         if self._task:
             self._task.cancel()
+        for task in self._retired:
+            task.cancel()  # closes each retired adapter now
+        await asyncio.gather(*self._retired, return_exceptions=True)
         for _, adapter in self._adapters.values():
             await adapter.aclose()
         self._adapters.clear()
 
     async def _poll(self) -> None:
         while True:
-            await asyncio.sleep(self.poll_seconds)
+            with contextlib.suppress(TimeoutError):  # a notification, or the poll interval, whichever first
+                await asyncio.wait_for(self._wake.wait(), self.poll_seconds)
+            self._wake.clear()
             try:
                 if await asyncio.to_thread(read_generation, self.engine) != self.snapshot.generation:
                     await asyncio.to_thread(self.refresh)
+                    log.info("configuration loaded", extra={"fields": {"generation": self.snapshot.generation}})
                     await self._drop_stale_adapters()
                     # Build new or changed connections' adapters off the event loop (a WSDL
                     # load takes tens of ms), not in the first request that needs them.
@@ -153,7 +176,17 @@ class Registry:
         for name, (conn, adapter) in list(self._adapters.items()):
             if self.snapshot.connections.get(name) != conn:
                 del self._adapters[name]
-                await adapter.aclose()
+                # Calls already under way finish on the old adapter: closing its HTTP session
+                # under them left each waiting out its whole timeout (a 504 for a config change).
+                task = asyncio.create_task(self._close_later(adapter))
+                self._retired.add(task)
+                task.add_done_callback(self._retired.discard)
+
+    async def _close_later(self, adapter: Adapter) -> None:
+        try:
+            await asyncio.sleep(ADAPTER_DRAIN_SECONDS)
+        finally:
+            await adapter.aclose()
 
     def build_adapters(self) -> None:
         """Build every enabled connection's adapter now rather than on its first request."""

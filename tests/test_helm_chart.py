@@ -1,4 +1,5 @@
-"""The Helm chart in helm/lgsp, checked offline by helm/check_chart.py (static checks; no helm binary here)."""
+"""helm/check_chart.py: static checks Helm itself does not make (a `.Values` path missing from values.yaml
+renders silently as empty). Rendering by Helm's engine and schema validation: tests/test_helm_render.py."""
 from __future__ import annotations
 
 import importlib.util

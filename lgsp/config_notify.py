@@ -1,0 +1,61 @@
+"""Configuration changes pushed between nodes with PostgreSQL LISTEN/NOTIFY.
+
+Every change that bumps `config_state.generation` also sends a notification in
+the same transaction (delivered at commit). Each worker of each node listens on
+its own connection and re-reads its snapshot at once, so a revoked grant or a
+disabled client stops working everywhere within milliseconds. Polling stays as
+the fallback: a lost listener connection only delays a change to the next poll.
+SQLite has no such channel (one machine, polling only).
+"""
+from __future__ import annotations
+
+import logging
+import threading
+from typing import Callable
+
+from sqlalchemy import Connection, Engine, text
+
+CHANNEL = "lgsp_config"
+log = logging.getLogger(__name__)
+
+
+def announce(conn: Connection) -> None:
+    """Notify every listening node of a configuration change (at commit of `conn`'s transaction)."""
+    if conn.dialect.name == "postgresql":
+        conn.execute(text("SELECT pg_notify(:channel, '')"), {"channel": CHANNEL})
+
+
+class Listener:
+    """A daemon thread that calls `on_change` whenever a notification arrives (PostgreSQL only)."""
+
+    def __init__(self, engine: Engine, on_change: Callable[[], None], retry_seconds: float = 1.0):
+        self.url = engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
+        self.on_change = on_change
+        self.retry_seconds = retry_seconds
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="lgsp-config-listener", daemon=True)
+
+    @staticmethod
+    def supported(engine: Engine) -> bool:
+        return engine.dialect.name == "postgresql"
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def _run(self) -> None:
+        import psycopg
+
+        while not self._stop.is_set():
+            try:
+                with psycopg.connect(self.url, autocommit=True, connect_timeout=5) as conn:
+                    conn.execute(f"LISTEN {CHANNEL}")
+                    self.on_change()  # anything missed while (re)connecting
+                    while not self._stop.is_set():
+                        for _ in conn.notifies(timeout=1.0, stop_after=1):
+                            self.on_change()
+            except Exception:  # the database blinked: polling covers the gap, then listen again
+                log.warning("configuration listener lost its connection; retrying", exc_info=True)
+                self._stop.wait(self.retry_seconds)
