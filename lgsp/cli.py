@@ -16,41 +16,32 @@ import click
 warnings.filterwarnings("ignore", message="Using `httpx` with `starlette.testclient`")
 
 
-def _engine():
+def _engine(*, require_schema: bool = True):
     from lgsp.config import settings
     from lgsp.storage import engine_for
 
     engine = engine_for(settings().db_url)
-    _require_schema(str(engine.url))
+    if require_schema:
+        _require_schema(str(engine.url))
     return engine
 
 
 @functools.cache
 def _require_schema(url: str) -> None:
     """Refuse, with what to run instead, a database that is not at this LGSP's schema (no traceback)."""
-    from alembic.config import Config
-    from alembic.runtime.migration import MigrationContext
-    from alembic.script import ScriptDirectory
     from sqlalchemy.exc import SQLAlchemyError
 
     from lgsp.config import settings
+    from lgsp.startup_checks import StartupRefusal, check_schema_version
     from lgsp.storage import engine_for
-    from lgsp.storage.db import MIGRATIONS
 
     try:
-        with engine_for(settings().db_url).connect() as conn:
-            current = set(MigrationContext.configure(conn).get_current_heads())
+        check_schema_version(engine_for(settings().db_url))
     except SQLAlchemyError as exc:
         raise click.ClickException(f"The database cannot be opened ({type(exc).__name__}); "
                                    f"check LGSP_DATABASE_URL.") from None
-    cfg = Config()
-    cfg.set_main_option("script_location", str(MIGRATIONS))
-    heads = set(ScriptDirectory.from_config(cfg).get_heads())
-    if not current:
-        raise click.ClickException("The database has no LGSP schema yet: run `lgsp db upgrade` first.")
-    if current != heads:
-        raise click.ClickException(f"The database schema is at revision {', '.join(sorted(current))}, not this "
-                                   f"LGSP's {', '.join(sorted(heads))}: run `lgsp db upgrade` first.")
+    except StartupRefusal as exc:
+        raise click.ClickException(str(exc)) from None
 
 
 class _Commands(click.Group):
@@ -203,7 +194,7 @@ def restore_cmd(dump: Path) -> None:
     from lgsp.backup import BackupError, restore
     from lgsp.startup_checks import StartupRefusal, check_master_secret
 
-    engine = _engine()
+    engine = _engine(require_schema=False)  # restore fills an empty database
     try:
         restore(engine, dump)
         check_master_secret(engine)

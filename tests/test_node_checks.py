@@ -9,6 +9,7 @@ import os
 import secrets
 import subprocess
 import sys
+import time
 
 import pytest
 from sqlalchemy import select, text
@@ -74,6 +75,9 @@ def test_admin_and_exchange_records_commit_in_one_group(fresh_db_url):
         exchange = {"at": now, "kind": "exchange", "request_id": "mixed-1", "door": "rest", "client_id": "c",
                     "service": "population.citizen.get", "outcome": "ok", "status": 200, "latency_ms": 1.0}
         batch = [(exchange, concurrent.futures.Future()), (admin, concurrent.futures.Future())]
+        deadline = time.monotonic() + 10
+        while writer._signer is None and time.monotonic() < deadline:  # the writer thread loads its seal key
+            time.sleep(0.01)
         writer._write(batch)  # one group, as the writer thread forms it under load
         for _, fut in batch:
             assert fut.exception(timeout=5) is None
