@@ -87,8 +87,13 @@ def served_documents(gw) -> dict[str, tuple[str, str]]:
 # Operations whose parameters carry rules a JSON Schema cannot state, answered 400 with
 # their own code: personal IDs (a province code, a birth year not in the future), calendar
 # dates (1985-02-30 fits the pattern), opaque cursors (only those the API gave out),
-# parameters of a service called by name (checked against its adapter's schema).
-MEANING_CHECKED = ["population.citizen.get", "population.citizen.verify", "datastore.records.query",
+# parameters of a service called by name (checked against its adapter's schema), the
+# persons of a list (duplicates), and record field names XML cannot carry (OpenAPI 3.0 has no
+# propertyNames).
+MEANING_CHECKED = ["population.citizen.get", "population.citizen.verify", "population.household.get",
+                   "population.household_head.verify", "population.relatives.verify",
+                   "population.marital_status.verify", "population.vital_status.verify",
+                   "population.bulk_verification.submit", "datastore.records.query", "datastore.records.publish",
                    "services.call", "lgsp.audit_api.search_records"]
 
 
