@@ -86,7 +86,8 @@ async def serve(ex: Exchange, gw: Gateway, render: Renderer, *, refusal: Exchang
     over-large head): the caller is not identified, nothing it sent is recorded.
     """
     context_problem = ex.drop_bad_context()  # before anything records the caller's values
-    if context_problem and refusal is None:
+    if context_problem and (refusal is None or refusal.code == "request.invalid"):
+        # One code for a bad officer, purpose or request id, whether or not the spec declares the header.
         refusal = ExchangeError("request.context_invalid", context_problem)
     if refusal is None:
         await (stages or run_stages)(ex, gw)

@@ -279,7 +279,8 @@ def test_officer_purpose_and_request_id_are_bounded_before_they_are_recorded(gat
 
 
 def test_soap_context_is_bounded_before_it_is_recorded(gateway, token):
-    for officer, code in (("o" * 300, "request.invalid"), ("officer \u202e7", "request.context_invalid")):
+    # Over-long (the WSDL's schema says so too) or hiding text: one code either way.
+    for officer, code in (("o" * 300, "request.context_invalid"), ("officer \u202e7", "request.context_invalid")):
         rid = f"soap-ctx-{uuid.uuid4().hex[:8]}"
         r = soap_post(gateway.url, soap_envelope("codelists.get", {"name": "gender"},
                                                  context=f"<l:on_behalf_of>{officer}</l:on_behalf_of>"

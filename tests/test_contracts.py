@@ -329,9 +329,9 @@ def test_an_oversize_officer_is_refused_and_the_refusal_still_recorded(gateway, 
     r = httpx.get(f"{gateway.url}/api/population/v1/citizens/001090012345",
                   headers={**bearer(callers, "client"), "X-Purpose": PURPOSE, "X-On-Behalf-Of": "0" * 129,
                            "X-Request-ID": "ct-officer"})
-    assert_problem(r, 400, "request.invalid")
+    assert_problem(r, 400, "request.context_invalid")
     record = audit_of(gateway, "ct-officer")  # PostgreSQL refused the whole record before
-    assert record["officer"] is None and record["error_code"] == "request.invalid"
+    assert record["officer"] is None and record["error_code"] == "request.context_invalid"
 
 
 def test_concurrent_creation_of_the_same_object_is_a_conflict_not_a_500(gateway, callers):
