@@ -37,7 +37,7 @@ from lgsp.errors import ExchangeError, problem
 from lgsp.control_auth import verified_caller
 from lgsp.exchange import request_id_from
 from lgsp.identify import bearer_token
-from lgsp.request_guard import Malformed, RequestGuard, allowed_methods
+from lgsp.request_guard import RequestGuard, allowed_methods, unreadable as unreadable_body
 from lgsp.rest_door import MIDDLEWARES, refusal_for
 from lgsp.roles import ROLE_SCOPES
 from lgsp.storage.schema import clients, grants as grants_table
@@ -254,12 +254,9 @@ def _method_not_allowed(path: str) -> ExchangeError:
 
 def _known_failure(exc: Exception) -> ExchangeError | None:
     """Failures that are the request's fault, raised below the handlers (bytes, numbers out of range)."""
-    if isinstance(exc, Malformed):
-        return exc.error
-    if isinstance(exc, UnicodeDecodeError):
-        return Malformed("The body is not UTF-8 text; JSON must be sent as UTF-8 (RFC 8259).").error
-    if isinstance(exc, RecursionError):
-        return Malformed("The JSON body nests too deeply to be read.").error
+    unreadable = unreadable_body(exc)
+    if unreadable is not None:
+        return unreadable
     if isinstance(exc, DataError):  # a value the database cannot keep (too long, out of range)
         return ExchangeError("request.invalid", "A value is longer or larger than the LGSP can keep.")
     return None

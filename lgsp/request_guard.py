@@ -35,6 +35,17 @@ class Malformed(Exception):
         self.error = ExchangeError("request.malformed", detail)
 
 
+def unreadable(exc: Exception) -> ExchangeError | None:
+    """The error for a body that could not be read (not UTF-8, nested too deeply), or None."""
+    if isinstance(exc, Malformed):
+        return exc.error
+    if isinstance(exc, UnicodeDecodeError):
+        return Malformed("The body is not UTF-8 text; JSON must be sent as UTF-8 (RFC 8259).").error
+    if isinstance(exc, RecursionError):
+        return Malformed("The JSON body nests too deeply to be read.").error
+    return None
+
+
 def json_depth(body: bytes) -> int:
     """The deepest nesting of arrays and objects in a JSON text (strings skipped)."""
     if body.count(b"[") + body.count(b"{") <= MAX_JSON_DEPTH:

@@ -29,7 +29,7 @@ from lgsp.exchange import Exchange, request_id_from
 from lgsp.gateway import Gateway
 from lgsp.identify import bearer_token
 from lgsp.pipeline import Rendered, serve
-from lgsp.request_guard import Malformed, allowed_methods
+from lgsp.request_guard import allowed_methods, unreadable as unreadable_body
 from lgsp.validate import check_enterprise_code
 
 log = logging.getLogger(__name__)
@@ -139,12 +139,9 @@ def _service_of(req: ConnexionRequest) -> str | None:
 def refusal_for(exc: Exception, subject: str | None = None, path: str | None = None) -> ExchangeError:
     """The stable error for an exception connexion raised before a handler ran."""
     status = getattr(exc, "status_code", None) or getattr(exc, "status", None)
-    if isinstance(exc, Malformed):
-        return exc.error
-    if isinstance(exc, UnicodeDecodeError):
-        return Malformed("The body is not UTF-8 text; JSON must be sent as UTF-8 (RFC 8259).").error
-    if isinstance(exc, RecursionError):
-        return Malformed("The JSON body nests too deeply to be read.").error
+    unreadable = unreadable_body(exc)
+    if unreadable is not None:
+        return unreadable
     if isinstance(exc, BadRequestProblem):
         detail = str(exc.detail or "The request does not match the API specification.")
         if "x-purpose" in detail.lower() and "missing" in detail.lower():
