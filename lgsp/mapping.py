@@ -248,12 +248,26 @@ def _date_converter(spec: dict, label: str, where: str) -> Callable[[Any], Any]:
     return conv
 
 
+def _named_zone(tz: Any) -> _dt.tzinfo | None:
+    """A time zone named like Asia/Ho_Chi_Minh, or None."""
+    import zoneinfo
+
+    if not isinstance(tz, str) or "/" not in tz:
+        return None
+    try:
+        return zoneinfo.ZoneInfo(tz)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+        return None
+
+
 def _datetime_converter(spec: dict, label: str, where: str) -> Callable[[Any], Any]:
     formats = _formats(spec["datetime"], where)
     tz = spec.get("tz")
     parsed_tz = _suffix(tz) if isinstance(tz, str) else None
-    if tz is not None and (parsed_tz is None or parsed_tz[0] or not parsed_tz[1]):
-        raise MappingSpecError(f"{where}: tz must be an offset such as '+07:00' or 'Z'")
+    zone = _named_zone(tz) if tz is not None and parsed_tz is None else None
+    if tz is not None and zone is None and (parsed_tz is None or parsed_tz[0] or not parsed_tz[1]):
+        raise MappingSpecError(f"{where}: tz must be an offset such as '+07:00' or 'Z', or a zone "
+                               f"such as Asia/Ho_Chi_Minh")
     default_offset = parsed_tz[1] if parsed_tz else ""
     expected = " or ".join(f.text for f in formats)
 
@@ -274,6 +288,8 @@ def _datetime_converter(spec: dict, label: str, where: str) -> Callable[[Any], A
                 except ValueError:
                     break
                 frac, offset = suffix
+                if not offset and zone is not None:  # the zone's offset at that moment
+                    offset = t.replace(tzinfo=zone).isoformat()[19:]
                 # Without an offset the value is the source's local time, as configured.
                 return t.isoformat() + frac + (offset or default_offset)
         got = f"{len(v)} characters" if isinstance(v, str) else type(v).__name__
@@ -633,6 +649,8 @@ class CompiledMapping:
     source: str
     origin: str
     _ops: Mapping[str, tuple[str, Getter]] = field(repr=False)
+    #: The ``outbound:`` section (canonical -> national, for requests), see lgsp.mapping_outbound.
+    outbound: Any = field(default=None, repr=False)
 
     @property
     def operations(self) -> tuple[str, ...]:
@@ -648,12 +666,18 @@ class CompiledMapping:
             raise MappingError(f"{element} is not an element with fields.", field=element)
         return fn(data, meta)
 
+    def to_national(self, operation: str, canonical: Mapping[str, Any]) -> dict[str, Any]:
+        """Render one canonical object as the national request fields (the ``outbound:`` section)."""
+        if self.outbound is None:
+            raise KeyError(f"{self.origin}: no outbound section")
+        return self.outbound.render(operation, canonical)
+
 
 def compile_mapping(document: Mapping[str, Any], origin: str = "<mapping>") -> CompiledMapping:
     """Compile a parsed mapping document (see docs/mapping.md)."""
     if not isinstance(document, dict):
         raise MappingSpecError(f"{origin}: expected a mapping")
-    unknown = set(document) - {"name", "version", "source", "description", "templates", "operations"}
+    unknown = set(document) - {"name", "version", "source", "description", "templates", "operations", "outbound"}
     if unknown:
         raise MappingSpecError(f"{origin}: unknown keys {sorted(unknown)}")
     for key in ("name", "source"):
@@ -671,12 +695,18 @@ def compile_mapping(document: Mapping[str, Any], origin: str = "<mapping>") -> C
             raise MappingSpecError(f"{where}: expected 'input' and 'fields'")
         element = spec.get("input") or op
         ops[op] = (element, _compile_object(spec.get("fields"), ctx, f"{element}/", where, null_if_empty=False))
+    outbound = None
+    if "outbound" in document:
+        from lgsp.mapping_outbound import compile_outbound  # the other direction, only for files that write
+
+        outbound = compile_outbound(document["outbound"], document["source"], origin)
     return CompiledMapping(
         name=document["name"],
         version=str(document.get("version", "0")),
         source=document["source"],
         origin=origin,
         _ops=ops,
+        outbound=outbound,
     )
 
 

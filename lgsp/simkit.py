@@ -16,10 +16,12 @@ class Faults:
     mode: str = "normal"
     delay: float = 0.0
     remaining: int | None = None
+    #: The modes this simulator implements; a simulator with more (e.g. "5xx") passes its own tuple.
+    modes: tuple[str, ...] = FAULT_MODES
 
     def configure(self, mode: str, delay: float = 0.0, count: int | None = None) -> None:
-        if mode not in FAULT_MODES:
-            raise ValueError(f"mode must be one of {', '.join(FAULT_MODES)}")
+        if mode not in self.modes:
+            raise ValueError(f"mode must be one of {', '.join(self.modes)}")
         if not 0 <= delay <= 600:
             raise ValueError("delay must be between 0 and 600 seconds")
         if count is not None and count < 1:
