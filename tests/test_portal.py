@@ -95,8 +95,9 @@ FULL_ON_THE_WIRE = {
     "DanhSachGiayToKetQua": [{"GiayToId": "kq-1", "TenGiayTo": "Giấy phép xây dựng", "MaThanhPhanHoSo": "KQ01",
                               "DuongDanTepTinKetQua": "https://mc.example.vn/kq/1"}],
 }
-STEP = {"step_id": "s-1", "officer": "Lê Thị Dung", "officer_title": "Chuyên viên", "handled_at": "2026-12-01T02:00:00Z",
-        "department": "Phòng Quản lý xây dựng", "content": "Thẩm định hồ sơ", "status": "processing",
+STEP = {"step_id": "s-1", "officer": "Lê Thị Dung", "officer_title": "Chuyên viên",
+        "handled_at": "2026-12-01T02:00:00Z", "department": "Phòng Quản lý xây dựng", "content": "Thẩm định hồ sơ",
+        "status": "processing",
         "started_at": "2026-12-01T08:00:00+07:00", "due_at": "2026-12-10T17:00:00+07:00"}
 
 
@@ -380,8 +381,8 @@ def test_every_field_reaches_the_portal_and_reads_back(sim):
 
 def test_progress_is_appended_and_read_back(sim):
     d = new_dossier()
-    sync, step, got = run(sim, ("dossier.sync", d), ("dossier.progress", {"dossier_no": d["dossier_no"], "step": STEP}),
-                          ("dossier.get", {"dossier_no": d["dossier_no"]}))
+    _, step, got = run(sim, ("dossier.sync", d), ("dossier.progress", {"dossier_no": d["dossier_no"], "step": STEP}),
+                       ("dossier.get", {"dossier_no": d["dossier_no"]}))
     assert mapped("dossier.progress", step)["portal_code"] == "00"
     assert mapped("dossier.get", got)["progress"] == [{k: v for k, v in STEP.items() if k != "step_id"}
                                                       | {"handled_at": "2026-12-01T09:00:00+07:00"}]
