@@ -30,6 +30,9 @@ LOOKUP_FIELDS = [
 # A pension desk asks whether a person is still alive: yes or no and the status on record, nothing else.
 VITAL_FIELDS = ["match", "vital_status", "event_date"]
 DECEASED_CITIZEN = "079048067891"  # a documented deceased person of the simulator (its README)
+# The demo province's account at the (simulated) national public-service portal.
+PORTAL_UPSTREAM = {"dstcode": "DVCQG-H30", "madonvi": "000.00.00.H30", "username": "lgsp-demo-province",
+                   "password": "demo-portal-secret"}
 
 
 def _private_log(path: Path):
@@ -67,7 +70,17 @@ def _demo_enterprise() -> str:
     return out.split("\t", 1)[0]
 
 
-def _prepare(port: int, sim_port: int, biz_port: int) -> str:
+def _prepare_portal(admin, portal_port: int) -> None:
+    """The portal connection and the two store-and-forward services the delivery engine serves."""
+    admin.set_connection("portal", "portal", {"endpoint": f"http://127.0.0.1:{portal_port}/dvcqg/api",
+                                              "timeout": 5, **PORTAL_UPSTREAM})
+    admin.set_service("portal.dossiers", version="v1", connection="portal", operation="dossier.sync",
+                      description="Dossiers to the national public-service portal (create or replace)")
+    admin.set_service("portal.progress", version="v1", connection="portal", operation="dossier.progress",
+                      description="Progress steps of dossiers to the national public-service portal")
+
+
+def _prepare(port: int, sim_port: int, biz_port: int, portal_port: int = 8083) -> str:
     """Fresh demo database with the connection, a client and its grants; returns the secret."""
     from lgsp import keys
     from lgsp.admin import Admin
@@ -90,6 +103,7 @@ def _prepare(port: int, sim_port: int, biz_port: int) -> str:
         "endpoint": f"http://127.0.0.1:{biz_port}/apiCSDLDKDN/1.0", "token_url": f"http://127.0.0.1:{biz_port}/token",
         "client_id": BUSINESS_UPSTREAM[0], "client_secret": BUSINESS_UPSTREAM[1], "timeout": 5,
     })
+    _prepare_portal(admin, portal_port)
     admin.add_grant(CLIENT_ID, "population.citizen.get", LOOKUP_FIELDS, [PURPOSE])
     admin.add_grant(CLIENT_ID, "population.citizen.verify", ["match"], [PURPOSE])
     admin.add_grant(CLIENT_ID, "business.enterprise.get", BUSINESS_FIELDS, [PURPOSE])
@@ -116,7 +130,7 @@ def _commands(base: str, secret: str, citizen: str, enterprise: str) -> list[str
     return [token, read, business, codes, vital]
 
 
-def run(port: int, sim_port: int, check: bool, biz_port: int = 8082) -> int:
+def run(port: int, sim_port: int, check: bool, biz_port: int = 8082, *, portal_port: int = 8083) -> int:
     if DEMO_HOME.exists():
         shutil.rmtree(DEMO_HOME)
     DEMO_HOME.mkdir(mode=0o700)
@@ -135,7 +149,7 @@ def run(port: int, sim_port: int, check: bool, biz_port: int = 8082) -> int:
             [sys.executable, "-m", "lgsp_adapters.population.simulator", "--port", str(sim_port)],
             stdout=sim_log, stderr=subprocess.STDOUT,
         ))
-        secret = _prepare(port, sim_port, biz_port)
+        secret = _prepare(port, sim_port, biz_port, portal_port)
         gw_log = _private_log(DEMO_HOME / "gateway.log")
         procs.append(subprocess.Popen(
             [sys.executable, "-m", "lgsp.cli", "serve", "--port", str(port)], stdout=gw_log, stderr=subprocess.STDOUT,
@@ -145,6 +159,12 @@ def run(port: int, sim_port: int, check: bool, biz_port: int = 8082) -> int:
              "--client-id", BUSINESS_UPSTREAM[0], "--client-secret", BUSINESS_UPSTREAM[1]],
             stdout=sim_log, stderr=subprocess.STDOUT,
         ))
+        procs.append(subprocess.Popen(
+            [sys.executable, "-m", "lgsp_adapters.portal.simulator", "--port", str(portal_port),
+             *[f"--{k}={v}" for k, v in PORTAL_UPSTREAM.items()]],
+            stdout=sim_log, stderr=subprocess.STDOUT,
+        ))
+        _wait(f"http://127.0.0.1:{portal_port}/_sim/faults", procs[3])
         _wait(f"http://127.0.0.1:{sim_port}/dancu?wsdl", procs[0])
         _wait(f"http://127.0.0.1:{biz_port}/_sim/faults", procs[2])
         _wait(f"{base}/readyz", procs[1])
@@ -155,6 +175,7 @@ LGSP demo is running (SQLite in {DEMO_HOME}/, logs there too).
   gateway:    {base}        (APIs: {base}/api, docs: {base}/api/population/v1/ui/)
   simulators: http://127.0.0.1:{sim_port}/dancu   (national population database, SOAP)
               http://127.0.0.1:{biz_port}/apiCSDLDKDN/1.0   (national business registry, REST)
+              http://127.0.0.1:{portal_port}/dvcqg/api   (national public-service portal, dossier sync)
   client:     {CLIENT_ID}, grant limited to: {', '.join(LOOKUP_FIELDS)}
   citizens:   {', '.join(citizens)}
 

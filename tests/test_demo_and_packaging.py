@@ -17,7 +17,8 @@ def test_demo_serves_and_its_curl_commands_return_a_minimised_citizen(tmp_path):
     env = {k: v for k, v in __import__("os").environ.items() if not k.startswith("LGSP_")}
     result = subprocess.run(
         [sys.executable, "-m", "lgsp.cli", "demo", "--check", "--port", str(free_port()),
-         "--simulator-port", str(free_port()), "--business-port", str(free_port())],
+         "--simulator-port", str(free_port()), "--business-port", str(free_port()),
+         "--portal-port", str(free_port())],
         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120,
     )
     assert result.returncode == 0, result.stdout + result.stderr

@@ -577,3 +577,23 @@ def test_contract_kit_passes_on_the_portal_simulator(portal_sim, tmp_path):
     assert _status(out, "dossier.progress", "example") == "SKIP"  # appends: not safe to repeat
     assert "the contract holds" in out and "0 failed" in out
     assert httpx.get(f"{portal_sim.url}/_sim/faults").json()["mode"] == "normal"
+
+
+# -- the demo's registration -----------------------------------------------------------------
+
+def test_demo_registers_the_portal_connection_and_its_two_services(fresh_db_url):
+    from lgsp.admin import Admin
+    from lgsp.demo import PORTAL_UPSTREAM, _prepare_portal
+    from lgsp.storage import engine_for
+
+    admin = Admin(engine_for(fresh_db_url), "tests")
+    _prepare_portal(admin, 18083)
+    services = {s["name"]: s for s in admin.list_services()}
+    assert (services["portal.dossiers"]["connection"], services["portal.dossiers"]["operation"]) == \
+        ("portal", "dossier.sync")
+    assert (services["portal.progress"]["connection"], services["portal.progress"]["operation"]) == \
+        ("portal", "dossier.progress")
+    assert services["portal.dossiers"]["personal_data"] is True   # applicants are people
+    conn = admin.get_connection("portal")
+    assert conn["adapter"] == "portal" and conn["settings"]["dstcode"] == PORTAL_UPSTREAM["dstcode"]
+    assert PORTAL_UPSTREAM["password"] not in json.dumps(conn)  # the secret is sealed, never shown
