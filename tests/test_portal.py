@@ -597,3 +597,15 @@ def test_demo_registers_the_portal_connection_and_its_two_services(fresh_db_url)
     conn = admin.get_connection("portal")
     assert conn["adapter"] == "portal" and conn["settings"]["dstcode"] == PORTAL_UPSTREAM["dstcode"]
     assert PORTAL_UPSTREAM["password"] not in json.dumps(conn)  # the secret is sealed, never shown
+
+
+def test_docs_name_every_canonical_field():
+    text = (ROOT / "docs" / "portal.md").read_text(encoding="utf-8")
+    names = set(DOSSIER_SCHEMA["properties"]) | set(PROGRESS_SCHEMA["properties"])
+    names |= set(DOSSIER_SCHEMA["properties"]["applicant"]["properties"])
+    for definition in ("file", "fee", "supplement_request", "result_document"):
+        names |= set(DOSSIER_SCHEMA["$defs"][definition]["properties"])
+    for name in names:
+        assert re.search(rf"[`.]{name}(\[\])?[`.]", text), name
+    for field in PortalAdapter.settings_schema["properties"]:
+        assert f"`{field}`" in text, field
