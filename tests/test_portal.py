@@ -609,3 +609,17 @@ def test_docs_name_every_canonical_field():
         assert re.search(rf"[`.]{name}(\[\])?[`.]", text), name
     for field in PortalAdapter.settings_schema["properties"]:
         assert f"`{field}`" in text, field
+
+
+@pytest.mark.parametrize("number", ["../../etc", "a b", "", "x" * 65])
+def test_a_malformed_dossier_number_is_never_sent(sim, number):
+    sync, progress = run(sim, ("dossier.sync", new_dossier(dossier_no=number)),
+                         ("dossier.progress", {"dossier_no": number, "step": STEP}))
+    for result in (sync, progress):
+        assert isinstance(result, UpstreamFault) and result.fault_code == "lgsp.unmappable", result
+    assert received(sim)["requests"] == 0
+
+
+def test_a_zero_error_code_as_a_number_is_success():
+    assert PortalAdapter._code({"error_code": 0}) == "00" and PortalAdapter._code({"error_code": "0"}) == "00"
+    assert PortalAdapter._code({"error_code": "01"}) == "01" and PortalAdapter._code({"error_code": None}) == ""

@@ -204,7 +204,10 @@ class PortalAdapter(Adapter):
         return self._receipt(number, doc, updating=updating)
 
     async def _progress(self, params: Mapping[str, Any], context: CallContext, where: dict) -> dict:
-        number = self._key(params.get("dossier_no"), "dossier_no")
+        number = params.get("dossier_no")
+        if not isinstance(number, str) or not _KEY.fullmatch(number):
+            raise UpstreamFault("The dossier.progress input has no valid dossier_no.", fault_code="lgsp.unmappable",
+                                **where)
         step = params.get("step")
         if step is None:  # the step's fields given flat beside dossier_no
             step = {k: v for k, v in params.items() if k != "dossier_no"}
@@ -249,7 +252,10 @@ class PortalAdapter(Adapter):
 
     def _render(self, operation: str, canonical: Any, where: dict) -> dict:
         try:
-            return self._mapping.to_national(operation, canonical)
+            item = self._mapping.to_national(operation, canonical)
+            if operation == "dossier.sync" and not _KEY.fullmatch(item["MaHoSo"]):
+                raise MappingError("dossier_no is not a dossier number.", field="dossier_no")
+            return item
         except MappingError as exc:
             # The door validates against the schema first; what still cannot be written in the
             # portal's format never will be: permanent, never sent.
@@ -310,7 +316,9 @@ class PortalAdapter(Adapter):
 
     @staticmethod
     def _code(doc: dict) -> str:
-        return _text(doc.get("error_code")).strip()
+        code = _text(doc.get("error_code")).strip()
+        # "00" is success; a JSON 0 or "0" is read the same way rather than as a refusal.
+        return OK if code and not code.strip("0") else code
 
     def _accepted(self, doc: dict, where: dict) -> dict:
         code = self._code(doc)
