@@ -623,3 +623,20 @@ def test_a_malformed_dossier_number_is_never_sent(sim, number):
 def test_a_zero_error_code_as_a_number_is_success():
     assert PortalAdapter._code({"error_code": 0}) == "00" and PortalAdapter._code({"error_code": "0"}) == "00"
     assert PortalAdapter._code({"error_code": "01"}) == "01" and PortalAdapter._code({"error_code": None}) == ""
+
+
+def test_a_step_may_come_nested_or_flat_beside_the_dossier_number(sim):
+    schema = jsonschema.Draft202012Validator(PortalAdapter.operations["dossier.progress"].params_schema)
+    nested = {"dossier_no": "HS-1", "step": STEP}
+    flat = {"dossier_no": "HS-1", **STEP}
+    assert schema.is_valid(nested) and schema.is_valid(flat)
+    assert not schema.is_valid({"dossier_no": "HS-1", **STEP, "colour": "red"})
+    assert not schema.is_valid({"dossier_no": "HS-1", "step": dict(STEP, handled_at="2026-12-01 09:00")})
+    d = new_dossier()
+    other = dict(STEP, content="Trình ký")
+    results = run(sim, ("dossier.sync", d), ("dossier.progress", {"dossier_no": d["dossier_no"], "step": STEP}),
+                  ("dossier.progress", {"dossier_no": d["dossier_no"], **other}))
+    assert all(mapped(op, r)["portal_code"] == "00" for op, r in zip(("dossier.sync", "dossier.progress",
+                                                                       "dossier.progress"), results))
+    steps = httpx.get(f"{sim.url}/_sim/dossiers/{d['dossier_no']}").json()["QuaTrinhXuLy"]
+    assert [s["NoiDungXuLy"] for s in steps] == ["Thẩm định hồ sơ", "Trình ký"]

@@ -60,6 +60,18 @@ _PROCEDURE = re.compile(r"[0-9A-Za-z][0-9A-Za-z.-]{0,63}")
 # Fields the portal adds to a dossier it stores (TraCuuHoSo) that a sync never sends.
 PORTAL_ONLY = frozenset({"QuaTrinhXuLy"})
 
+# dossier.progress takes {"dossier_no", "step": {...}}, or the step's fields flat beside dossier_no
+# (as the REST door's body and the URL's dossier number come together).
+PROGRESS_PARAMS = {
+    "$defs": PROGRESS_SCHEMA["$defs"],
+    "oneOf": [
+        {"type": "object", "additionalProperties": False, "required": ["dossier_no", "step"],
+         "properties": {"dossier_no": DOSSIER_SCHEMA["$defs"]["dossier_no"], "step": PROGRESS_SCHEMA}},
+        {"type": "object", "additionalProperties": False, "required": ["dossier_no", *PROGRESS_SCHEMA["required"]],
+         "properties": {"dossier_no": DOSSIER_SCHEMA["$defs"]["dossier_no"], **PROGRESS_SCHEMA["properties"]}},
+    ],
+}
+
 EXAMPLE_DOSSIER = {
     "version": 1, "dossier_no": "000.00.31.H30-261101-0001", "procedure_code": "1.001193",
     "procedure_name": "Đăng ký khai sinh", "field_code": "HT", "field_name": "Hộ tịch",
@@ -133,10 +145,7 @@ class PortalAdapter(Adapter):
             mapping="dossier.sync", params_schema=DOSSIER_SCHEMA, writes=True),
         "dossier.progress": Operation(
             "dossier.progress", "Append a progress step to a dossier on the portal (CapNhatTienDoHoSoMC)",
-            mapping="dossier.progress", writes=True,
-            params_schema={"type": "object", "additionalProperties": False, "required": ["dossier_no", "step"],
-                           "properties": {"dossier_no": DOSSIER_SCHEMA["$defs"]["dossier_no"],
-                                          "step": PROGRESS_SCHEMA}}),
+            mapping="dossier.progress", writes=True, params_schema=PROGRESS_PARAMS),
         "dossier.get": Operation(
             "dossier.get", "Read a dossier as the portal holds it (TraCuuHoSo)", mapping="dossier.get",
             params_schema={"type": "object", "required": ["dossier_no"],
