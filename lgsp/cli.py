@@ -698,7 +698,8 @@ def audit_witness_compact(before: str, directory: Path | None) -> None:
 @click.option("--port", default=8080, show_default=True, type=int)
 @click.option("--simulator-port", default=8081, show_default=True, type=int, help="Population database simulator.")
 @click.option("--business-port", default=8082, show_default=True, type=int, help="Business registry simulator.")
-@click.option("--portal-port", default=8083, show_default=True, type=int, help="National public-service portal simulator.")
+@click.option("--portal-port", default=8083, show_default=True, type=int,
+              help="National public-service portal simulator.")
 @click.option("--check", is_flag=True, help="Run the printed requests, show the answers, and exit.")
 def demo(port: int, simulator_port: int, business_port: int, portal_port: int, check: bool) -> None:
     """Embedded demo: SQLite, the national-system simulators, a client with grants."""
