@@ -531,16 +531,25 @@ def test_many_messages_in_parallel_each_applied_once(sim):
     """Concurrent deliveries over one adapter (one session shared) all land, each exactly once."""
     dossiers = [new_dossier() for _ in range(40)]
 
+    def issued() -> int:
+        return httpx.get(f"{sim.url}/_sim/config").json()["sessions_issued"]
+
     async def go():
         adapter = PortalAdapter(sim.extra["settings"])
         try:
-            return await asyncio.gather(*[
+            first = await asyncio.gather(*[
                 adapter.call("dossier.sync", d, CallContext(request_id=f"par-{i}", client_id="tests"))
-                for i, d in enumerate(dossiers)])
+                for i, d in enumerate(dossiers[:20])])
+            httpx.delete(f"{sim.url}/_sim/sessions")  # every waiting call meets an expired session at once
+            return first + await asyncio.gather(*[
+                adapter.call("dossier.sync", d, CallContext(request_id=f"par-{i}", client_id="tests"))
+                for i, d in enumerate(dossiers[20:], start=20)])
         finally:
             await adapter.aclose()
 
+    before = issued()
     results = asyncio.run(go())
+    assert issued() == before + 2  # one session, then one renewal shared by all twenty refused calls
     assert all(load_mapping(MAPPING).apply("dossier.sync", r.data)["portal_code"] == "00" for r in results)
     state = received(sim)
     assert state["applied"]["DongBoHoSoMC"] == 40 and state["duplicates"] == 0
