@@ -306,3 +306,25 @@ def serve_in_thread(app) -> Iterator[str]:
     finally:
         srv.should_exit = True
         thread.join(5)
+
+
+# -- the national public-service portal simulator and its connection ------------------------
+
+PORTAL_ACCOUNT = {"dstcode": "DVCQG-H30-TEST", "madonvi": "000.00.00.H30", "username": "lgsp-test"}
+
+
+@pytest.fixture(scope="session")
+def portal_sim(tmp_path_factory):
+    """The portal simulator on loopback; ``extra["settings"]`` are the `portal` connection's settings."""
+    port = free_port()
+    password = secrets.token_urlsafe(16)
+    log = tmp_path_factory.mktemp("sim") / "portal-sim.log"
+    server = start_server(
+        [sys.executable, "-m", "lgsp_adapters.portal.simulator", "--host", "127.0.0.1", "--port", str(port),
+         *[f"--{k}={v}" for k, v in PORTAL_ACCOUNT.items()], f"--password={password}"],
+        f"http://127.0.0.1:{port}", "/_sim/faults", log,
+    )
+    server.extra["settings"] = {"endpoint": f"{server.url}/dvcqg/api", **PORTAL_ACCOUNT, "password": password,
+                                "timeout": 1}
+    yield server
+    server.stop()

@@ -9,7 +9,6 @@ import copy
 import json
 import re
 import secrets
-import sys
 import time
 from pathlib import Path
 
@@ -17,7 +16,7 @@ import httpx
 import jsonschema
 import pytest
 
-from conftest import free_port, lgsp_cli, start_server
+from conftest import PORTAL_ACCOUNT as ACCOUNT, free_port, lgsp_cli
 from lgsp import codelists, plugins
 from lgsp.adapter import (
     CallContext, RecordNotFound, UpstreamFault, UpstreamMalformed, UpstreamTimeout, UpstreamUnavailable,
@@ -28,7 +27,6 @@ from lgsp_adapters.portal.simulator import API_PATH, FIXED_DOSSIERS
 
 ROOT = Path(__file__).resolve().parent.parent
 MAPPING = ROOT / "adapters" / "portal" / "mapping.yaml"
-ACCOUNT = {"dstcode": "DVCQG-H30-TEST", "madonvi": "000.00.00.H30", "username": "lgsp-test"}
 
 FULL = {
     "version": 3, "dossier_no": "000.00.31.H30-261130-0042", "procedure_code": "1.005047",
@@ -102,21 +100,6 @@ STEP = {"step_id": "s-1", "officer": "Lê Thị Dung", "officer_title": "Chuyên
 
 
 # -- the simulator and the adapter ---------------------------------------------------------
-
-@pytest.fixture(scope="module")
-def portal_sim(tmp_path_factory):
-    port = free_port()
-    password = secrets.token_urlsafe(16)
-    log = tmp_path_factory.mktemp("sim") / "portal-sim.log"
-    server = start_server(
-        [sys.executable, "-m", "lgsp_adapters.portal.simulator", "--host", "127.0.0.1", "--port", str(port),
-         *[f"--{k}={v}" for k, v in ACCOUNT.items()], f"--password={password}"],
-        f"http://127.0.0.1:{port}", "/_sim/faults", log,
-    )
-    server.extra["settings"] = {"endpoint": f"{server.url}{API_PATH}", **ACCOUNT, "password": password, "timeout": 1}
-    yield server
-    server.stop()
-
 
 @pytest.fixture
 def sim(portal_sim):
