@@ -632,3 +632,11 @@ def test_a_step_may_come_nested_or_flat_beside_the_dossier_number(sim):
                                                                        "dossier.progress"), results))
     steps = httpx.get(f"{sim.url}/_sim/dossiers/{d['dossier_no']}").json()["QuaTrinhXuLy"]
     assert [s["NoiDungXuLy"] for s in steps] == ["Thẩm định hồ sơ", "Trình ký"]
+
+
+def test_every_procedure_of_the_catalogue_is_read_from_the_portal(sim):
+    entries = codelists.get("national-procedures").entries
+    results = run(sim, *[("procedure.get", {"procedure_code": e["code"]}) for e in entries])
+    assert [mapped("procedure.get", r) for r in results] == [
+        {"procedure_code": e["code"], "name": e["name"], "field_code": e["field_code"], "field_name": e["field_name"]}
+        for e in entries]
