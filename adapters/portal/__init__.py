@@ -46,7 +46,7 @@ from lgsp.adapter import (
     UpstreamMalformed, UpstreamTimeout, UpstreamUnavailable,
 )
 from lgsp.http import LazySession
-from lgsp.mapping import MappingError, load_mapping
+from lgsp.mapping import load_mapping
 
 __version__ = "1.0.0"
 
@@ -263,9 +263,9 @@ class PortalAdapter(Adapter):
         try:
             item = self._mapping.to_national(operation, canonical)
             if operation == "dossier.sync" and not _KEY.fullmatch(item["MaHoSo"]):
-                raise MappingError("dossier_no is not a dossier number.", field="dossier_no")
+                raise ValueError("dossier_no is not a dossier number.")
             return item
-        except MappingError as exc:
+        except ValueError as exc:  # a MappingError (a ValueError) names the canonical field, never its value
             # The door validates against the schema first; what still cannot be written in the
             # portal's format never will be: permanent, never sent.
             raise UpstreamFault(f"The {operation} input cannot be written in the portal's format: {exc}",
