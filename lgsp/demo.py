@@ -83,8 +83,8 @@ def _prepare_portal(admin, portal_port: int) -> None:
 def _prepare(port: int, sim_port: int, biz_port: int, portal_port: int = 8083) -> str:
     """Fresh demo database with the connection, a client and its grants; returns the secret."""
     from lgsp import keys
-    from lgsp.admin import Admin
     from lgsp.config import settings
+    from lgsp.control.admin import Admin
     from lgsp.storage import engine_for, upgrade
 
     cfg = settings()
