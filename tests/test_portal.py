@@ -21,7 +21,7 @@ from lgsp import codelists, plugins
 from lgsp.adapter import (
     CallContext, RecordNotFound, UpstreamFault, UpstreamMalformed, UpstreamTimeout, UpstreamUnavailable,
 )
-from lgsp.mapping import MappingError, MappingSpecError, compile_mapping, load_mapping
+from lgsp.mapping.compile import MappingError, MappingSpecError, compile_mapping, load_mapping
 from lgsp_adapters.portal import DOSSIER_SCHEMA, EXAMPLE_DOSSIER, PROGRESS_SCHEMA, PortalAdapter
 from lgsp_adapters.portal.simulator import API_PATH, FIXED_DOSSIERS
 
@@ -574,7 +574,7 @@ def test_contract_kit_passes_on_the_portal_simulator(portal_sim, tmp_path):
 # -- the demo's registration -----------------------------------------------------------------
 
 def test_demo_registers_the_portal_connection_and_its_two_services(fresh_db_url):
-    from lgsp.admin import Admin
+    from lgsp.control.admin import Admin
     from lgsp.demo import PORTAL_UPSTREAM, _prepare_portal
     from lgsp.storage import engine_for
 

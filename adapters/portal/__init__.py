@@ -41,12 +41,10 @@ from typing import Any, Mapping
 import aiohttp
 import orjson
 
-from lgsp.adapter import (
-    Adapter, AdapterResult, CallContext, Operation, RecordNotFound, UpstreamError, UpstreamFault,
-    UpstreamMalformed, UpstreamTimeout, UpstreamUnavailable,
+from lgsp.sdk import (
+    Adapter, AdapterResult, CallContext, LazySession, Operation, RecordNotFound, UpstreamError, UpstreamFault,
+    UpstreamMalformed, UpstreamTimeout, UpstreamUnavailable, load_mapping,
 )
-from lgsp.http import LazySession
-from lgsp.mapping import load_mapping
 
 __version__ = "1.0.0"
 

@@ -649,7 +649,7 @@ class CompiledMapping:
     source: str
     origin: str
     _ops: Mapping[str, tuple[str, Getter]] = field(repr=False)
-    #: The ``outbound:`` section (canonical -> national, for requests), see lgsp.mapping_outbound.
+    #: The ``outbound:`` section (canonical -> national, for requests), see lgsp.mapping.outbound.
     outbound: Any = field(default=None, repr=False)
 
     @property
@@ -697,7 +697,7 @@ def compile_mapping(document: Mapping[str, Any], origin: str = "<mapping>") -> C
         ops[op] = (element, _compile_object(spec.get("fields"), ctx, f"{element}/", where, null_if_empty=False))
     outbound = None
     if "outbound" in document:
-        from lgsp.mapping_outbound import compile_outbound  # the other direction, only for files that write
+        from lgsp.mapping.outbound import compile_outbound  # the other direction, only for files that write
 
         outbound = compile_outbound(document["outbound"], document["source"], origin)
     return CompiledMapping(

@@ -5,7 +5,7 @@ import argparse
 import sys
 from typing import Sequence
 
-from lgsp.simkit import Faults
+from lgsp.sdk import Faults
 
 from .app import API_PATH, DEFAULT_ACCOUNT, PORTAL_MODES, create_app
 

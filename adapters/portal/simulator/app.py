@@ -28,7 +28,7 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route
 
-from lgsp.simkit import FAULT_MODES, Faults
+from lgsp.sdk import FAULT_MODES, Faults
 
 from .data import catalogue, dossier_problem, seed, step_problem
 

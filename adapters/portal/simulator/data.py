@@ -9,7 +9,7 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
-from lgsp import codelists
+from lgsp.sdk import codelists
 
 DATE_FIELDS_DOSSIER = ("NgayTiepNhan", "NgayHenTra", "NgayTra", "NgayKetThucXuLy")
 DATE_FIELDS_STEP = ("ThoiDiemXuLy", "NgayBatDau", "NgayKetThucTheoQuyDinh")

@@ -1,6 +1,6 @@
 """Declarative outbound mapping: the canonical model -> a backend's request (national field names).
 
-The inbound direction (lgsp.mapping) reads a national answer into canonical JSON. A
+The inbound direction (lgsp.mapping.compile) reads a national answer into canonical JSON. A
 store-and-forward adapter also *writes* to a national system (the portal's
 DongBoHoSoMC), so it needs the other way round. The ``outbound:`` section of a
 mapping file says, per operation, which canonical field feeds which national field
@@ -10,7 +10,7 @@ templates for repeated elements. The format is in docs/mapping.md ("Outbound").
 
 Compiled once into closures like the inbound direction. A canonical value that
 cannot be rendered (a date without an offset, a code the list does not know)
-raises :class:`lgsp.mapping.MappingError` naming the canonical field: nothing
+raises :class:`lgsp.mapping.compile.MappingError` naming the canonical field: nothing
 half-mapped is ever sent.
 """
 from __future__ import annotations
@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Mapping
 
 from lgsp import codelists
-from lgsp.mapping import MappingError, MappingSpecError, _compile_format, _Format
+from lgsp.mapping.compile import MappingError, MappingSpecError, _compile_format, _Format
 
 __all__ = ["CompiledOutbound", "compile_outbound"]
 
