@@ -15,11 +15,17 @@ from pathlib import Path
 import httpx
 import jsonschema
 import pytest
+from conftest import PORTAL_ACCOUNT as ACCOUNT
+from conftest import free_port, lgsp_cli
 
-from conftest import PORTAL_ACCOUNT as ACCOUNT, free_port, lgsp_cli
 from lgsp import codelists, plugins
 from lgsp.adapter import (
-    CallContext, RecordNotFound, UpstreamFault, UpstreamMalformed, UpstreamTimeout, UpstreamUnavailable,
+    CallContext,
+    RecordNotFound,
+    UpstreamFault,
+    UpstreamMalformed,
+    UpstreamTimeout,
+    UpstreamUnavailable,
 )
 from lgsp.mapping.compile import MappingError, MappingSpecError, compile_mapping, load_mapping
 from lgsp_adapters.portal import DOSSIER_SCHEMA, EXAMPLE_DOSSIER, PROGRESS_SCHEMA, PortalAdapter

@@ -42,8 +42,18 @@ import aiohttp
 import orjson
 
 from lgsp.sdk import (
-    Adapter, AdapterResult, CallContext, LazySession, Operation, RecordNotFound, UpstreamError, UpstreamFault,
-    UpstreamMalformed, UpstreamTimeout, UpstreamUnavailable, load_mapping,
+    Adapter,
+    AdapterResult,
+    CallContext,
+    LazySession,
+    Operation,
+    RecordNotFound,
+    UpstreamError,
+    UpstreamFault,
+    UpstreamMalformed,
+    UpstreamTimeout,
+    UpstreamUnavailable,
+    load_mapping,
 )
 
 __version__ = "1.0.0"
