@@ -38,10 +38,7 @@ def declared(ex: Exchange, registry: Registry) -> Sequence[str]:
     """Where the exchange's operation says other persons can be (none if unknown)."""
     if ex.service is None:
         return ()
-    try:
-        adapter = registry.adapter(ex.service.connection)
-    except Exception:
-        return ()
+    adapter = registry.adapter(ex.service.connection)  # answered, so it was built (a failure here fails closed)
     op = adapter.operations.get(ex.service.operation) if adapter is not None else None
     return op.persons if op is not None else ()
 

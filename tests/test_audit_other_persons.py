@@ -10,7 +10,7 @@ import uuid
 
 import httpx
 import pytest
-from conftest import audit_of, get_token
+from conftest import get_token
 from lgsp_adapters.population.simulator import FIXED_IDS
 from sqlalchemy import select
 from test_soap_door import zeep_client
@@ -166,7 +166,7 @@ def test_a_household_read_over_soap_is_in_every_members_report(gateway, names_on
 # -- the writer: an exchange's records are written together or not at all -------------------
 
 def _record(request_id: str, person: str, **extra) -> dict:
-    return {"at": dt.datetime.now(dt.timezone.utc), "kind": "exchange", "request_id": request_id, "door": "rest",
+    return {"at": dt.datetime.now(dt.UTC), "kind": "exchange", "request_id": request_id, "door": "rest",
             "client_id": "desk", "service": "population.household.get", "outcome": "ok", "status": 200,
             "subject_hash": subject_hash(person), **extra}
 
@@ -185,3 +185,21 @@ def test_an_exchanges_records_are_one_transaction(fresh_db_url):
                             .where(audit_records.c.kind == "exchange").order_by(audit_records.c.seq)).all()
     assert rows == [("whole", seq) for seq in range(1, 6)]
     assert verify_database(engine).ok
+
+
+def test_an_enterprise_lookup_is_in_each_members_access_report(business_gateway):
+    """The members of an enterprise (owners, legal representatives) are persons too."""
+    from lgsp_adapters.business.simulator import FIXED_CODES, generate
+
+    code = FIXED_CODES["anphat"]
+    ids = [m.id_number for m in generate().find(code).members if m.id_number]
+    assert ids
+    token = client_with(business_gateway, {"business.enterprise.get": ["enterprise_code", "members.full_name"]})
+    rid = f"ent-{uuid.uuid4().hex[:8]}"
+    r = httpx.get(f"{business_gateway.url}/api/business/v1/enterprises/{code}", timeout=15,
+                  headers={"Authorization": f"Bearer {token}", "X-Purpose": PURPOSE, "X-Request-ID": rid})
+    assert r.status_code == 200 and all(set(m) == {"full_name"} for m in r.json()["members"]), r.text
+    for pid in ids:
+        (access,) = reported(business_gateway, pid, rid)
+        assert access["service"] == "business.enterprise.get" and access["fields"] == ["full_name"]
+    assert records_of(business_gateway, rid)[0]["subject_hash"] is None  # the exchange itself: an enterprise
