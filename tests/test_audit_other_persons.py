@@ -15,9 +15,9 @@ from lgsp_adapters.population.simulator import FIXED_IDS
 from sqlalchemy import select
 from test_soap_door import zeep_client
 
-from lgsp.audit import AuditUnavailable, AuditWriter
-from lgsp.audit_search import access_report, get_record
-from lgsp.audit_verify import verify_database
+from lgsp.audit.search import access_report, get_record
+from lgsp.audit.verify import verify_database
+from lgsp.audit.writer import AuditUnavailable, AuditWriter
 from lgsp.crypto import subject_hash
 from lgsp.storage import engine_for
 from lgsp.storage.schema import audit_records

@@ -88,7 +88,7 @@ def test_a_list_is_submitted_polled_and_each_person_audited(gateway, token, port
     assert [row.subject_hash for row in rows] == [subject_hash(i["personal_id"]) for i in THREE]
     assert all(r.door == "soap" and r.outcome == "ok" and r.officer == "officer-7" and r.detail["submitted_by"]
                == request_id for r in rows)
-    from lgsp.audit_search import access_report
+    from lgsp.audit.search import access_report
 
     report = access_report(gateway.extra["engine"], MAI)
     assert any(a["request_id"] == f"{job.job_id}-0001" and a["service"] == "population.bulk_verification.submit"
