@@ -203,3 +203,43 @@ def test_an_enterprise_lookup_is_in_each_members_access_report(business_gateway)
         (access,) = reported(business_gateway, pid, rid)
         assert access["service"] == "business.enterprise.get" and access["fields"] == ["full_name"]
     assert records_of(business_gateway, rid)[0]["subject_hash"] is None  # the exchange itself: an enterprise
+
+
+def test_an_answer_whose_other_persons_cannot_be_recorded_is_not_given(lgsp_env):
+    """Fail closed: if the persons an answer carries cannot be worked out, the caller gets
+    internal.error (recorded), not an answer some of whose persons have no record."""
+    from types import SimpleNamespace
+
+    from lgsp.doors.rest import render
+    from lgsp.pipeline.exchange import Exchange
+    from lgsp.pipeline.run import serve
+    from lgsp.registry import Service
+
+    class Registry:
+        snapshot = SimpleNamespace(services={})
+
+        def adapter(self, name: str):
+            raise RuntimeError("the connection went away with a reload")
+
+    class Audit:
+        def __init__(self) -> None:
+            self.records: list[dict] = []
+
+        async def commit(self, record: dict) -> None:
+            self.records.append(record)
+
+        async def commit_all(self, records: list[dict]) -> None:
+            self.records.extend(records)
+
+    async def answered(ex, _gw) -> None:
+        ex.service = Service("population.household.get", "v1", "population", "household.get", True, True)
+        ex.canonical = {"members": [{"personal_id": AN, "full_name": "Nguyễn Văn An"}]}
+        ex.answer, ex.fields = {"members": [{"full_name": "Nguyễn Văn An"}]}, ["members"]
+
+    gw = SimpleNamespace(registry=Registry(), audit=Audit())
+    ex = Exchange(door="rest", request_id="closed-1", service_name="population.household.get",
+                  params={"personal_id": KHOI})
+    status, _headers, body = asyncio.run(serve(ex, gw, render, stages=answered))
+    assert status == 500 and b"internal.error" in body and "Nguy" not in body.decode()
+    assert [(r["outcome"], r["error_code"], r["subject_hash"], r["fields"]) for r in gw.audit.records] == [
+        ("failed", "internal.error", subject_hash(KHOI), [])]
