@@ -31,6 +31,12 @@ class Operation:
     # True when a call changes the backend (publish, submit…): the contract kit
     # calls it only with an example the adapter declares safe to repeat.
     writes: bool = False
+    # Other persons than the one asked about whose data an answer can carry: each one its
+    # answer still carries after minimisation gets its own audit record of the exchange, so
+    # their access report lists it. Dotted paths to person objects in the canonical answer
+    # (lists are walked: "members"), or "params.<name>" for a person the request names and
+    # the answer states something about (a link check's verdict).
+    persons: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

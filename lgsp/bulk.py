@@ -232,7 +232,7 @@ class BulkJobs:
                 "request_bytes": 0, "response_bytes": len(body), "response_sha256": hashlib.sha256(body).hexdigest(),
                 "detail": {"bulk_job": job_id, "item": i, "submitted_by": origin.request_id},
             })
-        await asyncio.gather(*(self.gw.audit.commit(r) for r in records))
+        await self.gw.audit.commit_all(records)  # one transaction: every person's record, or none
 
 
 class _Origin:

@@ -262,13 +262,14 @@ PROBLEM_KEYS = {"type", "title", "status", "detail", "code", "request_id"}
 
 
 def audit_of(gateway: Server, request_id: str) -> dict:
-    """The audit record of one exchange (there must be exactly one)."""
+    """The audit record of one exchange (the first: other persons its answer carried follow it)."""
     from sqlalchemy import select
 
     from lgsp.storage.schema import audit_records
 
     with gateway.extra["engine"].connect() as conn:
-        row = conn.execute(select(audit_records).where(audit_records.c.request_id == request_id)).first()
+        row = conn.execute(select(audit_records).where(audit_records.c.request_id == request_id)
+                           .order_by(audit_records.c.id)).first()
     assert row is not None, f"no audit record for {request_id}"
     return dict(row._mapping)
 

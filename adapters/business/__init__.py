@@ -103,6 +103,7 @@ class BusinessAdapter(Adapter):
             # so every door refuses a bad code with the same error.
             params_schema={"type": "object", "required": ["enterprise_code"],
                            "properties": {"enterprise_code": {"type": "string"}}},
+            persons=("members",),  # owners and legal representatives: each in their own access report
         ),
     }
     mapping_file = Path(__file__).parent / "mapping.yaml"

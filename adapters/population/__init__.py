@@ -161,6 +161,7 @@ class PopulationAdapter(Adapter):
             "citizen.get", "Look up a citizen (TraCuuThongTinCongDan)", mapping="citizen.get",
             params_schema={"type": "object", "required": ["personal_id"],
                            "properties": {"personal_id": {"type": "string"}}},
+            persons=("father", "mother", "spouse", "representative", "household.head"),
         ),
         "citizen.verify": Operation(
             "citizen.verify", "Verify ID, name and birth date (XacThucThongTinCongDan)", mapping="citizen.verify",
@@ -170,17 +171,19 @@ class PopulationAdapter(Adapter):
         ),
         "household.get": Operation(
             "household.get", "The household of a citizen: head, members, address (CungCapThongTinHoGiaDinh)",
-            mapping="household.get", params_schema=_params("personal_id"),
+            mapping="household.get", params_schema=_params("personal_id"), persons=("head", "members"),
         ),
         "household_head.verify": Operation(
             "household_head.verify", "Verify who heads a citizen's household (XacMinhThongTinChuHo)",
             mapping="household_head.verify", params_schema=_params("personal_id", "head_personal_id"),
+            persons=("params.head_personal_id",),
         ),
         "relatives.verify": Operation(
             "relatives.verify", "Verify a father, mother, spouse or child (XacMinhThongTinNhanThan)",
             mapping="relatives.verify",
             params_schema=_params("personal_id", "relative_personal_id", "relationship",
                                   relationship={"enum": list(RELATIONSHIPS)}),
+            persons=("params.relative_personal_id",),
         ),
         "marital_status.verify": Operation(
             "marital_status.verify", "Verify a citizen's marital status (XacMinhTinhTrangHonNhan)",

@@ -115,6 +115,11 @@ class AuditWriter:
         """Wait until `record` is durable; raise AuditUnavailable if it cannot be."""
         await asyncio.wrap_future(self.submit(record))
 
+    async def commit_all(self, records: list[dict[str, Any]]) -> None:
+        """Wait until all of `records` are durable: consecutive in the chain, in one transaction
+        (an exchange's records for several persons are written together or not at all)."""
+        await asyncio.wrap_future(self.submit(records))  # type: ignore[arg-type]
+
     def commit_sync(self, record: dict[str, Any], timeout: float = 30) -> None:
         self.submit(record).result(timeout)
 
@@ -203,14 +208,15 @@ class AuditWriter:
         seq, head = self._seq, self._head
         try:
             rows, bodies = [], []
-            for record, _ in batch:
-                seq += 1
-                # Every column named: one INSERT takes the whole group, whatever kinds it mixes.
-                row = dict(_EMPTY_ROW, **record, chain=self.chain, seq=seq, prev_hash=head)
-                if BODY in row:
-                    bodies.append({"chain": self.chain, "seq": seq, "ciphertext": row.pop(BODY)})
-                row["hash"] = head = record_hash(row)
-                rows.append(row)
+            for item, _ in batch:
+                for record in item if isinstance(item, list) else (item,):  # commit_all: several records
+                    seq += 1
+                    # Every column named: one INSERT takes the whole group, whatever kinds it mixes.
+                    row = dict(_EMPTY_ROW, **record, chain=self.chain, seq=seq, prev_hash=head)
+                    if BODY in row:
+                        bodies.append({"chain": self.chain, "seq": seq, "ciphertext": row.pop(BODY)})
+                    row["hash"] = head = record_hash(row)
+                    rows.append(row)
             pending = self._pending_seals(seq, head, None)
             with self._write_lock, self.engine.begin() as conn:
                 conn.execute(insert(audit_records), rows)
@@ -227,7 +233,7 @@ class AuditWriter:
         self._seq, self._head = seq, head
         if pending:
             self._mark_sealed(pending[-1]["seq"])
-        metrics.audit_batch_records.observe(len(batch))
+        metrics.audit_batch_records.observe(len(rows))
         for _, fut in batch:
             fut.set_result(None)
         if self._forwarder is not None:  # after the answers are released: a SIEM never delays one

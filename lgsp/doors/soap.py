@@ -22,7 +22,7 @@ from typing import Any
 
 from lxml import etree
 
-from lgsp import personal_id, soap, specs
+from lgsp import bulk, personal_id, soap, specs
 from lgsp.errors import ERRORS, ExchangeError
 from lgsp.gateway import Gateway
 from lgsp.pipeline.exchange import Exchange, request_id_from
@@ -48,6 +48,7 @@ class SoapOperation:
     service: str | None      # e.g. population.citizen.get; None: named in the request
     answer: str | None       # element wrapping the answer object, if any
     service_from: str | None = None  # the request field naming the service (CallService)
+    repeated: tuple[str, ...] = ()   # request fields the schema lets repeat: always lists, even of one
 
 
 class Contract:
@@ -63,12 +64,20 @@ class Contract:
             for op in binding.iterfind(f"{{{WSDL_NS}}}operation"):
                 service = op.find(f"{{{NS}}}service")
                 if service is not None:
-                    self.operations[op.get("name")] = SoapOperation(op.get("name"), service.get("name"),
-                                                                    service.get("answer"), service.get("from"))
+                    self.operations[op.get("name")] = SoapOperation(
+                        op.get("name"), service.get("name"), service.get("answer"), service.get("from"),
+                        _repeated(schema_el, op.get("name")))
 
     def served(self, base_url: str) -> bytes:
         """The WSDL with every address pointing at this LGSP."""
         return self.text.replace(b"http://127.0.0.1:8080/soap/v1", f"{base_url}{PATH}".encode())
+
+
+def _repeated(schema: etree._Element, element: str) -> tuple[str, ...]:
+    """The fields of a request element that may occur more than once (maxOccurs > 1)."""
+    fields = schema.iterfind(f"{{{XSD_NS}}}element[@name='{element}']/{{{XSD_NS}}}complexType/"
+                             f"{{{XSD_NS}}}sequence/{{{XSD_NS}}}element")
+    return tuple(f.get("name") for f in fields if f.get("maxOccurs", "1") != "1")
 
 
 # -- reading a request -------------------------------------------------------------
@@ -118,6 +127,9 @@ def read_request(contract: Contract, body: bytes, content_type: str) -> tuple[So
         return req, ExchangeError("request.not_found", f"No operation {soap.localname(element)!r}; see {PATH}?wsdl.")
     req.operation = op
     values = soap.to_dict(element)
+    for name in op.repeated:  # one <items> is still a list of one
+        if name in values and not isinstance(values[name], list):
+            values[name] = [values[name]]
     req.context = {k: values.pop(k) for k in CONTEXT_FIELDS if isinstance(values.get(k), str)}
     req.service = op.service
     if op.service_from:
@@ -224,6 +236,9 @@ class SoapDoor:
         self.gateway = gateway
         self.contract = Contract(wsdl or specs.wsdl_dir() / "lgsp" / "lgsp.wsdl")
         self.limit = gateway.settings.max_body_bytes
+        # A bulk verification's list is larger than any other request: the door reads up to this, and
+        # refuses any other operation over `limit` once the body names it (a SOAPAction header can lie).
+        self.read_limit = max(self.limit, bulk.MAX_BODY)
 
     async def __call__(self, scope, receive, send) -> None:
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
@@ -237,16 +252,17 @@ class SoapDoor:
             return await self._refuse(send, headers, ExchangeError(
                 "request.method_not_allowed", "POST SOAP requests (GET ?wsdl for the contract).",
                 headers={"Allow": "GET, POST"}))
-        body, too_large = await _read_body(receive, headers, self.limit)
+        body, too_large = await _read_body(receive, headers, self.read_limit)
         if too_large:
-            req, refusal = SoapRequest(_version(headers.get("content-type", ""), None)), ExchangeError(
-                "request.too_large", f"The SOAP message is over the limit of {self.limit} bytes.")
+            req, refusal = SoapRequest(_version(headers.get("content-type", ""), None)), self._too_large()
         else:
             try:
                 req, refusal = read_request(self.contract, body, headers.get("content-type", ""))
             except Exception:  # a defect, not the caller's fault: still a Fault, still audited
                 log.exception("SOAP request could not be read")
                 req, refusal = SoapRequest(_version(headers.get("content-type", ""), None)), internal_error()
+            if len(body) > self.limit and (req.operation is None or req.operation.service != bulk.SUBMIT):
+                req, refusal = SoapRequest(req.version), self._too_large()
         context = req.context or {}
         ex = Exchange(
             door="soap",
@@ -262,8 +278,14 @@ class SoapDoor:
             claimed_request_id=context.get("request_id") or headers.get("x-request-id"),
             source=(scope.get("client") or (None,))[0],
         )
-        status, out_headers, payload = await serve(ex, self.gateway, renderer(req), refusal=refusal)
+        # Bulk verification runs its own stages (a job polled upstream, one audit record per person).
+        stages = bulk.STAGES.get(req.service) if isinstance(req.service, str) else None
+        status, out_headers, payload = await serve(ex, self.gateway, renderer(req), refusal=refusal, stages=stages)
         await _send(send, status, out_headers, payload)
+
+    def _too_large(self) -> ExchangeError:
+        return ExchangeError("request.too_large", f"The SOAP message is over the limit of {self.limit} bytes "
+                             f"({self.read_limit} for SubmitBulkVerification).")
 
     async def _refuse(self, send, headers: dict[str, str], error: ExchangeError) -> None:
         await _refuse_plain(self, send, headers, error)

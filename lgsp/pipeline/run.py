@@ -28,6 +28,7 @@ from lgsp.pipeline.identify import check_password, identify
 from lgsp.pipeline.invoke import invoke
 from lgsp.pipeline.minimize import minimize
 from lgsp.pipeline.resolve import resolve
+from lgsp.pipeline.subjects import companion_records
 from lgsp.pipeline.validate import validate
 from lgsp.storage.schema import audit_records
 
@@ -104,7 +105,15 @@ async def serve(ex: Exchange, gw: Gateway, render: Renderer, *, refusal: Exchang
         rendered = render_safely(ex, render)
         record = audit_record(ex, rendered[2], body_logging=False)
     try:
-        await gw.audit.commit(record)
+        # Every other person the answer carried gets a record too, committed with this one (lgsp.pipeline.subjects).
+        others = companion_records(ex, record, gw.registry)
+    except Exception:  # fail closed: no answer whose persons are not all recorded
+        log.exception("other persons could not be recorded", extra={"fields": {"request_id": ex.request_id}})
+        ex.error = internal_error()
+        rendered = render_safely(ex, render)
+        record, others = audit_record(ex, rendered[2], body_logging=False), []
+    try:
+        await (gw.audit.commit_all([record, *others]) if others else gw.audit.commit(record))
     except AuditUnavailable:
         ex.error = ExchangeError("audit.unavailable", "The audit log cannot be written, so the exchange was refused.")
         rendered = render_safely(ex, render)
