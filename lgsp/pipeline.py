@@ -29,6 +29,7 @@ from lgsp.invoke import invoke
 from lgsp.minimize import minimize
 from lgsp.resolve import resolve
 from lgsp.storage.schema import audit_records
+from lgsp.traffic.limit import limit
 from lgsp.validate import validate
 
 log = logging.getLogger("lgsp.exchange")
@@ -44,6 +45,7 @@ async def run_stages(ex: Exchange, gw: Gateway) -> None:
         identify(ex, snap)
         resolve(ex, snap)
         authorize(ex, snap)
+        await limit(ex, gw)
         validate(ex, gw.registry)
         await invoke(ex, gw.registry)
         to_canonical(ex, gw.registry)
@@ -95,7 +97,7 @@ async def serve(ex: Exchange, gw: Gateway, render: Renderer, *, refusal: Exchang
         ex.error = refusal
     else:
         await refuse(ex, gw, refusal)
-    rendered = render_safely(ex, render)
+    rendered = with_response_headers(ex, render_safely(ex, render))
     try:
         record = audit_record(ex, rendered[2])
     except Exception:  # e.g. full body logging of an answer it cannot encode: still an exchange with a record
@@ -116,6 +118,14 @@ def _recordable(value: str | None, width: int) -> str | None:
     """A caller's value as the audit column can hold it: an oversize one (refused by the spec) is left out,
     so the refusal is still recorded (PostgreSQL would refuse the whole record)."""
     return value if value is None or len(value) <= width else None
+
+
+def with_response_headers(ex: Exchange, rendered: Rendered) -> Rendered:
+    """The headers the stages set for every answer (the RateLimit fields), whatever the outcome."""
+    if not ex.response_headers:
+        return rendered
+    status, headers, body = rendered
+    return status, {**headers, **ex.response_headers}, body
 
 
 def render_safely(ex: Exchange, render: Renderer) -> Rendered:
