@@ -236,14 +236,17 @@ class RedisStore:
     """Counters in Redis: one atomic script per exchange, correct across nodes.
 
     After a failure the store is taken as down for `DOWN_SECONDS` without trying again, so an
-    unreachable Redis costs each exchange nothing rather than a connect timeout.
+    unreachable Redis costs each exchange nothing rather than a connect timeout; meanwhile each
+    policy's on_store_failure decides (open: served uncounted; closed: refused).
     """
 
     name = "redis"
     DOWN_SECONDS = 1.0
     PREFIX = "lgsp:{rl}:"   # one hash slot: the script's keys must share a slot on a Redis Cluster
 
-    def __init__(self, url: str, timeout: float = 0.25):
+    def __init__(self, url: str, timeout: float = 1.0):
+        # A Redis nearby answers in well under a millisecond; the timeout only bounds a stalled one
+        # (the URL may set its own, e.g. ?socket_timeout=0.2).
         import redis.asyncio as aioredis
 
         self.url = url
