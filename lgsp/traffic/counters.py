@@ -15,6 +15,7 @@ Backends:
 """
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
 import os
@@ -113,8 +114,10 @@ class EmbeddedStore:
 
     Each exchange is one BEGIN IMMEDIATE transaction (a few indexed reads and upserts): SQLite's
     write lock orders the workers, so two workers never both take the last call of a quota.
-    It runs on the event loop: the transaction takes tens of microseconds, less than a hop to
-    a thread would cost.
+    The transaction takes tens of microseconds, less than a hop to a thread would cost, so it is
+    tried on the event loop without waiting for the lock; only when another worker holds it (a
+    process descheduled mid-transaction on a busy machine) does the call wait, in a thread, so
+    the worker's other exchanges never stall behind the lock.
     """
 
     name = "embedded"
@@ -122,21 +125,26 @@ class EmbeddedStore:
 
     def __init__(self, path: Path):
         self.path = path
-        self._db: sqlite3.Connection | None = None
+        self._db: sqlite3.Connection | None = None     # waits for the lock (used in a thread)
+        self._fast: sqlite3.Connection | None = None   # never waits (used on the event loop)
         self._pid = 0
         self._since_clean = 0
         self._lock = threading.Lock()
 
-    def _conn(self) -> sqlite3.Connection:
+    def _conn(self, *, wait: bool = True) -> sqlite3.Connection:
         if self._db is None or self._pid != os.getpid():
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=5)
+            db = self._open(5.0)
             db.execute("PRAGMA journal_mode=WAL")
-            db.execute("PRAGMA synchronous=NORMAL")  # survives a process crash; a power cut may lose the last counts
             db.execute("CREATE TABLE IF NOT EXISTS counters (key TEXT PRIMARY KEY, value REAL NOT NULL, "
                        "expires REAL NOT NULL) WITHOUT ROWID")
-            self._db, self._pid = db, os.getpid()
-        return self._db
+            self._db, self._fast, self._pid = db, self._open(0.0), os.getpid()
+        return self._db if wait else self._fast
+
+    def _open(self, timeout: float) -> sqlite3.Connection:
+        db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=timeout)
+        db.execute("PRAGMA synchronous=NORMAL")  # survives a process crash; a power cut may lose the last counts
+        return db
 
     def take_sync(self, counters: Sequence[Counter], now: float | None = None) -> list[Count]:
         with self._lock:
@@ -146,7 +154,7 @@ class EmbeddedStore:
                 raise StoreUnavailable(f"embedded counter store: {exc}") from exc
 
     def _take(self, db: sqlite3.Connection, counters: Sequence[Counter], now: float) -> list[Count]:
-        db.execute("BEGIN IMMEDIATE")
+        db.execute("BEGIN IMMEDIATE")  # raises "database is locked" at once on the fast connection
         try:
             results = []
             for counter in counters:
@@ -171,7 +179,17 @@ class EmbeddedStore:
         return [count for count, _ in results]
 
     async def take(self, counters: Sequence[Counter]) -> list[Count]:
-        return self.take_sync(counters)
+        if self._lock.acquire(blocking=False):
+            try:
+                return self._take(self._conn(wait=False), counters, time.time())
+            except sqlite3.OperationalError as exc:
+                if exc.sqlite_errorcode not in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED):
+                    raise StoreUnavailable(f"embedded counter store: {exc}") from exc
+            except sqlite3.Error as exc:
+                raise StoreUnavailable(f"embedded counter store: {exc}") from exc
+            finally:
+                self._lock.release()
+        return await asyncio.to_thread(self.take_sync, counters)  # another worker holds the lock: wait aside
 
     async def state(self) -> dict:
         try:
@@ -182,9 +200,10 @@ class EmbeddedStore:
             return {"backend": self.name, "state": "down", "error": type(exc).__name__}
 
     async def close(self) -> None:
-        if self._db is not None:
-            self._db.close()
-            self._db = None
+        for db in (self._db, self._fast):
+            if db is not None:
+                db.close()
+        self._db = self._fast = None
 
 
 # -- Redis: several nodes ---------------------------------------------------------------------
