@@ -64,7 +64,7 @@ def cpu_model() -> str:
 def set_up(env: dict, sim_url: str, rate: int) -> dict[str, tuple[str, str]]:
     os.environ.update(env)
     from lgsp import keys
-    from lgsp.admin import Admin
+    from lgsp.control.admin import Admin
     from lgsp.config import settings
     from lgsp.storage import engine_for, upgrade
 

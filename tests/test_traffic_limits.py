@@ -2,6 +2,7 @@
 real HTTP and SOAP, counters in the embedded store and in a real Redis."""
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import socket
@@ -16,7 +17,7 @@ import pytest
 from lxml import etree
 from sqlalchemy import select
 
-from conftest import ROOT, Server, assert_problem, audit_of, free_port, get_token, lgsp_cli, start_server
+from conftest import ROOT, Server, assert_problem, audit_of, free_port, get_token, lgsp_cli, wait_for
 from lgsp.storage.schema import audit_records
 
 PURPOSE = "administrative-procedure"
@@ -54,8 +55,15 @@ def serve(tmp_path_factory, name: str, *, workers: int = 1, redis: str | None = 
     home = tmp_path_factory.mktemp(name)
     port = free_port()
     env = {"LGSP_HOME": str(home), "LGSP_PUBLIC_URL": f"http://127.0.0.1:{port}", "LGSP_REDIS_URL": redis or ""}
-    return start_server([sys.executable, "-m", "lgsp.cli", "serve", "--port", str(port), "--workers", str(workers)],
-                        f"http://127.0.0.1:{port}", "/readyz", home / "gateway.log", env)
+    cmd = [sys.executable, "-m", "lgsp.cli", "serve", "--port", str(port), "--workers", str(workers)]
+    log = home / "gateway.log"
+    proc = subprocess.Popen(cmd, stdout=open(log, "wb"), stderr=subprocess.STDOUT, env={**os.environ, **env})
+    try:  # longer than conftest's 30 s: several workers start slowly on a loaded machine
+        wait_for(f"http://127.0.0.1:{port}/readyz", timeout=120, proc=proc)
+    except RuntimeError:
+        proc.kill()
+        raise RuntimeError(f"gateway did not start; log:\n{log.read_text(errors='replace')[-3000:]}") from None
+    return Server(f"http://127.0.0.1:{port}", proc, log)
 
 
 @pytest.fixture(scope="module", params=["embedded", "redis"])
@@ -429,7 +437,7 @@ policies:
     per_month: 9000
 """)
     lgsp_cli(env, "services", "list")  # the database exists and is migrated
-    from lgsp.admin import Admin
+    from lgsp.control.admin import Admin
     from lgsp.storage import engine_for
 
     Admin(engine_for(fresh_db_url), "tests").register_spec_services()

@@ -21,7 +21,7 @@ from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from lgsp.errors import ExchangeError
-from lgsp.exchange import Exchange
+from lgsp.pipeline.exchange import Exchange
 from lgsp.traffic.counters import Count, Counter, CounterStore, Quota, Rate, StoreUnavailable, ceil_seconds, store_for
 from lgsp.traffic.policies import Policies, Policy
 
