@@ -132,7 +132,8 @@ async def run(url: str, tokens: dict[str, str], rate: int, duration: float, gree
 
 
 def report(title: str, results: dict, rate: int, duration: float) -> list[str]:
-    lines = [f"## {title}", "", f"| client | sent/s | 200 | 429 | other | admitted/s over the run's span (limit {rate}) "
+    lines = [f"## {title}", "",
+             f"| client | sent/s | 200 | 429 | other | admitted/s over the run's span (limit {rate}) "
              "| span s | p50 ms | p99 ms |", "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for name, (latencies, statuses, span) in results.items():
         sent = sum(statuses.values())
@@ -192,7 +193,8 @@ def main() -> None:
     change = (p99_both / p99_alone - 1) * 100 if p99_alone else float("nan")
     _, greedy_statuses, greedy_span = both["greedy"]
     greedy_ok = sum(v for k, v in greedy_statuses.items() if k != 429)
-    lines += [f"Well-behaved p99: {p99_alone:.1f} ms alone, {p99_both:.1f} ms with the greedy client ({change:+.0f} %).",
+    lines += [f"Well-behaved p99: {p99_alone:.1f} ms alone, {p99_both:.1f} ms with the greedy client "
+              f"({change:+.0f} %).",
               f"Greedy client admitted {greedy_ok / greedy_span:.1f}/s over {greedy_span:.1f} s against its limit "
               f"of {args.rate}/s (plus a burst of {args.rate} at the start)."]
     print("\n".join(lines))
