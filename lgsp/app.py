@@ -166,7 +166,10 @@ def data_plane(gateway: Gateway | None = None):
     async def readyz(_request: Request) -> Response:
         checks = {"gateway": gw.ready, "database": await asyncio.to_thread(_database_answers, gw)}
         ok = all(checks.values())
-        return _json({"status": "ready" if ok else "not ready", "checks": checks}, 200 if ok else 503)
+        # The rate-limit store is shown, not required: each policy says whether to serve without it.
+        limiter = await gw.limiter.state()
+        return _json({"status": "ready" if ok else "not ready", "checks": checks, "limiter": limiter},
+                     200 if ok else 503)
 
     async def metrics_view(_request: Request) -> Response:
         body, content_type = metrics.render()

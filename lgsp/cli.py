@@ -436,6 +436,77 @@ def keys_list() -> None:
     _print_rows(rows, ["kid", "status", "created_at", "retired_at"])
 
 
+# -- traffic policies ---------------------------------------------------------------
+@main.group()
+def policies() -> None:
+    """Rates and quotas: per client, per client × service, and a connection's national daily quota."""
+
+
+def _policy_target(client_id: str | None, service: str | None, connection: str | None) -> str:
+    from lgsp.traffic.policies import PolicyError, target_of
+
+    try:
+        return target_of(client_id, service, connection)
+    except PolicyError as exc:
+        raise click.ClickException(f"{exc} Use --client [--service], or --connection.") from None
+
+
+def _shares(values: tuple[str, ...]) -> dict[str, int]:
+    out = {}
+    for value in values:
+        client_id, _, share = value.partition("=")
+        try:
+            out[client_id.strip()] = int(share)
+        except ValueError:
+            raise click.ClickException(f"--share takes CLIENT=CALLS_PER_DAY, not {value!r}.") from None
+    return out
+
+
+@policies.command("set")
+@click.option("--client", "client_id", help="The client the policy limits.")
+@click.option("--service", help="With --client: only this service.")
+@click.option("--connection", help="A national system's daily quota, shared by all clients.")
+@click.option("--rate", "rate_per_second", type=float, help="Calls per second (sustained).")
+@click.option("--burst", type=int, help="Calls at once (default: one second's worth).")
+@click.option("--per-day", type=int, help="Calls per day (days start at local midnight).")
+@click.option("--per-month", type=int, help="Calls per calendar month.")
+@click.option("--share", "shares", multiple=True, metavar="CLIENT=N",
+              help="With --connection: the most of the daily quota CLIENT may use (repeatable).")
+@click.option("--on-store-failure", type=click.Choice(["open", "closed"]), default="open", show_default=True,
+              help="When the counters cannot be reached: serve uncounted (open) or refuse (closed).")
+@_fail_on_admin_error
+def policies_set(client_id, service, connection, rate_per_second, burst, per_day, per_month, shares,
+                 on_store_failure) -> None:
+    """Create or replace a policy (what is left out is no limit)."""
+    target = _policy_target(client_id, service, connection)
+    values = {"rate_per_second": rate_per_second, "burst": burst, "per_day": per_day, "per_month": per_month,
+              "shares": _shares(shares), "on_store_failure": on_store_failure}
+    _admin().set_policy(target, {k: v for k, v in values.items() if v not in (None, {})})
+    click.echo(f"policy {target} saved")
+
+
+@policies.command("list")
+def policies_list() -> None:
+    rows = _admin().list_policies()
+    for r in rows:
+        r["shares"] = ",".join(f"{k}={v}" for k, v in (r.get("shares") or {}).items())
+        for key in ("rate_per_second", "burst", "per_day", "per_month"):
+            r[key] = "-" if r.get(key) is None else r[key]
+    _print_rows(rows, ["target", "rate_per_second", "burst", "per_day", "per_month", "shares", "on_store_failure"])
+
+
+@policies.command("delete")
+@click.option("--client", "client_id")
+@click.option("--service")
+@click.option("--connection")
+@_fail_on_admin_error
+def policies_delete(client_id, service, connection) -> None:
+    """Remove a policy (its calls are no longer limited by it)."""
+    target = _policy_target(client_id, service, connection)
+    _admin().delete_policy(target)
+    click.echo(f"policy {target} removed")
+
+
 # -- apply ------------------------------------------------------------------------
 @main.command("apply")
 @click.option("-f", "--file", "path", type=click.Path(exists=True, dir_okay=False, path_type=Path), required=True,

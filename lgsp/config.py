@@ -30,6 +30,10 @@ class Settings:
     token_max_lifetime: int = field(default_factory=lambda: int(_env("LGSP_TOKEN_MAX_LIFETIME", "3600")))
     # Private, loopback and link-local networks adapters may reach (CIDRs, comma-separated); none by default.
     egress_allow: str = field(default_factory=lambda: _env("LGSP_EGRESS_ALLOW", ""))
+    # Rate-limit and quota counters: Redis shared by several nodes, else a SQLite file in LGSP_HOME.
+    redis_url: str = field(default_factory=lambda: _env("LGSP_REDIS_URL", ""))
+    # Quota days and months start at local midnight in this zone.
+    quota_timezone: str = field(default_factory=lambda: _env("LGSP_QUOTA_TIMEZONE", "Asia/Ho_Chi_Minh"))
 
     @property
     def issuer(self) -> str:

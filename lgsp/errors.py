@@ -60,6 +60,9 @@ ERRORS: dict[str, ErrorKind] = {
     "request.header_too_large": ErrorKind(431, "Request header fields too large", "Client"),
     "record.invalid_characters": ErrorKind(400, "Record holds characters that cannot be exchanged", "Client"),
     "auth.throttled": ErrorKind(429, "Too many failed authentications", "Client"),
+    # Rate limits and quotas (issue 9, lgsp.traffic).
+    "rate.limited": ErrorKind(429, "Rate limit or quota reached", "Client"),
+    "rate.store_unavailable": ErrorKind(503, "Rate-limit counters unavailable; exchange refused", "Server"),
 }
 
 

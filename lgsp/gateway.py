@@ -7,6 +7,7 @@ from lgsp.audit.writer import AuditWriter, writer_for
 from lgsp.config import Settings, settings
 from lgsp.registry import Registry
 from lgsp.storage import engine_for
+from lgsp.traffic.limit import Limiter
 
 
 class Gateway:
@@ -14,6 +15,7 @@ class Gateway:
         self.settings = cfg or settings()
         self.engine = engine_for(self.settings.db_url)
         self.registry = Registry(self.engine, self.settings.config_poll_seconds)
+        self.limiter = Limiter.from_settings(self.settings.redis_url, self.settings.home, self.settings.quota_timezone)
         self.audit: AuditWriter | None = None
         self.ready = False
 
@@ -32,5 +34,6 @@ class Gateway:
     async def stop(self) -> None:
         self.ready = False
         await self.registry.stop()
+        await self.limiter.close()
         if self.audit:
             self.audit.close()

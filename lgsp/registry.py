@@ -19,7 +19,8 @@ from lgsp import keys, plugins
 from lgsp.adapter import Adapter
 from lgsp.config_notify import Listener
 from lgsp.connection_secrets import open_secrets
-from lgsp.storage.schema import clients, config_state, connections, grants, services, signing_keys
+from lgsp.storage.schema import clients, config_state, connections, grants, services, signing_keys, traffic_policies
+from lgsp.traffic.policies import Policies, from_row
 
 log = logging.getLogger(__name__)
 # How long a changed connection's old adapter lives on for the calls it is serving
@@ -75,6 +76,7 @@ class Snapshot:
     key_set: KeySet | None = None
     key_kids: frozenset[str] = frozenset()
     granted: dict[str, frozenset[str]] = field(default_factory=dict)  # client → services it has grants for
+    policies: Policies = field(default_factory=Policies)  # rates and quotas (lgsp.traffic)
 
 
 def read_generation(engine: Engine) -> int:
@@ -103,6 +105,7 @@ def load_snapshot(engine: Engine) -> Snapshot:
         for r in conn.execute(select(connections)):
             snap.connections[r.name] = ConnectionSpec(r.name, r.adapter, open_secrets(dict(r.settings)), r.enabled)
         key_rows = conn.execute(select(signing_keys)).all()
+        snap.policies = Policies.of([from_row(r._mapping) for r in conn.execute(select(traffic_policies))])
     snap.jwks = keys.published_keys(key_rows)
     snap.key_set = keys.public_key_set(snap.jwks) if snap.jwks else None
     snap.key_kids = frozenset(k["kid"] for k in snap.jwks)

@@ -12,7 +12,7 @@ import re
 import secrets
 from typing import Any, Sequence
 
-from sqlalchemy import Connection, Engine, insert, select, update
+from sqlalchemy import Connection, Engine, delete, insert, select, update
 
 from lgsp import plugins, specs
 from lgsp.audit.writer import writer_for
@@ -21,7 +21,8 @@ from lgsp.connection_secrets import masked, open_secrets, seal_secrets, unmasked
 from lgsp.control.roles import ROLE_SCOPES
 from lgsp.crypto import hash_secret
 from lgsp.egress import EgressRefused
-from lgsp.storage.schema import clients, connections, grants, services
+from lgsp.storage.schema import clients, connections, grants, services, traffic_policies
+from lgsp.traffic import policies as traffic
 
 _ID = re.compile(r"^[a-z0-9][a-z0-9._-]{1,63}$")
 
@@ -307,3 +308,64 @@ class Admin:
     def list_services(self) -> list[dict]:
         with self.engine.connect() as conn:
             return [_public(dict(r._mapping)) for r in conn.execute(select(services).order_by(services.c.name))]
+
+    # -- traffic policies (rates and quotas, lgsp.traffic) ---------------------------
+    def check_policy(self, target: str, values: dict[str, Any],
+                     also_known: dict[str, set[str]] | None = None) -> traffic.Policy:
+        """The policy, checked (values and the names it refers to), or AdminError; nothing is stored.
+
+        `also_known`: names a file being applied creates first ({"clients": …, "services": …, "connections": …}).
+        """
+        try:
+            policy = traffic.checked(target, values)
+        except traffic.PolicyError as exc:
+            raise AdminError(str(exc), exc.code) from None
+        extra = also_known or {}
+        with self.engine.connect() as conn:
+            def known(kind: str, table, column, name: str) -> None:
+                if name not in extra.get(kind, set()) and not _row(conn, table, column, name):
+                    raise AdminError(f"No {kind[:-1]} '{name}' (policy {target}).", "admin.not_found")
+
+            for client_id in ([policy.client_id] if policy.client_id else []) + sorted(policy.shares):
+                known("clients", clients, clients.c.client_id, client_id)
+            if policy.service:
+                known("services", services, services.c.name, policy.service)
+            if policy.connection:
+                known("connections", connections, connections.c.name, policy.connection)
+        return policy
+
+    def set_policy(self, target: str, values: dict[str, Any]) -> dict:
+        """Create or replace the policy of `target` (fields left out are no limit)."""
+        policy = self.check_policy(target, values)
+        with self.engine.begin() as conn:
+            before = _row(conn, traffic_policies, traffic_policies.c.target, target)
+            row = {**traffic.as_row(policy), "updated_at": _now()}
+            if before:
+                conn.execute(update(traffic_policies).where(traffic_policies.c.target == target).values(**row))
+            else:
+                conn.execute(insert(traffic_policies).values(**row))
+            after = _row(conn, traffic_policies, traffic_policies.c.target, target)
+            bump_generation(conn)
+        self._record("policy.set", target, before, after)
+        return _public(after)
+
+    def delete_policy(self, target: str) -> None:
+        with self.engine.begin() as conn:
+            before = _row(conn, traffic_policies, traffic_policies.c.target, target)
+            if before is None:
+                raise AdminError(f"No policy '{target}'; see `lgsp policies list`.", "admin.not_found")
+            conn.execute(delete(traffic_policies).where(traffic_policies.c.target == target))
+            bump_generation(conn)
+        self._record("policy.delete", target, before, None)
+
+    def get_policy(self, target: str) -> dict:
+        with self.engine.connect() as conn:
+            row = _row(conn, traffic_policies, traffic_policies.c.target, target)
+        if row is None:
+            raise AdminError(f"No policy '{target}'.", "admin.not_found")
+        return _public(row)
+
+    def list_policies(self) -> list[dict]:
+        with self.engine.connect() as conn:
+            rows = conn.execute(select(traffic_policies).order_by(traffic_policies.c.target))
+            return [_public(dict(r._mapping)) for r in rows]

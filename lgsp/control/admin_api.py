@@ -127,3 +127,59 @@ def create_grant(body: dict):
 def revoke_grant(grant_id: int):
     _run(_admin(ADMIN).revoke_grant, grant_id)
     return None, 204
+
+
+# -- traffic policies (rates and quotas) ------------------------------------------------
+def list_policies():
+    admin = _admin(ADMIN)
+    return _json(_read(admin, "policy.list", "policies", admin.list_policies()))
+
+
+def _get_policy(target: str):
+    admin = _admin(ADMIN)
+    return _json(_read(admin, "policy.get", target, _run(admin.get_policy, target)))
+
+
+def _put_policy(target: str, body: dict):
+    return _json(_run(_admin(ADMIN).set_policy, target, body))
+
+
+def _delete_policy(target: str):
+    _run(_admin(ADMIN).delete_policy, target)
+    return None, 204
+
+
+def get_client_policy(client_id: str):
+    return _get_policy(f"client:{client_id}")
+
+
+def put_client_policy(client_id: str, body: dict):
+    return _put_policy(f"client:{client_id}", body)
+
+
+def delete_client_policy(client_id: str):
+    return _delete_policy(f"client:{client_id}")
+
+
+def get_client_service_policy(client_id: str, service: str):
+    return _get_policy(f"client:{client_id}/service:{service}")
+
+
+def put_client_service_policy(client_id: str, service: str, body: dict):
+    return _put_policy(f"client:{client_id}/service:{service}", body)
+
+
+def delete_client_service_policy(client_id: str, service: str):
+    return _delete_policy(f"client:{client_id}/service:{service}")
+
+
+def get_connection_policy(name: str):
+    return _get_policy(f"connection:{name}")
+
+
+def put_connection_policy(name: str, body: dict):
+    return _put_policy(f"connection:{name}", body)
+
+
+def delete_connection_policy(name: str):
+    return _delete_policy(f"connection:{name}")

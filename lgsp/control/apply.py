@@ -1,7 +1,7 @@
 """`lgsp apply -f province.yaml`: the province's configuration as a file kept in git.
 
-The file declares connections, services, clients and grants. Applying it
-creates what is missing and changes what differs, through lgsp.control.admin (so every
+The file declares connections, services, clients, grants and traffic policies (rates, quotas).
+Applying it creates what is missing and changes what differs, through lgsp.control.admin (so every
 change is audited and reaches the workers without a restart); what the file
 does not mention is left alone. A second run of the same file changes nothing.
 `${NAME}` in a string is replaced by the environment variable NAME, so secrets
@@ -29,7 +29,7 @@ SERVICE_DEFAULTS = {"personal_data": True, "body_logging": "off", "enabled": Tru
 @dataclass
 class Change:
     action: str            # create | update | unchanged
-    kind: str              # connection | service | client | grant
+    kind: str              # connection | service | client | grant | policy
     name: str
     diff: dict[str, tuple[Any, Any]] = field(default_factory=dict)
     desired: dict[str, Any] = field(default_factory=dict)
@@ -67,7 +67,7 @@ def load(path: Path) -> dict[str, Any]:
         doc = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     except yaml.YAMLError as exc:
         raise AdminError(f"{path} is not valid YAML: {exc}") from None
-    unknown = set(doc) - {"connections", "services", "clients", "grants"}
+    unknown = set(doc) - {"connections", "services", "clients", "grants", "policies"}
     if unknown:
         raise AdminError(f"{path}: unknown section(s) {', '.join(sorted(unknown))}.")
     return _substitute(doc)
@@ -116,6 +116,39 @@ def plan(admin: Admin, doc: dict[str, Any]) -> list[Change]:
         change = _change("grant", f"{key[0]} → {key[1]}", current, desired)
         change.desired.update(client=key[0], service=key[1], id=current and current["id"])
         changes.append(change)
+    changes += _plan_policies(admin, doc)
+    return changes
+
+
+def _plan_policies(admin: Admin, doc: dict[str, Any]) -> list[Change]:
+    """Every policy checked now (values and names, counting what the file itself creates), so a bad
+    one fails the plan before anything is applied."""
+    from lgsp.traffic.policies import FIELDS, as_row, target_of
+
+    entries = doc.get("policies") or []
+    if not isinstance(entries, list):
+        raise AdminError("policies: a list of entries, each with client (and service) or connection.")
+    declared = {"clients": set(doc.get("clients") or {}), "services": set(doc.get("services") or {}),
+                "connections": set(doc.get("connections") or {})}
+    stored = {p["target"]: p for p in admin.list_policies()}
+    changes, seen = [], set()
+    for spec in entries:
+        if not isinstance(spec, dict):
+            raise AdminError(f"policies: each entry is a map, not {spec!r}.")
+        values = {k: v for k, v in spec.items() if k not in ("client", "service", "connection")}
+        try:
+            target = target_of(spec.get("client"), spec.get("service"), spec.get("connection"))
+        except ValueError as exc:
+            raise AdminError(f"policies: {exc}") from None
+        if target in seen:
+            raise AdminError(f"policies: {target} is declared twice.")
+        seen.add(target)
+        policy = admin.check_policy(target, values, declared)
+        desired = {k: as_row(policy)[k] for k in FIELDS}
+        current = {k: stored[target].get(k) for k in FIELDS} if target in stored else None
+        change = _change("policy", target, current, desired)
+        change.desired = {k: v for k, v in desired.items() if v not in (None, {})}
+        changes.append(change)
     return changes
 
 
@@ -152,4 +185,6 @@ def apply(admin: Admin, changes: list[Change]) -> list[str]:
             if c.action == "update":
                 admin.revoke_grant(d["id"])
             admin.add_grant(d["client"], d["service"], d["fields"], d["purposes"])
+        elif c.kind == "policy":
+            admin.set_policy(c.name, d)
     return notes

@@ -80,6 +80,7 @@ class Exchange:
     answer: Any = None
     fields: list[str] = field(default_factory=list)
     error: ExchangeError | None = None
+    response_headers: dict[str, str] = field(default_factory=dict)  # on every answer, e.g. RateLimit (lgsp.traffic)
 
     def __post_init__(self) -> None:
         # Known from the start, so that even a refused exchange records whom it was about.

@@ -1,6 +1,6 @@
 """The pipeline both doors feed:
 
-    identify → resolve → authorize → validate → invoke → to_canonical → minimize
+    identify → resolve → authorize → limit → validate → invoke → to_canonical → minimize
     → (door renders the answer) → audit (committed) → answer
 
 Each stage is a small module named after its job. A door builds an Exchange,
@@ -31,6 +31,7 @@ from lgsp.pipeline.resolve import resolve
 from lgsp.pipeline.subjects import companion_records
 from lgsp.pipeline.validate import validate
 from lgsp.storage.schema import audit_records
+from lgsp.traffic.limit import limit
 
 log = logging.getLogger("lgsp.pipeline.exchange")
 
@@ -45,6 +46,7 @@ async def run_stages(ex: Exchange, gw: Gateway) -> None:
         identify(ex, snap)
         resolve(ex, snap)
         authorize(ex, snap)
+        await limit(ex, gw)
         validate(ex, gw.registry)
         await invoke(ex, gw.registry)
         to_canonical(ex, gw.registry)
@@ -96,7 +98,7 @@ async def serve(ex: Exchange, gw: Gateway, render: Renderer, *, refusal: Exchang
         ex.error = refusal
     else:
         await refuse(ex, gw, refusal)
-    rendered = render_safely(ex, render)
+    rendered = with_response_headers(ex, render_safely(ex, render))
     try:
         record = audit_record(ex, rendered[2])
     except Exception:  # e.g. full body logging of an answer it cannot encode: still an exchange with a record
@@ -125,6 +127,14 @@ def _recordable(value: str | None, width: int) -> str | None:
     """A caller's value as the audit column can hold it: an oversize one (refused by the spec) is left out,
     so the refusal is still recorded (PostgreSQL would refuse the whole record)."""
     return value if value is None or len(value) <= width else None
+
+
+def with_response_headers(ex: Exchange, rendered: Rendered) -> Rendered:
+    """The headers the stages set for every answer (the RateLimit fields), whatever the outcome."""
+    if not ex.response_headers:
+        return rendered
+    status, headers, body = rendered
+    return status, {**headers, **ex.response_headers}, body
 
 
 def render_safely(ex: Exchange, render: Renderer) -> Rendered:

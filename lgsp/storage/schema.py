@@ -216,3 +216,21 @@ bulk_jobs = Table(
     Column("expires_at", DateTime(timezone=True), nullable=False),
     Index("ix_bulk_jobs_expires_at", "expires_at"),
 )
+
+# Traffic policies (lgsp.traffic): rate and quota per client, per client × service, and a
+# connection's national daily quota shared by all clients (with a share per client).
+# `target` names what the policy limits: client:<id>, client:<id>/service:<name>, connection:<name>.
+traffic_policies = Table(
+    "traffic_policies", metadata,
+    Column("target", String(256), primary_key=True),
+    Column("client_id", String(64)),
+    Column("service", String(128)),
+    Column("connection", String(64)),
+    Column("rate_per_second", Float),
+    Column("burst", Integer),
+    Column("per_day", BigInteger),
+    Column("per_month", BigInteger),
+    Column("shares", JSON, nullable=False, default=dict),   # connection only: client → daily share
+    Column("on_store_failure", String(8), nullable=False, default="open"),  # open | closed
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+)

@@ -1,0 +1,1 @@
+"""Traffic control: rate limits and quotas (policies, counters, the `limit` stage)."""
