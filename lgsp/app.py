@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import warnings
 
 # connexion imports Starlette's test client at start-up, which warns about httpx in every worker.
@@ -39,6 +40,7 @@ from lgsp.soap_door import PATH as SOAP_PATH
 from lgsp.soap_door import SoapDoor, SoapRequest
 from lgsp.soap_door import _version as soap_version
 from lgsp.soap_door import renderer as soap_renderer
+from lgsp.traffic.upstream import status as upstream_status
 
 
 class BodyLimit:
@@ -166,7 +168,11 @@ def data_plane(gateway: Gateway | None = None):
     async def readyz(_request: Request) -> Response:
         checks = {"gateway": gw.ready, "database": await asyncio.to_thread(_database_answers, gw)}
         ok = all(checks.values())
-        return _json({"status": "ready" if ok else "not ready", "checks": checks}, 200 if ok else 503)
+        # An open circuit is one upstream's trouble, not this gateway's: shown, never a reason to be unready.
+        upstreams = {"scope": f"worker {os.getpid()}",
+                     "connections": upstream_status(gw.registry.snapshot.connections)}
+        return _json({"status": "ready" if ok else "not ready", "checks": checks, "upstreams": upstreams},
+                     200 if ok else 503)
 
     async def metrics_view(_request: Request) -> Response:
         body, content_type = metrics.render()

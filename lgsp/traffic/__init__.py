@@ -1,0 +1,1 @@
+"""Traffic control: rate limits and quotas, bulkheads, circuit breakers and retries (issue 9)."""
