@@ -10,13 +10,13 @@ import subprocess
 import sys
 import time
 import uuid
+from typing import ClassVar
 
 import httpx
 import pytest
 import requests
 import yaml
 import zeep
-from lxml import etree
 from zeep.transports import Transport
 
 from conftest import ROOT, assert_problem, audit_of, free_port, get_token, lgsp_cli, start_server, wait_for
@@ -303,7 +303,7 @@ def test_a_write_is_never_retried(sim, faults, citizen, lgsp_env):
     base = adapter_class("population")
 
     class WritingPopulation(base):
-        operations = {**base.operations, "citizen.get": replace(base.operations["citizen.get"], writes=True)}
+        operations: ClassVar = {**base.operations, "citizen.get": replace(base.operations["citizen.get"], writes=True)}
 
     settings = {"endpoint": f"{sim.url}/dancu", "timeout": 2, "integration_code": "LGSP-TEST",
                 "account": "lgsp-test", "agency_code": "000.00.00.H30"}
