@@ -141,7 +141,8 @@ def test_failing_upstream_opens_the_circuit_answers_at_once_and_closes_after_a_p
     print(f"\nopen circuit: answers in median {statistics.median(took) * 1000:.2f} ms, max {took[-1] * 1000:.2f} ms "
           f"at the client; {statistics.median(inside):.2f} ms median in the gateway before the audit commit "
           f"(the timeout was 500 ms)")
-    assert statistics.median(inside) < 10 and statistics.median(took) < 0.050 and took[-1] < 0.25
+    # The gateway decides at once; the client also waits for the audit commit (busy shared machine: generous).
+    assert statistics.median(inside) < 10 and statistics.median(took) < 0.1 and took[-1] < 0.5
     assert sim_requests(sim) == before  # the upstream was not called
     record = audit_of(gateway, answers[0][0].headers["x-request-id"])
     assert record["error_code"] == "upstream.unavailable" and record["status"] == 503
@@ -159,6 +160,9 @@ def test_failing_upstream_opens_the_circuit_answers_at_once_and_closes_after_a_p
     listed = lgsp_cli({}, "connections", "list", "--gateway", gateway.url).stdout
     row = next(line for line in listed.splitlines() if line.startswith(g.connection + " "))
     assert row.split()[3] == "open", listed
+    unknown = lgsp_cli({}, "connections", "list", "--gateway", f"http://127.0.0.1:{free_port()}")
+    assert "circuit state unknown" in unknown.stderr
+    assert next(line for line in unknown.stdout.splitlines() if line.startswith(g.connection + " ")).split()[3] == "?"
 
     # the upstream comes back: the first call after the open interval is a probe, and closes it
     faults("normal")
@@ -214,13 +218,13 @@ async def _codelist_latencies(gateway, token: str, seconds: float) -> list[float
     return out
 
 
-async def _hang(gateway, g: Guarded, pid: str, calls: int) -> list[tuple[int, str, float]]:
+async def _hang(gateway, g: Guarded, pid: str, calls: int) -> list[tuple[int, str, float, str]]:
     async with httpx.AsyncClient(timeout=30, headers=dict(g.http.headers),
                                  limits=httpx.Limits(max_connections=calls)) as http:
         async def one():
             started = time.perf_counter()
             r = await http.post(f"{gateway.url}/api/services/v1/{g.service}", json={"personal_id": pid})
-            return r.status_code, r.json().get("code", ""), time.perf_counter() - started
+            return r.status_code, r.json().get("code", ""), time.perf_counter() - started, r.headers["x-request-id"]
         return await asyncio.gather(*(one() for _ in range(calls)))
 
 
@@ -256,7 +260,9 @@ def test_a_hanging_upstream_holds_at_most_its_bulkhead_and_other_services_keep_a
           f"in at most {max(b[2] for b in busy) * 1000:.0f} ms")
     assert sim_requests(sim) == 4  # the bulkhead: no more than 4 calls reached the hanging upstream
     assert len(timed_out) == 4 and len(busy) == 36
-    assert all(status == 503 for status, _, _ in busy)
+    assert all(b[0] == 503 for b in busy)
+    record = audit_of(gateway, busy[0][3])
+    assert record["error_code"] == "upstream.busy" and record["status"] == 503 and record["upstream"] is None
     assert max(b[2] for b in busy) < 2.0  # waited its 0.3 s, not the upstream's timeout
     assert in_use == 4 and ready["in_use"] == 4 and ready["max_concurrent"] == 4
     assert _p99(codes) < 0.5  # generous: the figure itself is printed above
