@@ -19,7 +19,7 @@ import yaml
 import zeep
 from zeep.transports import Transport
 
-from conftest import ROOT, assert_problem, audit_of, free_port, get_token, lgsp_cli, start_server, wait_for
+from conftest import ROOT, Server, assert_problem, audit_of, free_port, get_token, lgsp_cli, start_server, wait_for
 from lgsp.traffic import protection as protection_policy
 from lgsp.traffic.breaker import CLOSED, HALF_OPEN, OPEN, CircuitBreaker, CircuitOpen
 from lgsp.traffic.retry import RESERVE, RetryBudget
@@ -301,8 +301,8 @@ def test_a_write_is_never_retried(sim, faults, citizen, lgsp_env):
     from dataclasses import replace
 
     from lgsp.errors import ExchangeError
-    from lgsp.exchange import Exchange
-    from lgsp.invoke import invoke
+    from lgsp.pipeline.exchange import Exchange
+    from lgsp.pipeline.invoke import invoke
     from lgsp.plugins import adapter_class
     from lgsp.registry import Client, ConnectionSpec, Registry, Service
 
@@ -460,11 +460,13 @@ def test_gateway_with_two_workers_reports_each_workers_circuit(lgsp_env, sim, fa
     """`lgsp connections list` reads the circuit from /metrics, which merges every worker of the gateway."""
     g = Guarded(gateway, sim, {"retry": {"retries": 0}, "breaker": {"failures": 1, "open_seconds": 60}})
     port = free_port()
-    server = start_server([sys.executable, "-m", "lgsp.cli", "serve", "--port", str(port), "--workers", "2"],
-                          f"http://127.0.0.1:{port}", "/readyz", tmp_path / "gateway-2.log")
+    log = open(tmp_path / "gateway-2.log", "wb")
+    proc = subprocess.Popen([sys.executable, "-m", "lgsp.cli", "serve", "--port", str(port), "--workers", "2"],
+                            stdout=log, stderr=subprocess.STDOUT)
+    server = Server(f"http://127.0.0.1:{port}", proc, tmp_path / "gateway-2.log")
     try:
-        url = f"http://127.0.0.1:{port}"
-        wait_for(url + "/readyz")
+        url = server.url
+        wait_for(url + "/readyz", timeout=120, proc=proc)  # two workers starting on a busy machine
         faults("down")
         with httpx.Client(timeout=10, headers=dict(g.http.headers)) as http:
             codes = set()
@@ -482,3 +484,4 @@ def test_gateway_with_two_workers_reports_each_workers_circuit(lgsp_env, sim, fa
         assert re.search(r"\bopen( \(\d/2 workers\))?", row), listed
     finally:
         server.stop()
+        log.close()
