@@ -485,3 +485,29 @@ def test_gateway_with_two_workers_reports_each_workers_circuit(lgsp_env, sim, fa
     finally:
         server.stop()
         log.close()
+
+
+def test_bulkhead_passes_a_freed_slot_to_the_oldest_waiter_and_refuses_after_the_wait():
+    from lgsp.traffic.bulkhead import Bulkhead, BulkheadFull
+
+    async def scene() -> tuple[list, int]:
+        bulkhead, seen = Bulkhead(2, 0.2), []
+
+        async def user(name: str, hold: float) -> None:
+            try:
+                await bulkhead.acquire()
+            except BulkheadFull:
+                seen.append(("busy", name))
+                return
+            seen.append(("in", name))
+            await asyncio.sleep(hold)
+            bulkhead.release()
+
+        await asyncio.gather(user("a", 0.05), user("b", 1.0), user("c", 1.0), user("d", 0.0), user("e", 0.0))
+        return seen, bulkhead.in_use
+
+    seen, in_use = asyncio.run(scene())
+    # a and b hold the two slots; c gets a's slot after 0.05 s; d and e wait 0.2 s for one and give up
+    assert seen[:3] == [("in", "a"), ("in", "b"), ("in", "c")]
+    assert sorted(seen[3:]) == [("busy", "d"), ("busy", "e")]
+    assert in_use == 0

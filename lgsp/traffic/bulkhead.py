@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from typing import AsyncIterator, Callable
+from collections import deque
+from typing import Callable
 
 
 class BulkheadFull(Exception):
@@ -16,30 +17,45 @@ class BulkheadFull(Exception):
 
 
 class Bulkhead:
+    """A counter with a queue of waiters, first come first served. The free case is a plain
+    increment (this is on every call of the hot path); a freed slot passes straight to the
+    oldest waiter."""
+
     def __init__(self, limit: int, wait: float, *, on_change: Callable[[int], None] | None = None):
         self.limit = limit
         self.wait = wait
         self.in_use = 0
-        self._slots = asyncio.Semaphore(limit)
+        self._waiters: deque[asyncio.Future] = deque()
         self.on_change = on_change or (lambda delta: None)
 
-    @contextlib.asynccontextmanager
-    async def slot(self) -> AsyncIterator[None]:
-        if self._slots.locked():
-            if self.wait <= 0:
-                raise BulkheadFull()
-            try:
-                async with asyncio.timeout(self.wait):
-                    await self._slots.acquire()
-            except TimeoutError:
-                raise BulkheadFull() from None
-        else:
-            await self._slots.acquire()  # free: returns at once
-        self.in_use += 1
-        self.on_change(1)
+    async def acquire(self) -> None:
+        if self.in_use < self.limit and not self._waiters:
+            self.in_use += 1
+            self.on_change(1)
+            return
+        if self.wait <= 0:
+            raise BulkheadFull()
+        turn = asyncio.get_running_loop().create_future()
+        self._waiters.append(turn)
         try:
-            yield
-        finally:
-            self.in_use -= 1
-            self.on_change(-1)
-            self._slots.release()
+            async with asyncio.timeout(self.wait):
+                await turn
+        except BaseException as exc:
+            if turn.done() and not turn.cancelled():
+                self.release()  # handed a slot just as the wait ended: pass it on
+            else:
+                turn.cancel()
+                with contextlib.suppress(ValueError):
+                    self._waiters.remove(turn)
+            if isinstance(exc, TimeoutError):
+                raise BulkheadFull() from None
+            raise
+
+    def release(self) -> None:
+        while self._waiters:
+            turn = self._waiters.popleft()
+            if not turn.done():
+                turn.set_result(None)  # the slot passes on: in_use stays
+                return
+        self.in_use -= 1
+        self.on_change(-1)

@@ -63,15 +63,20 @@ class Guard:
                 f"(circuit open). Try again in {retry_after_header(exc.retry_after)} s.",
                 headers={"Retry-After": retry_after_header(exc.retry_after)}, status=503) from None
         try:
-            async with self.bulkhead.slot():
-                return await self._attempts(attempt, idempotent, probe)
-        except BulkheadFull:
+            await self.bulkhead.acquire()
+        except BaseException as exc:
             self.breaker.release(probe)
+            if not isinstance(exc, BulkheadFull):
+                raise
             metrics.upstream_rejected.labels(self.connection, "busy").inc()
             raise ExchangeError(
                 "upstream.busy",
                 f"The upstream system of this service already has {self.bulkhead.limit} calls under way from this "
                 f"LGSP worker and none ended within {self.bulkhead.wait:g} s.", headers={"Retry-After": "1"}) from None
+        try:
+            return await self._attempts(attempt, idempotent, probe)
+        finally:
+            self.bulkhead.release()
 
     async def _attempts(self, attempt: Callable[[], Awaitable[T]], idempotent: bool, probe: bool) -> T:
         self.budget.earn()
