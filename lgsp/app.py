@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import warnings
 
 # connexion imports Starlette's test client at start-up, which warns about httpx in every worker.
@@ -39,6 +40,7 @@ from lgsp.errors import ExchangeError, problem
 from lgsp.gateway import Gateway
 from lgsp.pipeline.exchange import Exchange, request_id_from
 from lgsp.pipeline.run import serve
+from lgsp.traffic.upstream import status as upstream_status
 
 
 class BodyLimit:
@@ -168,7 +170,11 @@ def data_plane(gateway: Gateway | None = None):
         ok = all(checks.values())
         # The rate-limit store is shown, not required: each policy says whether to serve without it.
         limiter = await gw.limiter.state()
-        return _json({"status": "ready" if ok else "not ready", "checks": checks, "limiter": limiter},
+        # An open circuit is one upstream's trouble, not this gateway's: shown, never a reason to be unready.
+        upstreams = {"scope": f"worker {os.getpid()}",
+                     "connections": upstream_status(gw.registry.snapshot.connections)}
+        return _json({"status": "ready" if ok else "not ready", "checks": checks, "limiter": limiter,
+                      "upstreams": upstreams},
                      200 if ok else 503)
 
     async def metrics_view(_request: Request) -> Response:

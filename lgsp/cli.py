@@ -303,19 +303,47 @@ def connections() -> None:
 @click.argument("name")
 @click.option("--adapter", required=True)
 @click.option("--settings", "settings_json", required=True, help="Settings as JSON, e.g. '{\"endpoint\": \"...\"}'.")
+@click.option("--protection", "protection_json", default=None,
+              help="Upstream protection as JSON, e.g. '{\"max_concurrent\": 20}' ('null': the defaults; "
+                   "left out: unchanged). See docs/operations.md.")
 @_fail_on_admin_error
-def connections_set(name, adapter, settings_json) -> None:
+def connections_set(name, adapter, settings_json, protection_json) -> None:
     try:
         values = json.loads(settings_json)
     except json.JSONDecodeError as exc:
         raise click.ClickException(f"--settings is not valid JSON: {exc}") from None
-    _admin().set_connection(name, adapter, values)
+    extra = {}
+    if protection_json is not None:
+        try:
+            extra["protection"] = json.loads(protection_json)
+        except json.JSONDecodeError as exc:
+            raise click.ClickException(f"--protection is not valid JSON: {exc}") from None
+    _admin().set_connection(name, adapter, values, **extra)
     click.echo(f"connection {name} ({adapter}) saved")
 
 
 @connections.command("list")
-def connections_list() -> None:
-    _print_rows(_admin().list_connections(), ["name", "adapter", "enabled", "updated_at"])
+@click.option("--gateway", default=None, help="Base URL of the running gateway whose /metrics gives the circuit "
+              "state (default: LGSP_PUBLIC_URL).")
+def connections_list(gateway) -> None:
+    """Connections, with each one's circuit state and calls under way as the running gateway reports them."""
+    import httpx
+
+    from lgsp.config import settings
+    from lgsp.traffic import status
+
+    rows = _admin().list_connections()
+    url = gateway or settings().public_url
+    try:
+        states = status.fetch(url)
+    except httpx.HTTPError as exc:
+        click.echo(f"circuit state unknown: no /metrics from the gateway at {url} ({type(exc).__name__})", err=True)
+        states = None
+    for row in rows:
+        seen = (states or {}).get(row["name"])
+        row["circuit"] = "?" if states is None else seen["circuit"] if seen else "closed"
+        row["in_use"] = "?" if states is None else seen["in_use"] if seen else 0
+    _print_rows(rows, ["name", "adapter", "enabled", "circuit", "in_use", "updated_at"])
 
 
 @main.group()

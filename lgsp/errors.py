@@ -63,23 +63,27 @@ ERRORS: dict[str, ErrorKind] = {
     # Rate limits and quotas (issue 9, lgsp.traffic).
     "rate.limited": ErrorKind(429, "Rate limit or quota reached", "Client"),
     "rate.store_unavailable": ErrorKind(503, "Rate-limit counters unavailable; exchange refused", "Server"),
+    # Upstream protection (issue 9); an open circuit answers upstream.unavailable with 503 and Retry-After.
+    "upstream.busy": ErrorKind(503, "Upstream system has too many calls under way", "Server"),
 }
 
 
 class ExchangeError(Exception):
     """A refusal or failure with a stable code and a sentence for a person."""
 
-    def __init__(self, code: str, detail: str, *, headers: dict[str, str] | None = None):
+    def __init__(self, code: str, detail: str, *, headers: dict[str, str] | None = None,
+                 status: int | None = None):
         if code not in ERRORS:
             raise ValueError(f"unknown error code {code!r}")
         super().__init__(detail)
         self.code = code
         self.detail = detail
         self.headers = headers or {}
+        self._status = status  # the code's own status unless the case has a truer one (an open circuit: 503)
 
     @property
     def status(self) -> int:
-        return ERRORS[self.code].status
+        return self._status or ERRORS[self.code].status
 
     @property
     def outcome(self) -> str:
@@ -87,13 +91,14 @@ class ExchangeError(Exception):
         return "refused" if self.status < 500 else "failed"
 
 
-def problem(code: str, detail: str, request_id: str | None, instance: str | None = None) -> dict:
+def problem(code: str, detail: str, request_id: str | None, instance: str | None = None,
+            status: int | None = None) -> dict:
     """RFC 9457 problem details with our extension members `code` and `request_id`."""
     kind = ERRORS[code]
     body = {
         "type": f"/problems/{code}",
         "title": kind.title,
-        "status": kind.status,
+        "status": status or kind.status,
         "detail": detail,
         "code": code,
         "request_id": request_id,

@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import os
 
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest, multiprocess
+from prometheus_client import (CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest,
+                               multiprocess)
 
 _BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 
@@ -20,6 +21,30 @@ upstream_seconds = Histogram(
 audit_batch_records = Histogram(
     "lgsp_audit_batch_records", "Audit records committed per transaction (group commit)",
     buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512),
+)
+
+# Upstream protection (lgsp.traffic), per connection: a connection's name is the integrator's, never personal.
+# Breaker and bulkhead live in each worker process: with several workers the state gauge has one series
+# per worker (pid label), the in-use gauge is their sum.
+upstream_circuit_state = Gauge(
+    "lgsp_upstream_circuit_state", "Circuit breaker state: 0 closed, 1 half-open, 2 open", ["connection"],
+    multiprocess_mode="liveall",
+)
+upstream_circuit_transitions = Counter(
+    "lgsp_upstream_circuit_transitions_total", "Circuit breaker state changes, by the state entered",
+    ["connection", "state"],
+)
+upstream_in_use = Gauge(
+    "lgsp_upstream_in_use", "Calls under way to the upstream (bulkhead slots in use)", ["connection"],
+    multiprocess_mode="livesum",
+)
+upstream_rejected = Counter(
+    "lgsp_upstream_rejected_total", "Calls not made: circuit open (open) or bulkhead full (busy)",
+    ["connection", "reason"],
+)
+upstream_retries = Counter("lgsp_upstream_retries_total", "Retries of reads made", ["connection"])
+upstream_retries_denied = Counter(
+    "lgsp_upstream_retries_denied_total", "Retries the retry budget refused", ["connection"],
 )
 
 

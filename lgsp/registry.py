@@ -63,6 +63,9 @@ class ConnectionSpec:
     adapter: str
     settings: dict[str, Any]
     enabled: bool
+    # Upstream protection policy (lgsp.traffic.protection; None: defaults). Not compared: a changed
+    # policy changes the connection's guard, not its adapter.
+    protection: dict[str, Any] | None = field(default=None, compare=False)
 
 
 @dataclass
@@ -103,7 +106,8 @@ def load_snapshot(engine: Engine) -> Snapshot:
             snap.services[r.name] = Service(r.name, r.version, r.connection, r.operation, r.personal_data, r.enabled,
                                             r.body_logging)
         for r in conn.execute(select(connections)):
-            snap.connections[r.name] = ConnectionSpec(r.name, r.adapter, open_secrets(dict(r.settings)), r.enabled)
+            snap.connections[r.name] = ConnectionSpec(r.name, r.adapter, open_secrets(dict(r.settings)), r.enabled,
+                                                      r.protection)
         key_rows = conn.execute(select(signing_keys)).all()
         snap.policies = Policies.of([from_row(r._mapping) for r in conn.execute(select(traffic_policies))])
     snap.jwks = keys.published_keys(key_rows)

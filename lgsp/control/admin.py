@@ -23,8 +23,10 @@ from lgsp.crypto import hash_secret
 from lgsp.egress import EgressRefused
 from lgsp.storage.schema import clients, connections, grants, services, traffic_policies
 from lgsp.traffic import policies as traffic
+from lgsp.traffic import protection
 
 _ID = re.compile(r"^[a-z0-9][a-z0-9._-]{1,63}$")
+KEEP = object()  # set_connection: leave the stored protection policy as it is
 
 
 class AdminError(ValueError):
@@ -52,6 +54,14 @@ def _public(row: dict | None) -> dict | None:
     if isinstance(out.get("settings"), dict):
         out["settings"] = {k: masked(v) for k, v in out["settings"].items()}
     return out
+
+
+def check_protection(policy: Any) -> dict[str, Any] | None:
+    """A connection's upstream protection policy as stored, or AdminError saying what is wrong."""
+    try:
+        return protection.check(policy)
+    except protection.InvalidProtection as exc:
+        raise AdminError(str(exc)) from None
 
 
 def _check_grant_fields(conn: Connection, svc: dict, fields: Sequence[str]) -> None:
@@ -176,9 +186,14 @@ class Admin:
         self._record("grant.revoke", str(grant_id), before, after)
 
     # -- connections and services ---------------------------------------------
-    def set_connection(self, name: str, adapter: str, settings: dict[str, Any], enabled: bool = True) -> None:
+    def set_connection(self, name: str, adapter: str, settings: dict[str, Any], enabled: bool = True,
+                       protection: Any = KEEP) -> None:
+        """Create or replace a connection; `protection` is its upstream protection policy (None: the
+        defaults; KEEP: as stored)."""
         if not _ID.match(name):
             raise AdminError("A connection name is 2-64 characters: lower-case letters, digits, '.', '_' or '-'.")
+        if protection is not KEEP:
+            protection = check_protection(protection)
         with self.engine.begin() as conn:
             before = _row(conn, connections, connections.c.name, name)
             previous = before["settings"] if before and before["adapter"] == adapter else None
@@ -194,6 +209,8 @@ class Admin:
                 raise AdminError(str(exc)) from None
             values = dict(adapter=adapter, settings=seal_secrets(adapter, settings, previous), enabled=enabled,
                           updated_at=_now())
+            if protection is not KEEP:
+                values["protection"] = protection
             if before:
                 conn.execute(update(connections).where(connections.c.name == name).values(**values))
             else:

@@ -68,7 +68,8 @@ def get_connection(name: str):
 
 def put_connection(name: str, body: dict):
     admin = _admin(INTEGRATOR)
-    _run(admin.set_connection, name, body["adapter"], body["settings"], body.get("enabled", True))
+    _run(admin.set_connection, name, body["adapter"], body["settings"], body.get("enabled", True),
+         body.get("protection"))
     return _json(admin.get_connection(name))
 
 

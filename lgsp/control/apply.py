@@ -19,7 +19,7 @@ import yaml
 from sqlalchemy import select
 
 from lgsp.connection_secrets import open_secrets
-from lgsp.control.admin import Admin, AdminError
+from lgsp.control.admin import Admin, AdminError, check_protection
 from lgsp.storage.schema import connections
 
 _VAR = re.compile(r"\$\{([A-Z_][A-Z0-9_]*)\}")
@@ -89,9 +89,11 @@ def plan(admin: Admin, doc: dict[str, Any]) -> list[Change]:
     with admin.engine.connect() as conn:
         stored = {r.name: r for r in conn.execute(select(connections))}
     for name, spec in (doc.get("connections") or {}).items():
-        desired = {"adapter": spec["adapter"], "settings": spec.get("settings") or {}, "enabled": spec.get("enabled", True)}
+        desired = {"adapter": spec["adapter"], "settings": spec.get("settings") or {}, "enabled": spec.get("enabled", True),
+                   "protection": _protection(name, spec)}
         row = stored.get(name)
-        current = {"adapter": row.adapter, "settings": open_secrets(dict(row.settings)), "enabled": row.enabled} if row else None
+        current = {"adapter": row.adapter, "settings": open_secrets(dict(row.settings)), "enabled": row.enabled,
+                   "protection": row.protection} if row else None
         changes.append(_change("connection", name, current, desired))
     services = {s["name"]: s for s in admin.list_services()}
     for name, spec in (doc.get("services") or {}).items():
@@ -152,6 +154,14 @@ def _plan_policies(admin: Admin, doc: dict[str, Any]) -> list[Change]:
     return changes
 
 
+def _protection(name: str, spec: dict[str, Any]) -> dict[str, Any] | None:
+    """The connection's protection policy, checked while planning: a bad one fails before anything is applied."""
+    try:
+        return check_protection(spec.get("protection"))
+    except AdminError as exc:
+        raise AdminError(f"Connection {name}: {exc}") from None
+
+
 def _change(kind: str, name: str, current: dict | None, desired: dict) -> Change:
     if current is None:
         return Change("create", kind, name, desired=dict(desired))
@@ -167,7 +177,7 @@ def apply(admin: Admin, changes: list[Change]) -> list[str]:
             continue
         d = c.desired
         if c.kind == "connection":
-            admin.set_connection(c.name, d["adapter"], d["settings"], d["enabled"])
+            admin.set_connection(c.name, d["adapter"], d["settings"], d["enabled"], d["protection"])
         elif c.kind == "service":
             admin.set_service(c.name, **d)
         elif c.kind == "client" and c.action == "create":

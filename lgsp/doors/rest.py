@@ -53,7 +53,8 @@ def render(ex: Exchange) -> Rendered:
         return 200, headers, orjson.dumps(ex.answer)
     headers["Content-Type"] = PROBLEM
     headers.update(ex.error.headers)
-    return ex.error.status, headers, orjson.dumps(problem(ex.error.code, ex.error.detail, ex.request_id))
+    body = problem(ex.error.code, ex.error.detail, ex.request_id, status=ex.error.status)
+    return ex.error.status, headers, orjson.dumps(body)
 
 
 def exchange_from(req: ConnexionRequest, service: str | None, params: dict[str, Any]) -> Exchange:

@@ -1,4 +1,5 @@
-"""Stage: call the backend through the service's connection and adapter."""
+"""Stage: call the backend through the service's connection and adapter, inside the
+connection's upstream protection (circuit breaker, bulkhead, retries of reads: lgsp.traffic)."""
 from __future__ import annotations
 
 import logging
@@ -9,6 +10,7 @@ from lgsp.adapter import CallContext, UpstreamError
 from lgsp.errors import ExchangeError
 from lgsp.pipeline.exchange import Exchange
 from lgsp.registry import Registry
+from lgsp.traffic.upstream import guard_for
 
 log = logging.getLogger(__name__)
 
@@ -26,14 +28,20 @@ async def invoke(ex: Exchange, registry: Registry) -> None:
         request_id=ex.request_id, client_id=ex.client.client_id, agency_code=ex.client.agency_code,
         officer=ex.officer, purpose=ex.purpose, fields=ex.grant.allowed_fields if ex.grant else None,
     )
+    guard = guard_for(service.connection, registry.snapshot.connections.get(service.connection))
+    operation = adapter.operations.get(service.operation)
     started = time.perf_counter()
     outcome = "ok"
     try:
-        ex.result = await adapter.call(service.operation, ex.params, context)
+        ex.result = await guard.call(lambda: adapter.call(service.operation, ex.params, context),
+                                     idempotent=operation is not None and not operation.writes)
     except UpstreamError as exc:
         outcome = exc.code
         ex.upstream, ex.trace_id = exc.upstream, exc.trace_id
         raise ExchangeError(exc.code, exc.detail) from None
+    except ExchangeError as exc:  # refused by the protection: the upstream was not called
+        outcome = exc.code
+        raise
     finally:
         metrics.upstream_seconds.labels(service.connection, service.operation, outcome).observe(
             time.perf_counter() - started

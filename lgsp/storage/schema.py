@@ -44,6 +44,7 @@ connections = Table(
     Column("settings", JSON, nullable=False),
     Column("enabled", Boolean, nullable=False, default=True),
     Column("updated_at", DateTime(timezone=True), nullable=False),
+    Column("protection", JSON, nullable=True),   # upstream protection policy (lgsp.traffic); NULL: defaults
 )
 
 services = Table(

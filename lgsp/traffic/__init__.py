@@ -1,1 +1,1 @@
-"""Traffic control: rate limits and quotas (policies, counters, the `limit` stage)."""
+"""Traffic control: rate limits and quotas, bulkheads, circuit breakers and retries."""
