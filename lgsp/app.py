@@ -39,6 +39,7 @@ from lgsp.soap_door import PATH as SOAP_PATH
 from lgsp.soap_door import SoapDoor, SoapRequest
 from lgsp.soap_door import _version as soap_version
 from lgsp.soap_door import renderer as soap_renderer
+from lgsp.tls.peer import ClientCertificate
 
 
 class BodyLimit:
@@ -187,7 +188,7 @@ def data_plane(gateway: Gateway | None = None):
             return await control_plane_elsewhere(scope, receive, send)
         return await app(scope, receive, send)
 
-    return HeaderLimit(data, gw)
+    return ClientCertificate(HeaderLimit(data, gw), gw.settings)
 
 
 async def control_plane_elsewhere(scope, receive, send) -> None:
@@ -199,7 +200,7 @@ async def control_plane_elsewhere(scope, receive, send) -> None:
 
 def control_plane(gateway: Gateway | None = None):
     gw = gateway or Gateway()
-    return create_control_plane(gw.engine, gw.settings)
+    return ClientCertificate(create_control_plane(gw.engine, gw.settings), gw.settings)
 
 
 CONTROL_PREFIXES = ("/oauth/", "/.well-known/", "/admin", "/console", "/audit")
@@ -215,6 +216,6 @@ def combined():
             return await control(scope, receive, send)
         return await data(scope, receive, send)
 
-    return HeaderLimit(app, gw)  # the control plane's requests too (data already has its own)
+    return ClientCertificate(HeaderLimit(app, gw), gw.settings)  # the control plane's requests too
 
 

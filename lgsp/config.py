@@ -30,6 +30,16 @@ class Settings:
     token_max_lifetime: int = field(default_factory=lambda: int(_env("LGSP_TOKEN_MAX_LIFETIME", "3600")))
     # Private, loopback and link-local networks adapters may reach (CIDRs, comma-separated); none by default.
     egress_allow: str = field(default_factory=lambda: _env("LGSP_EGRESS_ALLOW", ""))
+    # TLS at `lgsp serve` (PEM files): the server's certificate and key, and the CA bundle client
+    # certificates must chain to (clients are asked for a certificate; one without is still served).
+    tls_cert_file: str = field(default_factory=lambda: _env("LGSP_TLS_CERT_FILE", ""))
+    tls_key_file: str = field(default_factory=lambda: _env("LGSP_TLS_KEY_FILE", ""))
+    tls_client_ca_file: str = field(default_factory=lambda: _env("LGSP_TLS_CLIENT_CA_FILE", ""))
+    # Behind a TLS-terminating proxy: its addresses (CIDRs, comma-separated), and the header in which it
+    # passes the client certificate (URL-encoded PEM, as nginx's $ssl_client_escaped_cert). Nobody else's
+    # header is believed.
+    trusted_proxies: str = field(default_factory=lambda: _env("LGSP_TRUSTED_PROXIES", ""))
+    client_cert_header: str = field(default_factory=lambda: _env("LGSP_CLIENT_CERT_HEADER", "X-Client-Cert"))
 
     @property
     def issuer(self) -> str:

@@ -41,6 +41,8 @@ from lgsp.request_guard import RequestGuard, allowed_methods, unreadable as unre
 from lgsp.rest_door import MIDDLEWARES, refusal_for
 from lgsp.roles import ROLE_SCOPES
 from lgsp.storage.schema import clients, grants as grants_table
+from lgsp.tls import binding as tls_binding
+from lgsp.tls.peer import certificate_of_environ
 
 log = logging.getLogger(__name__)
 
@@ -53,9 +55,10 @@ AUDITED_PREFIXES = ("/admin/", "/audit/")
 class OAuthClient(ClientMixin):
     """A client row as authlib sees it: client credentials only, scopes = granted services."""
 
-    def __init__(self, row, granted: list[str]):
+    def __init__(self, row, granted: list[str], binding: tls_binding.Binding | None = None):
         self.row = row
         self.granted = granted
+        self.binding = binding  # a certificate-bound client authenticates by its certificate only
 
     def get_client_id(self) -> str:
         return self.row.client_id
@@ -76,7 +79,7 @@ class OAuthClient(ClientMixin):
         return secret_check.check(client_secret, self.row.secret_hash)  # bounded pool, never unbounded CPU
 
     def check_endpoint_auth_method(self, method: str, endpoint: str) -> bool:
-        return method in ("client_secret_basic", "client_secret_post")
+        return method in tls_binding.auth_methods(self.binding)
 
     def check_response_type(self, response_type) -> bool:
         return False
@@ -111,7 +114,7 @@ def _claimed_client_id(req) -> str | None:
 class ClientCredentials(grants.ClientCredentialsGrant):
     """The client credentials grant with both ways the metadata advertises (RFC 6749 §2.3.1)."""
 
-    TOKEN_ENDPOINT_AUTH_METHODS = ["client_secret_basic", "client_secret_post"]
+    TOKEN_ENDPOINT_AUTH_METHODS = [*tls_binding.SECRET_METHODS, *tls_binding.METHODS]
 
 
 class TokenGenerator(JWTBearerTokenGenerator):
@@ -129,6 +132,12 @@ class TokenGenerator(JWTBearerTokenGenerator):
     def get_audiences(self, client, user, scope):
         return self.cfg.audience
 
+    def get_extra_claims(self, client, grant_type, user, scope):
+        # RFC 8705 §3: a certificate-bound client's token names the certificate it was issued over.
+        from flask import request
+
+        return tls_binding.confirmation(client.binding, certificate_of_environ(request.environ))
+
 
 def query_client(engine: Engine, client_id: str) -> OAuthClient | None:
     with engine.connect() as conn:
@@ -141,7 +150,24 @@ def query_client(engine: Engine, client_id: str) -> OAuthClient | None:
             .order_by(grants_table.c.service)
         ).scalars().all()
     role_scopes = [ROLE_SCOPES[r] for r in (row.roles or []) if r in ROLE_SCOPES]
-    return OAuthClient(row, list(dict.fromkeys([*granted, *role_scopes])))
+    return OAuthClient(row, list(dict.fromkeys([*granted, *role_scopes])), tls_binding.load_one(engine, client_id))
+
+
+def _certificate_auth(method: str):
+    """An authlib client authentication method of RFC 8705 §2: the client names itself (client_id)
+    and proves it with the certificate of the connection (or of the trusted proxy's header)."""
+    def authenticate(query_client, request):
+        from flask import request as flask_req
+
+        client_id = request.form.get("client_id")
+        client = query_client(client_id) if client_id else None
+        if client is None or client.binding is None or client.binding.method != method:
+            return None
+        if not tls_binding.certificate_matches(client.binding, certificate_of_environ(flask_req.environ)):
+            return None
+        return client
+
+    return authenticate
 
 
 def create_control_plane(engine: Engine, cfg: Settings) -> FlaskApp:
@@ -173,6 +199,8 @@ def create_control_plane(engine: Engine, cfg: Settings) -> FlaskApp:
     server = AuthorizationServer(app, query_client=lambda cid: query_client(engine, cid) or UnknownClient(cid),
                                  save_token=save_token)
     server.register_grant(ClientCredentials)
+    for method in tls_binding.METHODS:
+        server.register_client_auth_method(method, _certificate_auth(method))
     server.register_token_generator("default", TokenGenerator(engine, cfg))
 
     @app.post(TOKEN_PATH)
@@ -208,6 +236,7 @@ def create_control_plane(engine: Engine, cfg: Settings) -> FlaskApp:
             "jwks_uri": cfg.public_url + JWKS_PATH,
             "grant_types_supported": ["client_credentials"],
             "token_endpoint_auth_methods_supported": ClientCredentials.TOKEN_ENDPOINT_AUTH_METHODS,
+            "tls_client_certificate_bound_access_tokens": True,
             # No authorization endpoint: no response type is offered (RFC 8414 §2 requires the member).
             "response_types_supported": [],
         })

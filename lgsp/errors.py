@@ -60,6 +60,11 @@ ERRORS: dict[str, ErrorKind] = {
     "request.header_too_large": ErrorKind(431, "Request header fields too large", "Client"),
     "record.invalid_characters": ErrorKind(400, "Record holds characters that cannot be exchanged", "Client"),
     "auth.throttled": ErrorKind(429, "Too many failed authentications", "Client"),
+    # Certificate-bound clients and address allow-lists (issue 9).
+    "token.binding": ErrorKind(401, "Access token not bound to this connection's certificate", "Client"),
+    "access.source_not_allowed": ErrorKind(403, "Client not allowed from this network address", "Client"),
+    "admin.certificate_invalid": ErrorKind(400, "The certificate or distinguished name is not valid", "Client"),
+    "admin.network_invalid": ErrorKind(400, "The network address list is not valid", "Client"),
 }
 
 

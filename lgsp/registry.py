@@ -19,6 +19,7 @@ from lgsp import keys, plugins
 from lgsp.adapter import Adapter
 from lgsp.config_notify import Listener, announce
 from lgsp.storage.schema import clients, config_state, connections, grants, services, signing_keys
+from lgsp.tls import binding as tls_binding
 
 log = logging.getLogger(__name__)
 # How long a changed connection's old adapter lives on for the calls it is serving
@@ -74,6 +75,7 @@ class Snapshot:
     key_set: KeySet | None = None
     key_kids: frozenset[str] = frozenset()
     granted: dict[str, frozenset[str]] = field(default_factory=dict)  # client → services it has grants for
+    bindings: dict[str, Any] = field(default_factory=dict)  # client → lgsp.tls.binding.Binding
 
 
 def bump_generation(conn: Connection) -> None:
@@ -113,6 +115,7 @@ def load_snapshot(engine: Engine) -> Snapshot:
         for r in conn.execute(select(connections)):
             snap.connections[r.name] = ConnectionSpec(r.name, r.adapter, open_secrets(dict(r.settings)), r.enabled)
         key_rows = conn.execute(select(signing_keys)).all()
+        snap.bindings = tls_binding.load_all(conn)
     snap.jwks = keys.published_keys(key_rows)
     snap.key_set = keys.public_key_set(snap.jwks) if snap.jwks else None
     snap.key_kids = frozenset(k["kid"] for k in snap.jwks)

@@ -30,6 +30,7 @@ from lgsp.gateway import Gateway
 from lgsp.identify import bearer_token
 from lgsp.pipeline import Rendered, serve
 from lgsp.request_guard import allowed_methods, unreadable as unreadable_body
+from lgsp.tls.peer import thumbprint_of
 from lgsp.validate import check_enterprise_code
 
 log = logging.getLogger(__name__)
@@ -68,6 +69,7 @@ def exchange_from(req: ConnexionRequest, service: str | None, params: dict[str, 
         request_bytes=int(h.get("content-length") or 0),
         claimed_request_id=h.get("x-request-id"),
         source=(req.scope.get("client") or (None,))[0],
+        certificate=thumbprint_of(req.scope),
     )
 
 

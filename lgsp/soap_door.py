@@ -28,6 +28,7 @@ from lgsp.exchange import Exchange, request_id_from
 from lgsp.gateway import Gateway
 from lgsp.identify import bearer_token
 from lgsp.pipeline import Rendered, internal_error, serve
+from lgsp.tls.peer import thumbprint_of
 
 log = logging.getLogger(__name__)
 
@@ -261,6 +262,7 @@ class SoapDoor:
             check_params=bool(req.operation and req.operation.service_from),
             claimed_request_id=context.get("request_id") or headers.get("x-request-id"),
             source=(scope.get("client") or (None,))[0],
+            certificate=thumbprint_of(scope),
         )
         status, out_headers, payload = await serve(ex, self.gateway, renderer(req), refusal=refusal)
         await _send(send, status, out_headers, payload)
