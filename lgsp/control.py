@@ -42,7 +42,7 @@ from lgsp.rest_door import MIDDLEWARES, refusal_for
 from lgsp.roles import ROLE_SCOPES
 from lgsp.storage.schema import clients, grants as grants_table
 from lgsp.tls import binding as tls_binding
-from lgsp.tls.peer import certificate_of_environ
+from lgsp.tls.peer import certificate_of_environ, certificates_reach
 
 log = logging.getLogger(__name__)
 
@@ -235,8 +235,10 @@ def create_control_plane(engine: Engine, cfg: Settings) -> FlaskApp:
             "token_endpoint": cfg.public_url + TOKEN_PATH,
             "jwks_uri": cfg.public_url + JWKS_PATH,
             "grant_types_supported": ["client_credentials"],
-            "token_endpoint_auth_methods_supported": ClientCredentials.TOKEN_ENDPOINT_AUTH_METHODS,
-            "tls_client_certificate_bound_access_tokens": True,
+            # Certificate methods only where client certificates can reach this gateway (RFC 8705 §2.3, §3.3).
+            "token_endpoint_auth_methods_supported": ClientCredentials.TOKEN_ENDPOINT_AUTH_METHODS
+            if certificates_reach(cfg) else list(tls_binding.SECRET_METHODS),
+            **({"tls_client_certificate_bound_access_tokens": True} if certificates_reach(cfg) else {}),
             # No authorization endpoint: no response type is offered (RFC 8414 §2 requires the member).
             "response_types_supported": [],
         })

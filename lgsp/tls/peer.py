@@ -67,6 +67,11 @@ def from_header(value: bytes) -> bytes | None:
         return None
 
 
+def certificates_reach(cfg: Settings) -> bool:
+    """Whether client certificates can reach this gateway: its own TLS asks for them, or a proxy passes them."""
+    return bool(cfg.trusted_proxies or (cfg.tls_cert_file and cfg.tls_client_ca_file))
+
+
 def thumbprint_of(scope) -> str | None:
     return (scope.get("extensions") or {}).get(THUMBPRINT)
 
