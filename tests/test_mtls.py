@@ -19,12 +19,11 @@ from pathlib import Path
 import httpx
 import pytest
 import requests
+import tls_certs
 import zeep
+from conftest import PROBLEM_KEYS, Server, audit_of, free_port, lgsp_cli
 from cryptography.hazmat.primitives.serialization import Encoding
 from zeep.transports import Transport
-
-import tls_certs
-from conftest import PROBLEM_KEYS, Server, audit_of, free_port, lgsp_cli
 
 PURPOSE = "administrative-procedure"
 FIELDS = ["personal_id", "full_name", "gender", "birth_date"]
@@ -59,7 +58,7 @@ def pki(tmp_path_factory):
 def citizen() -> str:
     out = subprocess.run([sys.executable, "-m", "lgsp_adapters.population.simulator", "--list", "1"],
                          capture_output=True, text=True, check=True).stdout
-    return re.findall(r"^(\d{12})\t", out, re.M)[0]
+    return re.findall(r"^(\d{12})\t", out, re.MULTILINE)[0]
 
 
 @pytest.fixture(scope="module")
@@ -70,7 +69,7 @@ def clients(gateway, pki):
     admin = gateway.extra["admin"]
     suffix = uuid.uuid4().hex[:6]
     made = {}
-    for kind in ("ca", "self", "expired", "plain", "netlimited", "late"):
+    for kind in ("ca", "self", "expired", "plain", "netlimited", "netproxy", "late"):
         cid = f"mtls-{kind}-{suffix}"
         made[kind] = (cid, admin.create_client(cid, f"{kind} system"))
         admin.add_grant(cid, "population.citizen.get", FIELDS, [PURPOSE])
@@ -78,6 +77,7 @@ def clients(gateway, pki):
     registration.put(admin, made["expired"][0], {"method": "tls_client_auth", "subject_dn": pki["expired"].subject})
     registration.put(admin, made["self"][0], {"method": "self_signed_tls_client_auth", "certificate": pki["self"].pem})
     registration.put(admin, made["netlimited"][0], {"allowed_networks": ["10.99.0.0/16"]})
+    registration.put(admin, made["netproxy"][0], {"allowed_networks": ["10.99.0.0/16"]})
     return made
 
 
@@ -267,28 +267,46 @@ def test_client_outside_its_networks_is_refused_and_audited(tls_gateway, gateway
 
 # -- SOAP with zeep --------------------------------------------------------------------------------
 
-def zeep_client(gw: Server, pki, token: str, cert: str | None) -> zeep.Client:
+def zeep_client(gw: Server, pki, token: str | None, cert: str | None) -> zeep.Client:
     session = requests.Session()
     session.trust_env = False  # REQUESTS_CA_BUNDLE in the environment would replace the test CA
     session.verify = str(pki["ca"].cert_file)
     if cert:
         session.cert = pki[cert].pair
-    session.headers["Authorization"] = f"Bearer {token}"
+    if token:
+        session.headers["Authorization"] = f"Bearer {token}"
     return zeep.Client(f"{gw.url}/soap/v1?wsdl", transport=Transport(session=session))
+
+
+def soap_refusal(client: zeep.Client, citizen: str) -> tuple[str, str]:
+    """(code, request id) of a SOAP call that must end in a Fault."""
+    rid = f"mtls-soap-{uuid.uuid4().hex[:8]}"
+    with pytest.raises(zeep.exceptions.Fault) as err:
+        client.service.PopulationCitizenGet(personal_id=citizen, purpose=PURPOSE, request_id=rid)
+    client.transport.session.close()
+    return err.value.detail.find(".//lgsp:code", NS).text, rid
 
 
 def test_soap_door_with_zeep_and_a_client_certificate(tls_gateway, pki, clients, citizen):
     with tls_client(pki, "bound") as http:
         token = mtls_token(http, tls_gateway, clients["ca"][0]).json()["access_token"]
-    found = zeep_client(tls_gateway, pki, token, "bound").service.PopulationCitizenGet(
-        personal_id=citizen, purpose=PURPOSE, request_id=f"mtls-soap-{uuid.uuid4().hex[:8]}")
+    client = zeep_client(tls_gateway, pki, token, "bound")
+    found = client.service.PopulationCitizenGet(personal_id=citizen, purpose=PURPOSE,
+                                                request_id=f"mtls-soap-{uuid.uuid4().hex[:8]}")
+    client.transport.session.close()
     assert found.personal_id == citizen
-    rid = f"mtls-soap-{uuid.uuid4().hex[:8]}"
-    with pytest.raises(zeep.exceptions.Fault) as err:
-        zeep_client(tls_gateway, pki, token, None).service.PopulationCitizenGet(
-            personal_id=citizen, purpose=PURPOSE, request_id=rid)
-    assert err.value.detail.find(".//lgsp:code", NS).text == "token.binding"
-    assert audit_of(tls_gateway, rid)["error_code"] == "token.binding"
+    code, rid = soap_refusal(zeep_client(tls_gateway, pki, token, None), citizen)
+    assert code == "token.binding" and audit_of(tls_gateway, rid)["error_code"] == "token.binding"
+
+
+def test_bound_client_cannot_use_a_ws_security_password(tls_gateway, pki, clients, citizen):
+    from zeep.wsse.username import UsernameToken
+
+    cid, secret = clients["ca"]
+    client = zeep_client(tls_gateway, pki, None, "bound")
+    client.wsse = UsernameToken(cid, secret)
+    code, rid = soap_refusal(client, citizen)
+    assert code == "token.binding" and audit_of(tls_gateway, rid)["outcome"] == "refused"
 
 
 # -- behind a TLS-terminating proxy --------------------------------------------------------------
@@ -324,6 +342,20 @@ def test_certificate_header_from_anyone_else_is_ignored(proxied_gateway, pki, cl
     with from_proxy("127.0.0.1") as http:
         assert mtls_token(http, proxied_gateway, clients["ca"][0], headers=header).status_code == 401
         assert_refused(lookup(http, proxied_gateway, citizen, token, **header), 401, "token.binding",
+                       proxied_gateway)
+
+
+def test_client_address_from_the_trusted_proxy_only(proxied_gateway, clients, citizen):
+    cid, secret = clients["netproxy"]
+    inside = {"X-Forwarded-For": "10.99.7.7"}
+    with from_proxy("127.0.0.2") as http:
+        token = http.post(f"{proxied_gateway.url}/oauth/token", data={"grant_type": "client_credentials"},
+                          auth=(cid, secret)).json()["access_token"]
+        assert lookup(http, proxied_gateway, citizen, token, **inside).status_code == 200
+        assert_refused(lookup(http, proxied_gateway, citizen, token, **{"X-Forwarded-For": "10.98.0.1"}), 403,
+                       "access.source_not_allowed", proxied_gateway)
+    with from_proxy("127.0.0.1") as http:  # not the proxy: its X-Forwarded-For is not believed
+        assert_refused(lookup(http, proxied_gateway, citizen, token, **inside), 403, "access.source_not_allowed",
                        proxied_gateway)
 
 

@@ -50,7 +50,7 @@ def _write(folder: Path, stem: str, cert: x509.Certificate, key) -> Issued:
 
 def _build(subject: x509.Name, issuer: x509.Name, public_key, signing_key, *, ca: bool, days: tuple[int, int],
            usage, san: list | None = None) -> x509.Certificate:
-    now = dt.datetime.now(dt.timezone.utc)
+    now = dt.datetime.now(dt.UTC)
     builder = (x509.CertificateBuilder().subject_name(subject).issuer_name(issuer).public_key(public_key)
                .serial_number(x509.random_serial_number())
                .not_valid_before(now + dt.timedelta(days=days[0])).not_valid_after(now + dt.timedelta(days=days[1]))

@@ -13,6 +13,7 @@ from functools import cache
 from pathlib import Path
 
 from cryptography import x509
+from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.serialization import Encoding
 
 # A certificate chain, not a bundle of many: bounds the work one request can cause.
@@ -85,7 +86,7 @@ def normal_dn(text: str) -> str:
 
 
 def current(cert: x509.Certificate, now: dt.datetime | None = None) -> bool:
-    now = now or dt.datetime.now(dt.timezone.utc)
+    now = now or dt.datetime.now(dt.UTC)
     return cert.not_valid_before_utc <= now <= cert.not_valid_after_utc
 
 
@@ -96,9 +97,9 @@ def issued_by_any(cert: x509.Certificate, cas: tuple[x509.Certificate, ...]) -> 
             continue
         try:
             cert.verify_directly_issued_by(ca)
-            return True
-        except Exception:  # InvalidSignature, or a key type that cannot sign: not this CA
+        except (InvalidSignature, ValueError, TypeError):  # not this CA's signature, or a key that cannot sign
             continue
+        return True
     return False
 
 

@@ -91,7 +91,7 @@ def put(admin: Admin, client_id: str, spec: dict[str, Any]) -> dict:
             raise AdminError(f"No client '{client_id}'.", "admin.not_found")
         row = conn.execute(select(client_bindings).where(client_bindings.c.client_id == client_id)).first()
         before = public(dict(row._mapping)) if row else None
-        values["updated_at"] = dt.datetime.now(dt.timezone.utc)
+        values["updated_at"] = dt.datetime.now(dt.UTC)
         if row is None:
             conn.execute(insert(client_bindings).values(client_id=client_id, **values))
         else:
