@@ -369,6 +369,22 @@ def admin_token(gateway) -> str:
     return get_token(gateway, cid, gateway.extra["admin"].create_client(cid, "admin desk", roles=["admin"]))
 
 
+def test_bound_admin_token_needs_its_certificate_at_the_admin_api(tls_gateway, gateway, pki, clients):
+    from lgsp.tls import registration
+
+    admin = gateway.extra["admin"]
+    cid = f"mtls-boundadmin-{uuid.uuid4().hex[:6]}"
+    admin.create_client(cid, "admin desk with a certificate", roles=["admin"])
+    registration.put(admin, cid, {"method": "tls_client_auth", "subject_dn": pki["other"].subject})
+    with tls_client(pki, "other") as http:
+        token = mtls_token(http, tls_gateway, cid).json()["access_token"]
+        assert http.get(f"{tls_gateway.url}/admin/v1/clients", headers={"Authorization": f"Bearer {token}"}
+                        ).status_code == 200
+    with tls_client(pki) as http:
+        r = http.get(f"{tls_gateway.url}/admin/v1/clients", headers={"Authorization": f"Bearer {token}"})
+    assert r.status_code == 401 and r.json()["code"] == "token.binding", r.text
+
+
 def test_admin_api_binds_and_refuses_malformed_input(gateway, pki, clients, admin_token):
     cid = clients["plain"][0]
     url = f"{gateway.url}/admin/v1/clients/{cid}/binding"
