@@ -17,7 +17,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.serialization import Encoding
 
 # A certificate chain, not a bundle of many: bounds the work one request can cause.
-MAX_PEM_BYTES = 64 * 1024
+MAX_PEM_BYTES = 16 * 1024
 
 
 class CertificateError(ValueError):
