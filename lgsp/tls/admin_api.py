@@ -1,7 +1,7 @@
 """Admin API handlers of client bindings (openapi/admin.v1.yaml, /clients/{client_id}/binding)."""
 from __future__ import annotations
 
-from lgsp.admin_api import ADMIN, _admin, _json, _read, _run
+from lgsp.control.admin_api import ADMIN, _admin, _json, _read, _run
 from lgsp.errors import ExchangeError
 from lgsp.tls import registration
 

@@ -11,8 +11,8 @@ from typing import Any
 
 from sqlalchemy import delete, insert, select, update
 
-from lgsp.admin import Admin, AdminError
-from lgsp.registry import bump_generation
+from lgsp.config_notify import bump_generation
+from lgsp.control.admin import Admin, AdminError
 from lgsp.storage.schema import client_bindings, clients
 from lgsp.tls import certs, networks
 from lgsp.tls.binding import METHODS, SELF_SIGNED, TLS_CLIENT_AUTH

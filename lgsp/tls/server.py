@@ -19,7 +19,7 @@ from typing import Any
 from sqlalchemy import select
 
 from lgsp.config import Settings, settings
-from lgsp.http_limits import BoundedHttpTools
+from lgsp.doors.http_limits import BoundedHttpTools
 from lgsp.tls import peer
 
 log = logging.getLogger(__name__)
