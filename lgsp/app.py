@@ -41,6 +41,7 @@ from lgsp.gateway import Gateway
 from lgsp.pipeline.exchange import Exchange, request_id_from
 from lgsp.pipeline.run import serve
 from lgsp.traffic.upstream import status as upstream_status
+from lgsp.tls.peer import ClientCertificate
 
 
 class BodyLimit:
@@ -196,7 +197,7 @@ def data_plane(gateway: Gateway | None = None):
             return await control_plane_elsewhere(scope, receive, send)
         return await app(scope, receive, send)
 
-    return HeaderLimit(data, gw)
+    return ClientCertificate(HeaderLimit(data, gw), gw.settings)
 
 
 async def control_plane_elsewhere(scope, receive, send) -> None:
@@ -208,7 +209,7 @@ async def control_plane_elsewhere(scope, receive, send) -> None:
 
 def control_plane(gateway: Gateway | None = None):
     gw = gateway or Gateway()
-    return create_control_plane(gw.engine, gw.settings)
+    return ClientCertificate(create_control_plane(gw.engine, gw.settings), gw.settings)
 
 
 CONTROL_PREFIXES = ("/oauth/", "/.well-known/", "/admin", "/console", "/audit")
@@ -224,6 +225,6 @@ def combined():
             return await control(scope, receive, send)
         return await data(scope, receive, send)
 
-    return HeaderLimit(app, gw)  # the control plane's requests too (data already has its own)
+    return ClientCertificate(HeaderLimit(app, gw), gw.settings)  # the control plane's requests too
 
 

@@ -120,14 +120,17 @@ def serve(host: str, port: int, workers: int, plane: str, migrate: bool) -> None
     _check_schema()
     if workers > 1 and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="lgsp-metrics-")
-    os.environ.setdefault("LGSP_PUBLIC_URL", f"http://{host}:{port}")
+    scheme = "https" if os.environ.get("LGSP_TLS_CERT_FILE") else "http"
+    os.environ.setdefault("LGSP_PUBLIC_URL", f"{scheme}://{host}:{port}")
     settings.cache_clear()
     factory = {"all": "lgsp.app:combined", "data": "lgsp.app:data_plane", "control": "lgsp.app:control_plane"}[plane]
-    from lgsp.doors.http_limits import SERVER_MAX_HEAD_BYTES, BoundedHttpTools  # request heads bounded at the server
+    from lgsp.doors.http_limits import SERVER_MAX_HEAD_BYTES  # request heads bounded at the server
+    from lgsp.tls.server import PeerAwareHttpTools, uvicorn_options  # TLS, client certificates, proxies
 
     uvicorn.run(factory, factory=True, host=host, port=port, workers=workers, log_config=None,
-                access_log=False, loop="auto", http=BoundedHttpTools, lifespan="auto" if plane != "control" else "off",
-                timeout_graceful_shutdown=10, h11_max_incomplete_event_size=SERVER_MAX_HEAD_BYTES)
+                access_log=False, loop="auto", http=PeerAwareHttpTools, lifespan="auto" if plane != "control" else "off",
+                timeout_graceful_shutdown=10, h11_max_incomplete_event_size=SERVER_MAX_HEAD_BYTES,
+                **uvicorn_options(settings()))
 
 
 def _check_schema() -> None:
@@ -248,6 +251,41 @@ def clients_disable(client_id) -> None:
     """Disable a client: no new tokens, and live tokens refused within seconds."""
     _admin().set_client_status(client_id, "disabled")
     click.echo(f"client {client_id} disabled")
+
+
+@clients.command("bind")
+@click.argument("client_id")
+@click.option("--method", type=click.Choice(["tls_client_auth", "self_signed_tls_client_auth"]),
+              help="How the client proves itself at the token endpoint (RFC 8705).")
+@click.option("--subject-dn", help="tls_client_auth: the certificate's subject, e.g. 'CN=motcua,O=So TTTT,C=VN'.")
+@click.option("--certificate", "certificate", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="self_signed_tls_client_auth: the client's certificate (PEM file).")
+@click.option("--allow-network", "networks", multiple=True, help="A network (CIDR) the client may call from; "
+              "repeat for several.")
+@_fail_on_admin_error
+def clients_bind(client_id, method, subject_dn, certificate, networks) -> None:
+    """Bind a client to a certificate and/or to the networks it may call from (replaces its binding)."""
+    from lgsp.tls import registration
+
+    spec = {"method": method, "allowed_networks": list(networks)}
+    if subject_dn:
+        spec["subject_dn"] = subject_dn
+    if certificate:
+        spec["certificate"] = certificate.read_text(encoding="utf-8", errors="replace")
+    found = registration.put(_admin(), client_id, spec)
+    click.echo(f"client {client_id} bound: method {found['method'] or '-'}, thumbprint {found['thumbprint'] or '-'}, "
+               f"networks {', '.join(found['allowed_networks']) or 'any'}")
+
+
+@clients.command("unbind")
+@click.argument("client_id")
+@_fail_on_admin_error
+def clients_unbind(client_id) -> None:
+    """Remove a client's certificate binding and allowed networks."""
+    from lgsp.tls import registration
+
+    registration.remove(_admin(), client_id)
+    click.echo(f"client {client_id} unbound")
 
 
 @clients.command("enable")

@@ -34,6 +34,16 @@ class Settings:
     redis_url: str = field(default_factory=lambda: _env("LGSP_REDIS_URL", ""))
     # Quota days and months start at local midnight in this zone.
     quota_timezone: str = field(default_factory=lambda: _env("LGSP_QUOTA_TIMEZONE", "Asia/Ho_Chi_Minh"))
+    # TLS at `lgsp serve` (PEM files): the server's certificate and key, and the CA bundle client
+    # certificates must chain to (clients are asked for a certificate; one without is still served).
+    tls_cert_file: str = field(default_factory=lambda: _env("LGSP_TLS_CERT_FILE", ""))
+    tls_key_file: str = field(default_factory=lambda: _env("LGSP_TLS_KEY_FILE", ""))
+    tls_client_ca_file: str = field(default_factory=lambda: _env("LGSP_TLS_CLIENT_CA_FILE", ""))
+    # Behind a TLS-terminating proxy: its addresses (CIDRs, comma-separated), and the header in which it
+    # passes the client certificate (URL-encoded PEM, as nginx's $ssl_client_escaped_cert). Nobody else's
+    # header is believed.
+    trusted_proxies: str = field(default_factory=lambda: _env("LGSP_TRUSTED_PROXIES", ""))
+    client_cert_header: str = field(default_factory=lambda: _env("LGSP_CLIENT_CERT_HEADER", "X-Client-Cert"))
 
     @property
     def issuer(self) -> str:

@@ -65,6 +65,11 @@ ERRORS: dict[str, ErrorKind] = {
     "rate.store_unavailable": ErrorKind(503, "Rate-limit counters unavailable; exchange refused", "Server"),
     # Upstream protection (issue 9); an open circuit answers upstream.unavailable with 503 and Retry-After.
     "upstream.busy": ErrorKind(503, "Upstream system has too many calls under way", "Server"),
+    # Certificate-bound clients and address allow-lists (issue 9).
+    "token.binding": ErrorKind(401, "Access token not bound to this connection's certificate", "Client"),
+    "access.source_not_allowed": ErrorKind(403, "Client not allowed from this network address", "Client"),
+    "admin.certificate_invalid": ErrorKind(400, "The certificate or distinguished name is not valid", "Client"),
+    "admin.network_invalid": ErrorKind(400, "The network address list is not valid", "Client"),
 }
 
 

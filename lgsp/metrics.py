@@ -18,6 +18,11 @@ upstream_seconds = Histogram(
     "lgsp_upstream_duration_seconds", "Time spent in the backend call", ["connection", "operation", "outcome"],
     buckets=_BUCKETS,
 )
+# Per client, fewer buckets: clients × services × fine buckets would be too many series.
+client_exchange_seconds = Histogram(
+    "lgsp_client_exchange_duration_seconds", "Time from request to answer, per calling client", ["client"],
+    buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 10),
+)
 audit_batch_records = Histogram(
     "lgsp_audit_batch_records", "Audit records committed per transaction (group commit)",
     buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512),

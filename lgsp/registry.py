@@ -20,6 +20,7 @@ from lgsp.adapter import Adapter
 from lgsp.config_notify import Listener
 from lgsp.connection_secrets import open_secrets
 from lgsp.storage.schema import clients, config_state, connections, grants, services, signing_keys, traffic_policies
+from lgsp.tls import binding as tls_binding
 from lgsp.traffic.policies import Policies, from_row
 
 log = logging.getLogger(__name__)
@@ -80,6 +81,7 @@ class Snapshot:
     key_kids: frozenset[str] = frozenset()
     granted: dict[str, frozenset[str]] = field(default_factory=dict)  # client → services it has grants for
     policies: Policies = field(default_factory=Policies)  # rates and quotas (lgsp.traffic)
+    bindings: dict[str, Any] = field(default_factory=dict)  # client → lgsp.tls.binding.Binding
 
 
 def read_generation(engine: Engine) -> int:
@@ -110,6 +112,7 @@ def load_snapshot(engine: Engine) -> Snapshot:
                                                       r.protection)
         key_rows = conn.execute(select(signing_keys)).all()
         snap.policies = Policies.of([from_row(r._mapping) for r in conn.execute(select(traffic_policies))])
+        snap.bindings = tls_binding.load_all(conn)
     snap.jwks = keys.published_keys(key_rows)
     snap.key_set = keys.public_key_set(snap.jwks) if snap.jwks else None
     snap.key_kids = frozenset(k["kid"] for k in snap.jwks)

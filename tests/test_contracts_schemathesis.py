@@ -93,7 +93,8 @@ MEANING_CHECKED = ["population.citizen.get", "population.citizen.verify", "popul
                    "population.household_head.verify", "population.relatives.verify",
                    "population.marital_status.verify", "population.vital_status.verify",
                    "population.bulk_verification.submit", "datastore.records.query", "datastore.records.publish",
-                   "services.call", "lgsp.audit.api.search_records"]
+                   "services.call", "lgsp.audit.api.search_records",
+                   "lgsp.tls.admin_api.put_binding"]  # a certificate, distinguished name or CIDR that does not parse
 
 
 def _config(world: dict, path: Path, admin: bool) -> Path:
@@ -118,6 +119,10 @@ parameters = {{ "path.name" = "{world['scratch_service']}" }}
 
 [[operations]]
 include-path = "/clients/{{client_id}}"
+parameters = {{ "path.client_id" = "{world['scratch_client']}" }}
+
+[[operations]]
+include-path = "/clients/{{client_id}}/binding"
 parameters = {{ "path.client_id" = "{world['scratch_client']}" }}
 
 [[operations]]

@@ -29,7 +29,7 @@ SERVICE_DEFAULTS = {"personal_data": True, "body_logging": "off", "enabled": Tru
 @dataclass
 class Change:
     action: str            # create | update | unchanged
-    kind: str              # connection | service | client | grant | policy
+    kind: str              # connection | service | client | binding | grant | policy
     name: str
     diff: dict[str, tuple[Any, Any]] = field(default_factory=dict)
     desired: dict[str, Any] = field(default_factory=dict)
@@ -108,6 +108,7 @@ def plan(admin: Admin, doc: dict[str, Any]) -> list[Change]:
         change = _change("client", client_id, current, desired)
         change.desired["secret_env"] = spec.get("secret_env")
         changes.append(change)
+    changes.extend(_binding_changes(admin, doc.get("clients") or {}))
     grants = {(g["client_id"], g["service"]): g for g in admin.list_grants() if g["status"] == "active"}
     for spec in doc.get("grants") or []:
         key = (spec["client"], spec["service"])
@@ -162,6 +163,24 @@ def _protection(name: str, spec: dict[str, Any]) -> dict[str, Any] | None:
         raise AdminError(f"Connection {name}: {exc}") from None
 
 
+def _binding_changes(admin: Admin, clients: dict[str, Any]) -> list[Change]:
+    """Clients' certificate bindings and allowed networks, each checked now (a malformed
+    certificate or CIDR fails the plan, before anything is applied)."""
+    from lgsp.tls import registration
+
+    out = []
+    for client_id, spec in clients.items():
+        if spec.get("binding") is None:
+            continue
+        desired = registration.desired(spec["binding"])
+        stored = registration.get(admin, client_id)
+        current = {k: stored[k] for k in desired} if stored else None
+        change = _change("binding", client_id, current, desired)
+        change.desired["spec"] = spec["binding"]
+        out.append(change)
+    return out
+
+
 def _change(kind: str, name: str, current: dict | None, desired: dict) -> Change:
     if current is None:
         return Change("create", kind, name, desired=dict(desired))
@@ -191,6 +210,10 @@ def apply(admin: Admin, changes: list[Change]) -> list[str]:
         elif c.kind == "client":
             d.pop("secret_env", None)
             admin.update_client(c.name, **d)
+        elif c.kind == "binding":
+            from lgsp.tls import registration
+
+            registration.put(admin, c.name, d["spec"])
         elif c.kind == "grant":
             if c.action == "update":
                 admin.revoke_grant(d["id"])

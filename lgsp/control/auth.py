@@ -18,6 +18,9 @@ from lgsp.control.roles import ROLE_SCOPES
 from lgsp.errors import ExchangeError
 from lgsp.pipeline.identify import bearer_token, decode_access_token
 from lgsp.storage.schema import clients
+from lgsp.tls import binding as tls_binding
+from lgsp.tls import certs
+from lgsp.tls.peer import certificate_of_environ
 
 _KEYS_TTL = 5.0
 _key_cache: dict[str, tuple[float, object]] = {}
@@ -49,6 +52,12 @@ def claims_for(engine: Engine, token: str | None, scope: str) -> dict:
         raise ExchangeError("auth.token_invalid", "The access token names an unknown client.")
     if row.status != "active":
         raise ExchangeError("auth.client_disabled", f"Client '{claims['sub']}' is disabled.")
+    if has_request_context():  # certificate-bound tokens and allowed networks hold here too (RFC 8705)
+        from flask import request
+
+        cert = certificate_of_environ(request.environ)
+        tls_binding.check(tls_binding.load_one(engine, claims["sub"]), claims,
+                          certs.thumbprint(cert) if cert else None, request.remote_addr)
     if scope not in claims["_scopes"]:
         raise ExchangeError("access.no_grant", f"This API needs the '{scope}' scope (role), which the token lacks.")
     if scope not in live_scopes(row.roles):

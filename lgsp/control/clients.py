@@ -9,14 +9,16 @@ from lgsp import secret_check
 from lgsp.control.roles import ROLE_SCOPES
 from lgsp.storage.schema import clients
 from lgsp.storage.schema import grants as grants_table
+from lgsp.tls import binding as tls_binding
 
 
 class OAuthClient(ClientMixin):
     """A client row as authlib sees it: client credentials only, scopes = granted services."""
 
-    def __init__(self, row, granted: list[str]):
+    def __init__(self, row, granted: list[str], binding: tls_binding.Binding | None = None):
         self.row = row
         self.granted = granted
+        self.binding = binding  # a certificate-bound client authenticates by its certificate only
 
     def get_client_id(self) -> str:
         return self.row.client_id
@@ -37,7 +39,7 @@ class OAuthClient(ClientMixin):
         return secret_check.check(client_secret, self.row.secret_hash)  # bounded pool, never unbounded CPU
 
     def check_endpoint_auth_method(self, method: str, endpoint: str) -> bool:
-        return method in ("client_secret_basic", "client_secret_post")
+        return method in tls_binding.auth_methods(self.binding)
 
     def check_response_type(self, response_type) -> bool:
         return False
@@ -72,4 +74,4 @@ def query_client(engine: Engine, client_id: str) -> OAuthClient | None:
             .order_by(grants_table.c.service)
         ).scalars().all()
     role_scopes = [ROLE_SCOPES[r] for r in (row.roles or []) if r in ROLE_SCOPES]
-    return OAuthClient(row, list(dict.fromkeys([*granted, *role_scopes])))
+    return OAuthClient(row, list(dict.fromkeys([*granted, *role_scopes])), tls_binding.load_one(engine, client_id))

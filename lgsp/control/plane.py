@@ -42,6 +42,8 @@ from lgsp.doors.rest import MIDDLEWARES, refusal_for
 from lgsp.errors import ExchangeError, problem
 from lgsp.pipeline.exchange import request_id_from
 from lgsp.pipeline.identify import bearer_token
+from lgsp.tls import binding as tls_binding
+from lgsp.tls.peer import certificate_of_environ, certificates_reach
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +64,7 @@ def _claimed_client_id(req) -> str | None:
 class ClientCredentials(grants.ClientCredentialsGrant):
     """The client credentials grant with both ways the metadata advertises (RFC 6749 §2.3.1)."""
 
-    TOKEN_ENDPOINT_AUTH_METHODS = ["client_secret_basic", "client_secret_post"]
+    TOKEN_ENDPOINT_AUTH_METHODS = [*tls_binding.SECRET_METHODS, *tls_binding.METHODS]
 
 
 class TokenGenerator(JWTBearerTokenGenerator):
@@ -79,6 +81,29 @@ class TokenGenerator(JWTBearerTokenGenerator):
 
     def get_audiences(self, client, user, scope):
         return self.cfg.audience
+
+    def get_extra_claims(self, client, grant_type, user, scope):
+        # RFC 8705 §3: a certificate-bound client's token names the certificate it was issued over.
+        from flask import request
+
+        return tls_binding.confirmation(client.binding, certificate_of_environ(request.environ))
+
+
+def _certificate_auth(method: str):
+    """An authlib client authentication method of RFC 8705 §2: the client names itself (client_id)
+    and proves it with the certificate of the connection (or of the trusted proxy's header)."""
+    def authenticate(query_client, request):
+        from flask import request as flask_req
+
+        client_id = request.form.get("client_id")
+        client = query_client(client_id) if client_id else None
+        if client is None or client.binding is None or client.binding.method != method:
+            return None
+        if not tls_binding.certificate_matches(client.binding, certificate_of_environ(flask_req.environ)):
+            return None
+        return client
+
+    return authenticate
 
 
 def create_control_plane(engine: Engine, cfg: Settings) -> FlaskApp:
@@ -110,6 +135,8 @@ def create_control_plane(engine: Engine, cfg: Settings) -> FlaskApp:
     server = AuthorizationServer(app, query_client=lambda cid: query_client(engine, cid) or UnknownClient(cid),
                                  save_token=save_token)
     server.register_grant(ClientCredentials)
+    for method in tls_binding.METHODS:
+        server.register_client_auth_method(method, _certificate_auth(method))
     server.register_token_generator("default", TokenGenerator(engine, cfg))
 
     @app.post(TOKEN_PATH)
@@ -144,7 +171,10 @@ def create_control_plane(engine: Engine, cfg: Settings) -> FlaskApp:
             "token_endpoint": cfg.public_url + TOKEN_PATH,
             "jwks_uri": cfg.public_url + JWKS_PATH,
             "grant_types_supported": ["client_credentials"],
-            "token_endpoint_auth_methods_supported": ClientCredentials.TOKEN_ENDPOINT_AUTH_METHODS,
+            # Certificate methods only where client certificates can reach this gateway (RFC 8705 §2.3, §3.3).
+            "token_endpoint_auth_methods_supported": ClientCredentials.TOKEN_ENDPOINT_AUTH_METHODS
+            if certificates_reach(cfg) else list(tls_binding.SECRET_METHODS),
+            **({"tls_client_certificate_bound_access_tokens": True} if certificates_reach(cfg) else {}),
             # No authorization endpoint: no response type is offered (RFC 8414 §2 requires the member).
             "response_types_supported": [],
         })

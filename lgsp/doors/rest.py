@@ -32,6 +32,7 @@ from lgsp.pipeline.exchange import Exchange, request_id_from
 from lgsp.pipeline.identify import bearer_token
 from lgsp.pipeline.run import Rendered, serve
 from lgsp.pipeline.validate import check_enterprise_code
+from lgsp.tls.peer import thumbprint_of
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +71,7 @@ def exchange_from(req: ConnexionRequest, service: str | None, params: dict[str, 
         request_bytes=int(h.get("content-length") or 0),
         claimed_request_id=h.get("x-request-id"),
         source=(req.scope.get("client") or (None,))[0],
+        certificate=thumbprint_of(req.scope),
     )
 
 

@@ -28,6 +28,7 @@ from lgsp.gateway import Gateway
 from lgsp.pipeline.exchange import Exchange, request_id_from
 from lgsp.pipeline.identify import bearer_token
 from lgsp.pipeline.run import Rendered, internal_error, serve
+from lgsp.tls.peer import thumbprint_of
 
 log = logging.getLogger(__name__)
 
@@ -277,6 +278,7 @@ class SoapDoor:
             check_params=bool(req.operation and req.operation.service_from),
             claimed_request_id=context.get("request_id") or headers.get("x-request-id"),
             source=(scope.get("client") or (None,))[0],
+            certificate=thumbprint_of(scope),
         )
         # Bulk verification runs its own stages (a job polled upstream, one audit record per person).
         stages = bulk.STAGES.get(req.service) if isinstance(req.service, str) else None

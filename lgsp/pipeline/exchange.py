@@ -65,6 +65,7 @@ class Exchange:
     request_bytes: int = 0
     claimed_request_id: str | None = None   # as the caller sent it (request_id may be a made one)
     source: str | None = None               # the caller's network address
+    certificate: str | None = None          # x5t#S256 of the connection's client certificate (lgsp.tls)
     at: dt.datetime = field(default_factory=lambda: dt.datetime.now(dt.timezone.utc))
     started: float = field(default_factory=time.perf_counter)
     # Filled by the stages:

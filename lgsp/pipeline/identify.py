@@ -13,6 +13,7 @@ from lgsp.control.roles import ROLE_SCOPES
 from lgsp.errors import ExchangeError
 from lgsp.pipeline.exchange import Exchange
 from lgsp.registry import Snapshot
+from lgsp.tls import binding as tls_binding
 
 # Verified tokens, so a client reusing its token costs one RSA verification,
 # not one per request. Bounded; expiry and client status are still checked each time.
@@ -142,6 +143,7 @@ def identify(ex: Exchange, snap: Snapshot) -> None:
         ex.client = snap.clients[ex.claims["sub"]]
         if not ex.client.active:
             raise ExchangeError("auth.client_disabled", f"Client '{ex.client.client_id}' is disabled.")
+        tls_binding.check(snap.bindings.get(ex.client.client_id), ex.claims, ex.certificate, ex.source)
         return
     if not ex.token:
         raise ExchangeError(
@@ -156,3 +158,5 @@ def identify(ex: Exchange, snap: Snapshot) -> None:
     ex.client = client
     if not client.active:
         raise ExchangeError("auth.client_disabled", f"Client '{client.client_id}' is disabled.")
+    # Certificate-bound tokens (RFC 8705) and the client's allowed networks.
+    tls_binding.check(snap.bindings.get(client.client_id), ex.claims, ex.certificate, ex.source)

@@ -233,6 +233,7 @@ def observe(ex: Exchange, services: Mapping[str, object] | None = None) -> None:
     elapsed = time.perf_counter() - ex.started
     metrics.exchanges.labels(service, client, ex.outcome, code).inc()
     metrics.exchange_seconds.labels(service).observe(elapsed)
+    metrics.client_exchange_seconds.labels(client).observe(elapsed)
     log.info(
         "exchange",
         extra={"fields": {

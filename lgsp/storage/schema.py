@@ -235,3 +235,16 @@ traffic_policies = Table(
     Column("on_store_failure", String(8), nullable=False, default="open"),  # open | closed
     Column("updated_at", DateTime(timezone=True), nullable=False),
 )
+
+# Certificate-bound clients and address allow-lists (lgsp.tls.binding), one row per client that
+# has either. `method` is an RFC 8705 client authentication method, or NULL for an address list only.
+client_bindings = Table(
+    "client_bindings", metadata,
+    Column("client_id", String(64), primary_key=True),
+    Column("method", String(40)),                         # tls_client_auth | self_signed_tls_client_auth
+    Column("subject_dn", String(1000)),                   # tls_client_auth: RFC 4514, normalised
+    Column("certificate", Text),                          # self_signed_tls_client_auth: the PEM registered
+    Column("thumbprint", String(64)),                     # its x5t#S256
+    Column("allowed_networks", JSON, nullable=False),     # CIDRs; empty: from anywhere
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+)

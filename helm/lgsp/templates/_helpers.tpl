@@ -120,6 +120,14 @@ key: {{ ternary .Values.database.existingSecretKey "database-url" (not (empty .V
   value: {{ .Values.config.egressAllow | quote }}
 - name: LGSP_HOME
   value: /tmp/lgsp
+- name: LGSP_TRUSTED_PROXIES
+  value: {{ .Values.clientCertificates.trustedProxies | quote }}
+- name: LGSP_CLIENT_CERT_HEADER
+  value: {{ .Values.clientCertificates.header | quote }}
+{{- if .Values.clientCertificates.caSecret }}
+- name: LGSP_TLS_CLIENT_CA_FILE
+  value: /etc/lgsp/client-ca/ca.crt
+{{- end }}
 {{- with .Values.extraEnv }}
 {{ toYaml . }}
 {{- end }}
@@ -143,6 +151,24 @@ securityContext:
 - name: tmp
   emptyDir:
     sizeLimit: {{ .Values.tmpVolume.sizeLimit }}
+{{- end -}}
+
+{{/* The client CA Secret (clientCertificates.caSecret), for the Deployments. */}}
+{{- define "lgsp.clientCaVolume" -}}
+{{- if .Values.clientCertificates.caSecret }}
+- name: client-ca
+  secret:
+    secretName: {{ .Values.clientCertificates.caSecret }}
+{{- end }}
+{{- end -}}
+
+{{/* Where the client CA Secret is mounted: LGSP_TLS_CLIENT_CA_FILE. */}}
+{{- define "lgsp.clientCaMount" -}}
+{{- if .Values.clientCertificates.caSecret }}
+- name: client-ca
+  mountPath: /etc/lgsp/client-ca
+  readOnly: true
+{{- end }}
 {{- end -}}
 
 {{/* Restarts pods when the chart-made Secret changes. */}}
