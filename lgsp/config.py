@@ -30,6 +30,10 @@ class Settings:
     token_max_lifetime: int = field(default_factory=lambda: int(_env("LGSP_TOKEN_MAX_LIFETIME", "3600")))
     # Private, loopback and link-local networks adapters may reach (CIDRs, comma-separated); none by default.
     egress_allow: str = field(default_factory=lambda: _env("LGSP_EGRESS_ALLOW", ""))
+    # Document exchange: PEM bundle of the CAs whose certificates may sign edXML documents (none: nothing is
+    # trusted), and the largest package accepted.
+    document_trusted_cas: str = field(default_factory=lambda: _env("LGSP_DOCUMENT_TRUSTED_CAS", ""))
+    document_max_bytes: int = field(default_factory=lambda: int(_env("LGSP_DOCUMENT_MAX_BYTES", str(50 * 1024 * 1024))))
 
     @property
     def issuer(self) -> str:
