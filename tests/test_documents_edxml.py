@@ -165,7 +165,7 @@ def test_wrapping_a_signed_header_away_and_forging_a_new_one_is_refused(package,
     header.replace(original, forged)
     hideout.append(original)
     data = etree.tostring(root)
-    pkg, tree = edxml.read(data)  # schema-valid: the extension slot is skipped
+    pkg, _tree = edxml.read(data)  # schema-valid: the extension slot is skipped
     assert "000.00.99.H99" in pkg.recipients
     error = refused("document.signature_invalid", data, trust)
     assert "header" in error.detail
@@ -180,8 +180,8 @@ def test_a_second_element_with_the_signed_id_is_refused(package, trust):
 
 def test_a_signature_outside_the_header_is_not_looked_for(signer, trust):
     data = testkit.signed_package(signer, SENDER, [LOCAL])
-    moved = re.sub(rb"(<ns0:Signature .*</ns0:Signature>)", b"", data, flags=re.S)
-    sig = re.search(rb"<ns0:Signature .*</ns0:Signature>", data, flags=re.S).group(0)
+    moved = re.sub(rb"(<ns0:Signature .*</ns0:Signature>)", b"", data, flags=re.DOTALL)
+    sig = re.search(rb"<ns0:Signature .*</ns0:Signature>", data, flags=re.DOTALL).group(0)
     moved = moved.replace(b"</edXML:BussinessDocType>", b"</edXML:BussinessDocType><x:W xmlns:x='urn:x'>" + sig
                           + b"</x:W>")
     assert "no XML signature" in refused("document.signature_invalid", moved, trust).detail
@@ -269,7 +269,7 @@ def test_a_trace_header_appended_keeps_every_other_byte_and_the_signature(packag
     assert head + tail == package
     assert re.fullmatch(rb"<edXML:TraceHeader><edXML:OrganId>000\.00\.00\.H30</edXML:OrganId>"
                         rb"<edXML:Timestamp>[0-9T:+-]+</edXML:Timestamp></edXML:TraceHeader>", inserted)
-    pkg2, signer = accept(once, trust)
+    pkg2, _signer = accept(once, trust)
     assert [t.organ_id for t in pkg2.traces] == [HOP]
     twice = edxml.append_trace(once, pkg2, NATIONAL)
     pkg3, _ = accept(twice, trust)

@@ -279,7 +279,7 @@ def scan(data: bytes, *, max_bytes: int | None = None) -> Package:
 
 
 def _package(s: _Scanner, size: int, sha256: str, data: bytes) -> Package:
-    one = lambda key: (s.values.get(key) or [None])[0]  # noqa: E731 - a local reader
+    one = lambda key: (s.values.get(key) or [None])[0]
     manifest = tuple(ManifestEntry(r.fields.get("ContentId", ""), r.fields.get("AttachmentName", ""),
                                    r.fields.get("ContentType") or None, r.fields.get("Description") or None)
                      for r in s.references)

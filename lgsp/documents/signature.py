@@ -16,7 +16,7 @@ from __future__ import annotations
 import base64
 import hashlib
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 from cryptography import x509
@@ -51,14 +51,14 @@ class TrustStore:
     path: Path
 
     @classmethod
-    def from_settings(cls) -> "TrustStore | None":
+    def from_settings(cls) -> TrustStore | None:
         from lgsp.config import settings
 
         configured = settings().document_trusted_cas
         return cls.load(configured) if configured else None
 
     @classmethod
-    def load(cls, path: str | Path) -> "TrustStore":
+    def load(cls, path: str | Path) -> TrustStore:
         path = Path(path)
         certs = x509.load_pem_x509_certificates(path.read_bytes())  # fails early on a bad bundle
         if not certs:
@@ -108,7 +108,7 @@ def verify(root: etree._Element, package: Package, trust: TrustStore | None, *,
     from signxml import SignatureConfiguration, XMLVerifier
     from signxml.exceptions import InvalidCertificate, InvalidInput, InvalidSignature
 
-    now = now or datetime.now(timezone.utc)
+    now = now or datetime.now(UTC)
     signature = _signature(root)
     certs = _certificates(signature)
     _check_validity(certs, now)

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import base64
 import datetime as dt
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Iterable, Sequence
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -22,7 +22,7 @@ from lgsp.documents.edxml import DS_NS, EDXML_NS
 
 HEADER_ID, BODY_ID, ATTACHMENTS_ID = "edxml-header", "edxml-body", "edxml-attachments"
 EXC_C14N = "http://www.w3.org/2001/10/xml-exc-c14n#"
-_NOW = lambda: dt.datetime.now(dt.timezone.utc)  # noqa: E731
+_NOW = lambda: dt.datetime.now(dt.UTC)
 
 
 @dataclass
