@@ -706,5 +706,11 @@ def demo(port: int, simulator_port: int, business_port: int, check: bool) -> Non
     sys.exit(run(port, simulator_port, check, business_port))
 
 
+# -- agencies of the document exchange axis (lgsp.documents) ------------------------
+from lgsp.documents.commands import agencies as _agencies  # noqa: E402 - the group needs `main` defined
+
+main.add_command(_agencies)
+
+
 if __name__ == "__main__":
     main()

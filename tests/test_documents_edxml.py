@@ -245,7 +245,8 @@ def test_a_manifest_reference_without_its_attachment_is_refused(trust):
 
 
 def test_an_attachment_the_manifest_does_not_list_is_refused(trust):
-    data = _drop(testkit.build(SENDER, [LOCAL], [PDF, DOCX]), "e:edXMLEnvelope/e:edXMLBody/e:edXMLManifest/e:Reference[1]")
+    data = _drop(testkit.build(SENDER, [LOCAL], [PDF, DOCX]),
+                 "e:edXMLEnvelope/e:edXMLBody/e:edXMLManifest/e:Reference[1]")
     assert "does not list" in refused("document.manifest_mismatch", data, trust).detail
 
 

@@ -11,13 +11,19 @@ import sys
 
 import httpx
 import pytest
-
 from conftest import free_port, lgsp_cli, start_server
-from lgsp.adapter import CallContext, RecordNotFound, UpstreamFault, UpstreamMalformed, UpstreamTimeout, \
-    UpstreamUnavailable
-from lgsp.documents import testkit
 from lgsp_adapters.national_axis import NationalAxisAdapter
 from lgsp_adapters.national_axis.simulator import API_BASE, OTHER_SYSTEMS, PROVINCE_SYSTEM
+
+from lgsp.adapter import (
+    CallContext,
+    RecordNotFound,
+    UpstreamFault,
+    UpstreamMalformed,
+    UpstreamTimeout,
+    UpstreamUnavailable,
+)
+from lgsp.documents import testkit
 
 PROVINCE, MINISTRY = PROVINCE_SYSTEM[0], "000.00.00.G22"
 LOCAL = "000.00.31.H30"

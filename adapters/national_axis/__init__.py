@@ -35,8 +35,16 @@ import aiohttp
 import orjson
 
 from lgsp.adapter import (
-    Adapter, AdapterResult, CallContext, Operation, RecordNotFound, UpstreamError, UpstreamFault,
-    UpstreamMalformed, UpstreamTimeout, UpstreamUnavailable,
+    Adapter,
+    AdapterResult,
+    CallContext,
+    Operation,
+    RecordNotFound,
+    UpstreamError,
+    UpstreamFault,
+    UpstreamMalformed,
+    UpstreamTimeout,
+    UpstreamUnavailable,
 )
 from lgsp.http import LazySession
 
@@ -79,9 +87,9 @@ class NationalAxisAdapter(Adapter):
     }
     operations = {
         "edoc.send": Operation("edoc.send", "Send an edXML document or status message (sendEdoc)", mapping="edoc.send",
-                               writes=True, params_schema=_object(
-                                   ["from", "package"], **{"from": _CODE, "messagetype": _MESSAGE_TYPE,
-                                                           "package": {"type": "string", "contentEncoding": "base64"}})),
+                               writes=True, params_schema=_object(["from", "package"], **{
+                                   "from": _CODE, "messagetype": _MESSAGE_TYPE,
+                                   "package": {"type": "string", "contentEncoding": "base64"}})),
         "edoc.received": Operation("edoc.received", "Documents pending for this centre (getReceivedEdocList)",
                                    mapping="edoc.received", params_schema=_object([], messagetype=_MESSAGE_TYPE)),
         "edoc.get": Operation("edoc.get", "One document's edXML package (getEdoc)", mapping="edoc.get",

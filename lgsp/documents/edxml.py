@@ -250,7 +250,8 @@ class _Scanner:
         try:
             raw = binascii.a2b_base64(data[:cut], strict_mode=True) if cut else b""
         except binascii.Error:
-            raise refuse("document.schema_invalid", "an attachment's ContentTransferEncoded is not valid base64.") from None
+            raise refuse("document.schema_invalid",
+                         "an attachment's ContentTransferEncoded is not valid base64.") from None
         item.carry = data[cut:]
         item.digest.update(raw)
         item.size += len(raw)
@@ -279,7 +280,9 @@ def scan(data: bytes, *, max_bytes: int | None = None) -> Package:
 
 
 def _package(s: _Scanner, size: int, sha256: str, data: bytes) -> Package:
-    one = lambda key: (s.values.get(key) or [None])[0]
+    def one(key: str) -> str | None:
+        return (s.values.get(key) or [None])[0]
+
     manifest = tuple(ManifestEntry(r.fields.get("ContentId", ""), r.fields.get("AttachmentName", ""),
                                    r.fields.get("ContentType") or None, r.fields.get("Description") or None)
                      for r in s.references)

@@ -22,7 +22,10 @@ from lgsp.documents.edxml import DS_NS, EDXML_NS
 
 HEADER_ID, BODY_ID, ATTACHMENTS_ID = "edxml-header", "edxml-body", "edxml-attachments"
 EXC_C14N = "http://www.w3.org/2001/10/xml-exc-c14n#"
-_NOW = lambda: dt.datetime.now(dt.UTC)
+
+
+def _NOW() -> dt.datetime:  # noqa: N802 - reads like the constant it stands for
+    return dt.datetime.now(dt.UTC)
 
 
 @dataclass
@@ -184,7 +187,9 @@ def sign(root: etree._Element, signer: Identity, *, references: Sequence[str] | 
     return etree.tostring(signed, xml_declaration=True, encoding="UTF-8")
 
 
+SAMPLE_PDF = ("cong-van.pdf", "application/pdf", b"%PDF-1.7 x")
+
+
 def signed_package(signer: Identity, sender: str, recipients: Sequence[str],
-                   attachments: Iterable[tuple[str, str, bytes]] = (("cong-van.pdf", "application/pdf", b"%PDF-1.7 x"),),
-                   **kw: object) -> bytes:
+                   attachments: Iterable[tuple[str, str, bytes]] = (SAMPLE_PDF,), **kw: object) -> bytes:
     return sign(build(sender, recipients, attachments, **kw), signer)

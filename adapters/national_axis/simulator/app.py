@@ -221,7 +221,7 @@ class Simulator:
 
     # -- agencies ---------------------------------------------------------------------------------------
     async def agencies_list(self, request: Request) -> Response:
-        system, early, mode = await self._front(request)
+        _, early, mode = await self._front(request)
         if early is not None:
             return early
         return self._finish(ok(data=[a.wire() for a in sorted(self.agencies.values(), key=lambda a: a.code)]), mode)
