@@ -47,7 +47,7 @@ def step(name: str, path: Path) -> None:
     elif name in ("read", "verify", "trace"):
         package, root = edxml.read(data)
         if name != "read":
-            signature.verify(root, package, signature.TrustStore.load(path.parent / "ca.pem"))
+            signature.verify(data, root, package, signature.TrustStore.load(path.parent / "ca.pem"))
             del root
             if name == "trace":
                 edxml.append_trace(data, package, "000.00.00.H30")

@@ -40,7 +40,7 @@ def package(signer):
 
 def accept(data: bytes, trust, **kw):
     pkg, root = edxml.read(data, **kw)
-    return pkg, signature.verify(root, pkg, trust)
+    return pkg, signature.verify(data, root, pkg, trust)
 
 
 def refused(code: str, data: bytes, trust, **kw) -> ExchangeError:
@@ -85,8 +85,9 @@ def test_one_byte_of_the_header_changed_is_refused(package, trust):
 
 
 def test_one_byte_of_the_manifest_changed_is_refused(package, trust):
-    refused("document.signature_invalid", package.replace(b">phu-luc.docx</edXML:AttachmentName></edXML:Ref",
-                                                          b">phu-luc.docz</edXML:AttachmentName></edXML:Ref"), trust)
+    old = b"<edXML:ContentType>application/pdf</edXML:ContentType><edXML:AttachmentName>cong-van.pdf"
+    assert package.count(old) == 1  # the manifest's Reference (an Attachment lists its name first)
+    refused("document.signature_invalid", package.replace(old, old.replace(b"/pdf", b"/pdx")), trust)
 
 
 def test_one_byte_of_an_attachment_changed_is_refused(package, trust):
@@ -97,21 +98,13 @@ def test_one_byte_of_an_attachment_changed_is_refused(package, trust):
 
 
 def test_a_sha1_signature_is_refused(signer, trust):
-    from signxml import SignatureConstructionMethod, XMLSigner
+    data = testkit.sign(testkit.build(SENDER, [LOCAL], [PDF]), signer, algorithm="sha1")
+    assert b"rsa-sha1" in data
+    assert "SHA1" in refused("document.signature_invalid", data, trust).detail
 
-    root = testkit.build(SENDER, [LOCAL], [PDF])
-    header = root.find(f"{{{edxml.EDXML_NS}}}edXMLEnvelope/{{{edxml.EDXML_NS}}}edXMLHeader")
-    etree.SubElement(header, f"{{{edxml.DS_NS}}}Signature", Id="placeholder")
 
-    class OldSigner(XMLSigner):  # what an outdated document system would still produce
-        def check_deprecated_methods(self):
-            pass
-
-    signed = OldSigner(method=SignatureConstructionMethod.enveloped, signature_algorithm="rsa-sha1",
-                       digest_algorithm="sha1", c14n_algorithm=testkit.EXC_C14N).sign(
-        root, key=signer.key_pem, cert=[signer.cert_pem.decode()],
-        reference_uri=[f"#{testkit.HEADER_ID}", f"#{testkit.BODY_ID}", f"#{testkit.ATTACHMENTS_ID}"])
-    refused("document.signature_invalid", etree.tostring(signed), trust)
+def test_the_same_package_signed_in_sha256_verifies(signer, trust):
+    accept(testkit.sign(testkit.build(SENDER, [LOCAL], [PDF]), signer, algorithm="sha256"), trust)
 
 
 # --- certificates ----------------------------------------------------------------------------------------
@@ -171,6 +164,32 @@ def test_wrapping_a_signed_header_away_and_forging_a_new_one_is_refused(package,
     assert "header" in error.detail
 
 
+def test_a_signature_that_leaves_out_one_attachment_is_refused(signer, trust):
+    root = testkit.build(SENDER, [LOCAL], [PDF, DOCX])
+    refs = [r for r in testkit.default_references(root) if r != "cid:2"]
+    refused("document.signature_invalid", testkit.sign(root, signer, references=refs), trust)
+
+
+def test_swapping_two_signed_files_between_content_ids_is_refused(package, trust):
+    first, second = base64.b64encode(PDF[2]), base64.b64encode(DOCX[2])
+    swapped = package.replace(first, b"@@").replace(second, first).replace(b"@@", second)
+    refused("document.signature_invalid", swapped, trust)
+
+
+def test_an_attachment_named_otherwise_than_in_the_signed_manifest_is_refused(package, trust):
+    data = package.replace(b"<edXML:AttachmentName>cong-van.pdf</edXML:AttachmentName><edXML:ContentType>",
+                           b"<edXML:AttachmentName>virus.exe</edXML:AttachmentName><edXML:ContentType>")
+    assert data != package
+    assert "named otherwise" in refused("document.manifest_mismatch", data, trust).detail
+
+
+def test_base64_with_character_references_is_refused(package, trust):
+    encoded = base64.b64encode(DOCX[2])
+    data = package.replace(encoded, b"&#85;" + encoded[1:])
+    assert data != package
+    assert "plain base64" in refused("document.malformed", data, trust).detail
+
+
 def test_a_second_element_with_the_signed_id_is_refused(package, trust):
     forged = package.replace(b"<edXML:BussinessDocType>0</edXML:BussinessDocType>",
                              b"<edXML:BussinessDocType>0</edXML:BussinessDocType>"
@@ -180,8 +199,9 @@ def test_a_second_element_with_the_signed_id_is_refused(package, trust):
 
 def test_a_signature_outside_the_header_is_not_looked_for(signer, trust):
     data = testkit.signed_package(signer, SENDER, [LOCAL])
-    moved = re.sub(rb"(<ns0:Signature .*</ns0:Signature>)", b"", data, flags=re.DOTALL)
-    sig = re.search(rb"<ns0:Signature .*</ns0:Signature>", data, flags=re.DOTALL).group(0)
+    pattern = rb"<ds:Signature[ >].*</ds:Signature>"
+    sig = re.search(pattern, data, flags=re.DOTALL).group(0)
+    moved = re.sub(pattern, b"", data, flags=re.DOTALL)
     moved = moved.replace(b"</edXML:BussinessDocType>", b"</edXML:BussinessDocType><x:W xmlns:x='urn:x'>" + sig
                           + b"</x:W>")
     assert "no XML signature" in refused("document.signature_invalid", moved, trust).detail

@@ -14,9 +14,9 @@ cover ``TraceHeaderList``, see docs/documents.md) still verifies.
 """
 from __future__ import annotations
 
-import base64
 import binascii
 import hashlib
+import io
 from dataclasses import dataclass, field
 from datetime import datetime
 from functools import cache
@@ -85,6 +85,8 @@ class Attachment:
     content_type: str | None
     size: int      # decoded bytes
     sha256: str    # of the decoded file
+    # Byte offsets of its base64 text in the package (read again, a file at a time, for the signature).
+    span: tuple[int, int] = field(default=(0, 0), compare=False, repr=False)
 
 
 @dataclass(frozen=True)
@@ -133,6 +135,7 @@ class _Item:
     digest: Any = None
     size: int = 0
     carry: bytes = b""
+    encoded_at: tuple[int, int] = (0, 0)   # start tag and end offsets of ContentTransferEncoded
 
 
 class _Scanner:
@@ -205,6 +208,7 @@ class _Scanner:
             self.attachments.append(self.item)
         elif path == (*_ATTACHMENT, "ContentTransferEncoded"):
             self.encoded = self.item
+            self.item.encoded_at = (self.parser.CurrentByteIndex, self.parser.CurrentByteIndex)
         if path in _FIELDS or (len(path) == 6 and path[:5] == _REFERENCE) \
                 or (len(path) == 4 and path[:3] == _ATTACHMENT and local != "ContentTransferEncoded"):
             self.text = []
@@ -220,6 +224,7 @@ class _Scanner:
                 self.item.fields[path[-1]] = value
         if path == (*_ATTACHMENT, "ContentTransferEncoded") and self.encoded is not None:
             self._decode(b"", final=True)
+            self.encoded.encoded_at = (start, self.parser.CurrentByteIndex)
             self.encoded = None
         elif path == _MESSAGE or path == _STATUS:
             self.message_end = self.parser.CurrentByteIndex
@@ -287,7 +292,8 @@ def _package(s: _Scanner, size: int, sha256: str, data: bytes) -> Package:
                                    r.fields.get("ContentType") or None, r.fields.get("Description") or None)
                      for r in s.references)
     attachments = tuple(Attachment(a.fields.get("ContentId", ""), a.fields.get("AttachmentName", ""),
-                                   a.fields.get("ContentType") or None, a.size, a.digest.hexdigest())
+                                   a.fields.get("ContentType") or None, a.size, a.digest.hexdigest(),
+                                   _text_span(data, *a.encoded_at))
                         for a in s.attachments)
     traces = tuple(Trace(o, t) for o, t in zip(s.values.get("trace_organ", []), s.values.get("trace_time", [])))
     package = Package(kind=s.kind, sender=one("sender") or "", recipients=tuple(s.values.get("recipients", [])),
@@ -315,6 +321,24 @@ def _place_trace(package: Package, s: _Scanner, data: bytes) -> None:
         package.trace_wrap = True
         package.trace_prefix = s.header_prefix
         package.trace_at = package.trace_end = _tag_end(data, s.message_end)
+
+
+def _text_span(data: bytes, tag_at: int, end_at: int) -> tuple[int, int]:
+    """Where the base64 text of one ContentTransferEncoded lies; it must be plain text (no character
+    references, no CDATA), so that the file can be decoded again from these bytes alone."""
+    if data[end_at:end_at + 2] != b"</":  # an empty-element tag
+        return end_at, end_at
+    start = _tag_end(data, tag_at)
+    if data.find(b"&", start, end_at) >= 0 or data.find(b"<", start, end_at) >= 0:
+        raise refuse("document.malformed", "an attachment's ContentTransferEncoded must be plain base64 text "
+                                           "(no character references, no CDATA).")
+    return start, end_at
+
+
+def attachment_bytes(data: bytes, attachment: Attachment) -> bytes:
+    """One attachment's file, decoded from the package bytes (one file in memory at a time)."""
+    start, end = attachment.span
+    return binascii.a2b_base64(bytes(data[start:end]).translate(None, b" \t\r\n"), strict_mode=True)
 
 
 def _tag_end(data: bytes, at: int) -> int:
@@ -348,6 +372,13 @@ def check_manifest(package: Package) -> None:
     if extra:
         raise refuse("document.manifest_mismatch", f"the package carries attachment {_ids(extra)} that the "
                                                    f"manifest does not list.")
+    # The signature covers the manifest's names and the files' bytes: an attachment's own name must agree.
+    names = {content_key(m.content_id): m.name for m in package.manifest}
+    renamed = sorted(content_key(a.content_id) for a in package.attachments
+                     if a.name != names[content_key(a.content_id)])
+    if renamed:
+        raise refuse("document.manifest_mismatch", f"attachment {_ids(renamed)} is named otherwise than in "
+                                                   f"the manifest.")
 
 
 def _ids(ids: list[str]) -> str:
@@ -375,23 +406,35 @@ def schema() -> etree.XMLSchema:
     return etree.XMLSchema(doc)
 
 
+_ENCODED = f"{{{EDXML_NS}}}ContentTransferEncoded"
+
+
 def parse(data: bytes) -> etree._Element:
-    """The package as a tree, validated against the edXML schema. Call :func:`scan` first: it refuses
-    DTDs, entities and depth before this parser sees the bytes."""
+    """The package as a tree, validated against the edXML schema while it is read; the attachments'
+    base64 text is dropped as each one ends, so the tree stays small whatever the files weigh (the
+    signature reads each file again from the bytes, see :func:`attachment_bytes`). Call :func:`scan`
+    first: it refuses DTDs, entities and depth before this parser sees the bytes."""
+    events = etree.iterparse(io.BytesIO(data), events=("end",), schema=schema(), resolve_entities=False,
+                             no_network=True, load_dtd=False, dtd_validation=False, huge_tree=False,
+                             collect_ids=False)
+    root = None
     try:
-        root = etree.fromstring(data, _PARSER)
+        for _, el in events:
+            if el.tag == _ENCODED:
+                el.text = None
+            root = el
     except etree.XMLSyntaxError as exc:
-        code = "document.too_large" if "huge" in str(exc).lower() or "too long" in str(exc).lower() \
-            else "document.malformed"
-        raise refuse(code, f"not acceptable XML ({exc.msg[:200]}).") from None
+        text = str(exc.msg or exc)
+        if "too long" in text.lower() or "huge" in text.lower():
+            raise refuse("document.too_large", f"not acceptable XML ({text[:200]}).") from None
+        if events.error_log and any(e.domain_name == "SCHEMASV" for e in events.error_log):
+            raise refuse("document.schema_invalid", text.replace(f"{{{EDXML_NS}}}", "edXML:")[:300]) from None
+        raise refuse("document.malformed", f"not acceptable XML ({text[:200]}).") from None
+    if root is None:
+        raise refuse("document.malformed", "the package is empty.")
     tree = root.getroottree()
     if tree.docinfo.doctype or tree.docinfo.internalDTD is not None:
         raise refuse("document.malformed", "DOCTYPE declarations are not accepted in an edXML package.")
-    validator = schema()
-    if not validator.validate(root):
-        error = validator.error_log[0]
-        message = error.message.replace(f"{{{EDXML_NS}}}", "edXML:")
-        raise refuse("document.schema_invalid", f"line {error.line}: {message[:300]}")
     return root
 
 
@@ -422,9 +465,6 @@ def append_trace(data: bytes, package: Package, organ_id: str, when: datetime | 
     return b"".join((data[:package.trace_at], header.encode("utf-8"), data[package.trace_end:]))
 
 
-def decoded_attachments(root: etree._Element) -> dict[str, bytes]:
-    """The attachments' files by content id (for tests and small packages; the LGSP itself only hashes)."""
-    ns = {"e": EDXML_NS}
-    return {content_key(a.findtext("e:ContentId", namespaces=ns) or ""):
-            base64.b64decode(a.findtext("e:ContentTransferEncoded", namespaces=ns) or "")
-            for a in root.iterfind("e:AttachmentEncoded/e:Attachment", ns)}
+def decoded_attachments(data: bytes, package: Package) -> dict[str, bytes]:
+    """Every attachment's file by content id (for tests and small packages; the LGSP itself only hashes)."""
+    return {content_key(a.content_id): attachment_bytes(data, a) for a in package.attachments}

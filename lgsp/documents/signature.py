@@ -7,9 +7,12 @@ What is checked, in this order (each refusal has its own code):
    bundle (``LGSP_DOCUMENT_TRUSTED_CAS``; ``document.certificate_untrusted``), then every reference's
    digest (``document.signature_invalid``); SHA-1 is refused;
 3. against wrapping, nothing is trusted from the document as it lies: the sender, recipients,
-   document id, manifest and every attachment's hash are re-derived from the XML signxml returns as
-   signed and must equal what :func:`lgsp.documents.edxml.scan` read at the standard's positions; and
-   the signature must cover exactly the header (MessageHeader or Status), the body and the attachments.
+   document id and manifest are re-derived from the XML signxml returns as signed, and every
+   attachment's hash from the bytes it digested, and must equal what :func:`lgsp.documents.edxml.scan`
+   read at the standard's positions; the signature must cover exactly the header (MessageHeader or
+   Status) by ``#Id``, the body by ``#Id`` and each attachment's file by ``cid:N`` — the file's decoded
+   bytes, read again from the package one at a time through signxml's ``uri_resolver``, so that memory
+   does not grow with the package (docs/documents.md, "Signature and trace header").
 """
 from __future__ import annotations
 
@@ -18,15 +21,16 @@ import hashlib
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 from cryptography import x509
 from lxml import etree
 
-from lgsp.documents.edxml import DS_NS, EDXML_NS, Package, content_key, parser, refuse
+from lgsp.documents.edxml import DS_NS, EDXML_NS, Package, attachment_bytes, content_key, parser, refuse
 
 _E = f"{{{EDXML_NS}}}"
 _SIGNATURE_AT = f"./{_E}edXMLEnvelope/{_E}edXMLHeader/"
-_PARTS = {"MessageHeader": "header", "Status": "header", "edXMLBody": "body", "AttachmentEncoded": "attachments"}
+_PARTS = {"MessageHeader": "header", "Status": "header", "edXMLBody": "body"}
 
 
 @dataclass(frozen=True)
@@ -94,17 +98,27 @@ def _check_validity(certs: list[x509.Certificate], now: datetime) -> None:
 
 
 def _expected_parts(root: etree._Element) -> dict[str, str]:
-    """The parts the signature must cover, by role, from their positions in the package."""
+    """The XML parts the signature must cover, by role, from their positions in the package."""
     header = root.find(f"{_E}edXMLEnvelope/{_E}edXMLHeader")
     parts = {"header": header[0] if header is not None and len(header) else None,
-             "body": root.find(f"{_E}edXMLEnvelope/{_E}edXMLBody"),
-             "attachments": root.find(f"{_E}AttachmentEncoded")}
+             "body": root.find(f"{_E}edXMLEnvelope/{_E}edXMLBody")}
     return {role: el.get("Id") or "" for role, el in parts.items() if el is not None}
 
 
-def verify(root: etree._Element, package: Package, trust: TrustStore | None, *,
+def _resolver(data: bytes, package: Package):
+    """signxml's hook for references that are not ``#Id``: ``cid:N`` is attachment N's file."""
+    files = {content_key(a.content_id): a for a in package.attachments}
+
+    def resolve(uri: str) -> bytes | None:
+        attachment = files.get(content_key(uri)) if uri.lower().startswith("cid:") else None
+        return attachment_bytes(data, attachment) if attachment is not None else None
+    return resolve
+
+
+def verify(data: bytes, root: etree._Element, package: Package, trust: TrustStore | None, *,
            now: datetime | None = None) -> Signer:
-    """Verify the package's signature; returns the signer, or raises ExchangeError with a document.* code."""
+    """Verify the package's signature (``root`` and ``package`` from :func:`lgsp.documents.edxml.read` of
+    ``data``); returns the signer, or raises ExchangeError with a document.* code."""
     from signxml import SignatureConfiguration, XMLVerifier
     from signxml.exceptions import InvalidCertificate, InvalidInput, InvalidSignature
 
@@ -116,17 +130,19 @@ def verify(root: etree._Element, package: Package, trust: TrustStore | None, *,
         raise refuse("document.certificate_untrusted", "no CA is trusted for document signatures: the operator "
                                                        "has not set LGSP_DOCUMENT_TRUSTED_CAS.")
     expected = _expected_parts(root)
-    config = SignatureConfiguration(location=_SIGNATURE_AT, expect_references=len(expected), verification_time=now)
+    count = len(expected) + len(package.attachments)
+    config = SignatureConfiguration(location=_SIGNATURE_AT, expect_references=count, verification_time=now)
     try:
-        results = XMLVerifier().verify(root, ca_pem_file=str(trust.path), expect_config=config, parser=parser())
+        results = XMLVerifier().verify(root, ca_pem_file=str(trust.path), expect_config=config, parser=parser(),
+                                       uri_resolver=_resolver(data, package))
     except InvalidCertificate as exc:
         raise refuse("document.certificate_untrusted", f"the signer's certificate does not chain to a trusted "
                                                        f"CA ({str(exc)[:200]}).") from None
     except (InvalidSignature, InvalidInput, etree.LxmlError, ValueError) as exc:
         raise refuse("document.signature_invalid", f"the XML signature does not verify ({str(exc)[:200]}).") from None
     results = results if isinstance(results, list) else [results]
-    signed = _signed_parts(results, expected)
-    _compare(package, signed)
+    signed, files = _signed_parts(results, expected)
+    _compare(package, signed, files)
     leaf = certs[0]
     return Signer(subject=leaf.subject.rfc4514_string(), issuer=leaf.issuer.rfc4514_string(),
                   serial=format(leaf.serial_number, "x"), not_after=leaf.not_valid_after_utc.isoformat(),
@@ -139,28 +155,49 @@ def hashes_sha256():  # a function so that cryptography's hashes import stays lo
     return hashes.SHA256()
 
 
-def _signed_parts(results: list, expected: dict[str, str]) -> dict[str, etree._Element]:
-    """The signed XML of each part; the signature must cover header, body and attachments, each once."""
+def _reference_uris(result: Any) -> list[str]:
+    """The URIs of the verified SignedInfo, in the order signxml returns its results."""
+    refs = result.signature_xml.findall(f"{{{DS_NS}}}SignedInfo/{{{DS_NS}}}Reference")
+    return [r.get("URI") or "" for r in refs]
+
+
+def _signed_parts(results: list, expected: dict[str, str]) -> tuple[dict[str, etree._Element], dict[str, str]]:
+    """The signed XML of header and body, and the SHA-256 of each signed file by content id; the signature
+    must cover header, body and every attachment, each once."""
     signed: dict[str, etree._Element] = {}
-    for result in results:
+    files: dict[str, str] = {}
+    uris = _reference_uris(results[0]) if results else []
+    if len(uris) != len(results):
+        raise refuse("document.signature_invalid", "the signature's references cannot be matched to what it signs.")
+    for uri, result in zip(uris, results):
+        if uri.lower().startswith("cid:"):
+            key = content_key(uri)
+            if key in files:
+                _covers_other()
+            files[key] = hashlib.sha256(result.signed_data).hexdigest()
+            continue
         el = result.signed_xml
         name = etree.QName(el).localname if el is not None and etree.QName(el).namespace == EDXML_NS else ""
         role = _PARTS.get(name)
         if role is None or role in signed:
-            raise refuse("document.signature_invalid", "the signature covers something other than the package's "
-                                                       "header, manifest and attachments.")
+            _covers_other()
         signed[role] = el
     missing = sorted(set(expected) - set(signed))
     if missing:
         raise refuse("document.signature_invalid", f"the signature does not cover the package's {', '.join(missing)}.")
-    return signed
+    return signed, files
+
+
+def _covers_other() -> None:
+    raise refuse("document.signature_invalid", "the signature covers something other than the package's "
+                                               "header, manifest and attachments, or one of them twice.")
 
 
 def _organ_ids(el: etree._Element, path: str) -> list[str]:
     return [(t or "").strip() for t in el.xpath(path, namespaces={"e": EDXML_NS})]
 
 
-def _compare(package: Package, signed: dict[str, etree._Element]) -> None:
+def _compare(package: Package, signed: dict[str, etree._Element], files: dict[str, str]) -> None:
     """What the LGSP read at the standard's positions must be what was signed (wrapping defence)."""
     header = signed["header"]
     if etree.QName(header).localname == "MessageHeader":
@@ -178,23 +215,13 @@ def _compare(package: Package, signed: dict[str, etree._Element]) -> None:
                     for r in signed["body"].iterfind(f"{_E}edXMLManifest/{_E}Reference")]
         if manifest != [(content_key(m.content_id), m.name) for m in package.manifest]:
             _wrapped("manifest")
-    if "attachments" in signed:
-        files = [(content_key(_first(a, "e:ContentId/text()") or ""), _digest(a))
-                 for a in signed["attachments"].iterfind(f"{_E}Attachment")]
-        if files != [(content_key(a.content_id), a.sha256) for a in package.attachments]:
-            _wrapped("attachments")
-    elif package.attachments:
+    if files != {content_key(a.content_id): a.sha256 for a in package.attachments}:
         _wrapped("attachments")
 
 
 def _first(el: etree._Element, path: str) -> str | None:
     found = el.xpath(path, namespaces={"e": EDXML_NS})
     return found[0].strip() if found else None
-
-
-def _digest(attachment: etree._Element) -> str:
-    text = attachment.findtext(f"{_E}ContentTransferEncoded") or ""
-    return hashlib.sha256(base64.b64decode("".join(text.split()))).hexdigest()
 
 
 def _wrapped(part: str) -> None:

@@ -2,8 +2,8 @@
 
 For the tests, the demo and the benchmarks — never for production signing (keys are generated in memory).
 Packages follow the LGSP's signing profile (docs/documents.md): one XMLDSig inside edXMLHeader, RSA-SHA256,
-exclusive c14n, the signer's certificate in KeyInfo, references by Id to MessageHeader (or Status),
-edXMLBody and AttachmentEncoded.
+exclusive c14n, the signer's certificate in KeyInfo, references by Id to MessageHeader (or Status) and
+edXMLBody, and by ``cid:N`` to each attachment's file.
 """
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ from lxml import etree
 
 from lgsp.documents.edxml import DS_NS, EDXML_NS
 
-HEADER_ID, BODY_ID, ATTACHMENTS_ID = "edxml-header", "edxml-body", "edxml-attachments"
+HEADER_ID, BODY_ID = "edxml-header", "edxml-body"
 EXC_C14N = "http://www.w3.org/2001/10/xml-exc-c14n#"
 
 
@@ -142,7 +142,7 @@ def build(sender: str, recipients: Sequence[str], attachments: Iterable[tuple[st
         _el(business, "BussinessDocType", "0")
     body = _el(envelope, "edXMLBody", Id=BODY_ID)
     manifest = _el(body, "edXMLManifest")
-    encoded = _el(root, "AttachmentEncoded", Id=ATTACHMENTS_ID)
+    encoded = _el(root, "AttachmentEncoded")
     for n, (name, content_type, content) in enumerate(attachments, 1):
         ref = _el(manifest, "Reference")
         _el(ref, "ContentId", f"cid:{n}")
@@ -173,18 +173,64 @@ def build_status(sender: str, original_sender: str, document_id: str, status_cod
     return root
 
 
-def sign(root: etree._Element, signer: Identity, *, references: Sequence[str] | None = None) -> bytes:
-    """The package signed by ``signer``, serialised; ``references`` defaults to every part the profile signs."""
-    from signxml import SignatureConstructionMethod, XMLSigner
+ALGORITHMS = {  # name -> (SignatureMethod, DigestMethod, hash)
+    "sha256": ("http://www.w3.org/2001/04/xmldsig-more#rsa-sha256", "http://www.w3.org/2001/04/xmlenc#sha256",
+               hashes.SHA256),
+    "sha1": ("http://www.w3.org/2000/09/xmldsig#rsa-sha1", "http://www.w3.org/2000/09/xmldsig#sha1", hashes.SHA1),
+}
 
-    header = root.find(f"{{{EDXML_NS}}}edXMLEnvelope/{{{EDXML_NS}}}edXMLHeader")
-    if references is None:
-        references = [f"#{el.get('Id')}" for el in root.iter() if el.get("Id") in (HEADER_ID, BODY_ID, ATTACHMENTS_ID)]
-    etree.SubElement(header, f"{{{DS_NS}}}Signature", Id="placeholder")
-    signer_ = XMLSigner(method=SignatureConstructionMethod.enveloped, signature_algorithm="rsa-sha256",
-                        digest_algorithm="sha256", c14n_algorithm=EXC_C14N)
-    signed = signer_.sign(root, key=signer.key_pem, cert=[signer.cert_pem.decode()], reference_uri=list(references))
-    return etree.tostring(signed, xml_declaration=True, encoding="UTF-8")
+
+def default_references(root: etree._Element) -> list[str]:
+    """What the profile signs: header and body by Id, each attachment's file by ``cid:``."""
+    refs = [f"#{el.get('Id')}" for el in root.iter() if el.get("Id") in (HEADER_ID, BODY_ID)]
+    refs += [f"cid:{cid}" for cid in root.xpath("e:AttachmentEncoded/e:Attachment/e:ContentId/text()",
+                                                   namespaces={"e": EDXML_NS})]
+    return refs
+
+
+def sign(root: etree._Element, signer: Identity, *, references: Sequence[str] | None = None,
+         algorithm: str = "sha256") -> bytes:
+    """The package signed by ``signer`` in the LGSP's profile (docs/documents.md), serialised.
+
+    signxml, which verifies, cannot sign ``cid:`` references, so the kit writes the XMLDSig elements
+    itself; each digest is over lxml's exclusive c14n of the referenced element, or over the file's
+    bytes for a ``cid:`` reference, and the signature over the exclusive c14n of SignedInfo."""
+    from cryptography.hazmat.primitives.asymmetric import padding
+
+    signature_method, digest_method, hash_cls = ALGORITHMS[algorithm]
+    ns = {"e": EDXML_NS}
+    files = {cid: base64.b64decode(text) for cid, text in zip(
+        root.xpath("e:AttachmentEncoded/e:Attachment/e:ContentId/text()", namespaces=ns),
+        root.xpath("e:AttachmentEncoded/e:Attachment/e:ContentTransferEncoded/text()", namespaces=ns))}
+
+    def ds(tag: str) -> str:
+        return f"{{{DS_NS}}}{tag}"
+
+    header = root.find("e:edXMLEnvelope/e:edXMLHeader", ns)
+    signature = etree.SubElement(header, ds("Signature"), nsmap={"ds": DS_NS})
+    info = etree.SubElement(signature, ds("SignedInfo"))
+    etree.SubElement(info, ds("CanonicalizationMethod"), Algorithm=EXC_C14N)
+    etree.SubElement(info, ds("SignatureMethod"), Algorithm=signature_method)
+    for uri in default_references(root) if references is None else references:
+        reference = etree.SubElement(info, ds("Reference"), URI=uri)
+        if uri.startswith("#"):
+            transforms = etree.SubElement(reference, ds("Transforms"))
+            etree.SubElement(transforms, ds("Transform"), Algorithm=EXC_C14N)
+            target = root.xpath("//*[@Id=$id]", id=uri[1:])[0]
+            payload = etree.tostring(target, method="c14n", exclusive=True)
+        else:
+            payload = files[uri[4:]]
+        etree.SubElement(reference, ds("DigestMethod"), Algorithm=digest_method)
+        digest = hashes.Hash(hash_cls())
+        digest.update(payload)
+        etree.SubElement(reference, ds("DigestValue")).text = base64.b64encode(digest.finalize()).decode()
+    signed_info = etree.tostring(info, method="c14n", exclusive=True)
+    value = signer.key.sign(signed_info, padding.PKCS1v15(), hash_cls())
+    etree.SubElement(signature, ds("SignatureValue")).text = base64.b64encode(value).decode()
+    x509_data = etree.SubElement(etree.SubElement(signature, ds("KeyInfo")), ds("X509Data"))
+    der = signer.cert.public_bytes(serialization.Encoding.DER)
+    etree.SubElement(x509_data, ds("X509Certificate")).text = base64.b64encode(der).decode()
+    return etree.tostring(root, xml_declaration=True, encoding="UTF-8")
 
 
 SAMPLE_PDF = ("cong-van.pdf", "application/pdf", b"%PDF-1.7 x")
