@@ -10,13 +10,13 @@ import uuid
 import httpx
 import pytest
 from conftest import free_port, get_token, lgsp_cli, start_server
-from lgsp_adapters.national_axis.simulator import API_BASE, PROVINCE_SYSTEM
 from sqlalchemy import select
 
-from lgsp.admin import Admin, AdminError
+from lgsp.control.admin import Admin, AdminError
 from lgsp.documents.agencies import Directory
 from lgsp.storage import engine_for
 from lgsp.storage.schema import audit_records
+from lgsp_adapters.national_axis.simulator import API_BASE, PROVINCE_SYSTEM
 
 
 @pytest.fixture

@@ -12,8 +12,6 @@ import sys
 import httpx
 import pytest
 from conftest import free_port, lgsp_cli, start_server
-from lgsp_adapters.national_axis import NationalAxisAdapter
-from lgsp_adapters.national_axis.simulator import API_BASE, OTHER_SYSTEMS, PROVINCE_SYSTEM
 
 from lgsp.adapter import (
     CallContext,
@@ -24,6 +22,8 @@ from lgsp.adapter import (
     UpstreamUnavailable,
 )
 from lgsp.documents import testkit
+from lgsp_adapters.national_axis import NationalAxisAdapter
+from lgsp_adapters.national_axis.simulator import API_BASE, OTHER_SYSTEMS, PROVINCE_SYSTEM
 
 PROVINCE, MINISTRY = PROVINCE_SYSTEM[0], "000.00.00.G22"
 LOCAL = "000.00.31.H30"

@@ -34,10 +34,11 @@ from typing import Any, Mapping
 import aiohttp
 import orjson
 
-from lgsp.adapter import (
+from lgsp.sdk import (
     Adapter,
     AdapterResult,
     CallContext,
+    LazySession,
     Operation,
     RecordNotFound,
     UpstreamError,
@@ -46,7 +47,6 @@ from lgsp.adapter import (
     UpstreamTimeout,
     UpstreamUnavailable,
 )
-from lgsp.http import LazySession
 
 __version__ = "1.0.0"
 

@@ -16,8 +16,8 @@ from typing import Any, Iterable, Mapping
 
 from sqlalchemy import Engine, delete, insert, select, update
 
-from lgsp.admin import Admin, AdminError
-from lgsp.registry import bump_generation
+from lgsp.config_notify import bump_generation
+from lgsp.control.admin import Admin, AdminError
 from lgsp.storage.schema import agencies, clients
 
 # QCVN 102 agency codes: three groups of digits and a level-1 letter with two digits (000.00.31.H30).
@@ -196,7 +196,7 @@ async def fetch_national(engine: Engine, connection: str = "national-axis") -> l
     """getAgenciesList through the connection's adapter (any adapter offering ``agencies.list``)."""
     from lgsp import plugins
     from lgsp.adapter import CallContext, UpstreamError
-    from lgsp.contract import ContractError, load_connection
+    from lgsp.control.contract import ContractError, load_connection
 
     try:
         adapter_name, settings = load_connection(engine, connection)

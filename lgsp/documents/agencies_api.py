@@ -1,12 +1,12 @@
 """Admin API handlers for the agency directory (openapi/admin.v1.yaml, paths /agencies…).
 
-Thin, like lgsp.admin_api: the caller's role is checked there, every change goes through
+Thin, like lgsp.control.admin_api: the caller's role is checked there, every change goes through
 lgsp.documents.agencies.Directory (audited), and reads are recorded as control-plane reads."""
 from __future__ import annotations
 
 import asyncio
 
-from lgsp import admin_api
+from lgsp.control import admin_api
 from lgsp.documents.agencies import Directory, fetch_national
 
 

@@ -24,7 +24,7 @@ HEADER_ID, BODY_ID = "edxml-header", "edxml-body"
 EXC_C14N = "http://www.w3.org/2001/10/xml-exc-c14n#"
 
 
-def _NOW() -> dt.datetime:  # noqa: N802 - reads like the constant it stands for
+def _NOW() -> dt.datetime:  # reads like the constant it stands for
     return dt.datetime.now(dt.UTC)
 
 

@@ -5,7 +5,7 @@ import argparse
 import sys
 from typing import Sequence
 
-from lgsp.simkit import FAULT_MODES, Faults
+from lgsp.sdk import FAULT_MODES, Faults
 
 from .app import API_BASE, create_app
 from .data import OTHER_SYSTEMS, PROVINCE_SYSTEM

@@ -26,7 +26,7 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route
 
-from lgsp.simkit import Faults
+from lgsp.sdk import Faults
 
 from .data import OTHER_SYSTEMS, PROVINCE_SYSTEM, Agency, seed
 
