@@ -314,6 +314,26 @@ def test_a_status_message_with_an_empty_trace_list_gets_its_trace(signer, trust)
     assert [t.organ_id for t in accept(out, trust)[0].traces] == [HOP]
 
 
+@pytest.mark.parametrize("with_list", [True, False], ids=["list", "no-list"])
+def test_a_package_in_the_default_namespace_gets_an_unprefixed_trace_header(signer, trust, with_list):
+    data = testkit.sign(testkit.build(SENDER, [LOCAL], [PDF], default_namespace=True, with_trace_list=with_list),
+                        signer)
+    assert b"<edXML:" not in data
+    pkg, _ = accept(data, trust)
+    out = edxml.append_trace(data, pkg, HOP)
+    assert b"<TraceHeader><OrganId>000.00.00.H30</OrganId>" in out
+    assert [t.organ_id for t in accept(out, trust)[0].traces] == [HOP]
+
+
+@pytest.mark.parametrize("data", [
+    "<?xml version='1.0' encoding='ISO-8859-1'?><edXML xmlns='http://www.mic.gov.vn/TBT/QCVN_102_2016'/>".encode(
+        "latin-1"),
+    "<?xml version='1.0' encoding='UTF-16'?><edXML/>".encode("utf-16"),
+], ids=["latin-1", "utf-16"])
+def test_a_package_not_in_utf8_is_refused(data, trust):
+    assert "UTF-8" in refused("document.malformed", data, trust).detail
+
+
 def test_the_trace_header_escapes_the_organ_id(package, trust):
     pkg, _ = accept(package, trust)
     out = edxml.append_trace(package, pkg, "A&B")

@@ -148,6 +148,7 @@ class _Scanner:
         self.parser.buffer_size = CHUNK
         p = self.parser
         p.StartDoctypeDeclHandler = self._doctype
+        p.XmlDeclHandler = self._declaration
         p.EntityDeclHandler = self._entity
         p.ExternalEntityRefHandler = self._external
         p.StartElementHandler = self._start
@@ -169,6 +170,12 @@ class _Scanner:
         self.kind: str | None = None
         self.trace_prefix: str | None = None
         self.header_prefix: str | None = None
+
+    @staticmethod
+    def _declaration(version: str, encoding: str | None, standalone: int) -> None:
+        # The trace header is spliced in as UTF-8 bytes: a package in another encoding would be corrupted.
+        if encoding and encoding.lower().replace("_", "-") not in ("utf-8", "utf8", "us-ascii", "ascii"):
+            raise refuse("document.malformed", f"edXML packages are UTF-8, not {encoding[:40]}.")
 
     # DTDs and entities: refused outright (XXE, billion laughs).
     def _doctype(self, *args: Any) -> None:
@@ -266,6 +273,8 @@ def scan(data: bytes, *, max_bytes: int | None = None) -> Package:
     """One streaming pass over the package; refuses what is unacceptable before any tree is built."""
     if max_bytes is not None and len(data) > max_bytes:
         raise refuse("document.too_large", f"the package is {len(data):,} bytes; the limit is {max_bytes:,}.")
+    if data[:2] in (b"\xff\xfe", b"\xfe\xff"):
+        raise refuse("document.malformed", "edXML packages are UTF-8, not UTF-16.")
     s = _Scanner()
     whole = hashlib.sha256()
     view = memoryview(data)

@@ -109,9 +109,11 @@ def _organ(parent: etree._Element, tag: str, organ_id: str, name: str | None = N
 
 def build(sender: str, recipients: Sequence[str], attachments: Iterable[tuple[str, str, bytes]] = (), *,
           number: str = "123", notation: str = "UBND-VP", subject: str = "V/v triển khai chia sẻ dữ liệu",
-          traces: Sequence[tuple[str, str]] = (), with_trace_list: bool = True) -> etree._Element:
-    """An unsigned edXML document: ``attachments`` are (name, content type, file bytes)."""
-    root = etree.Element(f"{{{EDXML_NS}}}edXML", nsmap={"edXML": EDXML_NS})
+          traces: Sequence[tuple[str, str]] = (), with_trace_list: bool = True,
+          default_namespace: bool = False) -> etree._Element:
+    """An unsigned edXML document: ``attachments`` are (name, content type, file bytes); with
+    ``default_namespace`` the edXML elements carry no prefix."""
+    root = etree.Element(f"{{{EDXML_NS}}}edXML", nsmap={None if default_namespace else "edXML": EDXML_NS})
     envelope = _el(root, "edXMLEnvelope")
     header = _el(envelope, "edXMLHeader")
     message = _el(header, "MessageHeader", Id=HEADER_ID)
