@@ -203,3 +203,7 @@ def test_admin_api_syncs_from_the_national_axis(gateway, tokens, axis):
     assert r.status_code == 200, r.text
     national = [a["code"] for a in call(gateway, "GET", "/agencies?scope=national", tokens["admin"]).json()]
     assert "000.00.00.G22" in national and "000.00.01.H41" in national
+    # The simulator stops with this module: leave the shared gateway a disabled connection, never a dead one.
+    assert call(gateway, "DELETE", "/connections/national-axis", tokens["admin"]).status_code == 204
+    r = call(gateway, "POST", "/agencies-sync", tokens["admin"])
+    assert r.status_code == 422 and "disabled" in r.json()["detail"]

@@ -18,7 +18,7 @@ from sqlalchemy import Engine, delete, insert, select, update
 
 from lgsp.config_notify import bump_generation
 from lgsp.control.admin import Admin, AdminError
-from lgsp.storage.schema import agencies, clients
+from lgsp.storage.schema import agencies, clients, connections
 
 # QCVN 102 agency codes: three groups of digits and a level-1 letter with two digits (000.00.31.H30).
 AGENCY_CODE = re.compile(r"[0-9]{3}\.[0-9]{2}\.[0-9]{2}\.[A-Z][0-9]{2}")
@@ -202,6 +202,10 @@ async def fetch_national(engine: Engine, connection: str = "national-axis") -> l
         adapter_name, settings = load_connection(engine, connection)
     except ContractError as exc:
         raise AdminError(str(exc), "admin.not_found") from None
+    with engine.connect() as conn:
+        enabled = conn.execute(select(connections.c.enabled).where(connections.c.name == connection)).scalar_one()
+    if not enabled:
+        raise AdminError(f"Connection '{connection}' is disabled; enable it to synchronise agencies.")
     adapter = plugins.build(adapter_name, settings)
     try:
         if "agencies.list" not in adapter.operations:
