@@ -849,5 +849,11 @@ def demo(port: int, simulator_port: int, business_port: int, portal_port: int, c
     sys.exit(run(port, simulator_port, check, business_port, portal_port=portal_port))
 
 
+# -- agencies of the document exchange axis (lgsp.documents) ------------------------
+from lgsp.documents.commands import agencies as _agencies  # noqa: E402 - the group needs `main` defined
+
+main.add_command(_agencies)
+
+
 if __name__ == "__main__":
     main()

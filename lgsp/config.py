@@ -44,6 +44,10 @@ class Settings:
     # header is believed.
     trusted_proxies: str = field(default_factory=lambda: _env("LGSP_TRUSTED_PROXIES", ""))
     client_cert_header: str = field(default_factory=lambda: _env("LGSP_CLIENT_CERT_HEADER", "X-Client-Cert"))
+    # Document exchange: PEM bundle of the CAs whose certificates may sign edXML documents (none: nothing is
+    # trusted), and the largest package accepted.
+    document_trusted_cas: str = field(default_factory=lambda: _env("LGSP_DOCUMENT_TRUSTED_CAS", ""))
+    document_max_bytes: int = field(default_factory=lambda: int(_env("LGSP_DOCUMENT_MAX_BYTES", str(50 * 1024 * 1024))))
 
     @property
     def issuer(self) -> str:

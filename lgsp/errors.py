@@ -70,6 +70,16 @@ ERRORS: dict[str, ErrorKind] = {
     "access.source_not_allowed": ErrorKind(403, "Client not allowed from this network address", "Client"),
     "admin.certificate_invalid": ErrorKind(400, "The certificate or distinguished name is not valid", "Client"),
     "admin.network_invalid": ErrorKind(400, "The network address list is not valid", "Client"),
+    # Document exchange axis (issue 11): edXML packages and their signatures.
+    "document.malformed": ErrorKind(400, "The edXML package cannot be read", "Client"),
+    "document.schema_invalid": ErrorKind(400, "The edXML package does not fit the edXML schema", "Client"),
+    "document.signature_invalid": ErrorKind(400, "The document's digital signature is not valid", "Client"),
+    "document.certificate_untrusted": ErrorKind(400, "The signer's certificate is not trusted", "Client"),
+    "document.certificate_expired": ErrorKind(400, "The signer's certificate is not valid at this time", "Client"),
+    "document.manifest_mismatch": ErrorKind(400, "Manifest and attachments do not match", "Client"),
+    "document.sender_mismatch": ErrorKind(403, "The document's sender is not the caller's agency", "Client"),
+    "document.unknown_recipient": ErrorKind(400, "A recipient agency is unknown", "Client"),
+    "document.too_large": ErrorKind(413, "The edXML package is too large", "Client"),
 }
 
 

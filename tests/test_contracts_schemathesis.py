@@ -128,6 +128,14 @@ parameters = {{ "path.client_id" = "{world['scratch_client']}" }}
 [[operations]]
 include-path = "/grants/{{grant_id}}"
 parameters = {{ "path.grant_id" = {world['scratch_grant']} }}
+
+[[operations]]
+include-path = "/agencies/{{code}}"
+parameters = {{ "path.code" = "000.00.99.H99" }}
+
+[[operations]]
+include-path = "/agencies-sync"
+parameters = {{ "query.connection" = "{world['scratch_connection']}" }}
 """
     path.write_text(text)
     return path

@@ -29,7 +29,7 @@ SERVICE_DEFAULTS = {"personal_data": True, "body_logging": "off", "enabled": Tru
 @dataclass
 class Change:
     action: str            # create | update | unchanged
-    kind: str              # connection | service | client | binding | grant | policy
+    kind: str              # connection | service | client | binding | grant | policy | agency
     name: str
     diff: dict[str, tuple[Any, Any]] = field(default_factory=dict)
     desired: dict[str, Any] = field(default_factory=dict)
@@ -67,7 +67,7 @@ def load(path: Path) -> dict[str, Any]:
         doc = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     except yaml.YAMLError as exc:
         raise AdminError(f"{path} is not valid YAML: {exc}") from None
-    unknown = set(doc) - {"connections", "services", "clients", "grants", "policies"}
+    unknown = set(doc) - {"connections", "services", "clients", "grants", "policies", "agencies"}
     if unknown:
         raise AdminError(f"{path}: unknown section(s) {', '.join(sorted(unknown))}.")
     return _substitute(doc)
@@ -120,6 +120,29 @@ def plan(admin: Admin, doc: dict[str, Any]) -> list[Change]:
         change.desired.update(client=key[0], service=key[1], id=current and current["id"])
         changes.append(change)
     changes += _plan_policies(admin, doc)
+    changes.extend(_plan_agencies(admin, doc.get("agencies") or {}))
+    return changes
+
+
+_AGENCY_KEYS = {"name": "name", "scope": "scope", "client": "client_id", "parent": "parent_code", "email": "email",
+                "phone": "phone", "fax": "fax"}
+
+
+def _plan_agencies(admin: Admin, specs: dict[str, Any]) -> list[Change]:
+    """The `agencies:` section: code -> {name, scope (local), client, parent, email, phone, fax}."""
+    from lgsp.documents.agencies import Directory, check_code
+
+    known = {a["code"]: a for a in Directory(admin.engine, admin.actor).list()}
+    changes = []
+    for code, spec in specs.items():
+        check_code(code)
+        unknown = set(spec or {}) - set(_AGENCY_KEYS)
+        if not isinstance(spec, dict) or unknown or not spec.get("name"):
+            raise AdminError(f"agencies.{code}: give a name, and only {', '.join(_AGENCY_KEYS)}.")
+        desired = {column: spec.get(key) for key, column in _AGENCY_KEYS.items()}
+        desired["scope"] = desired["scope"] or "local"
+        current = {k: known[code].get(k) for k in desired} if code in known else None
+        changes.append(_change("agency", code, current, desired))
     return changes
 
 
@@ -220,4 +243,8 @@ def apply(admin: Admin, changes: list[Change]) -> list[str]:
             admin.add_grant(d["client"], d["service"], d["fields"], d["purposes"])
         elif c.kind == "policy":
             admin.set_policy(c.name, d)
+        elif c.kind == "agency":
+            from lgsp.documents.agencies import Directory
+
+            Directory(admin.engine, admin.actor).set(c.name, source="apply", **d)
     return notes

@@ -248,3 +248,21 @@ client_bindings = Table(
     Column("allowed_networks", JSON, nullable=False),     # CIDRs; empty: from anywhere
     Column("updated_at", DateTime(timezone=True), nullable=False),
 )
+
+# The agency directory of the document exchange axis (lgsp.documents.agencies): the province's own
+# agencies ("local", with the client id of their document system) and the national axis's ("national").
+agencies = Table(
+    "agencies", metadata,
+    Column("code", String(13), primary_key=True),        # QCVN 102: NNN.NN.NN.XNN, e.g. 000.00.31.H30
+    Column("name", String(300), nullable=False),
+    Column("parent_code", String(13)),
+    Column("email", String(200)),
+    Column("phone", String(50)),
+    Column("fax", String(50)),
+    Column("scope", String(16), nullable=False),          # local | national
+    Column("client_id", String(64)),                      # the agency's document system (local agencies)
+    Column("source", String(32), nullable=False),         # admin | apply | national-axis (who wrote it last)
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+    Index("ix_agencies_client_id", "client_id"),
+)

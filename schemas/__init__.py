@@ -1,0 +1,1 @@
+"""XML schemas the LGSP validates against (installed as lgsp_schemas)."""

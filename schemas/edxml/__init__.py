@@ -1,0 +1,1 @@
+"""edXML (QCVN 102:2016/BTTTT) envelope schema: edxml.xsd."""
