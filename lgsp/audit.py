@@ -22,10 +22,11 @@ import secrets
 import socket
 import threading
 import time
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import orjson
-from sqlalchemy import Engine, insert, select
+from sqlalchemy import Engine, Executable, insert, select
+from sqlalchemy.exc import IntegrityError
 
 from lgsp import metrics, seals, syslog, witness
 from lgsp.config import settings
@@ -71,6 +72,11 @@ class AuditUnavailable(Exception):
     pass
 
 
+class StoreConflict(Exception):
+    """A statement stored with a record broke a unique constraint (e.g. a message accepted twice at
+    once): that record and its statements were not written; the rest of its group was."""
+
+
 class AuditWriter:
     """Group-commit writer of one chain, which it also seals. Thread-safe; usable
     from async and sync code.
@@ -102,17 +108,20 @@ class AuditWriter:
         self._thread.start()
 
     # -- submitting ------------------------------------------------------
-    def submit(self, record: dict[str, Any]) -> concurrent.futures.Future:
+    def submit(self, record: dict[str, Any], statements: Sequence[Executable] = ()) -> concurrent.futures.Future:
+        """`statements` (e.g. the insert of an accepted message) run in the transaction that commits
+        `record`: both are durable, or neither is."""
         fut: concurrent.futures.Future = concurrent.futures.Future()
         if self._stopping:
             fut.set_exception(AuditUnavailable("audit writer stopped"))
         else:
-            self._queue.put((record, fut))
+            self._queue.put((record, fut, tuple(statements)))
         return fut
 
-    async def commit(self, record: dict[str, Any]) -> None:
-        """Wait until `record` is durable; raise AuditUnavailable if it cannot be."""
-        await asyncio.wrap_future(self.submit(record))
+    async def commit(self, record: dict[str, Any], statements: Sequence[Executable] = ()) -> None:
+        """Wait until `record` (and `statements` with it) is durable; raise AuditUnavailable if it
+        cannot be, StoreConflict if one of the statements broke a unique constraint."""
+        await asyncio.wrap_future(self.submit(record, statements))
 
     def commit_sync(self, record: dict[str, Any], timeout: float = 30) -> None:
         self.submit(record).result(timeout)
@@ -199,36 +208,62 @@ class AuditWriter:
         self._sealed_at = time.monotonic()
 
     def _write(self, batch) -> None:
-        seq, head = self._seq, self._head
         try:
-            rows, bodies = [], []
-            for record, _ in batch:
-                seq += 1
-                # Every column named: one INSERT takes the whole group, whatever kinds it mixes.
-                row = dict(_EMPTY_ROW, **record, chain=self.chain, seq=seq, prev_hash=head)
-                if BODY in row:
-                    bodies.append({"chain": self.chain, "seq": seq, "ciphertext": row.pop(BODY)})
-                row["hash"] = head = record_hash(row)
-                rows.append(row)
-            pending = self._pending_seals(seq, head, None)
-            with self._write_lock, self.engine.begin() as conn:
-                conn.execute(insert(audit_records), rows)
-                if bodies:
-                    conn.execute(insert(audit_bodies), bodies)
-                if pending:
-                    conn.execute(insert(audit_seals), pending)
+            self._write_group(batch)
+        except IntegrityError:
+            if len(batch) == 1 or not any(map(_stored, batch)):
+                self._fail(batch, StoreConflict("unique constraint") if _stored(batch[0]) else AuditUnavailable(
+                    "IntegrityError"))
+                return
+            # One record's statements conflicted: write the group one by one, so only that one fails.
+            for item in batch:
+                try:
+                    self._write_group([item])
+                except IntegrityError:
+                    self._fail([item], StoreConflict("unique constraint") if _stored(item) else AuditUnavailable(
+                        "IntegrityError"))
+                except Exception as exc:
+                    self._fail([item], AuditUnavailable(type(exc).__name__), exc)
         except Exception as exc:
-            # The chain head stays where the database has it; the whole group fails.
-            log.error("audit write failed for %d records: %s: %s", len(batch), type(exc).__name__, exc)
-            for _, fut in batch:
-                fut.set_exception(AuditUnavailable(str(type(exc).__name__)))
-            return
+            self._fail(batch, AuditUnavailable(str(type(exc).__name__)), exc)
+
+    @staticmethod
+    def _fail(batch, error: Exception, cause: Exception | None = None) -> None:
+        if cause is not None:
+            log.error("audit write failed for %d records: %s: %s", len(batch), type(cause).__name__, cause)
+        for item in batch:
+            item[1].set_exception(error)
+
+    def _write_group(self, batch) -> None:
+        """Insert the group's records (and run their statements) in one transaction; raise if it fails,
+        the chain head staying where the database has it."""
+        seq, head = self._seq, self._head
+        rows, bodies, statements = [], [], []
+        for item in batch:
+            record = item[0]
+            statements.extend(_stored(item))
+            seq += 1
+            # Every column named: one INSERT takes the whole group, whatever kinds it mixes.
+            row = dict(_EMPTY_ROW, **record, chain=self.chain, seq=seq, prev_hash=head)
+            if BODY in row:
+                bodies.append({"chain": self.chain, "seq": seq, "ciphertext": row.pop(BODY)})
+            row["hash"] = head = record_hash(row)
+            rows.append(row)
+        pending = self._pending_seals(seq, head, None)
+        with self._write_lock, self.engine.begin() as conn:
+            conn.execute(insert(audit_records), rows)
+            if bodies:
+                conn.execute(insert(audit_bodies), bodies)
+            if pending:
+                conn.execute(insert(audit_seals), pending)
+            for statement in statements:
+                conn.execute(statement)
         self._seq, self._head = seq, head
         if pending:
             self._mark_sealed(pending[-1]["seq"])
         metrics.audit_batch_records.observe(len(batch))
-        for _, fut in batch:
-            fut.set_result(None)
+        for item in batch:
+            item[1].set_result(None)
         if self._forwarder is not None:  # after the answers are released: a SIEM never delays one
             self._forwarder.send(rows)
         if pending:
@@ -239,6 +274,11 @@ class AuditWriter:
         self._witness.append(sealed)
         if self._forwarder is not None:
             self._forwarder.send(sealed, msgid="seal")
+
+
+def _stored(item: tuple) -> tuple:
+    """The statements queued with a record (an item is (record, future[, statements]))."""
+    return item[2] if len(item) > 2 else ()
 
 
 class _FileLock:

@@ -107,10 +107,12 @@ def main() -> None:
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", default=8080, show_default=True, type=int)
 @click.option("--workers", default=1, show_default=True, type=int, help="Worker processes.")
-@click.option("--plane", type=click.Choice(["all", "data", "control"]), default="all", show_default=True,
-              help="Serve the data plane (shared APIs), the control plane (tokens, admin), or both.")
+@click.option("--plane", type=click.Choice(["all", "data", "control", "worker"]), default="all", show_default=True,
+              help="Serve the data plane (shared APIs), the control plane (tokens, admin), both (with delivery "
+                   "workers), or only delivery workers (store-and-forward).")
 @click.option("--migrate/--no-migrate", default=False, help="Run database migrations first.")
-def serve(host: str, port: int, workers: int, plane: str, migrate: bool) -> None:
+@click.option("--metrics-port", type=int, default=None, help="--plane worker: serve /metrics on this loopback port.")
+def serve(host: str, port: int, workers: int, plane: str, migrate: bool, metrics_port: int | None) -> None:
     """Run the gateway."""
     import uvicorn
 
@@ -119,6 +121,15 @@ def serve(host: str, port: int, workers: int, plane: str, migrate: bool) -> None
     if migrate:
         _upgrade()
     _check_schema()
+    if plane == "worker":
+        import asyncio
+
+        from lgsp.delivery.worker import serve_worker_plane
+
+        asyncio.run(serve_worker_plane(metrics_port))
+        return
+    if plane == "data":  # at scale, delivery runs in its own processes (--plane worker)
+        os.environ.setdefault("LGSP_DELIVERY_WORKER", "0")
     if workers > 1 and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="lgsp-metrics-")
     os.environ.setdefault("LGSP_PUBLIC_URL", f"http://{host}:{port}")

@@ -60,6 +60,11 @@ ERRORS: dict[str, ErrorKind] = {
     "request.header_too_large": ErrorKind(431, "Request header fields too large", "Client"),
     "record.invalid_characters": ErrorKind(400, "Record holds characters that cannot be exchanged", "Client"),
     "auth.throttled": ErrorKind(429, "Too many failed authentications", "Client"),
+    # Store-and-forward delivery (issue 10).
+    "delivery.callback_refused": ErrorKind(400, "Callback URL refused by the egress policy", "Client"),
+    "delivery.cancelled": ErrorKind(409, "Message cancelled by an operator", "Client"),
+    "delivery.not_replayable": ErrorKind(409, "Only a dead or cancelled message can be replayed", "Client"),
+    "delivery.not_cancellable": ErrorKind(409, "Only a message still waiting can be cancelled", "Client"),
 }
 
 

@@ -8,7 +8,7 @@ import re
 import time
 import unicodedata
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Awaitable, Callable
 
 from lgsp.adapter import AdapterResult
 from lgsp.errors import ExchangeError
@@ -80,6 +80,13 @@ class Exchange:
     answer: Any = None
     fields: list[str] = field(default_factory=list)
     error: ExchangeError | None = None
+    # Statements committed in the transaction of the exchange's audit record (the message door's
+    # accepted message), and what answers instead when one of them conflicts (the same message
+    # accepted twice at once: the second is answered with the first).
+    store: list = field(default_factory=list)
+    message_options: dict[str, str] = field(default_factory=dict)  # Idempotency-Key, callback URL
+    ok_status: int = 200              # the HTTP status of success (202 for an accepted message)
+    on_store_conflict: Callable[[Exchange], Awaitable[None]] | None = None
 
     def __post_init__(self) -> None:
         # Known from the start, so that even a refused exchange records whom it was about.
@@ -98,7 +105,7 @@ class Exchange:
 
     @property
     def status(self) -> int:
-        return self.error.status if self.error else 200
+        return self.error.status if self.error else self.ok_status
 
     @property
     def outcome(self) -> str:

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import os
 
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client import multiprocess
 
 _BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
@@ -21,6 +21,23 @@ upstream_seconds = Histogram(
 audit_batch_records = Histogram(
     "lgsp_audit_batch_records", "Audit records committed per transaction (group commit)",
     buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512),
+)
+
+# Store-and-forward delivery (lgsp.delivery): labelled by destination (a connection name), never by message.
+delivery_attempts = Counter(
+    "lgsp_delivery_attempts_total", "Delivery attempts by destination and outcome (delivered, retry, dead)",
+    ["destination", "outcome"],
+)
+delivery_outcomes = Counter(
+    "lgsp_delivery_outcomes_total", "Messages that reached a final outcome (delivered, dead)", ["destination", "outcome"],
+)
+delivery_queue_depth = Gauge(
+    "lgsp_delivery_queue_depth", "Messages not yet delivered, by destination and state", ["destination", "state"],
+    multiprocess_mode="livemax",
+)
+delivery_oldest_age = Gauge(
+    "lgsp_delivery_oldest_message_age_seconds", "Age of the oldest message not yet delivered", ["destination"],
+    multiprocess_mode="livemax",
 )
 
 

@@ -17,7 +17,7 @@ from typing import Awaitable, Callable, Mapping
 from lgsp import metrics
 import orjson
 
-from lgsp.audit import BODY, AuditUnavailable
+from lgsp.audit import BODY, AuditUnavailable, StoreConflict
 from lgsp.authorize import authorize
 from lgsp.canonical import to_canonical
 from lgsp.crypto import fernet, subject_hash
@@ -104,7 +104,15 @@ async def serve(ex: Exchange, gw: Gateway, render: Renderer, *, refusal: Exchang
         rendered = render_safely(ex, render)
         record = audit_record(ex, rendered[2], body_logging=False)
     try:
-        await gw.audit.commit(record)
+        try:
+            await gw.audit.commit(record, ex.store)
+        except StoreConflict:
+            if ex.on_store_conflict is None:
+                raise AuditUnavailable("store conflict") from None
+            ex.store = []
+            await ex.on_store_conflict(ex)
+            rendered = render_safely(ex, render)
+            await gw.audit.commit(audit_record(ex, rendered[2]))
     except AuditUnavailable:
         ex.error = ExchangeError("audit.unavailable", "The audit log cannot be written, so the exchange was refused.")
         rendered = render_safely(ex, render)

@@ -23,6 +23,7 @@ from typing import Any
 from lxml import etree
 
 from lgsp import personal_id, soap, specs
+from lgsp.delivery import accept as messages
 from lgsp.errors import ERRORS, ExchangeError
 from lgsp.exchange import Exchange, request_id_from
 from lgsp.gateway import Gateway
@@ -262,7 +263,10 @@ class SoapDoor:
             claimed_request_id=context.get("request_id") or headers.get("x-request-id"),
             source=(scope.get("client") or (None,))[0],
         )
-        status, out_headers, payload = await serve(ex, self.gateway, renderer(req), refusal=refusal)
+        stages = messages.stages_for(req.service) if req.operation and req.operation.service_from else None
+        status, out_headers, payload = await serve(ex, self.gateway, renderer(req), refusal=refusal, stages=stages)
+        if stages is not None and ex.error is None:  # a message stored for delivery (CallService)
+            messages.wake_workers(self.gateway)
         await _send(send, status, out_headers, payload)
 
     async def _refuse(self, send, headers: dict[str, str], error: ExchangeError) -> None:
