@@ -70,6 +70,7 @@ class Receiver:
         self.duplicates = 0
         self.mode = "normal"
         self.delay = 0.0
+        self.delay_after = 0.0             # after applying, before answering: a crash window for the sender
         self.refuse_left = 0
 
     def identity(self, body: dict) -> tuple:
@@ -105,6 +106,8 @@ def app_for(receiver: Receiver):
             receiver.seen.add(ident)
             receiver.applied.append({"operation": ident[0], "dossier_no": ident[1], "version": ident[2],
                                      "idempotency_key": body.get("idempotency_key")})
+        if receiver.delay_after:
+            await asyncio.sleep(receiver.delay_after)
         return JSONResponse({"error_code": "00", "dossier_no": ident[1]})
 
     async def record(_request: Request):
@@ -117,6 +120,7 @@ def app_for(receiver: Receiver):
         with receiver.lock:
             receiver.mode = body.get("mode", "normal")
             receiver.delay = float(body.get("delay", 0))
+            receiver.delay_after = float(body.get("delay_after", 0))
             receiver.refuse_left = int(body.get("refuse_n", 0))
         return JSONResponse({"ok": True})
 
