@@ -123,8 +123,8 @@ class AuditWriter:
         cannot be, StoreConflict if one of the statements broke a unique constraint."""
         await asyncio.wrap_future(self.submit(record, statements))
 
-    def commit_sync(self, record: dict[str, Any], timeout: float = 30) -> None:
-        self.submit(record).result(timeout)
+    def commit_sync(self, record: dict[str, Any], timeout: float = 30, statements: Sequence[Executable] = ()) -> None:
+        self.submit(record, statements).result(timeout)
 
     @property
     def closed(self) -> bool:

@@ -704,6 +704,66 @@ def audit_witness_compact(before: str, directory: Path | None) -> None:
     click.echo(f"folded {result['files']} file(s), {result['lines']} line(s) into {result['kept']}")
 
 
+# -- deliveries (store-and-forward) ----------------------------------------------------
+@main.group()
+def deliveries() -> None:
+    """Store-and-forward messages: list, show, replay, cancel (each action audited)."""
+
+
+def _operator(fn, *args, **kwargs):
+    from lgsp.delivery.operators import OperatorError
+
+    try:
+        return fn(_engine(), f"cli:{os.environ.get('USER') or os.getuid()}", *args, **kwargs)
+    except OperatorError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+@deliveries.command("list")
+@click.option("--status", help="accepted, delivering, failed, delivered, dead or cancelled.")
+@click.option("--destination", help="The connection delivered through, e.g. portal.")
+@click.option("--key", help="The ordering key (a dossier number).")
+@click.option("--limit", default=50, show_default=True, type=int)
+def deliveries_list(status, destination, key, limit) -> None:
+    from lgsp.delivery.operators import list_messages
+
+    rows = _operator(list_messages, status=status, destination=destination, key=key, limit=limit)
+    for r in rows:
+        r["error_code"] = (r.get("error") or {}).get("code") or ""
+    _print_rows(rows, ["message_id", "status", "key", "destination", "attempts", "accepted_at", "error_code"])
+
+
+@deliveries.command("show")
+@click.argument("message_id")
+@click.option("--payload", is_flag=True, help="Also decrypt and show what the message carries (recorded as such).")
+def deliveries_show(message_id, payload) -> None:
+    from lgsp.delivery.operators import show
+
+    click.echo(json.dumps(_operator(show, message_id, payload=payload), indent=2, ensure_ascii=False, default=str))
+
+
+@deliveries.command("replay")
+@click.argument("message_id")
+@click.option("--reason", help="Why, for the audit trail.")
+def deliveries_replay(message_id, reason) -> None:
+    """Put a dead or cancelled message back in the queue."""
+    from lgsp.delivery.operators import replay
+
+    row = _operator(replay, message_id, reason)
+    click.echo(f"message {message_id} queued again (now {row['status']})")
+
+
+@deliveries.command("cancel")
+@click.argument("message_id")
+@click.option("--reason", help="Why, for the audit trail and the sender's status.")
+def deliveries_cancel(message_id, reason) -> None:
+    """Take a waiting message (accepted or failed) out of the queue."""
+    from lgsp.delivery.operators import cancel
+
+    row = _operator(cancel, message_id, reason)
+    click.echo(f"message {message_id} is {row['status']}")
+
+
 # -- demo -------------------------------------------------------------------------
 @main.command()
 @click.option("--port", default=8080, show_default=True, type=int)

@@ -198,20 +198,3 @@ class Queue:
                                             delivery_attempts.c.attempt == claim.attempt).values(
                 finished_at=at, outcome=outcome, error_code=error_code, reason=reason, latency_ms=latency_ms),
         ]
-
-
-# -- operators ---------------------------------------------------------------------------
-
-def replay_statement(message_id: str) -> Executable:
-    """A dead or cancelled message back in the queue, as if just accepted (its max age restarts)."""
-    at = now()
-    return update(M).where(M.c.id == message_id, M.c.status.in_(("dead", "cancelled"))).values(
-        status="accepted", next_attempt_at=at, finished_at=None, error_code=None, reason=None,
-        callback_state=None, lease_owner=None, lease_until=None)
-
-
-def cancel_statement(message_id: str, reason: str) -> Executable:
-    """A message not yet delivered taken out of the queue (not one being delivered right now)."""
-    return update(M).where(M.c.id == message_id, M.c.status.in_(("accepted", "failed"))).values(
-        status="cancelled", finished_at=now(), error_code="delivery.cancelled", reason=reason,
-        lease_owner=None, lease_until=None)
