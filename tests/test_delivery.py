@@ -184,20 +184,49 @@ def test_another_client_cannot_read_a_message(rig, token):
     assert_problem(httpx.get(r.json()["status_url"], headers=headers(other)), 404, "record.not_found")
 
 
-def test_through_the_soap_door_call_service(rig, token):
-    params = {"dossier_no": "HS-SOAP-1", "version": "1", "procedure_code": "1.001193",
-              "received_at": "2026-11-30T08:15:00+07:00", "status": "received", "idempotency_key": "soap-1"}
+def _call_service(rig, token, service: str, params: dict) -> httpx.Response:
     pairs = "".join(f"<lgsp:param><lgsp:name>{k}</lgsp:name><lgsp:value>{v}</lgsp:value></lgsp:param>"
                     for k, v in params.items())
     envelope = (
         '<soap:Envelope xmlns:soap="http://schemas.xmlsoap.org/soap/envelope/" xmlns:lgsp="urn:lgsp:soap:v1">'
-        f"<soap:Body><lgsp:CallService><lgsp:service>portal.dossier.sync</lgsp:service>{pairs}"
+        f"<soap:Body><lgsp:CallService><lgsp:service>{service}</lgsp:service>{pairs}"
         "<lgsp:purpose>administrative-procedure</lgsp:purpose></lgsp:CallService></soap:Body></soap:Envelope>")
-    soap_headers = {"Authorization": f"Bearer {token}", "Content-Type": "text/xml; charset=utf-8"}
-    # applicant is an object: flat name/value pairs cannot carry it, so the schema refuses the message.
-    refused = httpx.post(f"{rig.url}/soap/v1", content=envelope, headers=soap_headers)
+    return httpx.post(f"{rig.url}/soap/v1", content=envelope.encode(),
+                      headers={"Authorization": f"Bearer {token}", "Content-Type": "text/xml; charset=utf-8"})
+
+
+def test_through_the_soap_door_call_service(rig, token):
+    """One-stop-shops that speak only SOAP: name/value pairs, dotted names for the dossier's objects."""
+    params = {"dossier_no": "HS-SOAP-1", "version": "1", "procedure_code": "1.001193",
+              "received_at": "2026-11-30T08:15:00+07:00", "status": "received", "idempotency_key": "soap-1"}
+    refused = _call_service(rig, token, "portal.dossier.sync", params)  # no applicant: the schema refuses it
     assert refused.status_code == 500 and "request.invalid" in refused.text and "applicant" in refused.text
     assert not _messages(rig, msg_key="HS-SOAP-1")
+    params.update({"applicant.name": "Trần Thị Bình", "applicant.type": "citizen",
+                   "fees.0.name": "Lệ phí", "fees.0.amount": "50000"})
+    accepted = _call_service(rig, token, "portal.dossier.sync", params)
+    assert accepted.status_code == 200, accepted.text
+    from lxml import etree
+
+    doc = etree.fromstring(accepted.content)
+    message_id = doc.findtext(".//{urn:lgsp:soap:v1}message_id")
+    assert message_id and doc.findtext(".//{urn:lgsp:soap:v1}status_url").endswith(message_id)
+    again = _call_service(rig, token, "portal.dossier.sync", params)  # the same Idempotency-Key: the first
+    assert etree.fromstring(again.content).findtext(".//{urn:lgsp:soap:v1}message_id") == message_id
+    stepped = _call_service(rig, token, "portal.dossier.progress", {
+        "dossier_no": "HS-SOAP-1", "step_id": "p1", "handled_at": "2026-11-30T09:00:00+07:00",
+        "status": "processing", "content": "Thụ lý"})
+    assert stepped.status_code == 200, stepped.text
+    wait_until(lambda: [m.status for m in _messages(rig, msg_key="HS-SOAP-1")] == ["delivered", "delivered"])
+    applied = [(a["operation"], a["version"]) for a in rig.record()["applied"] if a["dossier_no"] == "HS-SOAP-1"]
+    assert applied == [("dossier.sync", 1), ("dossier.progress", "p1")]
+
+
+def test_a_message_by_name_through_the_rest_door(rig, token):
+    r = httpx.post(f"{rig.url}/api/services/v1/portal.dossier.sync", json=dossier("HS-NAME-1"),
+                   headers=headers(token))
+    assert r.status_code == 202, r.text
+    wait_until(lambda: _status(rig, token, r.json()["status_url"])["status"] == "delivered")
 
 
 def test_queue_metrics_have_no_personal_data(rig, token):
@@ -211,3 +240,58 @@ def test_nothing_pending_is_left(rig, token):
     with engine_for(rig.db_url).connect() as conn:
         total = conn.execute(select(func.count()).select_from(delivery_messages)).scalar()
     assert total >= 8
+
+
+def test_the_sender_is_called_back_on_the_final_outcome(rig, token):
+    import threading
+
+    from conftest import serve_in_thread
+    from starlette.applications import Starlette
+    from starlette.responses import Response
+    from starlette.routing import Route
+
+    got, lock = [], threading.Lock()
+
+    async def hook(request):
+        with lock:
+            got.append(await request.json())
+        return Response(status_code=204)
+
+    app = Starlette(routes=[Route("/hook", hook, methods=["POST"])])
+    with serve_in_thread(app) as url:
+        r = httpx.post(f"{rig.url}/api/portal/v1/dossiers", json=dossier("HS-CB-1"),
+                       headers=headers(token, **{"X-Callback-URL": f"{url}/hook"}))
+        assert r.status_code == 202
+        wait_until(lambda: got)
+    assert got[0]["message_id"] == r.json()["message_id"] and got[0]["status"] == "delivered"
+    assert got[0]["answer"]["error_code"] == "00"
+    assert _messages(rig, msg_key="HS-CB-1")[0].callback_state == "sent"
+
+
+def test_backoff_grows_with_jitter_and_the_maximum_age_ends_in_dead():
+    import datetime as dt
+
+    from lgsp.adapter import UpstreamFault, UpstreamUnavailable
+    from lgsp.delivery.policy import Policy
+    from lgsp.delivery.store import Claim, now
+    from lgsp.delivery.worker import Worker
+
+    policy = Policy(backoff_base=1, backoff_cap=60)
+    for attempt, step_ in ((1, 1), (2, 2), (3, 4), (7, 60), (20, 60)):
+        waits = [policy.backoff(attempt) for _ in range(200)]
+        assert all(step_ / 2 <= w <= step_ for w in waits) and len(set(waits)) > 100  # jittered, bounded
+    worker = Worker.__new__(Worker)
+    worker.policy = policy
+
+    def claim(expires_in: float) -> Claim:
+        at = now()
+        return Claim(id="m", seq=1, client_id="c", service="s", destination="portal", operation="dossier.sync",
+                     msg_key="k", request_id="r", purpose=None, officer=None, agency_code=None, payload="",
+                     attempt=3, accepted_at=at, expires_at=at + dt.timedelta(seconds=expires_in), callback_url=None)
+
+    status, next_at, _ = worker._outcome(claim(3600), UpstreamUnavailable("down"))
+    assert status == "failed" and next_at > now()
+    status, _, reason = worker._outcome(claim(0.5), UpstreamUnavailable("down"))
+    assert status == "dead" and "maximum age" in reason and "down" in reason
+    status, _, reason = worker._outcome(claim(3600), UpstreamFault("Mã thủ tục không tồn tại"))
+    assert status == "dead" and "Mã thủ tục không tồn tại" in reason

@@ -139,20 +139,62 @@ def _comparable(value: dt.datetime | dt.date) -> dt.datetime:
     return dt.datetime(value.year, value.month, value.day, tzinfo=dt.timezone(dt.timedelta(hours=7)))
 
 
-def _coerce(params: dict[str, Any], schema: dict | None) -> dict[str, Any]:
-    """Name/value pairs (SOAP CallService) are text: integers and numbers of the schema made so."""
-    props = (schema or {}).get("properties", {})
-    out = dict(params)
+_INDEX = re.compile(r"[0-9]{1,3}")
+MAX_DEPTH = 4
+
+
+class _Indexed(dict):
+    """A list while it is being filled from `name.0`, `name.1` … (made a list at the end)."""
+
+
+def unflatten(params: dict[str, Any]) -> dict[str, Any]:
+    """Name/value pairs (SOAP CallService) with dotted names as the objects and lists they name:
+    `applicant.name`, `fees.0.amount`. A name that cannot be placed is refused."""
+    out: dict[str, Any] = {}
     for name, value in params.items():
-        kind = props.get(name, {}).get("type")
-        if isinstance(value, str) and kind == "integer" and re.fullmatch(r"-?[0-9]{1,15}", value):
-            out[name] = int(value)
-        elif isinstance(value, str) and kind == "number":
-            try:
-                out[name] = float(value)
-            except ValueError:
-                pass
-    return out
+        parts = name.split(".")
+        if len(parts) > MAX_DEPTH or not all(parts) or _INDEX.fullmatch(parts[0]):
+            raise ExchangeError("request.invalid", f"{name}: not a parameter name this service takes.")
+        node: dict = out
+        for part, following in zip(parts, parts[1:], strict=False):
+            child = node.setdefault(part, _Indexed() if _INDEX.fullmatch(following) else {})
+            if not isinstance(child, dict) or isinstance(child, _Indexed) != bool(_INDEX.fullmatch(following)):
+                raise ExchangeError("request.invalid", f"{name}: conflicts with another parameter.")
+            node = child
+        if parts[-1] in node:
+            raise ExchangeError("request.invalid", f"{name}: conflicts with another parameter.")
+        node[parts[-1]] = value
+    return _lists(out)
+
+
+def _lists(node: Any) -> Any:
+    if isinstance(node, _Indexed):
+        if sorted(int(k) for k in node) != list(range(len(node))):
+            raise ExchangeError("request.invalid", "List items are numbered 0, 1, 2 … without gaps.")
+        return [_lists(node[k]) for k in sorted(node, key=int)]
+    if isinstance(node, dict):
+        return {k: _lists(v) for k, v in node.items()}
+    return node
+
+
+def _coerce(value: Any, schema: dict | None) -> Any:
+    """Text from name/value pairs as the schema's integers, numbers and booleans."""
+    schema = schema or {}
+    kind = schema.get("type")
+    if isinstance(value, dict):
+        props = schema.get("properties", {})
+        return {k: _coerce(v, props.get(k)) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_coerce(v, schema.get("items")) for v in value]
+    if not isinstance(value, str):
+        return value
+    if kind == "integer" and re.fullmatch(r"-?[0-9]{1,15}", value):
+        return int(value)
+    if kind == "number" and re.fullmatch(r"-?[0-9]{1,16}(\.[0-9]{1,6})?", value):
+        return float(value)
+    if kind == "boolean" and value in ("true", "false"):
+        return value == "true"
+    return value
 
 
 def _check_schema(params: dict[str, Any], schema: dict | None) -> None:
@@ -166,8 +208,10 @@ def _check_schema(params: dict[str, Any], schema: dict | None) -> None:
 
 def check_message(ex: Exchange, svc: MessageService) -> None:
     if ex.door != "rest" or ex.check_params:  # the REST door's spec already checked the body
-        ex.params = _coerce(ex.params, svc.body_schema)
-        _check_schema(ex.params, svc.body_schema)
+        params = _coerce(unflatten(ex.params), svc.body_schema)
+        key = params.pop(svc.key, None) if svc.key not in (svc.body_schema or {}).get("properties", {}) else None
+        _check_schema(params, svc.body_schema)  # a key carried in the URL on REST is beside the body here
+        ex.params = params if key is None else {svc.key: key, **params}
     key = ex.params.get(svc.key)
     if not isinstance(key, str) or not key.strip() or len(key) > MAX_KEY:
         raise ExchangeError("request.invalid", f"{svc.key}: required, 1 to {MAX_KEY} characters.")

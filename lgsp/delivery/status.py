@@ -10,6 +10,7 @@ from lgsp.delivery.store import PENDING, now, utc
 from lgsp.storage.schema import delivery_messages as M
 
 STATUS_PATH = "/api/portal/v1/messages/{id}"
+_seen: set[str] = set()
 
 
 def status_url(base_url: str, message_id: str) -> str:
@@ -47,10 +48,10 @@ def queue_stats(engine: Engine) -> dict[str, dict[str, Any]]:
     with engine.connect() as conn:
         rows = conn.execute(select(M.c.destination, M.c.status, func.count(), func.min(M.c.accepted_at))
                             .where(M.c.status.in_(PENDING)).group_by(M.c.destination, M.c.status)).all()
-        destinations = [d for (d,) in conn.execute(select(M.c.destination).distinct())]
     at = now()
-    stats: dict[str, dict[str, Any]] = {d: {"depth": dict.fromkeys(PENDING, 0), "oldest_age": 0.0}
-                                        for d in destinations}
+    _seen.update(destination for destination, *_ in rows)
+    # A destination whose queue emptied keeps its series, at zero.
+    stats: dict[str, dict[str, Any]] = {d: {"depth": dict.fromkeys(PENDING, 0), "oldest_age": 0.0} for d in _seen}
     for destination, state, count, oldest in rows:
         entry = stats[destination]
         entry["depth"][state] = count

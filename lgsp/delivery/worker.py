@@ -62,6 +62,7 @@ class Worker:
         self._wake = asyncio.Event()
         self._task: asyncio.Task | None = None
         self._stopping = False
+        self._callbacks_due = False
 
     def wake(self) -> None:
         """A message was accepted in this process: look at the queue now rather than at the next poll."""
@@ -97,6 +98,9 @@ class Worker:
             if time.monotonic() >= next_stats:
                 next_stats = time.monotonic() + 5
                 await self._publish_stats()
+                self._callbacks_due = True  # also those left by a worker that stopped
+            if self._callbacks_due:
+                self._callbacks_due = False
                 await callbacks.send_pending(self.gw)
             if claims and len(claims) == free:
                 continue  # more may be due: take them before sleeping
@@ -142,6 +146,8 @@ class Worker:
         metrics.delivery_attempts.labels(claim.destination, {"failed": "retry"}.get(status, status)).inc()
         if status in ("delivered", "dead"):
             metrics.delivery_outcomes.labels(claim.destination, status).inc()
+            if claim.callback_url:
+                self._callbacks_due = True
 
     async def _call(self, claim: Claim):
         adapter = self.gw.registry.adapter(claim.destination)
