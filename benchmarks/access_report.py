@@ -39,8 +39,8 @@ import hashlib  # noqa: E402
 import orjson  # noqa: E402
 from sqlalchemy import Engine, delete, func, insert, select, text  # noqa: E402
 
-from lgsp import audit_search  # noqa: E402
-from lgsp.audit import GENESIS, HASHED_FIELDS, record_hash  # noqa: E402
+from lgsp.audit import search as audit_search  # noqa: E402
+from lgsp.audit.writer import GENESIS, HASHED_FIELDS, record_hash  # noqa: E402
 from lgsp.crypto import subject_hash  # noqa: E402
 from lgsp.storage import engine_for, maintenance, partitions, upgrade  # noqa: E402
 from lgsp.storage.schema import audit_records, clients  # noqa: E402
@@ -99,7 +99,7 @@ def rows(records: int, subjects: int, seed: int):
             f"bench{i:010d}", 0, 200 + int(rand() * 1800), "0" * 64, None,
         ]
         canon = list(values)
-        canon[AT] = stored_at.replace(" ", "T") + "Z"  # lgsp.audit._iso
+        canon[AT] = stored_at.replace(" ", "T") + "Z"  # lgsp.audit.writer._iso
         head = hashlib.sha256(orjson.dumps(canon)).hexdigest()
         heads[chain] = (seq, head)
         values[FIELDS_AT] = fields_json[field] if ok else "[]"
@@ -117,7 +117,7 @@ def _check_hash(row: tuple) -> None:
     record = dict(zip(COLUMNS, row))
     record["at"] = dt.datetime.fromisoformat(record["at"]).replace(tzinfo=dt.timezone.utc)
     record["fields"] = orjson.loads(record["fields"])
-    assert record_hash(record) == record["hash"], "synthetic hash differs from lgsp.audit.record_hash"
+    assert record_hash(record) == record["hash"], "synthetic hash differs from lgsp.audit.writer.record_hash"
 
 
 # -- bulk load ---------------------------------------------------------------------------
@@ -359,7 +359,7 @@ def _rss_mb() -> float:
 
 def export_month(engine: Engine) -> str:
     """`lgsp audit export` of one month (June 2025) to /dev/null: rate, and resident memory while it runs."""
-    from lgsp.audit_export import export_jsonl
+    from lgsp.audit.export import export_jsonl
 
     before = _rss_mb()
     samples = [before]

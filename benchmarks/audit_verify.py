@@ -57,8 +57,8 @@ def fill(engine, records: int, chains: int, *, start_at: dt.datetime, first_seq:
     """Write `records` records over `chains` chains (the first holds half), sealed as the writer does."""
     from sqlalchemy import insert
 
-    from lgsp import seals
-    from lgsp.audit import GENESIS, record_hash
+    from lgsp.audit import seals
+    from lgsp.audit.writer import GENESIS, record_hash
     from lgsp.storage.schema import audit_records, audit_seals
 
     signer = seals.signer(engine)
@@ -119,14 +119,14 @@ def _copy(engine, rows: list[dict]) -> None:
 def legacy_verifier(rev: str):
     """The verifier module as it was at `rev`, or None if git cannot show it."""
     try:
-        source = subprocess.run(["git", "show", f"{rev}:lgsp/audit_verify.py"], cwd=ROOT, check=True,
+        source = subprocess.run(["git", "show", f"{rev}:lgsp/audit/verify.py"], cwd=ROOT, check=True,
                                 capture_output=True, text=True).stdout
     except (OSError, subprocess.CalledProcessError):
         return None
     spec = importlib.util.spec_from_loader("lgsp_legacy_audit_verify", loader=None)
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module  # dataclasses look their module up
-    exec(compile(source, f"{rev}:lgsp/audit_verify.py", "exec"), module.__dict__)
+    exec(compile(source, f"{rev}:lgsp/audit/verify.py", "exec"), module.__dict__)
     return module
 
 
@@ -160,8 +160,9 @@ def main() -> None:
     os.environ.setdefault("LGSP_SECRET_KEY", secrets.token_urlsafe(32))
     url = args.database_url or f"sqlite:///{home}/audit.db"
 
-    from lgsp import audit_checkpoint, seals
-    from lgsp.audit_verify import verify_database
+    from lgsp.audit import checkpoint as audit_checkpoint
+    from lgsp.audit import seals
+    from lgsp.audit.verify import verify_database
     from lgsp.storage import engine_for, upgrade
 
     upgrade(url)
@@ -181,7 +182,7 @@ def main() -> None:
     if not args.skip_legacy:
         legacy = legacy_verifier(args.legacy_rev)
         if legacy is None:
-            print(f"legacy: git cannot show {args.legacy_rev}:lgsp/audit_verify.py; skipped")
+            print(f"legacy: git cannot show {args.legacy_rev}:lgsp/audit/verify.py; skipped")
         else:
             results.append(timed(f"full, legacy {args.legacy_rev}", lambda: legacy.verify_database(engine)))
     results.append(timed("full, 1 job", lambda: verify_database(engine, jobs=1)))

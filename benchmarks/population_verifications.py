@@ -53,7 +53,7 @@ def prepare(home: Path, port: int, sim_port: int) -> tuple[dict, str]:
            "LGSP_CONFIG_POLL_SECONDS": "0.5", "LGSP_LOG_LEVEL": "WARNING"}
     os.environ.update(env)
     from lgsp import keys
-    from lgsp.admin import Admin
+    from lgsp.control.admin import Admin
     from lgsp.storage import engine_for, upgrade
 
     upgrade(env["LGSP_DATABASE_URL"])

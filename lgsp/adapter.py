@@ -121,7 +121,7 @@ class Adapter:
     settings_schema: ClassVar[Mapping[str, Any]] = {"type": "object"}
     #: Operations by name.
     operations: ClassVar[Mapping[str, Operation]] = {}
-    #: Declarative mapping file (national → canonical), see lgsp.mapping.
+    #: Declarative mapping file (national → canonical), see lgsp.mapping.compile.
     mapping_file: ClassVar[Path | None] = None
     #: "module:callable" returning the simulator's ASGI app, for demo and tests.
     simulator: ClassVar[str | None] = None

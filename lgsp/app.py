@@ -28,18 +28,18 @@ from starlette.responses import Response
 from lgsp import bulk, logs, metrics, specs
 from lgsp.config import settings
 from lgsp.delivery.worker import start_in_process as start_delivery_worker
-from lgsp.control import JWKS_PATH, TOKEN_PATH, create_control_plane
-from lgsp.gateway import Gateway
+from lgsp.control.plane import JWKS_PATH, TOKEN_PATH, create_control_plane
+from lgsp.doors.request_guard import RequestGuard
+from lgsp.doors.rest import MIDDLEWARES, add_shared_apis
+from lgsp.doors.rest import render as rest_render
+from lgsp.doors.soap import PATH as SOAP_PATH
+from lgsp.doors.soap import SoapDoor, SoapRequest
+from lgsp.doors.soap import _version as soap_version
+from lgsp.doors.soap import renderer as soap_renderer
 from lgsp.errors import ExchangeError, problem
-from lgsp.exchange import Exchange, request_id_from
-from lgsp.pipeline import serve
-from lgsp.request_guard import RequestGuard
-from lgsp.rest_door import MIDDLEWARES, add_shared_apis
-from lgsp.rest_door import render as rest_render
-from lgsp.soap_door import PATH as SOAP_PATH
-from lgsp.soap_door import SoapDoor, SoapRequest
-from lgsp.soap_door import _version as soap_version
-from lgsp.soap_door import renderer as soap_renderer
+from lgsp.gateway import Gateway
+from lgsp.pipeline.exchange import Exchange, request_id_from
+from lgsp.pipeline.run import serve
 
 
 class BodyLimit:

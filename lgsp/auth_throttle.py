@@ -127,7 +127,7 @@ def _event(channel: str, client_id: str | None, source: str | None) -> _Event:
 # -- the audit records ---------------------------------------------------------------------
 
 def _record(key: tuple[str, str | None, str | None], event: _Event) -> dict:
-    from lgsp.audit import HASHED_FIELDS
+    from lgsp.audit.writer import HASHED_FIELDS
 
     channel, client_id, source = key
     # Every column named, as in an exchange record: the writer inserts a group of records in one
@@ -164,7 +164,7 @@ def flush(everything: bool = False) -> int:
 
 
 def _writer():
-    from lgsp.audit import writer_for  # late: the audit module is heavier than this one
+    from lgsp.audit.writer import writer_for  # late: the audit module is heavier than this one
     from lgsp.config import settings
     from lgsp.storage import engine_for
 

@@ -33,9 +33,9 @@ from lgsp import personal_id
 from lgsp.adapter import CallContext, RecordNotFound, UpstreamError
 from lgsp.crypto import fernet, subject_hash
 from lgsp.errors import ExchangeError
-from lgsp.exchange import Exchange
-from lgsp.mapping import MappingError, load_mapping
-from lgsp.minimize import _tree, project
+from lgsp.mapping.compile import MappingError, load_mapping
+from lgsp.pipeline.exchange import Exchange
+from lgsp.pipeline.minimize import _tree, project
 from lgsp.storage.schema import bulk_jobs
 
 log = logging.getLogger(__name__)
@@ -274,7 +274,7 @@ def jobs_for(gw: Any) -> BulkJobs:
 # -- the two services' stages (the doors' serve() runs them instead of the usual ones) ----
 
 async def submit_stages(ex: Exchange, gw: Any) -> None:
-    from lgsp.pipeline import run_stages  # late: the pipeline imports the validate stage, which imports us
+    from lgsp.pipeline.run import run_stages  # late: the pipeline imports the validate stage, which imports us
 
     await run_stages(ex, gw)
     if ex.error is not None:
@@ -287,9 +287,9 @@ async def submit_stages(ex: Exchange, gw: Any) -> None:
 
 
 async def get_stages(ex: Exchange, gw: Any) -> None:
-    from lgsp.authorize import authorize
-    from lgsp.identify import identify
-    from lgsp.resolve import resolve
+    from lgsp.pipeline.authorize import authorize
+    from lgsp.pipeline.identify import identify
+    from lgsp.pipeline.resolve import resolve
 
     snap = gw.registry.snapshot
     try:

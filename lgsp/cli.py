@@ -6,9 +6,8 @@ import json
 import os
 import sys
 import tempfile
-from pathlib import Path
-
 import warnings
+from pathlib import Path
 
 import click
 
@@ -59,7 +58,7 @@ class _Commands(click.Group):
 
 
 def _admin():
-    from lgsp.admin import Admin
+    from lgsp.control.admin import Admin
 
     actor = f"cli:{os.environ.get('USER') or os.getuid()}"
     return Admin(_engine(), actor)
@@ -71,7 +70,7 @@ def _fail_on_admin_error(fn):
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
-        from lgsp.admin import AdminError
+        from lgsp.control.admin import AdminError
 
         try:
             return fn(*args, **kwargs)
@@ -135,7 +134,7 @@ def serve(host: str, port: int, workers: int, plane: str, migrate: bool, metrics
     os.environ.setdefault("LGSP_PUBLIC_URL", f"http://{host}:{port}")
     settings.cache_clear()
     factory = {"all": "lgsp.app:combined", "data": "lgsp.app:data_plane", "control": "lgsp.app:control_plane"}[plane]
-    from lgsp.http_limits import SERVER_MAX_HEAD_BYTES, BoundedHttpTools  # request heads bounded at the server
+    from lgsp.doors.http_limits import SERVER_MAX_HEAD_BYTES, BoundedHttpTools  # request heads bounded at the server
 
     uvicorn.run(factory, factory=True, host=host, port=port, workers=workers, log_config=None,
                 access_log=False, loop="auto", http=BoundedHttpTools, lifespan="auto" if plane != "control" else "off",
@@ -158,7 +157,8 @@ def db() -> None:
 
 
 def _upgrade() -> None:
-    from lgsp import keys, seals
+    from lgsp import keys
+    from lgsp.audit import seals
     from lgsp.config import settings
     from lgsp.storage import upgrade
 
@@ -201,7 +201,7 @@ def backup_cmd(dump: Path) -> None:
 def restore_cmd(dump: Path) -> None:
     """Load DUMP into the empty database LGSP_DATABASE_URL names, check that this master secret
     opens its keys, and verify the whole audit trail (exit 1 on any finding)."""
-    from lgsp.audit_verify import verify_database
+    from lgsp.audit.verify import verify_database
     from lgsp.backup import BackupError, restore
     from lgsp.startup_checks import StartupRefusal, check_master_secret
 
@@ -404,7 +404,7 @@ def adapters_test(name: str, connection: str) -> None:
     """Contract test kit: call every operation of adapter NAME through connection C with the
     adapter's sample params, check the answers map cleanly, and, against an LGSP simulator,
     check that each fault mode becomes the right Upstream* error. Exit 1 on any failure."""
-    from lgsp import contract
+    from lgsp.control import contract
 
     _check_schema()
     try:
@@ -455,7 +455,7 @@ def keys_list() -> None:
 @_fail_on_admin_error
 def apply_file(path: Path, dry_run: bool) -> None:
     """Apply a configuration file: create what is missing, change what differs (idempotent)."""
-    from lgsp import apply
+    from lgsp.control import apply
 
     admin = _admin()
     changes = apply.plan(admin, apply.load(path))
@@ -503,8 +503,9 @@ def audit_verify(path: Path | None, trust_file: Path | None, witness_dir: Path |
     """Check every hash chain and seal, and the database against the witness; exit 1 on any finding
     (edited, deleted, inserted, reordered or renumbered records, truncation, forged or untrusted seals,
     missing chains, start seals or witnessed heads)."""
-    from lgsp import audit_checkpoint, audit_trust
-    from lgsp.audit_verify import verify_database, verify_file
+    from lgsp.audit import checkpoint as audit_checkpoint
+    from lgsp.audit import trust as audit_trust
+    from lgsp.audit.verify import verify_database, verify_file
 
     def progress(n) -> None:
         chains = f", {n.chains_done}/{n.chains} chains" if hasattr(n, "chains") else ""
@@ -592,7 +593,7 @@ def audit_body(record_id: int) -> None:
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), required=True)
 def audit_export(start: str | None, end: str | None, output: Path) -> None:
     """Export records of a time range as JSON Lines, with the seals and keys that verify them."""
-    from lgsp.audit_export import export_jsonl
+    from lgsp.audit.export import export_jsonl
 
     with open(output, "wb") as out:
         counts = export_jsonl(_engine(), _when(start), _when(end), out, progress=_records_progress("written"))
@@ -607,7 +608,7 @@ def audit_retain(days: int, archive_dir: Path) -> None:
     """Archive records older than N days to a sealed export file, then remove them."""
     import datetime as dt
 
-    from lgsp.audit_export import retain
+    from lgsp.audit.export import retain
 
     cutoff = dt.datetime.now(dt.timezone.utc) - dt.timedelta(days=days)
     result = retain(_engine(), cutoff, archive_dir, progress=_records_progress("archived"))
@@ -630,7 +631,7 @@ def _records_progress(verb: str):
 @audit.command("rotate-key")
 def audit_rotate_key() -> None:
     """New seal-signing key; retired keys stay so old seals keep verifying."""
-    from lgsp import seals
+    from lgsp.audit import seals
 
     kid = seals.create_key(_engine())
     _admin().record_action("audit.rotate_key", kid, None, {"kid": kid})
@@ -638,7 +639,8 @@ def audit_rotate_key() -> None:
 
 
 def _echo_seal_key(kid: str) -> None:
-    from lgsp import audit_trust, seals
+    from lgsp.audit import seals
+    from lgsp.audit import trust as audit_trust
 
     public = seals.derived_public(kid)
     click.echo(f"new seal key {kid}  {seals.fingerprint(public)}  (added to the trust file {audit_trust.trust_path()})")
@@ -652,7 +654,8 @@ def audit_trust_group() -> None:
 @audit_trust_group.command("list")
 def audit_trust_list() -> None:
     """Every seal key, trusted or not, with its fingerprint; exit 1 if the database holds an untrusted key."""
-    from lgsp import audit_trust, seals
+    from lgsp.audit import seals
+    from lgsp.audit import trust as audit_trust
 
     trusted = audit_trust.trusted_keys(_engine())
     in_db = seals.database_keys(_engine())
@@ -669,7 +672,8 @@ def audit_trust_list() -> None:
 def audit_trust_export(output: Path) -> None:
     """Write the trusted seal keys (never a key the database alone vouches for) as a trust file,
     for `lgsp audit verify --file EXPORT --trust FILE` where the master secret is not at hand."""
-    from lgsp import audit_trust, seals
+    from lgsp.audit import seals
+    from lgsp.audit import trust as audit_trust
 
     trusted = audit_trust.trusted_keys(_engine())
     with open(output, "wb") as out:
@@ -694,7 +698,7 @@ def audit_witness_compact(before: str, directory: Path | None) -> None:
     (enough to catch a deleted chain, a deleted tail or a rewrite); back the files up first."""
     import datetime as dt
 
-    from lgsp import witness
+    from lgsp.audit import witness
 
     try:
         day = dt.date.fromisoformat(before)

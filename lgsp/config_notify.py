@@ -13,10 +13,18 @@ import logging
 import threading
 from typing import Callable
 
-from sqlalchemy import Connection, Engine, text
+from sqlalchemy import Connection, Engine, text, update
+
+from lgsp.storage.schema import config_state
 
 CHANNEL = "lgsp_config"
 log = logging.getLogger(__name__)
+
+
+def bump_generation(conn: Connection) -> None:
+    """Record a configuration change: every worker re-reads its snapshot when the generation moves."""
+    conn.execute(update(config_state).where(config_state.c.id == 1).values(generation=config_state.c.generation + 1))
+    announce(conn)
 
 
 def announce(conn: Connection) -> None:

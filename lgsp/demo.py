@@ -70,8 +70,8 @@ def _demo_enterprise() -> str:
 def _prepare(port: int, sim_port: int, biz_port: int) -> str:
     """Fresh demo database with the connection, a client and its grants; returns the secret."""
     from lgsp import keys
-    from lgsp.admin import Admin
     from lgsp.config import settings
+    from lgsp.control.admin import Admin
     from lgsp.storage import engine_for, upgrade
 
     cfg = settings()

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import gc
 
-from lgsp.audit import AuditWriter, writer_for
+from lgsp.audit.writer import AuditWriter, writer_for
 from lgsp.config import Settings, settings
 from lgsp.registry import Registry
 from lgsp.storage import engine_for

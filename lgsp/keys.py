@@ -12,6 +12,7 @@ from joserfc.jwk import KeySet, RSAKey
 from sqlalchemy import Engine, insert, select, update
 
 from lgsp.config import settings
+from lgsp.config_notify import bump_generation
 from lgsp.crypto import fernet
 from lgsp.storage.schema import signing_keys
 
@@ -39,7 +40,6 @@ def create_key(engine: Engine) -> str:
                 public_jwk=public, status="active", created_at=_now(),
             )
         )
-        from lgsp.registry import bump_generation  # late import: registry imports keys
         bump_generation(conn)
     return kid
 

@@ -13,11 +13,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from joserfc.jwk import KeySet
-from sqlalchemy import Connection, Engine, select, update
+from sqlalchemy import Engine, select
 
 from lgsp import keys, plugins
 from lgsp.adapter import Adapter
-from lgsp.config_notify import Listener, announce
+from lgsp.config_notify import Listener
+from lgsp.connection_secrets import open_secrets
 from lgsp.storage.schema import clients, config_state, connections, grants, services, signing_keys
 
 log = logging.getLogger(__name__)
@@ -76,20 +77,9 @@ class Snapshot:
     granted: dict[str, frozenset[str]] = field(default_factory=dict)  # client → services it has grants for
 
 
-def bump_generation(conn: Connection) -> None:
-    conn.execute(update(config_state).where(config_state.c.id == 1).values(generation=config_state.c.generation + 1))
-    announce(conn)
-
-
 def read_generation(engine: Engine) -> int:
     with engine.connect() as conn:
         return conn.execute(select(config_state.c.generation).where(config_state.c.id == 1)).scalar_one()
-
-
-def open_secrets(settings: dict[str, Any]) -> dict[str, Any]:
-    from lgsp.admin import open_secrets as _open  # late: admin imports this module
-
-    return _open(settings)
 
 
 def load_snapshot(engine: Engine) -> Snapshot:

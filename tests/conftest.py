@@ -92,7 +92,7 @@ def lgsp_env(tmp_path_factory) -> dict[str, str]:
 
     upgrade(url)
     yield env
-    from lgsp.audit import close_writers
+    from lgsp.audit.writer import close_writers
 
     close_writers()  # their shutdown seals go in before the database is dropped
     if drop:
@@ -115,7 +115,7 @@ def fresh_db_url(lgsp_env, tmp_path):
         url = f"sqlite:///{tmp_path / 'own.db'}"
     upgrade(url)
     yield url
-    from lgsp.audit import close_writers
+    from lgsp.audit.writer import close_writers
 
     close_writers()
     engine_for(url).dispose()
@@ -188,9 +188,9 @@ def faults(population_sim):
 
 @pytest.fixture(scope="session")
 def gateway(lgsp_env, population_sim, tmp_path_factory):
-    from lgsp.admin import Admin
-    from lgsp.config import settings
     from lgsp import keys
+    from lgsp.config import settings
+    from lgsp.control.admin import Admin
     from lgsp.storage import engine_for
 
     engine = engine_for(settings().db_url)

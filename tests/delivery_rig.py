@@ -76,7 +76,7 @@ class Rig:
 
 def make_rig(db_url: str, log_dir: Path, **env: str) -> Rig:
     from lgsp import keys
-    from lgsp.admin import Admin
+    from lgsp.control.admin import Admin
     from lgsp.storage import engine_for
 
     receiver = start_receiver(log_dir)

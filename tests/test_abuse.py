@@ -28,12 +28,12 @@ from xml.sax.saxutils import escape
 import httpx
 import orjson
 import pytest
+from conftest import Server, assert_problem, audit_of, free_port, get_token, start_server
 from lxml import etree
 from sqlalchemy import func, select
-
-from conftest import Server, assert_problem, audit_of, free_port, get_token, start_server
-from lgsp.storage.schema import audit_records
 from test_datastore import ALL_FIELDS, DATASET, OWNER, licence
+
+from lgsp.storage.schema import audit_records
 
 SOAP11 = "http://schemas.xmlsoap.org/soap/envelope/"
 WSSE = "http://docs.oasis-open.org/wss/2004/01/oasis-200401-wss-wssecurity-secext-1.0.xsd"
@@ -148,7 +148,7 @@ def in_process_gateway() -> Iterator[str]:
 
 
 def test_rest_answer_that_cannot_be_rendered_is_an_audited_internal_error(gateway, token, monkeypatch):
-    from lgsp import rest_door
+    from lgsp.doors import rest as rest_door
 
     original = rest_door.render
 
@@ -170,7 +170,7 @@ def test_rest_answer_that_cannot_be_rendered_is_an_audited_internal_error(gatewa
 
 
 def test_soap_answer_that_cannot_be_rendered_is_an_audited_fault(gateway, token, monkeypatch):
-    from lgsp import soap_door
+    from lgsp.doors import soap as soap_door
 
     original = soap_door.renderer
 
@@ -510,7 +510,7 @@ def test_records_of_every_kind_commit_in_one_group(fresh_db_url):
     must still commit (in the combined set-up they share one writer)."""
     import datetime as dt
 
-    from lgsp.audit import HASHED_FIELDS, AuditWriter
+    from lgsp.audit.writer import HASHED_FIELDS, AuditWriter
     from lgsp.storage import engine_for
 
     writer = AuditWriter(engine_for(fresh_db_url))
@@ -527,7 +527,7 @@ def test_records_of_every_kind_commit_in_one_group(fresh_db_url):
 
 
 def test_soap_request_that_cannot_be_read_is_an_audited_fault(gateway, token, monkeypatch):
-    from lgsp import soap_door
+    from lgsp.doors import soap as soap_door
 
     def broken(*_args):
         raise RuntimeError("the reader broke")

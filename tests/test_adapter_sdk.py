@@ -16,10 +16,10 @@ from pathlib import Path
 import httpx
 import pytest
 from click.testing import CliRunner
-
 from conftest import free_port, lgsp_cli, start_server
+
 from lgsp.cli import main
-from lgsp.mapping import load_mapping
+from lgsp.mapping.compile import load_mapping
 
 NAME = "sdk_records"
 PACKAGE = f"lgsp_adapter_{NAME}"

@@ -6,13 +6,12 @@ import subprocess
 import sys
 import time
 import uuid
-from pathlib import Path
 
 import httpx
 import pytest
+from conftest import ROOT, get_token
 from sqlalchemy import select
 
-from conftest import ROOT, get_token
 from lgsp.storage.schema import audit_records
 
 PURPOSE = "administrative-procedure"

@@ -10,7 +10,6 @@ import uuid
 
 import httpx
 import pytest
-
 from conftest import get_token
 
 PURPOSE = "administrative-procedure"
@@ -175,7 +174,7 @@ def own_chain(gateway):
 
     from sqlalchemy import delete, insert, select
 
-    from lgsp.audit import AuditWriter
+    from lgsp.audit.writer import AuditWriter
     from lgsp.storage.schema import audit_records
 
     engine = gateway.extra["engine"]
@@ -194,7 +193,7 @@ def own_chain(gateway):
 
 
 def _status(engine, row) -> tuple[str, list[str]]:
-    from lgsp import audit_search
+    from lgsp.audit import search as audit_search
 
     integrity = audit_search.get_record(engine, row["id"])["integrity"]
     return integrity["status"], integrity["findings"]
@@ -225,7 +224,7 @@ def test_record_integrity_tells_the_edited_record_from_its_neighbours(own_chain,
 def test_record_integrity_catches_a_recomputed_hash_and_a_deletion(own_chain):
     from sqlalchemy import delete
 
-    from lgsp.audit import record_hash
+    from lgsp.audit.writer import record_hash
     from lgsp.storage.schema import audit_records
 
     engine, by_seq = own_chain
@@ -242,7 +241,7 @@ def test_record_integrity_catches_a_recomputed_hash_and_a_deletion(own_chain):
 
 
 def test_record_integrity_catches_a_rewritten_tail(own_chain):
-    from lgsp.audit import record_hash
+    from lgsp.audit.writer import record_hash
 
     engine, by_seq = own_chain
     head = by_seq[6]["hash"]

@@ -13,17 +13,16 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
 import aiohttp
 import httpx
-import pytest
+from conftest import free_port, wait_for
 from sqlalchemy import select
 
-from conftest import free_port, wait_for
-from lgsp import keys, seals
-from lgsp.admin import Admin
-from lgsp.audit_verify import verify_database
+from lgsp import keys
+from lgsp.audit import seals
+from lgsp.audit.verify import verify_database
+from lgsp.control.admin import Admin
 from lgsp.storage import engine_for
 from lgsp.storage.schema import audit_records
 

@@ -27,9 +27,9 @@ from dataclasses import dataclass
 import pytest
 from sqlalchemy import event, text
 
-from lgsp import audit_search
-from lgsp.audit import AuditWriter
-from lgsp.audit_search import Filters
+from lgsp.audit import search as audit_search
+from lgsp.audit.search import Filters
+from lgsp.audit.writer import AuditWriter
 from lgsp.crypto import subject_hash
 from lgsp.storage import engine_for, maintenance, partitions
 

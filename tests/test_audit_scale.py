@@ -10,13 +10,13 @@ import io
 import os
 
 import pytest
+from conftest import _postgres_database, lgsp_cli
 from sqlalchemy import func, select, text, update
 
-from conftest import _postgres_database, lgsp_cli
-from lgsp import audit_export
-from lgsp.audit import AuditWriter
-from lgsp.audit_export import export_jsonl, retain
-from lgsp.audit_verify import verify_database, verify_file
+from lgsp.audit import export as audit_export
+from lgsp.audit.export import export_jsonl, retain
+from lgsp.audit.verify import verify_database, verify_file
+from lgsp.audit.writer import AuditWriter
 from lgsp.storage import engine_for, partitions, upgrade
 from lgsp.storage.schema import audit_records
 
@@ -48,7 +48,7 @@ def database_url(lgsp_env, tmp_path):
     else:
         url = f"sqlite:///{tmp_path / 'scale.db'}"
     yield url
-    from lgsp.audit import close_writers
+    from lgsp.audit.writer import close_writers
 
     close_writers()
     engine_for(url).dispose()

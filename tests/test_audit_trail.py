@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import datetime as dt
 import os
-import secrets
 import socket
 import subprocess
 import sys
@@ -17,10 +16,10 @@ import orjson
 import pytest
 from sqlalchemy import select, text, update
 
-from lgsp import seals
-from lgsp.audit import AuditWriter, record_hash
-from lgsp.audit_export import export_jsonl, retain
-from lgsp.audit_verify import verify_database, verify_file
+from lgsp.audit import seals
+from lgsp.audit.export import export_jsonl, retain
+from lgsp.audit.verify import verify_database, verify_file
+from lgsp.audit.writer import AuditWriter, record_hash
 from lgsp.storage import engine_for
 from lgsp.storage.schema import audit_records, audit_seals
 

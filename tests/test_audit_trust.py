@@ -20,10 +20,11 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from sqlalchemy import delete, insert, select, update
 
-from lgsp import audit_trust, seals, witness
-from lgsp.audit import AuditWriter, record_hash
-from lgsp.audit_export import export_jsonl
-from lgsp.audit_verify import verify_database, verify_file
+from lgsp.audit import seals, witness
+from lgsp.audit import trust as audit_trust
+from lgsp.audit.export import export_jsonl
+from lgsp.audit.verify import verify_database, verify_file
+from lgsp.audit.writer import AuditWriter, record_hash
 from lgsp.crypto import fernet
 from lgsp.storage import engine_for
 from lgsp.storage.schema import audit_chain_bases, audit_keys, audit_records, audit_seals

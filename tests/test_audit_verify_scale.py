@@ -16,10 +16,10 @@ import sys
 import pytest
 from sqlalchemy import select, update
 
-from lgsp import audit_checkpoint
-from lgsp.audit import AuditWriter, record_hash
-from lgsp.audit_verify import verify_database
-from lgsp.audit_verify_chain import BLOCK
+from lgsp.audit import checkpoint as audit_checkpoint
+from lgsp.audit.verify import verify_database
+from lgsp.audit.verify_chain import BLOCK
+from lgsp.audit.writer import AuditWriter, record_hash
 from lgsp.storage import engine_for
 from lgsp.storage.schema import audit_records, audit_seals
 
@@ -114,7 +114,7 @@ def test_parallel_verify_finds_exactly_what_serial_verify_finds_on_a_tampered_tr
 
 
 def test_a_long_single_chain_is_split_into_segments_and_never_held_whole(engine):
-    from lgsp.audit_verify_scan import run_task
+    from lgsp.audit.verify_scan import run_task
 
     chain = write_chain(engine, 10_000)
     report = verify_database(engine, jobs=2, segment=SEGMENT)
@@ -122,8 +122,8 @@ def test_a_long_single_chain_is_split_into_segments_and_never_held_whole(engine)
     assert report.records == 10_000 and report.chains == 1 and report.unsealed == {}
     assert report.heads[chain][0] == 10_000
 
-    from lgsp import seals
-    from lgsp.audit_verify import _plan_chain, _url_of
+    from lgsp.audit import seals
+    from lgsp.audit.verify import _plan_chain, _url_of
 
     tasks: list = []
     keys = seals.public_keys(engine)
@@ -221,7 +221,7 @@ def test_cli_incremental_verify_with_jobs_and_progress(engine, lgsp_env):
 
 
 def test_incremental_verify_after_retention_moved_a_chain_past_its_checkpoint(engine, tmp_path):
-    from lgsp.audit_export import retain
+    from lgsp.audit.export import retain
 
     now = dt.datetime.now(dt.timezone.utc)
     writer = AuditWriter(engine, batch_max=1, seal_every=10)

@@ -20,10 +20,10 @@ import uuid
 import httpx
 import orjson
 import pytest
+from conftest import assert_problem, get_token, lgsp_cli, serve_in_thread
 from joserfc import jwt
 from sqlalchemy import func, insert, select
 
-from conftest import assert_problem, get_token, lgsp_cli, serve_in_thread
 from lgsp.storage.schema import audit_records, connections
 
 PURPOSE = "administrative-procedure"
@@ -211,8 +211,9 @@ def test_apply_refuses_the_same_destinations(fresh_db_url, tmp_path, lgsp_env):
 
 
 def test_names_are_checked_by_the_addresses_they_resolve_to():
-    from lgsp.egress import EgressRefused, Policy
     import ipaddress
+
+    from lgsp.egress import EgressRefused, Policy
 
     closed = Policy()
     for url in ("http://localhost:8080/", "http://127.0.0.1/", "http://0.0.0.0/", "http://[::1]/", "gopher://x/",
@@ -251,7 +252,7 @@ def test_a_connection_planted_in_the_database_never_reaches_the_gateway_itself(g
     adapter is built: a connection aimed at the gateway's own admin API is never called."""
     import datetime as dt
 
-    from lgsp.registry import bump_generation
+    from lgsp.config_notify import bump_generation
 
     engine, admin = gateway.extra["engine"], gateway.extra["admin"]
     name = f"planted-{uuid.uuid4().hex[:4]}"
@@ -451,7 +452,8 @@ def test_migration_encrypts_headers_stored_in_clear_before_it(tmp_path, lgsp_env
     import datetime as dt
 
     from conftest import _postgres_database
-    from lgsp.admin import open_secrets
+
+    from lgsp.control.admin import open_secrets
     from lgsp.storage import engine_for, upgrade
 
     pg = os.environ.get("LGSP_TEST_DATABASE_URL")

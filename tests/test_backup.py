@@ -10,12 +10,13 @@ import secrets
 import stat
 
 import pytest
+from conftest import _postgres_database, lgsp_cli
 from sqlalchemy import func, select
 
-from conftest import _postgres_database, lgsp_cli
-from lgsp import keys, seals
-from lgsp.admin import Admin
-from lgsp.audit import AuditWriter, close_writers
+from lgsp import keys
+from lgsp.audit import seals
+from lgsp.audit.writer import AuditWriter, close_writers
+from lgsp.control.admin import Admin
 from lgsp.storage import engine_for
 from lgsp.storage.schema import audit_records, clients
 

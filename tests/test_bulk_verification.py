@@ -8,11 +8,11 @@ import uuid
 import httpx
 import pytest
 from conftest import assert_problem, audit_of, get_token
-from lgsp_adapters.population.simulator import FIXED_IDS
 from sqlalchemy import select
 
 from lgsp.crypto import subject_hash
 from lgsp.storage.schema import audit_records, bulk_jobs
+from lgsp_adapters.population.simulator import FIXED_IDS
 
 URL = "/api/population/v1/bulk-verifications"
 PURPOSE = "social-assistance"
@@ -71,7 +71,7 @@ def test_a_list_is_verified_asynchronously_and_each_person_audited(gateway, toke
     assert all(row.outcome == "ok" and row.fields == ["match", "personal_id"] and row.trace_id for row in rows)
     assert AN not in stored and "match" not in stored  # encrypted at rest
     # The citizen's access report (Decree 13/2023) lists the bulk check like any other exchange.
-    from lgsp.audit_search import access_report
+    from lgsp.audit.search import access_report
 
     report = access_report(gateway.extra["engine"], MAI)
     assert any(a["service"] == "population.bulk_verification.submit" for a in report["accesses"]), report

@@ -22,18 +22,21 @@ from typing import Iterator
 import httpx
 import pytest
 import yaml
-from sqlalchemy import select
-
 from conftest import BUSINESS_TOKEN_TTL, assert_problem, audit_of, business_settings, get_token, serve_in_thread
+
 from lgsp import specs
 from lgsp.adapter import (
-    CallContext, RecordNotFound, UpstreamFault, UpstreamMalformed, UpstreamTimeout, UpstreamUnavailable,
+    CallContext,
+    RecordNotFound,
+    UpstreamFault,
+    UpstreamMalformed,
+    UpstreamTimeout,
+    UpstreamUnavailable,
 )
 from lgsp.errors import ERRORS, ExchangeError
-from lgsp.mapping import MappingError, compile_mapping, load_mapping
+from lgsp.mapping.compile import MappingError, compile_mapping, load_mapping
 from lgsp.personal_id import parse as parse_id
-from lgsp.storage.schema import audit_records
-from lgsp.validate import check_enterprise_code
+from lgsp.pipeline.validate import check_enterprise_code
 from lgsp_adapters.business import BusinessAdapter
 from lgsp_adapters.business.simulator import API_BASE, FIXED_CODES, create_app, generate
 from lgsp_adapters.business.simulator.app import main_information
@@ -206,7 +209,7 @@ def test_flag_that_is_not_boolean_is_malformed(m):
         m.apply("enterprise.get", bad)
 
 
-# -- the engine's JSON types (lgsp/mapping.py) ---------------------------------------------
+# -- the engine's JSON types (lgsp/mapping/compile.py) ---------------------------------------------
 
 def _one(spec: dict):
     cm = compile_mapping({"name": "t", "source": "business-registry", "operations": {"op": {"fields": {"v": spec}}}})
@@ -282,7 +285,7 @@ def test_spec_declares_the_service():
     doc = yaml.safe_load(api.path.read_text(encoding="utf-8"))
     param = doc["components"]["parameters"]["EnterpriseCode"]
     # The document states the shape the gateway checks (a refusal still says enterprise_code.malformed).
-    from lgsp.validate import _ENTERPRISE_CODE
+    from lgsp.pipeline.validate import _ENTERPRISE_CODE
 
     assert param["schema"] == {"type": "string", "pattern": f"^{_ENTERPRISE_CODE.pattern}$"}
     canonical = set(load_mapping(MAPPING).apply("enterprise.get", fixture("legacy")[0]))

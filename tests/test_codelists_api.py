@@ -6,7 +6,6 @@ import uuid
 
 import httpx
 import pytest
-
 from conftest import get_token
 
 CODELIST_FIELDS = ["name", "version", "source", "note", "entries", "translations", "provinces", "communes",

@@ -13,9 +13,9 @@ import uuid
 import httpx
 import orjson
 import pytest
+from conftest import get_token
 from sqlalchemy import select, update
 
-from conftest import get_token
 from lgsp.storage.schema import audit_records
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"

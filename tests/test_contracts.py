@@ -17,11 +17,11 @@ import pytest
 import requests
 import zeep
 from authlib.integrations.httpx_client import OAuth2Client
+from conftest import assert_problem, audit_of, get_token, lgsp_cli
 from sqlalchemy import func, select
 from zeep.transports import Transport
 from zeep.wsse.username import UsernameToken
 
-from conftest import assert_problem, audit_of, get_token, lgsp_cli
 from lgsp.storage.schema import audit_records
 
 PURPOSE = "administrative-procedure"

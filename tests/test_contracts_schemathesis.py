@@ -20,7 +20,6 @@ from pathlib import Path
 
 import httpx
 import pytest
-
 from conftest import get_token
 
 SEED = 20251107
@@ -35,7 +34,7 @@ ACCEPTED = ["2xx", "401", "403", "404", "409", "422", "502", "503", "504"]
 
 def _fields_of(service: dict) -> list[str]:
     """Every top-level field of the service's answer (free-form answers: a few likely names)."""
-    from lgsp import grant_fields
+    from lgsp.pipeline import grant_fields
 
     shape = grant_fields.service_shape(service["name"], service["connection"], service["operation"], {})
     if shape is None:
@@ -94,7 +93,7 @@ MEANING_CHECKED = ["population.citizen.get", "population.citizen.verify", "popul
                    "population.household_head.verify", "population.relatives.verify",
                    "population.marital_status.verify", "population.vital_status.verify",
                    "population.bulk_verification.submit", "datastore.records.query", "datastore.records.publish",
-                   "services.call", "lgsp.audit_api.search_records"]
+                   "services.call", "lgsp.audit.api.search_records"]
 
 
 def _config(world: dict, path: Path, admin: bool) -> Path:

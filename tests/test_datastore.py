@@ -16,13 +16,12 @@ from xml.sax.saxutils import escape
 import httpx
 import orjson
 import pytest
+from conftest import assert_problem, audit_of, get_token
 from lxml import etree
 from sqlalchemy import select
 
-from conftest import assert_problem, audit_of, get_token
 from lgsp.adapter import CallContext, NotAllowed
-from lgsp.minimize import _tree, project_page
-from lgsp.storage.schema import audit_records
+from lgsp.pipeline.minimize import _tree, project_page
 from lgsp_adapters.datastore import DatastoreAdapter, RecordInvalid
 from lgsp_adapters.datastore.datasets import DatasetError, FilterError, build_dataset, load_datasets
 from lgsp_adapters.datastore.store import records as records_table

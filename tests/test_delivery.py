@@ -32,7 +32,7 @@ def rig(tmp_path_factory, lgsp_env):
     rig.start_gateway()
     yield rig
     rig.stop()
-    from lgsp.audit import close_writers
+    from lgsp.audit.writer import close_writers
 
     close_writers()
     engine_for(url).dispose()
@@ -169,7 +169,7 @@ def test_bad_dossiers_are_refused_400_and_nothing_is_queued(rig, token):
 
 
 def test_another_client_cannot_read_a_message(rig, token):
-    from lgsp.admin import Admin
+    from lgsp.control.admin import Admin
 
     r = httpx.post(f"{rig.url}/api/portal/v1/dossiers", json=dossier("HS-0005"), headers=headers(token))
     admin = Admin(engine_for(rig.db_url), "tests")

@@ -47,7 +47,7 @@ def rig_factory(tmp_path, lgsp_env):
     yield make
     for rig in made:
         rig.stop()
-    from lgsp.audit import close_writers
+    from lgsp.audit.writer import close_writers
 
     close_writers()
     for url, drop in drops:

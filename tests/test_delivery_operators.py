@@ -34,7 +34,7 @@ def rig(tmp_path_factory, lgsp_env):
     rig.start_gateway()
     yield rig
     rig.stop()
-    from lgsp.audit import close_writers
+    from lgsp.audit.writer import close_writers
 
     close_writers()
     engine_for(url).dispose()
@@ -97,7 +97,7 @@ def test_cli_replays_a_dead_message_and_cancels_a_waiting_one(rig):
 
 
 def test_admin_api_needs_a_role_and_audits_each_action(rig):
-    from lgsp.admin import Admin
+    from lgsp.control.admin import Admin
 
     token = rig.token()
     admin = Admin(engine_for(rig.db_url), "tests")
@@ -137,7 +137,7 @@ def assert_problem_like(resp: httpx.Response, status: int, code: str) -> None:
 
 
 def test_console_page_lists_and_replays(rig):
-    from lgsp.admin import Admin
+    from lgsp.control.admin import Admin
 
     token = rig.token()
     rig.faults("refuse")

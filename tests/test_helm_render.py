@@ -12,11 +12,10 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-import pytest
-import yaml
-
 import helm_python.chart as helm
 import kubernetes_validate
+import pytest
+import yaml
 from helm_python.errors import HelmRenderError, HelmValuesError
 from kubernetes_validate import utils as kv_utils
 

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from lgsp.mapping import MappingError, MappingSpecError, compile_mapping, load_mapping
+from lgsp.mapping.compile import MappingError, MappingSpecError, compile_mapping, load_mapping
 
 ROOT = Path(__file__).resolve().parents[1]
 MAPPING = ROOT / "adapters" / "population" / "mapping.yaml"

@@ -12,12 +12,13 @@ import sys
 import time
 
 import pytest
+from conftest import free_port
 from sqlalchemy import select, text
 
-from conftest import free_port
-from lgsp import keys, seals
-from lgsp.audit import AuditWriter
-from lgsp.audit_verify import verify_database
+from lgsp import keys
+from lgsp.audit import seals
+from lgsp.audit.verify import verify_database
+from lgsp.audit.writer import AuditWriter
 from lgsp.storage import engine_for
 from lgsp.storage.schema import audit_records
 
@@ -93,7 +94,7 @@ def test_a_call_under_way_finishes_when_its_connection_changes(fresh_db_url, pop
     """A connection changed on any node (pushed to every node at once) must not cut the calls
     its old adapter is serving: the old one is closed only once they are done."""
     from lgsp.adapter import CallContext
-    from lgsp.admin import Admin
+    from lgsp.control.admin import Admin
     from lgsp.registry import Registry
 
     engine = engine_for(fresh_db_url)

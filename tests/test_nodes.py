@@ -31,11 +31,12 @@ from typing import Any, Callable
 import aiohttp
 import httpx
 import pytest
+from conftest import _postgres_database, free_port, lgsp_cli, start_server, wait_for
 from sqlalchemy import Connection, func, select
 
-from conftest import _postgres_database, free_port, lgsp_cli, start_server, wait_for
-from lgsp import keys, seals
-from lgsp.admin import Admin
+from lgsp import keys
+from lgsp.audit import seals
+from lgsp.control.admin import Admin
 from lgsp.storage import engine_for, upgrade
 from lgsp.storage.schema import audit_records, audit_seals, config_state
 
@@ -284,7 +285,7 @@ def cluster(lgsp_env, population_sim, tmp_path_factory):
                 except subprocess.TimeoutExpired:
                     node.kill()
         sim2.stop()
-        from lgsp.audit import close_writers
+        from lgsp.audit.writer import close_writers
 
         close_writers()
         engine.dispose()

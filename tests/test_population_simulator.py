@@ -12,9 +12,9 @@ import httpx
 import pytest
 import yaml
 import zeep
+from conftest import serve_in_thread
 from lxml import etree
 
-from conftest import serve_in_thread
 from lgsp.personal_id import parse as parse_id
 from lgsp_adapters.population.simulator import FIXED_IDS, create_app, generate, wsdl_path
 from lgsp_adapters.population.simulator.__main__ import main as simulator_main

@@ -9,11 +9,11 @@ import httpx
 import pytest
 import zeep
 from conftest import assert_problem, audit_of, get_token
-from lgsp_adapters.population.simulator import FIXED_IDS
 from test_soap_door import NS, fault_code, zeep_client
 from zeep.wsse.username import UsernameToken
 
 from lgsp.crypto import subject_hash
+from lgsp_adapters.population.simulator import FIXED_IDS
 
 API = "/api/population/v1"
 PURPOSE = "civil-status"

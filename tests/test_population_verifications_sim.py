@@ -8,9 +8,10 @@ import httpx
 import pytest
 import zeep
 from conftest import serve_in_thread
+from test_population_simulator import ADMIN_UNITS, HEADER, envelope, fault_of, post
+
 from lgsp_adapters.population.simulator import FIXED_IDS, create_app
 from lgsp_adapters.population.simulator.app import is_relative
-from test_population_simulator import ADMIN_UNITS, HEADER, envelope, fault_of, post
 
 
 @pytest.fixture(scope="module")

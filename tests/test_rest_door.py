@@ -10,10 +10,8 @@ import uuid
 import httpx
 import jwt as pyjwt
 import pytest
-from sqlalchemy import select
-
 from conftest import assert_problem, audit_of, get_token
-from lgsp.storage.schema import audit_records
+from sqlalchemy import select
 
 PURPOSE = "administrative-procedure"
 FIELDS = ["personal_id", "full_name", "gender", "birth_date", "permanent_address"]

@@ -11,13 +11,10 @@ import httpx
 import pytest
 import requests
 import zeep
+from conftest import audit_of
 from lxml import etree
-from sqlalchemy import select
 from zeep.transports import Transport
 from zeep.wsse.username import UsernameToken
-
-from conftest import audit_of
-from lgsp.storage.schema import audit_records
 
 PURPOSE = "administrative-procedure"
 FIELDS = ["personal_id", "full_name", "gender", "birth_date", "permanent_address"]

@@ -15,10 +15,9 @@ import httpx
 import pytest
 import requests
 import zeep
+from conftest import free_port, get_token, start_server
 from lxml import etree
 from zeep.transports import Transport
-
-from conftest import free_port, get_token, start_server
 
 PURPOSE = "case-handling"
 

@@ -7,12 +7,11 @@ import logging
 import pytest
 
 from lgsp import personal_id, soap
-from lgsp.audit import GENESIS, record_hash
-from lgsp.audit_verify import check_chain
+from lgsp.audit.verify import check_chain
+from lgsp.audit.writer import GENESIS, record_hash
 from lgsp.errors import ERRORS, ExchangeError, problem
 from lgsp.logs import JsonFormatter, mask
-from lgsp.minimize import _tree, project
-
+from lgsp.pipeline.minimize import _tree, project
 
 # -- personal ID ---------------------------------------------------------------------
 

@@ -27,10 +27,18 @@ from typing import Any, Mapping
 import aiohttp
 import orjson
 
-from lgsp.http import LazySession
-from lgsp.adapter import (
-    Adapter, AdapterResult, CallContext, Operation, RecordNotFound, UpstreamError, UpstreamFault,
-    UpstreamMalformed, UpstreamTimeout, UpstreamUnavailable,
+from lgsp.sdk import (
+    Adapter,
+    AdapterResult,
+    CallContext,
+    LazySession,
+    Operation,
+    RecordNotFound,
+    UpstreamError,
+    UpstreamFault,
+    UpstreamMalformed,
+    UpstreamTimeout,
+    UpstreamUnavailable,
 )
 
 __version__ = "1.0.0"
@@ -91,7 +99,7 @@ class BusinessAdapter(Adapter):
     operations = {
         "enterprise.get": Operation(
             "enterprise.get", "Look up an enterprise or branch by code (chiTietDoanhNghiep)", mapping="enterprise.get",
-            # Shape is checked by lgsp.validate (enterprise_code.malformed), not here,
+            # Shape is checked by lgsp.pipeline.validate (enterprise_code.malformed), not here,
             # so every door refuses a bad code with the same error.
             params_schema={"type": "object", "required": ["enterprise_code"],
                            "properties": {"enterprise_code": {"type": "string"}}},
@@ -177,7 +185,7 @@ class BusinessAdapter(Adapter):
             raise UpstreamError(f"The business adapter has no operation {operation!r}.")
         code = params.get("enterprise_code")
         if not isinstance(code, str) or not _ENTERPRISE_CODE.fullmatch(code):
-            # lgsp.validate refuses these first; never send such a value upstream.
+            # lgsp.pipeline.validate refuses these first; never send such a value upstream.
             raise ValueError("enterprise_code must be 10 digits, or 10 digits, '-' and 3 digits")
         trace_id = context.request_id
         where = {"upstream": self.url, "trace_id": trace_id}

@@ -10,8 +10,7 @@ from __future__ import annotations
 
 from typing import Any, Mapping
 
-from lgsp import codelists
-from lgsp.adapter import Adapter, AdapterResult, CallContext, Operation, RecordNotFound
+from lgsp.sdk import Adapter, AdapterResult, CallContext, Operation, RecordNotFound, codelists
 
 __version__ = "1.0.0"
 

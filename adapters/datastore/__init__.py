@@ -24,13 +24,21 @@ import orjson
 from cryptography.fernet import Fernet, InvalidToken
 from sqlalchemy.exc import SQLAlchemyError
 
-from lgsp.adapter import (
-    Adapter, AdapterResult, CallContext, NotAllowed, Operation, RecordNotFound, UpstreamError, UpstreamUnavailable,
+from lgsp.sdk import (
+    PAGE,
+    Adapter,
+    AdapterResult,
+    CallContext,
+    EgressRefused,
+    NotAllowed,
+    Operation,
+    RecordNotFound,
+    UpstreamError,
+    UpstreamUnavailable,
+    derive_key,
+    engine_for,
+    gateway_database_url,
 )
-from lgsp.crypto import derive_key
-from lgsp.egress import EgressRefused
-from lgsp.minimize import PAGE
-from lgsp.storage import engine_for
 from lgsp_adapters.datastore.datasets import Dataset, FilterError, load_datasets
 from lgsp_adapters.datastore.store import Conflict, Store
 
@@ -162,7 +170,7 @@ class DatastoreAdapter(Adapter):
         """Fields a grant may name: the receipt's for publishing, else the datasets' record fields."""
         if operation == "records.publish":
             return {"dataset", "key", "outcome", "version"}
-        from lgsp.grant_fields import Shape, schema_shape
+        from lgsp.sdk import Shape, schema_shape
 
         shape = Shape()
         for dataset in load_datasets(settings.get("datasets") or bundled_datasets()).values():
@@ -252,7 +260,7 @@ class DatastoreAdapter(Adapter):
         next_cursor = _encode_cursor(dataset.name, context.client_id, page[-1][0]) if len(rows) > limit else None
         return AdapterResult(
             data={"items": [data for _, data in page], "next_cursor": next_cursor},
-            # Tells minimisation to apply the grant's fields to each item (lgsp.minimize).
+            # Tells minimisation to apply the grant's fields to each item (lgsp.pipeline.minimize).
             meta={PAGE: "items"},
             upstream=f"datastore:{dataset.name}", trace_id=context.request_id,
         )
@@ -267,9 +275,7 @@ class DatastoreAdapter(Adapter):
 
 
 def _lgsp_database() -> str:
-    from lgsp.config import settings
-
-    return settings().db_url
+    return gateway_database_url()
 
 
 def _record_of(raw: Any) -> Any:

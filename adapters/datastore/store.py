@@ -14,8 +14,21 @@ from dataclasses import dataclass
 from typing import Any, Sequence
 
 from sqlalchemy import (
-    JSON, Column, ColumnElement, DateTime, Engine, Integer, MetaData, PrimaryKeyConstraint, String, Table, and_,
-    insert, inspect, select, update,
+    JSON,
+    Column,
+    ColumnElement,
+    DateTime,
+    Engine,
+    Integer,
+    MetaData,
+    PrimaryKeyConstraint,
+    String,
+    Table,
+    and_,
+    insert,
+    inspect,
+    select,
+    update,
 )
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError

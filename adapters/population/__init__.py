@@ -18,12 +18,12 @@ import asyncio
 import re
 import uuid
 from contextlib import closing
-from urllib.parse import urlsplit
-from urllib.request import url2pathname
-from xml.sax.saxutils import escape
 from importlib.resources import files
 from pathlib import Path
 from typing import Any, Mapping
+from urllib.parse import urlsplit
+from urllib.request import url2pathname
+from xml.sax.saxutils import escape
 
 import aiohttp
 from lxml import etree
@@ -31,11 +31,21 @@ from zeep import Client, Settings
 from zeep.exceptions import Error as ZeepError
 from zeep.transports import Transport
 
-from lgsp import codelists, egress, soap
-from lgsp.http import LazySession
-from lgsp.adapter import (
-    Adapter, AdapterResult, CallContext, Operation, RecordNotFound, UpstreamError, UpstreamFault,
-    UpstreamMalformed, UpstreamTimeout, UpstreamUnavailable,
+from lgsp.sdk import (
+    Adapter,
+    AdapterResult,
+    CallContext,
+    LazySession,
+    Operation,
+    RecordNotFound,
+    UpstreamError,
+    UpstreamFault,
+    UpstreamMalformed,
+    UpstreamTimeout,
+    UpstreamUnavailable,
+    codelists,
+    egress,
+    soap,
 )
 
 __version__ = "1.1.0"

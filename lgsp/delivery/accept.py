@@ -34,15 +34,15 @@ import jsonschema
 import yaml
 
 from lgsp import egress, specs
-from lgsp.authorize import authorize
 from lgsp.delivery import callbacks, store
 from lgsp.delivery.policy import Policy
 from lgsp.delivery.status import view
 from lgsp.errors import ExchangeError
-from lgsp.exchange import Exchange
-from lgsp.identify import check_password, identify
-from lgsp.resolve import resolve
-from lgsp.validate import validate
+from lgsp.pipeline.authorize import authorize
+from lgsp.pipeline.exchange import Exchange
+from lgsp.pipeline.identify import check_password, identify
+from lgsp.pipeline.resolve import resolve
+from lgsp.pipeline.validate import validate
 
 IDEMPOTENCY_KEY = re.compile(r"^[\x21-\x7e]{1,128}$")
 MAX_KEY = 128

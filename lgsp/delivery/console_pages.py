@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from flask import g, redirect, request, url_for
 
-from lgsp.console import _engine, _page, blueprint
+from lgsp.control.console import _engine, _page, blueprint
 from lgsp.delivery import operators
 from lgsp.delivery.status import queue_stats
 

@@ -13,8 +13,8 @@ from typing import Any
 
 from sqlalchemy import Engine, select, update
 
-from lgsp import control_audit
-from lgsp.audit import writer_for
+from lgsp.audit.writer import writer_for
+from lgsp.control import records as control_audit
 from lgsp.delivery import store
 from lgsp.delivery.policy import Policy
 from lgsp.delivery.status import view
@@ -107,7 +107,7 @@ def cancel(engine: Engine, actor: str, message_id: str, reason: str | None = Non
 # -- admin API (openapi/admin.v1.yaml) ---------------------------------------------------------
 
 def _api_admin():
-    from lgsp.admin_api import INTEGRATOR, _admin
+    from lgsp.control.admin_api import INTEGRATOR, _admin
 
     return _admin(INTEGRATOR)
 

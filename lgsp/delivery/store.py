@@ -22,7 +22,7 @@ import orjson
 from cryptography.fernet import Fernet
 from sqlalchemy import Engine, Executable, and_, exists, insert, or_, select, update
 
-from lgsp.audit import _FileLock
+from lgsp.audit.writer import _FileLock
 from lgsp.crypto import fernet
 from lgsp.storage.schema import delivery_attempts, delivery_dedupe, delivery_messages
 

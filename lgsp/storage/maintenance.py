@@ -14,7 +14,7 @@ when it stops:
   scan: milliseconds at millions of rows).
 
 The audit queries do not depend on these statistics for their index (they pin
-it, see lgsp.audit_search); other queries and future ones do.
+it, see lgsp.audit.search); other queries and future ones do.
 """
 from __future__ import annotations
 

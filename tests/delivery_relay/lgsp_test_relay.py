@@ -15,7 +15,7 @@ from typing import Any
 import httpx
 import orjson
 
-from lgsp.adapter import (
+from lgsp.sdk import (
     Adapter,
     AdapterResult,
     CallContext,

@@ -5,7 +5,9 @@ import argparse
 import sys
 from typing import Sequence
 
-from .app import API_BASE, DEFAULT_CLIENT, FAULT_MODES, Faults, create_app
+from lgsp.sdk import FAULT_MODES, Faults
+
+from .app import API_BASE, DEFAULT_CLIENT, create_app
 from .data import STATUSES, Enterprise, generate
 
 

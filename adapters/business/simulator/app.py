@@ -19,11 +19,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from starlette.applications import Starlette
-
-from lgsp.simkit import FAULT_MODES, Faults
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route
+
+from lgsp.sdk import Faults
 
 from .data import STATUSES, Dataset, Enterprise, generate
 

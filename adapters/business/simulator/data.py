@@ -23,9 +23,7 @@ from pathlib import Path
 
 import yaml
 
-from lgsp import codelists
-
-from lgsp.personal_id import PROVINCE_CODES, make
+from lgsp.sdk import codelists, personal_id
 
 # ENTERPRISE_STATUS codes of the simulator; lgsp/codelists/data/enterprise-status.yaml
 # holds the same table (assumed numbering: change both together).
@@ -265,7 +263,7 @@ def load_units(path: str | None = None) -> dict[str, tuple[Unit, ...]]:
     out: dict[str, list[Unit]] = {}
     for c in doc.get("communes_legacy") or ():
         cur = current.get(c.get("current"))
-        if c["province"] not in TAX_PREFIX or c["province"] not in PROVINCE_CODES or cur is None:
+        if c["province"] not in TAX_PREFIX or c["province"] not in personal_id.PROVINCE_CODES or cur is None:
             continue
         out.setdefault(c["province"], []).append(Unit(
             c["code"], c.get("name") or "", c["district"], districts.get(c["district"], ""), c["province"],
@@ -357,7 +355,7 @@ class _Generator:
 
     def person_id(self, province: str, year: int, gender: str) -> str:
         while True:
-            pid = make(province, year, gender, self.r.randrange(1_000_000))
+            pid = personal_id.make(province, year, gender, self.r.randrange(1_000_000))
             if pid not in self.ids:
                 self.ids.add(pid)
                 return pid

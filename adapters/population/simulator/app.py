@@ -19,11 +19,11 @@ from typing import Any, Callable
 
 from lxml import etree
 from starlette.applications import Starlette
-
-from lgsp.simkit import FAULT_MODES, Faults
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
+
+from lgsp.sdk import Faults
 
 from .data import MARITAL_CODES, VITAL_CODES, Address, Citizen, Dataset, PersonRef, generate
 

@@ -24,8 +24,7 @@ from typing import Any, Sequence
 
 import yaml
 
-from lgsp import codelists
-from lgsp.personal_id import PROVINCE_CODES, make
+from lgsp.sdk import codelists, personal_id
 
 MALE, FEMALE = "1", "2"  # GioiTinh in the population database
 SINGLE, MARRIED, DIVORCED, WIDOWED = "1", "2", "3", "4"  # TinhTrangHonNhan
@@ -199,7 +198,7 @@ def load_admin_units(path: str | Path | None = None) -> AdminUnits:
         cur = c.get("current")
         now = current_province.get(cur) or province_now.get(c["province"])
         # The ID prefix comes from the old province, so it must be a real one.
-        if c["province"] in PROVINCE_CODES and cur in current_province and now:
+        if c["province"] in personal_id.PROVINCE_CODES and cur in current_province and now:
             communes.append(Commune(c["code"], c.get("name") or "", c.get("district") or "",
                                     c["province"], cur, now))
     if not communes:
@@ -319,7 +318,7 @@ class _Generator:
     def new_id(self, unit: Commune, year: int, gender: str) -> str:
         word = "female" if gender == FEMALE else "male"
         while True:
-            pid = make(unit.province, year, word, self.r.randrange(1_000_000))
+            pid = personal_id.make(unit.province, year, word, self.r.randrange(1_000_000))
             if pid not in self.ids:
                 self.ids.add(pid)
                 return pid

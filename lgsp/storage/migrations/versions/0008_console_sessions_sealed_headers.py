@@ -4,8 +4,8 @@ encrypted at rest like writeOnly settings.
 Revision ID: 0008
 Revises: 0003
 """
-from alembic import op
 import sqlalchemy as sa
+from alembic import op
 
 revision = "0008"
 down_revision = "0005"
@@ -27,7 +27,7 @@ def upgrade() -> None:
 
 def _seal_headers() -> None:
     """Headers stored in clear before this revision (they carry API keys) are encrypted now."""
-    from lgsp.admin import _sealed
+    from lgsp.connection_secrets import sealed as _sealed
 
     connections = sa.table("connections", sa.column("name", sa.String), sa.column("settings", sa.JSON))
     conn = op.get_bind()

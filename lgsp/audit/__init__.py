@@ -1,0 +1,1 @@
+"""The audit trail: the writer, seals and witness, verification, search, export and syslog forwarding."""

@@ -1,0 +1,349 @@
+"""Audit records: one per exchange, hash-chained, committed before the answer leaves.
+
+Each gateway process writes its own chain (so replicas never share a lock).
+Records are written by one thread per process in groups: every waiting record
+is inserted in the same transaction (group commit), and each exchange waits
+until the transaction holding *its* record is durable. If that fails, the
+exchange fails closed with `audit.unavailable`.
+"""
+from __future__ import annotations
+
+import asyncio
+import atexit
+import concurrent.futures
+import contextlib
+import datetime as dt
+import fcntl
+import hashlib
+import logging
+import os
+import queue
+import secrets
+import socket
+import threading
+import time
+from typing import Any, Mapping, Sequence
+
+import orjson
+from sqlalchemy import Engine, Executable, insert, select
+from sqlalchemy.exc import IntegrityError
+
+from lgsp import metrics
+from lgsp.audit import seals, syslog, witness
+from lgsp.config import settings
+from lgsp.storage import maintenance
+from lgsp.storage.schema import audit_bodies, audit_records, audit_seals
+
+log = logging.getLogger(__name__)
+
+GENESIS = "0" * 64
+# Key of an encrypted payload handed to the writer with a record; stored apart, not hashed.
+BODY = "_body"
+
+# The columns covered by a record's hash, in a fixed order: the verifier
+# recomputes exactly this. Adding a column means adding it here, at the end.
+HASHED_FIELDS = (
+    "chain", "seq", "prev_hash", "at", "kind", "request_id", "door", "client_id", "agency_code",
+    "officer", "purpose", "service", "outcome", "status", "error_code", "latency_ms", "fields",
+    "subject_hash", "upstream", "trace_id", "request_bytes", "response_bytes", "response_sha256", "detail",
+)
+
+
+_EMPTY_ROW = dict.fromkeys(HASHED_FIELDS)
+
+
+def _iso(value: dt.datetime) -> str:
+    if value.tzinfo is None:  # SQLite hands back naive UTC datetimes
+        value = value.replace(tzinfo=dt.timezone.utc)
+    return value.astimezone(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def record_hash(record: Mapping[str, Any]) -> str:
+    """SHA-256 over the record's canonical JSON (which includes prev_hash)."""
+    canon = [(_iso(record[k]) if k == "at" else record.get(k)) for k in HASHED_FIELDS]
+    return hashlib.sha256(orjson.dumps(canon)).hexdigest()
+
+
+def new_chain_id() -> str:
+    host = socket.gethostname()[:32]
+    return f"{host}:{os.getpid()}:{secrets.token_hex(4)}"
+
+
+class AuditUnavailable(Exception):
+    pass
+
+
+class StoreConflict(Exception):
+    """A statement stored with a record broke a unique constraint (e.g. a message accepted twice at
+    once): that record and its statements were not written; the rest of its group was."""
+
+
+class AuditWriter:
+    """Group-commit writer of one chain, which it also seals. Thread-safe; usable
+    from async and sync code.
+
+    Seals go into the same transaction as the records they cover: a "start" seal
+    with the chain's first group, an "interval" seal every `seal_every` records
+    or `seal_seconds` (also when idle), a "shutdown" seal when closed.
+    """
+
+    def __init__(self, engine: Engine, *, batch_max: int = 256, chain: str | None = None,
+                 seal_every: int = 1000, seal_seconds: float = 10.0):
+        self.engine = engine
+        self._write_lock = _sqlite_write_lock(engine)
+        self.batch_max = batch_max
+        self.chain = chain or new_chain_id()
+        self.seal_every = seal_every
+        self.seal_seconds = seal_seconds
+        self._seq = 0
+        self._head = GENESIS
+        self._sealed_seq: int | None = None  # None: not even the start seal yet
+        self._sealed_at = time.monotonic()
+        self._signer: seals.Signer | None = None
+        self._forwarder = syslog.from_environment()
+        self._witness = witness.Witness.for_engine(engine)
+        self._queue: queue.SimpleQueue = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._run, name="audit-writer", daemon=True)
+        self._stopping = False
+        self._maintain_at = 0.0  # partitions ahead and statistics: at start, then hourly (lgsp.storage.maintenance)
+        self._thread.start()
+
+    # -- submitting ------------------------------------------------------
+    def submit(self, record: dict[str, Any], statements: Sequence[Executable] = ()) -> concurrent.futures.Future:
+        """`statements` (e.g. the insert of an accepted message) run in the transaction that commits
+        `record`: both are durable, or neither is."""
+        fut: concurrent.futures.Future = concurrent.futures.Future()
+        if self._stopping:
+            fut.set_exception(AuditUnavailable("audit writer stopped"))
+        else:
+            self._queue.put((record, fut, tuple(statements)))
+        return fut
+
+    async def commit(self, record: dict[str, Any], statements: Sequence[Executable] = ()) -> None:
+        """Wait until `record` (and `statements` with it) is durable; raise AuditUnavailable if it
+        cannot be, StoreConflict if one of the statements broke a unique constraint."""
+        await asyncio.wrap_future(self.submit(record, statements))
+
+    def commit_sync(self, record: dict[str, Any], timeout: float = 30, statements: Sequence[Executable] = ()) -> None:
+        self.submit(record, statements).result(timeout)
+
+    @property
+    def closed(self) -> bool:
+        return self._stopping
+
+    def close(self, timeout: float = 10) -> None:
+        if self._stopping and not self._thread.is_alive():
+            return
+        self._stopping = True
+        self._queue.put(None)
+        self._thread.join(timeout)
+
+    # -- writing ---------------------------------------------------------
+    def _run(self) -> None:
+        try:
+            self._signer = seals.signer(self.engine)
+        except Exception:
+            log.error("audit seal key unavailable: chain %s will not be sealed", self.chain, exc_info=True)
+        while True:
+            if time.monotonic() >= self._maintain_at:
+                maintenance.hourly(self.engine, self._write_lock)
+                self._maintain_at = time.monotonic() + maintenance.EVERY_SECONDS
+            try:
+                first = self._queue.get(timeout=self.seal_seconds)
+            except queue.Empty:
+                self._seal_if_due(idle=True)
+                continue
+            if first is None:
+                break
+            batch = [first]
+            while len(batch) < self.batch_max:
+                try:
+                    item = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if item is None:
+                    self._stopping = True
+                    break
+                batch.append(item)
+            self._write(batch)
+            if self._stopping and self._queue.empty():
+                break
+        self._seal_if_due(reason="shutdown")
+        maintenance.at_close(self.engine, self._write_lock)
+
+    def _pending_seals(self, seq: int, head: str, reason: str | None) -> list[dict]:
+        if self._signer is None:
+            return []
+        out = []
+        if self._sealed_seq is None:
+            out.append(self._signer.seal(self.chain, 0, GENESIS, "start"))
+        due = reason or (
+            "interval" if seq - (self._sealed_seq or 0) >= self.seal_every
+            or time.monotonic() - self._sealed_at >= self.seal_seconds else None
+        )
+        if due and (seq > (self._sealed_seq or 0) or due == "shutdown"):
+            out.append(self._signer.seal(self.chain, seq, head, due))
+        return out
+
+    def _seal_if_due(self, *, idle: bool = False, reason: str | None = None) -> None:
+        if self._sealed_seq is None:
+            return  # nothing written at all
+        if self._seq <= self._sealed_seq and reason != "shutdown":
+            return  # nothing written since the last seal; a shutdown seal still closes the chain
+        if idle and time.monotonic() - self._sealed_at < self.seal_seconds:
+            return
+        pending = self._pending_seals(self._seq, self._head, reason or "interval")
+        if not pending:
+            return
+        try:
+            with self._write_lock, self.engine.begin() as conn:
+                conn.execute(insert(audit_seals), pending)
+        except Exception as exc:
+            log.error("audit seal failed: %s", type(exc).__name__)
+            return
+        self._mark_sealed(self._seq)
+        self._publish(pending)
+
+    def _mark_sealed(self, seq: int) -> None:
+        self._sealed_seq = seq
+        self._sealed_at = time.monotonic()
+
+    def _write(self, batch) -> None:
+        try:
+            self._write_group(batch)
+        except IntegrityError:
+            if len(batch) == 1 or not any(map(_stored, batch)):
+                self._fail(batch, StoreConflict("unique constraint") if _stored(batch[0]) else AuditUnavailable(
+                    "IntegrityError"))
+                return
+            # One record's statements conflicted: write the group one by one, so only that one fails.
+            for item in batch:
+                try:
+                    self._write_group([item])
+                except IntegrityError:
+                    self._fail([item], StoreConflict("unique constraint") if _stored(item) else AuditUnavailable(
+                        "IntegrityError"))
+                except Exception as exc:
+                    self._fail([item], AuditUnavailable(type(exc).__name__), exc)
+        except Exception as exc:
+            self._fail(batch, AuditUnavailable(str(type(exc).__name__)), exc)
+
+    @staticmethod
+    def _fail(batch, error: Exception, cause: Exception | None = None) -> None:
+        if cause is not None:
+            log.error("audit write failed for %d records: %s: %s", len(batch), type(cause).__name__, cause)
+        for item in batch:
+            item[1].set_exception(error)
+
+    def _write_group(self, batch) -> None:
+        """Insert the group's records (and run their statements) in one transaction; raise if it fails,
+        the chain head staying where the database has it."""
+        seq, head = self._seq, self._head
+        rows, bodies, statements = [], [], []
+        for item in batch:
+            record = item[0]
+            statements.extend(_stored(item))
+            seq += 1
+            # Every column named: one INSERT takes the whole group, whatever kinds it mixes.
+            row = dict(_EMPTY_ROW, **record, chain=self.chain, seq=seq, prev_hash=head)
+            if BODY in row:
+                bodies.append({"chain": self.chain, "seq": seq, "ciphertext": row.pop(BODY)})
+            row["hash"] = head = record_hash(row)
+            rows.append(row)
+        pending = self._pending_seals(seq, head, None)
+        with self._write_lock, self.engine.begin() as conn:
+            conn.execute(insert(audit_records), rows)
+            if bodies:
+                conn.execute(insert(audit_bodies), bodies)
+            if pending:
+                conn.execute(insert(audit_seals), pending)
+            for statement in statements:
+                conn.execute(statement)
+        self._seq, self._head = seq, head
+        if pending:
+            self._mark_sealed(pending[-1]["seq"])
+        metrics.audit_batch_records.observe(len(batch))
+        for item in batch:
+            item[1].set_result(None)
+        if self._forwarder is not None:  # after the answers are released: a SIEM never delays one
+            self._forwarder.send(rows)
+        if pending:
+            self._publish(pending)
+
+    def _publish(self, sealed: list[dict]) -> None:
+        """Sealed heads leave the database once committed: to the witness, and to syslog when configured."""
+        self._witness.append(sealed)
+        if self._forwarder is not None:
+            self._forwarder.send(sealed, msgid="seal")
+
+
+def _stored(item: tuple) -> tuple:
+    """The statements queued with a record (an item is (record, future[, statements]))."""
+    return item[2] if len(item) > 2 else ()
+
+
+class _FileLock:
+    """An exclusive flock held around each SQLite write transaction.
+
+    SQLite lets one writer in at a time and makes the others poll with growing
+    sleeps (up to 100 ms each), which is what the latency tail of several worker
+    processes on one SQLite file looked like. Waiting on a kernel lock instead
+    hands the database over the moment the previous group commit is done.
+    """
+
+    def __init__(self, path: str):
+        self.path = path
+        self._fd: int | None = None
+
+    def __enter__(self):
+        if self._fd is None:
+            self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        fcntl.flock(self._fd, fcntl.LOCK_EX)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        fcntl.flock(self._fd, fcntl.LOCK_UN)
+
+
+def _sqlite_write_lock(engine: Engine):
+    database = engine.url.database if engine.url.get_backend_name() == "sqlite" else None
+    if not database or database == ":memory:":
+        return contextlib.nullcontext()
+    return _FileLock(database + ".write-lock")
+
+
+_writers: dict[str, AuditWriter] = {}
+_writers_lock = threading.Lock()
+
+
+def writer_for(engine: Engine) -> AuditWriter:
+    """This process's writer (one chain per process), made on first use and sealed at exit."""
+    key = str(engine.url)
+    with _writers_lock:
+        writer = _writers.get(key)
+        if writer is None or writer.closed:
+            writer = _writers[key] = AuditWriter(engine, batch_max=settings().audit_batch_max)
+            atexit.register(writer.close)
+        return writer
+
+
+def note_read(engine: Engine, actor: str, action: str, detail: dict[str, Any]) -> None:
+    """Record that someone read the audit trail (search, record, report, export)."""
+    writer_for(engine).commit_sync({
+        "at": dt.datetime.now(dt.timezone.utc), "kind": "admin", "outcome": "ok",
+        "detail": {"actor": actor, "action": action, "target": "audit", "before": None, "after": detail},
+    })
+
+
+def close_writers() -> None:
+    """Seal and stop this process's writers (at exit, or before their database goes away)."""
+    with _writers_lock:
+        for writer in _writers.values():
+            writer.close()
+        _writers.clear()
+
+
+def read_chain(engine: Engine, chain: str) -> list[dict]:
+    with engine.connect() as conn:
+        rows = conn.execute(select(audit_records).where(audit_records.c.chain == chain).order_by(audit_records.c.seq))
+        return [dict(r._mapping) for r in rows]

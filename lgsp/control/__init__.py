@@ -1,0 +1,1 @@
+"""The control plane: administration, the review console, control-plane authentication, `lgsp apply`."""

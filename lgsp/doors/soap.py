@@ -1,0 +1,305 @@
+"""The SOAP door: the shared services for sector systems that only speak SOAP.
+
+The WSDL in wsdl/lgsp/ is the contract: its schema validates every request,
+its binding maps each operation to a service (`<lgsp:service name=…>`), and it
+is served at `/soap/v1?wsdl`. Requests go into the same pipeline as the REST
+door (lgsp.pipeline.run.serve) — same identification, grants, purposes, mapping,
+minimisation and audit — and errors come back as SOAP Faults carrying the same
+stable codes.
+
+SOAP 1.1 (text/xml) and 1.2 (application/soap+xml); authentication by bearer
+token in the HTTP header or by WS-Security UsernameToken (PasswordText).
+Parsing refuses DTDs, entities and external references, and bounds size and depth.
+"""
+from __future__ import annotations
+
+import copy
+import logging
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from lxml import etree
+
+from lgsp import personal_id, soap, specs
+from lgsp.delivery import accept as messages
+from lgsp.errors import ERRORS, ExchangeError
+from lgsp.gateway import Gateway
+from lgsp.pipeline.exchange import Exchange, request_id_from
+from lgsp.pipeline.identify import bearer_token
+from lgsp.pipeline.run import Rendered, internal_error, serve
+
+log = logging.getLogger(__name__)
+
+NS = "urn:lgsp:soap:v1"
+WSDL_NS = "http://schemas.xmlsoap.org/wsdl/"
+XSD_NS = "http://www.w3.org/2001/XMLSchema"
+WSSE_NS = "http://docs.oasis-open.org/wss/2004/01/oasis-200401-wss-wssecurity-secext-1.0.xsd"
+PASSWORD_TEXT = "#PasswordText"
+CONTEXT_FIELDS = ("purpose", "on_behalf_of", "request_id")
+PATH = "/soap/v1"
+# Characters XML 1.0 cannot carry, even as character references (U+0001, U+FFFE, lone surrogates…).
+_NOT_XML = re.compile("[^\t\n\r\x20-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
+
+
+@dataclass(frozen=True)
+class SoapOperation:
+    name: str                # body element, e.g. PopulationCitizenGet
+    service: str | None      # e.g. population.citizen.get; None: named in the request
+    answer: str | None       # element wrapping the answer object, if any
+    service_from: str | None = None  # the request field naming the service (CallService)
+
+
+class Contract:
+    """What the door learns from its WSDL: operations, the request schema, the served text."""
+
+    def __init__(self, path: Path):
+        tree = etree.parse(str(path), etree.XMLParser(resolve_entities=False, no_network=True))
+        self.text = etree.tostring(tree, xml_declaration=True, encoding="utf-8")
+        schema_el = tree.find(f"{{{WSDL_NS}}}types/{{{XSD_NS}}}schema")
+        self.schema = etree.XMLSchema(etree.fromstring(etree.tostring(schema_el)))
+        self.operations: dict[str, SoapOperation] = {}
+        for binding in tree.iterfind(f"{{{WSDL_NS}}}binding"):
+            for op in binding.iterfind(f"{{{WSDL_NS}}}operation"):
+                service = op.find(f"{{{NS}}}service")
+                if service is not None:
+                    self.operations[op.get("name")] = SoapOperation(op.get("name"), service.get("name"),
+                                                                    service.get("answer"), service.get("from"))
+
+    def served(self, base_url: str) -> bytes:
+        """The WSDL with every address pointing at this LGSP."""
+        return self.text.replace(b"http://127.0.0.1:8080/soap/v1", f"{base_url}{PATH}".encode())
+
+
+# -- reading a request -------------------------------------------------------------
+
+@dataclass
+class SoapRequest:
+    version: str                     # "1.1" | "1.2"
+    operation: SoapOperation | None = None
+    service: str | None = None
+    params: dict[str, Any] | None = None
+    context: dict[str, str] | None = None
+    credentials: tuple[str, str] | None = None
+
+
+def _version(content_type: str, envelope: etree._Element | None) -> str:
+    if envelope is not None and etree.QName(envelope).namespace == soap.SOAP12_NS:
+        return "1.2"
+    return "1.2" if content_type.startswith("application/soap+xml") else "1.1"
+
+
+def _username_token(envelope: etree._Element) -> tuple[str, str] | None:
+    token = envelope.find(f"{{*}}Header/{{{WSSE_NS}}}Security/{{{WSSE_NS}}}UsernameToken")
+    if token is None:
+        return None
+    password = token.find(f"{{{WSSE_NS}}}Password")
+    if password is not None and not (password.get("Type") or PASSWORD_TEXT).endswith(PASSWORD_TEXT):
+        raise ExchangeError("auth.digest_unsupported",
+                            "PasswordDigest UsernameTokens are not supported (client secrets are stored hashed, so "
+                            "a digest cannot be checked): send the secret as PasswordText over TLS, or a bearer token.")
+    return (token.findtext(f"{{{WSSE_NS}}}Username") or "").strip(), (password.text or "") if password is not None else ""
+
+
+def read_request(contract: Contract, body: bytes, content_type: str) -> tuple[SoapRequest, ExchangeError | None]:
+    """The request, and why it is refused if it is (the door still audits the refusal)."""
+    req = SoapRequest(version=_version(content_type, None))
+    try:
+        envelope = soap.parse(body)
+        req.version = _version(content_type, envelope)
+        element = soap.body_of(envelope)
+        req.credentials = _username_token(envelope)
+    except soap.XmlRefused as exc:
+        return req, ExchangeError("request.invalid", f"The SOAP message was refused: {exc}.")
+    except ExchangeError as exc:
+        return req, exc
+    op = contract.operations.get(soap.localname(element)) if etree.QName(element).namespace == NS else None
+    if op is None:
+        return req, ExchangeError("request.not_found", f"No operation {soap.localname(element)!r}; see {PATH}?wsdl.")
+    req.operation = op
+    values = soap.to_dict(element)
+    req.context = {k: values.pop(k) for k in CONTEXT_FIELDS if isinstance(values.get(k), str)}
+    req.service = op.service
+    if op.service_from:
+        req.service = values.pop(op.service_from, None)
+        pairs = values.pop("param", [])
+        values = {p.get("name"): p.get("value", "") for p in (pairs if isinstance(pairs, list) else [pairs])}
+    req.params = values
+    if not contract.schema.validate(etree.ElementTree(copy.deepcopy(element))):
+        pid = values.get("personal_id")
+        if isinstance(pid, str):
+            try:  # the schema's pattern refused it: say why in the personal ID's own terms
+                personal_id.parse(pid)
+            except personal_id.PersonalIdError as exc:
+                return req, ExchangeError(exc.code, exc.detail)
+        error = contract.schema.error_log.last_error
+        return req, ExchangeError("request.invalid", f"The request does not match the WSDL: {error.message}")
+    return req, None
+
+
+# -- writing an answer ----------------------------------------------------------------
+
+def _append(parent: etree._Element, name: str, value: Any) -> None:
+    if value is None:
+        return
+    if isinstance(value, list):
+        for item in value:
+            _append(parent, name, item)
+        return
+    child = etree.SubElement(parent, f"{{{NS}}}{name}")
+    if isinstance(value, dict):
+        for key, sub in value.items():
+            _append(child, key, sub)
+    elif isinstance(value, bool):
+        child.text = "true" if value else "false"
+    else:
+        child.text = xml_text(str(value))
+
+
+def xml_text(text: str) -> str:
+    """`text` with the characters XML cannot carry replaced by U+FFFD: data from any
+    backend can hold them, and the answer must still be well-formed XML."""
+    return _NOT_XML.sub("\ufffd", text)
+
+
+def _envelope(version: str) -> tuple[etree._Element, etree._Element]:
+    ns = soap.SOAP12_NS if version == "1.2" else soap.SOAP11_NS
+    env = etree.Element(f"{{{ns}}}Envelope", nsmap={"soap": ns, "lgsp": NS})
+    return env, etree.SubElement(env, f"{{{ns}}}Body")
+
+
+def _fault(version: str, error: ExchangeError, request_id: str) -> tuple[int, bytes]:
+    env, body = _envelope(version)
+    side = ERRORS[error.code].soap_fault
+    if version == "1.2":
+        ns = soap.SOAP12_NS
+        fault = etree.SubElement(body, f"{{{ns}}}Fault")
+        code = etree.SubElement(fault, f"{{{ns}}}Code")
+        etree.SubElement(code, f"{{{ns}}}Value").text = f"soap:{'Sender' if side == 'Client' else 'Receiver'}"
+        reason = etree.SubElement(fault, f"{{{ns}}}Reason")
+        text = etree.SubElement(reason, f"{{{ns}}}Text")
+        text.set("{http://www.w3.org/XML/1998/namespace}lang", "en")
+        text.text = xml_text(error.detail)
+        detail = etree.SubElement(fault, f"{{{ns}}}Detail")
+        status = 400 if side == "Client" else 500
+    else:
+        fault = etree.SubElement(body, f"{{{soap.SOAP11_NS}}}Fault")
+        etree.SubElement(fault, "faultcode").text = f"soap:{side}"
+        etree.SubElement(fault, "faultstring").text = xml_text(error.detail)
+        detail = etree.SubElement(fault, "detail")
+        status = 500  # SOAP 1.1 over HTTP: every fault is a 500
+    err = etree.SubElement(detail, f"{{{NS}}}Error")
+    _append(err, "code", error.code)
+    _append(err, "detail", error.detail)
+    _append(err, "request_id", request_id)
+    return status, etree.tostring(env, xml_declaration=True, encoding="utf-8")
+
+
+def renderer(req: SoapRequest):
+    content_type = ("application/soap+xml" if req.version == "1.2" else "text/xml") + "; charset=utf-8"
+
+    def render(ex: Exchange) -> Rendered:
+        headers = {"Content-Type": content_type, "X-Request-ID": ex.request_id, "Cache-Control": "no-store"}
+        if ex.error is not None:
+            status, body = _fault(req.version, ex.error, ex.request_id)
+            headers = {**headers, **ex.error.headers}
+            if ex.error.status == 429:  # throttled: say so in HTTP terms too, so clients back off
+                status = 429
+                headers.setdefault("Retry-After", "1")
+            return status, headers, body
+        env, body_el = _envelope(req.version)
+        response = etree.SubElement(body_el, f"{{{NS}}}{req.operation.name}Response")
+        answer = {req.operation.answer: ex.answer} if req.operation.answer else ex.answer
+        for key, value in answer.items():
+            _append(response, key, value)
+        return 200, headers, etree.tostring(env, xml_declaration=True, encoding="utf-8")
+
+    return render
+
+
+# -- the ASGI app -----------------------------------------------------------------------
+
+class SoapDoor:
+    def __init__(self, gateway: Gateway, wsdl: Path | None = None):
+        self.gateway = gateway
+        self.contract = Contract(wsdl or specs.wsdl_dir() / "lgsp" / "lgsp.wsdl")
+        self.limit = gateway.settings.max_body_bytes
+
+    async def __call__(self, scope, receive, send) -> None:
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+        if scope["method"] == "GET":
+            if scope.get("query_string", b"").lower() in (b"wsdl", b"wsdl="):
+                return await _send(send, 200, {"Content-Type": "text/xml; charset=utf-8"},
+                                   self.contract.served(self.gateway.settings.public_url))
+            return await self._refuse(send, headers, ExchangeError(
+                "request.not_found", f"Ask for {PATH}?wsdl, or POST a SOAP request."))
+        if scope["method"] != "POST":
+            return await self._refuse(send, headers, ExchangeError(
+                "request.method_not_allowed", "POST SOAP requests (GET ?wsdl for the contract).",
+                headers={"Allow": "GET, POST"}))
+        body, too_large = await _read_body(receive, headers, self.limit)
+        if too_large:
+            req, refusal = SoapRequest(_version(headers.get("content-type", ""), None)), ExchangeError(
+                "request.too_large", f"The SOAP message is over the limit of {self.limit} bytes.")
+        else:
+            try:
+                req, refusal = read_request(self.contract, body, headers.get("content-type", ""))
+            except Exception:  # a defect, not the caller's fault: still a Fault, still audited
+                log.exception("SOAP request could not be read")
+                req, refusal = SoapRequest(_version(headers.get("content-type", ""), None)), internal_error()
+        context = req.context or {}
+        ex = Exchange(
+            door="soap",
+            request_id=request_id_from(context.get("request_id") or headers.get("x-request-id")),
+            service_name=req.service,
+            params=req.params or {},
+            token=bearer_token(headers.get("authorization")),
+            credentials=req.credentials,
+            purpose=context.get("purpose"),
+            officer=context.get("on_behalf_of"),
+            request_bytes=len(body),
+            check_params=bool(req.operation and req.operation.service_from),
+            claimed_request_id=context.get("request_id") or headers.get("x-request-id"),
+            source=(scope.get("client") or (None,))[0],
+        )
+        stages = messages.stages_for(req.service) if req.operation and req.operation.service_from else None
+        status, out_headers, payload = await serve(ex, self.gateway, renderer(req), refusal=refusal, stages=stages)
+        if stages is not None and ex.error is None:  # a message stored for delivery (CallService)
+            messages.wake_workers(self.gateway)
+        await _send(send, status, out_headers, payload)
+
+    async def _refuse(self, send, headers: dict[str, str], error: ExchangeError) -> None:
+        await _refuse_plain(self, send, headers, error)
+
+
+async def _refuse_plain(door: "SoapDoor", send, headers: dict[str, str], error: ExchangeError) -> None:
+    """A request that is no SOAP call at all, answered as a Fault and audited like any refusal."""
+    req = SoapRequest(_version(headers.get("content-type", ""), None))
+    ex = Exchange(door="soap", request_id=request_id_from(headers.get("x-request-id")), service_name=None,
+                  params={}, token=bearer_token(headers.get("authorization")))
+    status, out_headers, payload = await serve(ex, door.gateway, renderer(req), refusal=error)
+    await _send(send, status, out_headers, payload)
+
+
+async def _read_body(receive, headers: dict[str, str], limit: int) -> tuple[bytes, bool]:
+    declared = headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        return b"", True
+    chunks, size = [], 0
+    while True:
+        message = await receive()
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            return b"", True
+        chunks.append(chunk)
+        if not message.get("more_body"):
+            return b"".join(chunks), False
+
+
+async def _send(send, status: int, headers: dict[str, str], body: bytes) -> None:
+    raw = [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in headers.items()]
+    raw.append((b"content-length", str(len(body)).encode()))
+    await send({"type": "http.response.start", "status": status, "headers": raw})
+    await send({"type": "http.response.body", "body": body})

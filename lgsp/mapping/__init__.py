@@ -1,0 +1,1 @@
+"""Declarative mapping of backend answers into the canonical model."""

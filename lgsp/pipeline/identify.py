@@ -1,0 +1,158 @@
+"""Stage: identify the client from its bearer token (a JWT we issued, RFC 9068)."""
+from __future__ import annotations
+
+import hashlib
+import time
+
+from joserfc import jwt
+from joserfc.errors import JoseError
+
+from lgsp import auth_throttle, secret_check
+from lgsp.config import settings
+from lgsp.control.roles import ROLE_SCOPES
+from lgsp.errors import ExchangeError
+from lgsp.pipeline.exchange import Exchange
+from lgsp.registry import Snapshot
+
+# Verified tokens, so a client reusing its token costs one RSA verification,
+# not one per request. Bounded; expiry and client status are still checked each time.
+_verified: dict[str, dict] = {}
+_CACHE_MAX = 20_000
+
+
+# (client id, secret digest) → the stored hash it was checked against; scrypt is
+# deliberately slow, and a changed secret (new stored hash) invalidates the entry.
+_passwords: dict[tuple[str, str], str] = {}
+
+
+def _password_claims(client_id: str, secret: str, snap: Snapshot) -> dict:
+    """Claims for a WS-Security UsernameToken: the client's granted services and roles as scopes.
+
+    The secret itself was checked by `check_password` (off the event loop); here only its result is read.
+    """
+    client = snap.clients.get(client_id)
+    if client is None or _passwords.get(_password_key(client_id, secret)) != client.secret_hash:
+        raise ExchangeError("auth.token_invalid", "The UsernameToken's client id or secret is wrong.")
+    scopes = snap.granted.get(client_id, frozenset()) | {ROLE_SCOPES[r] for r in client.roles if r in ROLE_SCOPES}
+    return {"sub": client_id, "exp": float("inf"), "_kid": None, "_scopes": frozenset(scopes)}
+
+
+def _password_key(client_id: str, secret: str) -> tuple[str, str]:
+    return client_id, hashlib.sha256(secret.encode()).hexdigest()
+
+
+async def check_password(ex: Exchange, snap: Snapshot) -> None:
+    """Check a WS-Security UsernameToken's secret before `identify`: in the secret-check pool
+    (never on the event loop), throttled per client id and source, failures audited in aggregate."""
+    if ex.token or not ex.credentials:
+        return
+    client_id, secret = ex.credentials
+    client = snap.clients.get(client_id)
+    key = _password_key(client_id, secret)
+    if client is not None and _passwords.get(key) == client.secret_hash:
+        return  # checked before: proof of the secret, so no throttle applies
+    wait = auth_throttle.retry_after("soap", client_id, ex.source)
+    if wait is None:
+        try:
+            ok = await secret_check.check_async(secret, client.secret_hash if client else None)
+        except secret_check.Busy:
+            wait = 1
+    if wait is not None:
+        raise ExchangeError("auth.throttled", f"Too many failed authentications; try again in {wait} s.",
+                            headers={"Retry-After": str(wait)})
+    if not ok:
+        auth_throttle.failed("soap", client_id, ex.source)
+        raise ExchangeError("auth.token_invalid", "The UsernameToken's client id or secret is wrong.")
+    if len(_passwords) >= 1000:
+        _passwords.clear()
+    _passwords[key] = client.secret_hash
+
+
+def bearer_token(authorization: str | None) -> str | None:
+    if not authorization:
+        return None
+    scheme, _, token = authorization.partition(" ")
+    return token.strip() or None if scheme.lower() == "bearer" else None
+
+
+def verify_token(token: str, snap: Snapshot) -> dict:
+    claims = _verified.get(token)
+    if claims is None:
+        claims = _decode(token, snap)
+        if len(_verified) >= _CACHE_MAX:
+            _verified.clear()
+        _verified[token] = claims
+    elif claims["_kid"] not in snap.key_kids:
+        _verified.pop(token, None)
+        claims = _decode(token, snap)
+    if claims["exp"] <= time.time():
+        raise ExchangeError("auth.token_expired", "The access token has expired; request a new one.")
+    return claims
+
+
+def _decode(token: str, snap: Snapshot) -> dict:
+    if snap.key_set is None:
+        raise ExchangeError("auth.token_invalid", "No token signing keys are configured.")
+    return decode_access_token(token, snap.key_set)
+
+
+def decode_access_token(token: str, key_set) -> dict:
+    """Verify an access token we issued (signature, typ, iss, aud, exp present) and return its claims."""
+    cfg = settings()
+    try:
+        tok = jwt.decode(token, key_set, algorithms=["RS256"])
+    except (JoseError, ValueError) as exc:
+        raise ExchangeError("auth.token_invalid", "The access token is not valid.") from exc
+    if tok.header.get("typ", "").lower() not in ("at+jwt", "application/at+jwt"):
+        raise ExchangeError("auth.token_invalid", "The token is not an access token.")
+    claims = dict(tok.claims)
+    aud = claims.get("aud")
+    if claims.get("iss") != cfg.issuer or cfg.audience not in (aud if isinstance(aud, list) else [aud]):
+        raise ExchangeError("auth.token_invalid", "The access token was not issued for this API.")
+    if not isinstance(claims.get("exp"), (int, float)) or not isinstance(claims.get("sub"), str):
+        raise ExchangeError("auth.token_invalid", "The access token lacks required claims.")
+    _check_times(claims, max(cfg.token_max_lifetime, cfg.token_ttl))  # never refuse our own tokens
+    claims["_kid"] = tok.header.get("kid")
+    claims["_scopes"] = frozenset(str(claims.get("scope", "")).split())
+    return claims
+
+
+# Clock skew tolerated between the token's issuer and this process.
+LEEWAY_SECONDS = 60
+
+
+def _check_times(claims: dict, max_lifetime: int) -> None:
+    """iat and nbf not in the future, and a lifetime no longer than the operator allows: a
+    token that lives for a year (a leaked signing key, a mis-set issuer) is refused."""
+    iat, nbf = claims.get("iat"), claims.get("nbf")
+    if not isinstance(iat, (int, float)) or (nbf is not None and not isinstance(nbf, (int, float))):
+        raise ExchangeError("auth.token_invalid", "The access token lacks a valid issue time (iat).")
+    now = time.time()
+    if iat > now + LEEWAY_SECONDS or (nbf is not None and nbf > now + LEEWAY_SECONDS):
+        raise ExchangeError("auth.token_not_yet_valid", "The access token is not valid yet (iat or nbf is in the "
+                                                        "future); check the clocks, or request a new token.")
+    if claims["exp"] - iat > max_lifetime:
+        raise ExchangeError("auth.token_lifetime", f"The access token's lifetime is over the {max_lifetime} s "
+                                                   f"this LGSP accepts; request a new token.")
+
+
+def identify(ex: Exchange, snap: Snapshot) -> None:
+    if not ex.token and ex.credentials:
+        ex.claims = _password_claims(*ex.credentials, snap)
+        ex.client = snap.clients[ex.claims["sub"]]
+        if not ex.client.active:
+            raise ExchangeError("auth.client_disabled", f"Client '{ex.client.client_id}' is disabled.")
+        return
+    if not ex.token:
+        raise ExchangeError(
+            "auth.token_missing",
+            "Send an OAuth2 access token as 'Authorization: Bearer <token>'; get one from the token endpoint.",
+            headers={"WWW-Authenticate": 'Bearer realm="lgsp"'},
+        )
+    ex.claims = verify_token(ex.token, snap)
+    client = snap.clients.get(ex.claims["sub"])
+    if client is None:
+        raise ExchangeError("auth.token_invalid", "The access token names an unknown client.")
+    ex.client = client
+    if not client.active:
+        raise ExchangeError("auth.client_disabled", f"Client '{client.client_id}' is disabled.")

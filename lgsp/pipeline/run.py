@@ -1,0 +1,231 @@
+"""The pipeline both doors feed:
+
+    identify → resolve → authorize → validate → invoke → to_canonical → minimize
+    → (door renders the answer) → audit (committed) → answer
+
+Each stage is a small module named after its job. A door builds an Exchange,
+hands it to `serve` with a function that renders an Exchange into its own wire
+format, and sends what comes back.
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from typing import Awaitable, Callable, Mapping
+
+import orjson
+
+from lgsp import metrics
+from lgsp.audit.writer import BODY, AuditUnavailable, StoreConflict
+from lgsp.crypto import fernet, subject_hash
+from lgsp.errors import ExchangeError, problem
+from lgsp.gateway import Gateway
+from lgsp.pipeline.authorize import authorize
+from lgsp.pipeline.canonical import to_canonical
+from lgsp.pipeline.exchange import Exchange
+from lgsp.pipeline.identify import check_password, identify
+from lgsp.pipeline.invoke import invoke
+from lgsp.pipeline.minimize import minimize
+from lgsp.pipeline.resolve import resolve
+from lgsp.pipeline.validate import validate
+from lgsp.storage.schema import audit_records
+
+log = logging.getLogger("lgsp.pipeline.exchange")
+
+Rendered = tuple[int, dict[str, str], bytes]
+Renderer = Callable[[Exchange], Rendered]
+
+
+async def run_stages(ex: Exchange, gw: Gateway) -> None:
+    snap = gw.registry.snapshot
+    try:
+        await check_password(ex, snap)
+        identify(ex, snap)
+        resolve(ex, snap)
+        authorize(ex, snap)
+        validate(ex, gw.registry)
+        await invoke(ex, gw.registry)
+        to_canonical(ex, gw.registry)
+        minimize(ex)
+    except ExchangeError as exc:
+        ex.error = exc
+    except Exception:
+        log.exception("exchange failed unexpectedly", extra={"fields": {"request_id": ex.request_id}})
+        ex.error = internal_error()
+
+
+def internal_error() -> ExchangeError:
+    return ExchangeError("internal.error", "The LGSP could not complete the exchange; it has been logged.")
+
+
+async def refuse(ex: Exchange, gw: Gateway, error: ExchangeError) -> None:
+    """A refusal before the stages ran (bad shape, too large, no such route).
+
+    Identification still runs so the audit record names the caller; a problem
+    with the token is reported first, as it would be by the full pipeline.
+    """
+    if error.code.startswith("auth."):  # the refusal is about the credentials themselves: say that
+        ex.error = error
+        return
+    try:
+        await check_password(ex, gw.registry.snapshot)
+        identify(ex, gw.registry.snapshot)
+    except ExchangeError as auth_error:
+        error = auth_error
+    ex.error = error
+
+
+async def serve(ex: Exchange, gw: Gateway, render: Renderer, *, refusal: ExchangeError | None = None,
+                anonymous: bool = False,
+                stages: Callable[[Exchange, Gateway], Awaitable[None]] | None = None) -> Rendered:
+    """The exchange through the stages (the usual ones, or a service's own, e.g. lgsp.bulk) or refused,
+    its answer rendered, its record committed.
+
+    `anonymous`: a refusal made before any of the request could be trusted (an
+    over-large head): the caller is not identified, nothing it sent is recorded.
+    """
+    context_problem = ex.drop_bad_context()  # before anything records the caller's values
+    if context_problem and (refusal is None or refusal.code == "request.invalid"):
+        # One code for a bad officer, purpose or request id, whether or not the spec declares the header.
+        refusal = ExchangeError("request.context_invalid", context_problem)
+    if refusal is None:
+        await (stages or run_stages)(ex, gw)
+    elif anonymous:
+        ex.error = refusal
+    else:
+        await refuse(ex, gw, refusal)
+    rendered = render_safely(ex, render)
+    try:
+        record = audit_record(ex, rendered[2])
+    except Exception:  # e.g. full body logging of an answer it cannot encode: still an exchange with a record
+        log.exception("audit record could not be made", extra={"fields": {"request_id": ex.request_id}})
+        ex.error = internal_error()
+        rendered = render_safely(ex, render)
+        record = audit_record(ex, rendered[2], body_logging=False)
+    try:
+        try:
+            await gw.audit.commit(record, ex.store)
+        except StoreConflict:
+            if ex.on_store_conflict is None:
+                raise AuditUnavailable("store conflict") from None
+            ex.store = []
+            await ex.on_store_conflict(ex)
+            rendered = render_safely(ex, render)
+            await gw.audit.commit(audit_record(ex, rendered[2]))
+    except AuditUnavailable:
+        ex.error = ExchangeError("audit.unavailable", "The audit log cannot be written, so the exchange was refused.")
+        rendered = render_safely(ex, render)
+    observe(ex, gw.registry.snapshot.services)
+    return rendered
+
+
+def _recordable(value: str | None, width: int) -> str | None:
+    """A caller's value as the audit column can hold it: an oversize one (refused by the spec) is left out,
+    so the refusal is still recorded (PostgreSQL would refuse the whole record)."""
+    return value if value is None or len(value) <= width else None
+
+
+def render_safely(ex: Exchange, render: Renderer) -> Rendered:
+    """The door's answer; if rendering fails, the door's own internal.error answer instead.
+
+    Whatever fails between the stages and the audit commit must still end in an
+    answer of the door's format and a record of it: nothing leaves unrecorded.
+    """
+    try:
+        return render(ex)
+    except Exception:
+        log.exception("answer could not be rendered", extra={"fields": {"request_id": ex.request_id}})
+    ex.error = internal_error()
+    try:
+        return render(ex)
+    except Exception:  # even the error answer failed: a fixed one, still audited by the caller
+        log.exception("error answer could not be rendered", extra={"fields": {"request_id": ex.request_id}})
+        body = orjson.dumps(problem(ex.error.code, ex.error.detail, ex.request_id))
+        return ex.status, {"Content-Type": "application/problem+json", "X-Request-ID": ex.request_id}, body
+
+
+# The columns a caller's request can put values into, and the largest value each takes.
+_TEXT_COLUMNS = {name: audit_records.c[name].type.length for name in ("service", "upstream", "trace_id")}
+_MAX_INT = 2**31 - 1
+
+
+def fitted(record: dict) -> dict:
+    """The record with what the caller controls fitted to its columns. A value the database
+    refuses (PostgreSQL checks lengths and ranges) would fail the whole group commit, and so
+    every exchange committed with it; a refused request's over-long service name is cut."""
+    for name, length in _TEXT_COLUMNS.items():
+        value = record.get(name)
+        if value is not None and not isinstance(value, str):
+            record[name] = None
+        elif value is not None and len(value) > length:
+            record[name] = value[:length]
+    for name in ("request_bytes", "response_bytes"):
+        if isinstance(record.get(name), int):
+            record[name] = max(0, min(record[name], _MAX_INT))
+    return record
+
+
+def audit_record(ex: Exchange, body: bytes, *, body_logging: bool = True) -> dict:
+    return fitted(_audit_record(ex, body, body_logging))
+
+
+def _audit_record(ex: Exchange, body: bytes, body_logging: bool) -> dict:
+    client = ex.client
+    return {
+        "at": ex.at,
+        "kind": "exchange",
+        "request_id": ex.request_id,
+        "door": ex.door,
+        "client_id": client.client_id if client else None,
+        "agency_code": client.agency_code if client else None,
+        "officer": _recordable(ex.officer, 128),
+        "purpose": _recordable(ex.purpose, 64),
+        "service": ex.service_name,
+        "outcome": ex.outcome,
+        "status": ex.status,
+        "error_code": ex.error.code if ex.error else None,
+        "latency_ms": round((time.perf_counter() - ex.started) * 1000, 3),
+        "fields": ex.fields if not ex.error else [],
+        "subject_hash": subject_hash(ex.subject) if ex.subject else None,
+        "upstream": ex.upstream,
+        "trace_id": ex.trace_id,
+        "request_bytes": ex.request_bytes,
+        "response_bytes": len(body),
+        "response_sha256": hashlib.sha256(body).hexdigest(),
+        "detail": None,
+        **(_body_logging(ex, body) if body_logging else {}),
+    }
+
+
+def _body_logging(ex: Exchange, body: bytes) -> dict:
+    """What the service's body-logging setting adds to the record (nothing by default)."""
+    mode = ex.service.body_logging if ex.service else "off"
+    if mode == "metadata":
+        return {"detail": {"params": sorted(ex.params)}}
+    if mode == "full":
+        try:
+            response = orjson.loads(body)
+        except orjson.JSONDecodeError:  # a SOAP door answer is XML: keep it as text
+            response = body.decode("utf-8", "replace")
+        payload = orjson.dumps({"params": ex.params, "response": response})
+        return {BODY: fernet().encrypt(payload).decode()}
+    return {}
+
+
+def observe(ex: Exchange, services: Mapping[str, object] | None = None) -> None:
+    # Labels only from registered names: a made-up service name must not become a new series.
+    service = "-" if not ex.service_name else ex.service_name if ex.service or (
+        services is not None and ex.service_name in services) else "unknown"
+    client = ex.client.client_id if ex.client else "-"
+    code = ex.error.code if ex.error else ""
+    elapsed = time.perf_counter() - ex.started
+    metrics.exchanges.labels(service, client, ex.outcome, code).inc()
+    metrics.exchange_seconds.labels(service).observe(elapsed)
+    log.info(
+        "exchange",
+        extra={"fields": {
+            "request_id": ex.request_id, "door": ex.door, "client": client, "service": service,
+            "outcome": ex.outcome, "status": ex.status, "code": code, "latency_ms": round(elapsed * 1000, 2),
+        }},
+    )
