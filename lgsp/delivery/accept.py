@@ -21,6 +21,7 @@ ordering key and the version field (openapi/portal.v1.yaml).
 from __future__ import annotations
 
 import asyncio
+import itertools
 import datetime as dt
 import re
 import uuid
@@ -156,7 +157,7 @@ def unflatten(params: dict[str, Any]) -> dict[str, Any]:
         if len(parts) > MAX_DEPTH or not all(parts) or _INDEX.fullmatch(parts[0]):
             raise ExchangeError("request.invalid", f"{name}: not a parameter name this service takes.")
         node: dict = out
-        for part, following in zip(parts, parts[1:], strict=False):
+        for part, following in itertools.pairwise(parts):
             child = node.setdefault(part, _Indexed() if _INDEX.fullmatch(following) else {})
             if not isinstance(child, dict) or isinstance(child, _Indexed) != bool(_INDEX.fullmatch(following)):
                 raise ExchangeError("request.invalid", f"{name}: conflicts with another parameter.")

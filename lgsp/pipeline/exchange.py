@@ -7,8 +7,9 @@ import os
 import re
 import time
 import unicodedata
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any, Awaitable, Callable
+from typing import Any
 
 from lgsp.adapter import AdapterResult
 from lgsp.errors import ExchangeError
