@@ -153,7 +153,9 @@ class Worker:
         adapter = self.gw.registry.adapter(claim.destination)
         if adapter is None:
             raise UpstreamError(f"The connection {claim.destination!r} is not available (not set up or disabled).")
-        context = CallContext(request_id=claim.request_id, client_id=claim.client_id,
+        # The message id, the same in every attempt and unique to the message (the sender's X-Request-ID
+        # of the acceptance need not be): adapters pass it on as the write's idempotency token.
+        context = CallContext(request_id=claim.id, client_id=claim.client_id,
                               agency_code=claim.agency_code, officer=claim.officer, purpose=claim.purpose,
                               idempotency_key=claim.id)
         return await adapter.call(claim.operation, open_payload(claim.payload), context)
