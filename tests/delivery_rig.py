@@ -46,8 +46,16 @@ class Rig:
 
     def start_gateway(self, *extra: str, worker_in_process: bool = True) -> Server:
         env = {**self.env, "LGSP_DELIVERY_WORKER": "1" if worker_in_process else "0"}
-        self.gateway = start_server([sys.executable, "-m", "lgsp.cli", "serve", "--port", str(self.port), *extra],
-                                    self.url, "/readyz", self.log_dir / f"gateway-{time.monotonic_ns()}.log", env=env)
+        log = self.log_dir / f"gateway-{time.monotonic_ns()}.log"
+        with open(log, "wb") as out:
+            proc = subprocess.Popen([sys.executable, "-m", "lgsp.cli", "serve", "--port", str(self.port), *extra],
+                                    stdout=out, stderr=subprocess.STDOUT, env={**os.environ, **env})
+        try:
+            wait_for(self.url + "/readyz", timeout=120, proc=proc)  # a busy shared machine starts slowly
+        except Exception:
+            proc.kill()
+            raise RuntimeError(f"the gateway did not start; log:\n{log.read_text(errors='replace')[-3000:]}") from None
+        self.gateway = Server(self.url, proc, log)
         return self.gateway
 
     def start_worker(self) -> Server:

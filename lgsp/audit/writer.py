@@ -22,10 +22,11 @@ import secrets
 import socket
 import threading
 import time
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import orjson
-from sqlalchemy import Engine, Executable, insert, select
+from sqlalchemy import Engine, Executable, Table, insert, select
 from sqlalchemy.exc import IntegrityError
 
 from lgsp import metrics
@@ -54,8 +55,8 @@ _EMPTY_ROW = dict.fromkeys(HASHED_FIELDS)
 
 def _iso(value: dt.datetime) -> str:
     if value.tzinfo is None:  # SQLite hands back naive UTC datetimes
-        value = value.replace(tzinfo=dt.timezone.utc)
-    return value.astimezone(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+        value = value.replace(tzinfo=dt.UTC)
+    return value.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 def record_hash(record: Mapping[str, Any]) -> str:
@@ -71,6 +72,11 @@ def new_chain_id() -> str:
 
 class AuditUnavailable(Exception):
     pass
+
+
+# What can be committed with a record: a statement, a row to insert as (table, values), or a prepared
+# statement and its parameters as (statement, params).
+Stored = Executable | tuple[Table | Executable, dict[str, Any]]
 
 
 class StoreConflict(Exception):
@@ -109,9 +115,10 @@ class AuditWriter:
         self._thread.start()
 
     # -- submitting ------------------------------------------------------
-    def submit(self, record: dict[str, Any], statements: Sequence[Executable] = ()) -> concurrent.futures.Future:
+    def submit(self, record: dict[str, Any], statements: Sequence[Stored] = ()) -> concurrent.futures.Future:
         """`statements` (e.g. the insert of an accepted message) run in the transaction that commits
-        `record`: both are durable, or neither is."""
+        `record`: both are durable, or neither is. A statement is an SQL statement, or a row to insert
+        as (table, values)."""
         fut: concurrent.futures.Future = concurrent.futures.Future()
         if self._stopping:
             fut.set_exception(AuditUnavailable("audit writer stopped"))
@@ -119,12 +126,12 @@ class AuditWriter:
             self._queue.put((record, fut, tuple(statements)))
         return fut
 
-    async def commit(self, record: dict[str, Any], statements: Sequence[Executable] = ()) -> None:
+    async def commit(self, record: dict[str, Any], statements: Sequence[Stored] = ()) -> None:
         """Wait until `record` (and `statements` with it) is durable; raise AuditUnavailable if it
         cannot be, StoreConflict if one of the statements broke a unique constraint."""
         await asyncio.wrap_future(self.submit(record, statements))
 
-    def commit_sync(self, record: dict[str, Any], timeout: float = 30, statements: Sequence[Executable] = ()) -> None:
+    def commit_sync(self, record: dict[str, Any], timeout: float = 30, statements: Sequence[Stored] = ()) -> None:
         self.submit(record, statements).result(timeout)
 
     @property
@@ -257,8 +264,7 @@ class AuditWriter:
                 conn.execute(insert(audit_bodies), bodies)
             if pending:
                 conn.execute(insert(audit_seals), pending)
-            for statement in statements:
-                conn.execute(statement)
+            _run_statements(conn, statements)
         self._seq, self._head = seq, head
         if pending:
             self._mark_sealed(pending[-1]["seq"])
@@ -275,6 +281,21 @@ class AuditWriter:
         self._witness.append(sealed)
         if self._forwarder is not None:
             self._forwarder.send(sealed, msgid="seal")
+
+
+def _run_statements(conn, statements: list) -> None:
+    """Run what was stored with a group's records. Rows to insert, given as (table, values), go in one
+    executemany per table (a group of accepted messages is one INSERT); a prepared statement with its
+    parameters, (statement, params), in one executemany per statement; any other statement alone."""
+    rows: dict[Any, list[dict]] = {}
+    for statement in statements:
+        if isinstance(statement, tuple):
+            rows.setdefault(statement[0], []).append(statement[1])
+    for target, values in rows.items():
+        conn.execute(insert(target) if isinstance(target, Table) else target, values)
+    for statement in statements:
+        if not isinstance(statement, tuple):
+            conn.execute(statement)
 
 
 def _stored(item: tuple) -> tuple:
@@ -330,7 +351,7 @@ def writer_for(engine: Engine) -> AuditWriter:
 def note_read(engine: Engine, actor: str, action: str, detail: dict[str, Any]) -> None:
     """Record that someone read the audit trail (search, record, report, export)."""
     writer_for(engine).commit_sync({
-        "at": dt.datetime.now(dt.timezone.utc), "kind": "admin", "outcome": "ok",
+        "at": dt.datetime.now(dt.UTC), "kind": "admin", "outcome": "ok",
         "detail": {"actor": actor, "action": action, "target": "audit", "before": None, "after": detail},
     })
 

@@ -21,8 +21,8 @@ ordering key and the version field (openapi/portal.v1.yaml).
 from __future__ import annotations
 
 import asyncio
-import itertools
 import datetime as dt
+import itertools
 import re
 import uuid
 from collections.abc import Awaitable, Callable

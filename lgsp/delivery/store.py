@@ -20,7 +20,7 @@ from typing import Any
 
 import orjson
 from cryptography.fernet import Fernet
-from sqlalchemy import Engine, Executable, and_, exists, insert, or_, select, update
+from sqlalchemy import Engine, and_, bindparam, exists, insert, or_, select, update
 
 from lgsp.audit.writer import _FileLock
 from lgsp.crypto import fernet
@@ -54,12 +54,12 @@ def open_payload(text: str) -> dict[str, Any]:
     return orjson.loads(_cipher().decrypt(text.encode()))
 
 
-def store_statements(message: dict[str, Any], client_id: str, dedupe_keys: list[str]) -> list[Executable]:
-    """The inserts of an accepted message, committed with its audit record (lgsp.audit StoreConflict
+def store_statements(message: dict[str, Any], client_id: str, dedupe_keys: list[str]) -> list[tuple]:
+    """The rows of an accepted message, inserted with its audit record (lgsp.audit.writer StoreConflict
     if a dedupe key is already taken: the same message accepted twice at once)."""
-    out: list[Executable] = [insert(delivery_dedupe).values(client_id=client_id, dedupe_key=key, message_id=message["id"])
-                             for key in dedupe_keys]
-    out.append(insert(M).values(**message))
+    out = [(delivery_dedupe, {"client_id": client_id, "dedupe_key": key, "message_id": message["id"]})
+           for key in dedupe_keys]
+    out.append((M, message))
     return out
 
 
@@ -175,26 +175,30 @@ class Queue:
 
     def finish_statements(self, claim: Claim, *, status: str, error_code: str | None = None,
                           reason: str | None = None, answer: Any = None, next_attempt_at: dt.datetime | None = None,
-                          latency_ms: float | None = None) -> list[Executable]:
+                          latency_ms: float | None = None) -> list[tuple]:
         """The message's new state and its attempt's outcome, committed with the attempt's audit
         record. Only while this worker still holds the claim: a lease taken over is not overwritten."""
         at = now()
         final = status in FINAL
-        values: dict[str, Any] = {"status": status, "error_code": error_code, "reason": reason,
-                                  "lease_owner": None, "lease_until": None}
-        if final:
-            values["finished_at"] = at
-            if claim.callback_url:
-                values["callback_state"] = "pending"
-        if answer is not None:
-            values["answer"] = answer
-        if next_attempt_at is not None:
-            values["next_attempt_at"] = next_attempt_at
-        outcome = {"delivered": "delivered", "dead": "dead", "failed": "retry"}[status]
-        return [
-            update(M).where(M.c.seq == claim.seq, M.c.lease_owner == self.worker, M.c.attempts == claim.attempt,
-                            M.c.status == "delivering").values(**values),
-            update(delivery_attempts).where(delivery_attempts.c.message_id == claim.id,
-                                            delivery_attempts.c.attempt == claim.attempt).values(
-                finished_at=at, outcome=outcome, error_code=error_code, reason=reason, latency_ms=latency_ms),
-        ]
+        message = {"b_seq": claim.seq, "b_owner": self.worker, "b_attempt": claim.attempt, "status": status,
+                   "error_code": error_code, "reason": reason, "answer": answer,
+                   "finished_at": at if final else None, "next_attempt_at": next_attempt_at or at,
+                   "callback_state": "pending" if final and claim.callback_url else None}
+        attempt = {"b_message": claim.id, "b_attempt": claim.attempt, "finished_at": at,
+                   "outcome": {"delivered": "delivered", "dead": "dead", "failed": "retry"}[status],
+                   "error_code": error_code, "reason": reason, "latency_ms": latency_ms}
+        return [(_FINISH_MESSAGE, message), (_FINISH_ATTEMPT, attempt)]
+
+
+# Prepared once: the audit writer runs a group's finishes as one executemany each.
+_FINISH_MESSAGE = update(M).where(
+    M.c.seq == bindparam("b_seq"), M.c.lease_owner == bindparam("b_owner"),
+    M.c.attempts == bindparam("b_attempt"), M.c.status == "delivering",
+).values(status=bindparam("status"), error_code=bindparam("error_code"), reason=bindparam("reason"),
+         answer=bindparam("answer", type_=M.c.answer.type), finished_at=bindparam("finished_at"),
+         next_attempt_at=bindparam("next_attempt_at"), callback_state=bindparam("callback_state"),
+         lease_owner=None, lease_until=None)
+_FINISH_ATTEMPT = update(delivery_attempts).where(
+    delivery_attempts.c.message_id == bindparam("b_message"), delivery_attempts.c.attempt == bindparam("b_attempt"),
+).values(finished_at=bindparam("finished_at"), outcome=bindparam("outcome"), error_code=bindparam("error_code"),
+         reason=bindparam("reason"), latency_ms=bindparam("latency_ms"))

@@ -83,10 +83,12 @@ class Worker:
 
     async def run(self) -> None:
         next_stats = 0.0
+        batch = max(1, self.policy.concurrency // 4)  # claim a few at a time: one transaction, several messages
+        idle = True
         while not self._stopping:
             free = self.policy.concurrency - len(self._inflight)
             claims: list[Claim] = []
-            if free > 0:
+            if free >= batch or (free > 0 and (idle or not self._inflight)):
                 try:
                     claims = await asyncio.to_thread(self.queue.claim, free, self.policy.lease)
                 except Exception:
@@ -103,10 +105,14 @@ class Worker:
                 self._callbacks_due = False
                 await callbacks.send_pending(self.gw)
             if claims and len(claims) == free:
+                idle = True
                 continue  # more may be due: take them before sleeping
             self._wake.clear()
-            with contextlib.suppress(TimeoutError):
+            idle = False
+            try:
                 await asyncio.wait_for(self._wake.wait(), self.policy.poll)
+            except TimeoutError:
+                idle = True
         await self._publish_stats()
 
     def _done(self, task: asyncio.Task) -> None:

@@ -12,13 +12,14 @@ import threading
 from collections.abc import Mapping
 from typing import Any
 
-import httpx
+import aiohttp
 import orjson
 
 from lgsp.sdk import (
     Adapter,
     AdapterResult,
     CallContext,
+    LazySession,
     Operation,
     UpstreamFault,
     UpstreamTimeout,
@@ -36,25 +37,28 @@ class RelayAdapter(Adapter):
 
     def __init__(self, settings: Mapping[str, Any]):
         super().__init__(settings)
-        self._client = httpx.AsyncClient(timeout=float(self.settings.get("timeout", 5)))
+        self._http = LazySession(limit=200, timeout=float(self.settings.get("timeout", 5)))
 
     async def call(self, operation: str, params: Mapping[str, Any], context: CallContext) -> AdapterResult:
         url = self.settings["endpoint"] + "/receive"
         body = {"operation": operation, "params": dict(params), "idempotency_key": context.idempotency_key}
         try:
-            resp = await self._client.post(url, content=orjson.dumps(body), headers={"Content-Type": "application/json"})
-        except httpx.TimeoutException:
+            async with self._http.get().post(url, data=orjson.dumps(body),
+                                             headers={"Content-Type": "application/json"}) as resp:
+                status, answer = resp.status, await resp.read()
+        except TimeoutError:
             raise UpstreamTimeout("The receiver did not answer in time.", upstream=url) from None
-        except httpx.TransportError as exc:
+        except aiohttp.ClientError as exc:
             raise UpstreamUnavailable(f"The receiver cannot be reached ({type(exc).__name__}).", upstream=url) from None
-        if resp.status_code >= 500:
-            raise UpstreamUnavailable(f"The receiver answered {resp.status_code}.", upstream=url)
-        if resp.status_code >= 400:
-            raise UpstreamFault(resp.json().get("message", "refused"), fault_code=str(resp.status_code), upstream=url)
-        return AdapterResult(resp.json(), upstream=url, trace_id=context.idempotency_key)
+        if status >= 500:
+            raise UpstreamUnavailable(f"The receiver answered {status}.", upstream=url)
+        data = orjson.loads(answer)
+        if status >= 400:
+            raise UpstreamFault(data.get("message", "refused"), fault_code=str(status), upstream=url)
+        return AdapterResult(data, upstream=url, trace_id=context.idempotency_key)
 
     async def aclose(self) -> None:
-        await self._client.aclose()
+        await self._http.close()
 
 
 # -- the receiver -----------------------------------------------------------------------------
