@@ -29,6 +29,28 @@ def start_receiver(log_dir: Path) -> Server:
                         f"http://127.0.0.1:{port}", "/_sim/record", log_dir / f"receiver-{port}.log", env=relay_env())
 
 
+def portal_installed() -> bool:
+    """The national portal's adapter and simulator (adapters/portal) are installed."""
+    from importlib.metadata import entry_points
+
+    return any(ep.name == "portal" for ep in entry_points(group="lgsp.adapters"))
+
+
+PORTAL_ACCOUNT = {"dstcode": "DVCQG-H30-DELIVERY", "madonvi": "000.00.00.H30", "username": "lgsp-delivery"}
+
+
+def start_portal(log_dir: Path) -> Server:
+    port = free_port()
+    password = secrets.token_urlsafe(16)
+    server = start_server(
+        [sys.executable, "-m", "lgsp_adapters.portal.simulator", "--host", "127.0.0.1", "--port", str(port),
+         *[f"--{k}={v}" for k, v in PORTAL_ACCOUNT.items()], f"--password={password}"],
+        f"http://127.0.0.1:{port}", "/_sim/faults", log_dir / f"portal-{port}.log")
+    server.extra["settings"] = {"endpoint": f"{server.url}/dvcqg/api", **PORTAL_ACCOUNT, "password": password,
+                                "timeout": 2}
+    return server
+
+
 @dataclass
 class Rig:
     db_url: str
@@ -39,6 +61,7 @@ class Rig:
     client: tuple[str, str] = ("", "")
     gateway: Server | None = None
     workers: list[Server] = field(default_factory=list)
+    destination: str = "relay"   # the adapter behind the `portal` connection: the test relay, or the portal's own
 
     @property
     def url(self) -> str:
@@ -71,10 +94,23 @@ class Rig:
         return get_token(self.gateway, *self.client, scope=" ".join(SERVICES))
 
     def faults(self, mode: str = "normal", **extra) -> None:
+        if self.destination == "portal":  # the portal simulator's modes: down, slow (then does the work) …
+            if extra.get("delay_after"):
+                mode, extra = "slow", {"delay": extra["delay_after"]}
+            elif mode == "refuse":
+                mode = "fault"
         httpx.post(f"{self.receiver.url}/_sim/faults", json={"mode": mode, **extra}).raise_for_status()
 
     def record(self) -> dict:
-        return httpx.get(f"{self.receiver.url}/_sim/record").json()
+        """What took effect at the destination by its own record: {"applied": [{operation, dossier_no,
+        idempotency_key (the message id)}] in order of arrival, "duplicates": repeats it recognised}."""
+        if self.destination != "portal":
+            return httpx.get(f"{self.receiver.url}/_sim/record").json()
+        got = httpx.get(f"{self.receiver.url}/_sim/received", params={"limit": 1000000}).json()
+        operations = {"DongBoHoSoMC": "dossier.sync", "CapNhatTienDoHoSoMC": "dossier.progress"}
+        applied = [{"operation": operations[r["service"]], "dossier_no": r["data"][0]["MaHoSo"],
+                    "idempotency_key": r["key"]} for r in got["items"] if r.get("applied")]
+        return {"applied": applied, "duplicates": got["duplicates"]}
 
     def stop(self) -> None:
         for server in [*self.workers, self.gateway, self.receiver]:
@@ -82,12 +118,12 @@ class Rig:
                 server.stop()
 
 
-def make_rig(db_url: str, log_dir: Path, **env: str) -> Rig:
+def make_rig(db_url: str, log_dir: Path, destination: str = "relay", **env: str) -> Rig:
     from lgsp import keys
     from lgsp.control.admin import Admin
     from lgsp.storage import engine_for
 
-    receiver = start_receiver(log_dir)
+    receiver = start_portal(log_dir) if destination == "portal" else start_receiver(log_dir)
     port = free_port()
     rig_env = relay_env({"LGSP_DATABASE_URL": db_url, "LGSP_PUBLIC_URL": f"http://127.0.0.1:{port}",
                          "LGSP_DELIVERY_BACKOFF": "0.2", "LGSP_DELIVERY_BACKOFF_CAP": "1",
@@ -103,12 +139,15 @@ def make_rig(db_url: str, log_dir: Path, **env: str) -> Rig:
     admin = Admin(engine, "tests")
     admin.register_spec_services()
     keys.ensure_key(engine)
-    admin.set_connection("portal", "relay", {"endpoint": receiver.url, "timeout": 2})
+    if destination == "portal":
+        admin.set_connection("portal", "portal", receiver.extra["settings"])
+    else:
+        admin.set_connection("portal", "relay", {"endpoint": receiver.url, "timeout": 2})
     client_id = f"mot-cua-{secrets.token_hex(3)}"
     secret = admin.create_client(client_id, "One-stop-shop (test)", "000.00.31.H30")
     for service in SERVICES:
         admin.add_grant(client_id, service, ["message_id", "status"], [PURPOSE])
-    return Rig(db_url, log_dir, receiver, rig_env, port, (client_id, secret))
+    return Rig(db_url, log_dir, receiver, rig_env, port, (client_id, secret), destination=destination)
 
 
 def dossier(no: str, version: int = 1, **over) -> dict:
