@@ -93,7 +93,9 @@ MEANING_CHECKED = ["population.citizen.get", "population.citizen.verify", "popul
                    "population.household_head.verify", "population.relatives.verify",
                    "population.marital_status.verify", "population.vital_status.verify",
                    "population.bulk_verification.submit", "datastore.records.query", "datastore.records.publish",
-                   "services.call", "lgsp.audit.api.search_records"]
+                   "services.call", "lgsp.audit.api.search_records",
+                   # dossiers: real dates in order, a known procedure code, a callback the egress policy allows
+                   "portal.dossier.sync", "portal.dossier.progress"]
 
 
 def _config(world: dict, path: Path, admin: bool) -> Path:
