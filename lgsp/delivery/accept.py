@@ -343,7 +343,9 @@ async def status_stages(ex: Exchange, gw: Any) -> None:
         ex.error = exc
 
 
-def stages_for(service: str | None) -> Callable[[Exchange, Any], Awaitable[None]] | None:
+def stages_for(service: object) -> Callable[[Exchange, Any], Awaitable[None]] | None:
+    if not isinstance(service, str):  # a malformed request's "name" (e.g. nested XML): the door refuses it
+        return None
     if service in message_services():
         return accept_stages
     if service in status_services():
@@ -356,7 +358,7 @@ def accepted(render: Callable) -> Callable:
 
     def render_accepted(ex: Exchange):
         status, headers, body = render(ex)
-        if ex.error is None and ex.service_name in message_services() and isinstance(ex.answer, dict):
+        if ex.error is None and isinstance(ex.answer, dict) and stages_for(ex.service_name) is accept_stages:
             return 202, {**headers, "Location": ex.answer["status_url"]}, body
         return status, headers, body
 
