@@ -1,9 +1,10 @@
 """Callbacks: a sender that registered a URL with its message is told the final outcome.
 
 The URL is checked against the egress policy when the message is accepted and again when it is
-called. The call is a POST of the message's status (the same document as GET …/messages/{id});
-a callback that fails is tried again at the next pass (every few seconds) up to MAX_TRIES, then
-left `failed` (the status URL still answers).
+called. The call is a POST of the message's status (the same document as GET …/messages/{id}),
+made once by a delivery worker soon after the message became final (also after a worker restart:
+the `pending` state is in the database); a callback that fails is left `failed` — the status URL
+still answers.
 """
 from __future__ import annotations
 
