@@ -52,6 +52,9 @@ class CallContext:
     #: Canonical fields the caller's grant lets it see (dotted paths allowed). An adapter that
     #: filters or orders on fields must accept only these, or hidden values leak through it.
     fields: tuple[str, ...] | None = None
+    #: Stable across every attempt at delivering one stored message (lgsp.delivery): a destination
+    #: that can be told it, or that keys its own dedupe on it, recognises a repeat after a crash.
+    idempotency_key: str | None = None
 
 
 @dataclass

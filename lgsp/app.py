@@ -28,6 +28,7 @@ from starlette.responses import Response
 
 from lgsp import bulk, logs, metrics, specs
 from lgsp.config import settings
+from lgsp.delivery.worker import start_in_process as start_delivery_worker
 from lgsp.control.plane import JWKS_PATH, TOKEN_PATH, create_control_plane
 from lgsp.doors.request_guard import RequestGuard
 from lgsp.doors.rest import MIDDLEWARES, add_shared_apis
@@ -138,7 +139,10 @@ def data_plane(gateway: Gateway | None = None):
     @contextlib.asynccontextmanager
     async def lifespan(_app):
         await gw.start()
+        worker = start_delivery_worker(gw)  # store-and-forward delivery in this process (LGSP_DELIVERY_WORKER)
         yield
+        if worker is not None:
+            await worker.stop()
         await gw.stop()
 
     middlewares = list(MIDDLEWARES)

@@ -106,10 +106,12 @@ def main() -> None:
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", default=8080, show_default=True, type=int)
 @click.option("--workers", default=1, show_default=True, type=int, help="Worker processes.")
-@click.option("--plane", type=click.Choice(["all", "data", "control"]), default="all", show_default=True,
-              help="Serve the data plane (shared APIs), the control plane (tokens, admin), or both.")
+@click.option("--plane", type=click.Choice(["all", "data", "control", "worker"]), default="all", show_default=True,
+              help="Serve the data plane (shared APIs), the control plane (tokens, admin), both (with delivery "
+                   "workers), or only delivery workers (store-and-forward).")
 @click.option("--migrate/--no-migrate", default=False, help="Run database migrations first.")
-def serve(host: str, port: int, workers: int, plane: str, migrate: bool) -> None:
+@click.option("--metrics-port", type=int, default=None, help="--plane worker: serve /metrics on this loopback port.")
+def serve(host: str, port: int, workers: int, plane: str, migrate: bool, metrics_port: int | None) -> None:
     """Run the gateway."""
     import uvicorn
 
@@ -118,6 +120,15 @@ def serve(host: str, port: int, workers: int, plane: str, migrate: bool) -> None
     if migrate:
         _upgrade()
     _check_schema()
+    if plane == "worker":
+        import asyncio
+
+        from lgsp.delivery.worker import serve_worker_plane
+
+        asyncio.run(serve_worker_plane(metrics_port))
+        return
+    if plane == "data":  # at scale, delivery runs in its own processes (--plane worker)
+        os.environ.setdefault("LGSP_DELIVERY_WORKER", "0")
     if workers > 1 and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="lgsp-metrics-")
     scheme = "https" if os.environ.get("LGSP_TLS_CERT_FILE") else "http"
@@ -832,6 +843,66 @@ def audit_witness_compact(before: str, directory: Path | None) -> None:
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--before") from None
     click.echo(f"folded {result['files']} file(s), {result['lines']} line(s) into {result['kept']}")
+
+
+# -- deliveries (store-and-forward) ----------------------------------------------------
+@main.group()
+def deliveries() -> None:
+    """Store-and-forward messages: list, show, replay, cancel (each action audited)."""
+
+
+def _operator(fn, *args, **kwargs):
+    from lgsp.delivery.operators import OperatorError
+
+    try:
+        return fn(_engine(), f"cli:{os.environ.get('USER') or os.getuid()}", *args, **kwargs)
+    except OperatorError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+@deliveries.command("list")
+@click.option("--status", help="accepted, delivering, failed, delivered, dead or cancelled.")
+@click.option("--destination", help="The connection delivered through, e.g. portal.")
+@click.option("--key", help="The ordering key (a dossier number).")
+@click.option("--limit", default=50, show_default=True, type=int)
+def deliveries_list(status, destination, key, limit) -> None:
+    from lgsp.delivery.operators import list_messages
+
+    rows = _operator(list_messages, status=status, destination=destination, key=key, limit=limit)
+    for r in rows:
+        r["error_code"] = (r.get("error") or {}).get("code") or ""
+    _print_rows(rows, ["message_id", "status", "key", "destination", "attempts", "accepted_at", "error_code"])
+
+
+@deliveries.command("show")
+@click.argument("message_id")
+@click.option("--payload", is_flag=True, help="Also decrypt and show what the message carries (recorded as such).")
+def deliveries_show(message_id, payload) -> None:
+    from lgsp.delivery.operators import show
+
+    click.echo(json.dumps(_operator(show, message_id, payload=payload), indent=2, ensure_ascii=False, default=str))
+
+
+@deliveries.command("replay")
+@click.argument("message_id")
+@click.option("--reason", help="Why, for the audit trail.")
+def deliveries_replay(message_id, reason) -> None:
+    """Put a dead or cancelled message back in the queue."""
+    from lgsp.delivery.operators import replay
+
+    row = _operator(replay, message_id, reason)
+    click.echo(f"message {message_id} queued again (now {row['status']})")
+
+
+@deliveries.command("cancel")
+@click.argument("message_id")
+@click.option("--reason", help="Why, for the audit trail and the sender's status.")
+def deliveries_cancel(message_id, reason) -> None:
+    """Take a waiting message (accepted or failed) out of the queue."""
+    from lgsp.delivery.operators import cancel
+
+    row = _operator(cancel, message_id, reason)
+    click.echo(f"message {message_id} is {row['status']}")
 
 
 # -- demo -------------------------------------------------------------------------

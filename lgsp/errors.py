@@ -80,6 +80,11 @@ ERRORS: dict[str, ErrorKind] = {
     "document.sender_mismatch": ErrorKind(403, "The document's sender is not the caller's agency", "Client"),
     "document.unknown_recipient": ErrorKind(400, "A recipient agency is unknown", "Client"),
     "document.too_large": ErrorKind(413, "The edXML package is too large", "Client"),
+    # Store-and-forward delivery (issue 10).
+    "delivery.callback_refused": ErrorKind(400, "Callback URL refused by the egress policy", "Client"),
+    "delivery.cancelled": ErrorKind(409, "Message cancelled by an operator", "Client"),
+    "delivery.not_replayable": ErrorKind(409, "Only a dead or cancelled message can be replayed", "Client"),
+    "delivery.not_cancellable": ErrorKind(409, "Only a message still waiting can be cancelled", "Client"),
 }
 
 

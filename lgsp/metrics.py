@@ -3,8 +3,15 @@ from __future__ import annotations
 
 import os
 
-from prometheus_client import (CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest,
-                               multiprocess)
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+    multiprocess,
+)
 
 _BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 
@@ -50,6 +57,22 @@ upstream_rejected = Counter(
 upstream_retries = Counter("lgsp_upstream_retries_total", "Retries of reads made", ["connection"])
 upstream_retries_denied = Counter(
     "lgsp_upstream_retries_denied_total", "Retries the retry budget refused", ["connection"],
+)
+# Store-and-forward delivery (lgsp.delivery): labelled by destination (a connection name), never by message.
+delivery_attempts = Counter(
+    "lgsp_delivery_attempts_total", "Delivery attempts by destination and outcome (delivered, retry, dead)",
+    ["destination", "outcome"],
+)
+delivery_outcomes = Counter(
+    "lgsp_delivery_outcomes_total", "Messages that reached a final outcome (delivered, dead)", ["destination", "outcome"],
+)
+delivery_queue_depth = Gauge(
+    "lgsp_delivery_queue_depth", "Messages not yet delivered, by destination and state", ["destination", "state"],
+    multiprocess_mode="livemax",
+)
+delivery_oldest_age = Gauge(
+    "lgsp_delivery_oldest_message_age_seconds", "Age of the oldest message not yet delivered", ["destination"],
+    multiprocess_mode="livemax",
 )
 
 

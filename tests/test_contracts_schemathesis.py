@@ -94,7 +94,9 @@ MEANING_CHECKED = ["population.citizen.get", "population.citizen.verify", "popul
                    "population.marital_status.verify", "population.vital_status.verify",
                    "population.bulk_verification.submit", "datastore.records.query", "datastore.records.publish",
                    "services.call", "lgsp.audit.api.search_records",
-                   "lgsp.tls.admin_api.put_binding"]  # a certificate, distinguished name or CIDR that does not parse
+                   "lgsp.tls.admin_api.put_binding",  # a certificate, distinguished name or CIDR that does not parse
+                   # dossiers: real dates in order, a known procedure code, a callback the egress policy allows
+                   "portal.dossier.sync", "portal.dossier.progress"]
 
 
 def _config(world: dict, path: Path, admin: bool) -> Path:

@@ -22,10 +22,12 @@ import secrets
 import socket
 import threading
 import time
-from typing import Any, Mapping
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import orjson
-from sqlalchemy import Engine, insert, select
+from sqlalchemy import Engine, Executable, Table, insert, select
+from sqlalchemy.exc import IntegrityError
 
 from lgsp import metrics
 from lgsp.audit import seals, syslog, witness
@@ -53,8 +55,8 @@ _EMPTY_ROW = dict.fromkeys(HASHED_FIELDS)
 
 def _iso(value: dt.datetime) -> str:
     if value.tzinfo is None:  # SQLite hands back naive UTC datetimes
-        value = value.replace(tzinfo=dt.timezone.utc)
-    return value.astimezone(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+        value = value.replace(tzinfo=dt.UTC)
+    return value.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 def record_hash(record: Mapping[str, Any]) -> str:
@@ -70,6 +72,16 @@ def new_chain_id() -> str:
 
 class AuditUnavailable(Exception):
     pass
+
+
+# What can be committed with a record: a statement, a row to insert as (table, values), or a prepared
+# statement and its parameters as (statement, params).
+Stored = Executable | tuple[Table | Executable, dict[str, Any]]
+
+
+class StoreConflict(Exception):
+    """A statement stored with a record broke a unique constraint (e.g. a message accepted twice at
+    once): that record and its statements were not written; the rest of its group was."""
 
 
 class AuditWriter:
@@ -103,25 +115,29 @@ class AuditWriter:
         self._thread.start()
 
     # -- submitting ------------------------------------------------------
-    def submit(self, record: dict[str, Any]) -> concurrent.futures.Future:
+    def submit(self, record: dict[str, Any], statements: Sequence[Stored] = ()) -> concurrent.futures.Future:
+        """`statements` (e.g. the insert of an accepted message) run in the transaction that commits
+        `record`: both are durable, or neither is. A statement is an SQL statement, or a row to insert
+        as (table, values)."""
         fut: concurrent.futures.Future = concurrent.futures.Future()
         if self._stopping:
             fut.set_exception(AuditUnavailable("audit writer stopped"))
         else:
-            self._queue.put((record, fut))
+            self._queue.put((record, fut, tuple(statements)))
         return fut
 
-    async def commit(self, record: dict[str, Any]) -> None:
-        """Wait until `record` is durable; raise AuditUnavailable if it cannot be."""
-        await asyncio.wrap_future(self.submit(record))
+    async def commit(self, record: dict[str, Any], statements: Sequence[Stored] = ()) -> None:
+        """Wait until `record` (and `statements` with it) is durable; raise AuditUnavailable if it
+        cannot be, StoreConflict if one of the statements broke a unique constraint."""
+        await asyncio.wrap_future(self.submit(record, statements))
 
-    async def commit_all(self, records: list[dict[str, Any]]) -> None:
-        """Wait until all of `records` are durable: consecutive in the chain, in one transaction
-        (an exchange's records for several persons are written together or not at all)."""
-        await asyncio.wrap_future(self.submit(records))  # type: ignore[arg-type]
+    async def commit_all(self, records: list[dict[str, Any]], statements: Sequence[Stored] = ()) -> None:
+        """Wait until all of `records` (and `statements`) are durable: consecutive in the chain, in one
+        transaction (an exchange's records for several persons are written together or not at all)."""
+        await asyncio.wrap_future(self.submit(records, statements))  # type: ignore[arg-type]
 
-    def commit_sync(self, record: dict[str, Any], timeout: float = 30) -> None:
-        self.submit(record).result(timeout)
+    def commit_sync(self, record: dict[str, Any], timeout: float = 30, statements: Sequence[Stored] = ()) -> None:
+        self.submit(record, statements).result(timeout)
 
     @property
     def closed(self) -> bool:
@@ -205,37 +221,61 @@ class AuditWriter:
         self._sealed_at = time.monotonic()
 
     def _write(self, batch) -> None:
-        seq, head = self._seq, self._head
         try:
-            rows, bodies = [], []
-            for item, _ in batch:
-                for record in item if isinstance(item, list) else (item,):  # commit_all: several records
-                    seq += 1
-                    # Every column named: one INSERT takes the whole group, whatever kinds it mixes.
-                    row = dict(_EMPTY_ROW, **record, chain=self.chain, seq=seq, prev_hash=head)
-                    if BODY in row:
-                        bodies.append({"chain": self.chain, "seq": seq, "ciphertext": row.pop(BODY)})
-                    row["hash"] = head = record_hash(row)
-                    rows.append(row)
-            pending = self._pending_seals(seq, head, None)
-            with self._write_lock, self.engine.begin() as conn:
-                conn.execute(insert(audit_records), rows)
-                if bodies:
-                    conn.execute(insert(audit_bodies), bodies)
-                if pending:
-                    conn.execute(insert(audit_seals), pending)
+            self._write_group(batch)
+        except IntegrityError:
+            if len(batch) == 1 or not any(map(_stored, batch)):
+                self._fail(batch, StoreConflict("unique constraint") if _stored(batch[0]) else AuditUnavailable(
+                    "IntegrityError"))
+                return
+            # One record's statements conflicted: write the group one by one, so only that one fails.
+            for item in batch:
+                try:
+                    self._write_group([item])
+                except IntegrityError:
+                    self._fail([item], StoreConflict("unique constraint") if _stored(item) else AuditUnavailable(
+                        "IntegrityError"))
+                except Exception as exc:
+                    self._fail([item], AuditUnavailable(type(exc).__name__), exc)
         except Exception as exc:
-            # The chain head stays where the database has it; the whole group fails.
-            log.error("audit write failed for %d records: %s: %s", len(batch), type(exc).__name__, exc)
-            for _, fut in batch:
-                fut.set_exception(AuditUnavailable(str(type(exc).__name__)))
-            return
+            self._fail(batch, AuditUnavailable(str(type(exc).__name__)), exc)
+
+    @staticmethod
+    def _fail(batch, error: Exception, cause: Exception | None = None) -> None:
+        if cause is not None:
+            log.error("audit write failed for %d records: %s: %s", len(batch), type(cause).__name__, cause)
+        for item in batch:
+            item[1].set_exception(error)
+
+    def _write_group(self, batch) -> None:
+        """Insert the group's records (and run their statements) in one transaction; raise if it fails,
+        the chain head staying where the database has it."""
+        seq, head = self._seq, self._head
+        rows, bodies, statements = [], [], []
+        for item in batch:
+            statements.extend(_stored(item))
+            for record in item[0] if isinstance(item[0], list) else (item[0],):  # commit_all: several records
+                seq += 1
+                # Every column named: one INSERT takes the whole group, whatever kinds it mixes.
+                row = dict(_EMPTY_ROW, **record, chain=self.chain, seq=seq, prev_hash=head)
+                if BODY in row:
+                    bodies.append({"chain": self.chain, "seq": seq, "ciphertext": row.pop(BODY)})
+                row["hash"] = head = record_hash(row)
+                rows.append(row)
+        pending = self._pending_seals(seq, head, None)
+        with self._write_lock, self.engine.begin() as conn:
+            conn.execute(insert(audit_records), rows)
+            if bodies:
+                conn.execute(insert(audit_bodies), bodies)
+            if pending:
+                conn.execute(insert(audit_seals), pending)
+            _run_statements(conn, statements)
         self._seq, self._head = seq, head
         if pending:
             self._mark_sealed(pending[-1]["seq"])
         metrics.audit_batch_records.observe(len(rows))
-        for _, fut in batch:
-            fut.set_result(None)
+        for item in batch:
+            item[1].set_result(None)
         if self._forwarder is not None:  # after the answers are released: a SIEM never delays one
             self._forwarder.send(rows)
         if pending:
@@ -246,6 +286,26 @@ class AuditWriter:
         self._witness.append(sealed)
         if self._forwarder is not None:
             self._forwarder.send(sealed, msgid="seal")
+
+
+def _run_statements(conn, statements: list) -> None:
+    """Run what was stored with a group's records. Rows to insert, given as (table, values), go in one
+    executemany per table (a group of accepted messages is one INSERT); a prepared statement with its
+    parameters, (statement, params), in one executemany per statement; any other statement alone."""
+    rows: dict[Any, list[dict]] = {}
+    for statement in statements:
+        if isinstance(statement, tuple):
+            rows.setdefault(statement[0], []).append(statement[1])
+    for target, values in rows.items():
+        conn.execute(insert(target) if isinstance(target, Table) else target, values)
+    for statement in statements:
+        if not isinstance(statement, tuple):
+            conn.execute(statement)
+
+
+def _stored(item: tuple) -> tuple:
+    """The statements queued with a record (an item is (record, future[, statements]))."""
+    return item[2] if len(item) > 2 else ()
 
 
 class _FileLock:
@@ -296,7 +356,7 @@ def writer_for(engine: Engine) -> AuditWriter:
 def note_read(engine: Engine, actor: str, action: str, detail: dict[str, Any]) -> None:
     """Record that someone read the audit trail (search, record, report, export)."""
     writer_for(engine).commit_sync({
-        "at": dt.datetime.now(dt.timezone.utc), "kind": "admin", "outcome": "ok",
+        "at": dt.datetime.now(dt.UTC), "kind": "admin", "outcome": "ok",
         "detail": {"actor": actor, "action": action, "target": "audit", "before": None, "after": detail},
     })
 

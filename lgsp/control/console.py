@@ -379,3 +379,7 @@ def _utc_iso(value: dt.datetime | None) -> str:
 def _ict_input(value: str | None) -> str:
     """Echo a time field back into a datetime-local input."""
     return (value or "")[:19]
+
+
+# The deliveries page (lgsp.delivery.console_pages) adds its routes to this blueprint.
+from lgsp.delivery import console_pages  # noqa: E402,F401

@@ -23,6 +23,7 @@ from starlette.exceptions import HTTPException
 from starlette.responses import Response
 
 from lgsp import bulk, personal_id, specs
+from lgsp.delivery import accept as messages
 from lgsp.doors.request_guard import allowed_methods
 from lgsp.doors.request_guard import unreadable as unreadable_body
 from lgsp.errors import ExchangeError, problem
@@ -90,6 +91,8 @@ class RestDoor:
             return self.call_by_name
         if service in bulk.STAGES:  # bulk verification: its own stages, 202 on submit
             return self._bulk_handler(service)
+        if messages.stages_for(service):  # store-and-forward: stored with its record, 202
+            return self._message_handler(service)
 
         async def handle(body: dict | None = None, **params: Any) -> Response:
             if isinstance(body, dict):
@@ -112,11 +115,35 @@ class RestDoor:
         handle.__name__ = service.replace(".", "_")
         return handle
 
+    def _message_handler(self, service: str):
+        stages, rendering = messages.stages_for(service), messages.accepted(render)
+
+        async def handle(body: dict | None = None, **params: Any) -> Response:
+            if isinstance(body, dict):
+                params.update(body)
+            ex = exchange_from(current_request, service, params)
+            h = current_request.headers
+            ex.message_options = {k: v for k, v in (("idempotency_key", h.get("idempotency-key")),
+                                                    ("callback_url", h.get("x-callback-url"))) if v}
+            rendered = await serve(ex, self.gateway, rendering, stages=stages)
+            if ex.error is None:
+                messages.wake_workers(self.gateway)
+            return _response(rendered)
+
+        handle.__name__ = service.replace(".", "_")
+        return handle
+
     async def call_by_name(self, service: str, body: dict) -> Response:
         """Any service by name (openapi/services.v1.yaml): params checked against the adapter's schema."""
         ex = exchange_from(current_request, service, dict(body))
         ex.check_params = True
         stages = bulk.STAGES.get(service)  # a list by name is still a job, polled and audited per person
+        if stages is None and messages.stages_for(service):  # a message by name is still stored and forwarded
+            stages = messages.stages_for(service)
+            rendered = await serve(ex, self.gateway, messages.accepted(render), stages=stages)
+            if ex.error is None:
+                messages.wake_workers(self.gateway)
+            return _response(rendered)
         return _response(await serve(ex, self.gateway, bulk.accepted(render) if stages else render, stages=stages))
 
     # -- refusals raised by connexion before our handler ---------------------

@@ -23,6 +23,7 @@ from typing import Any
 from lxml import etree
 
 from lgsp import bulk, personal_id, soap, specs
+from lgsp.delivery import accept as messages
 from lgsp.errors import ERRORS, ExchangeError
 from lgsp.gateway import Gateway
 from lgsp.pipeline.exchange import Exchange, request_id_from
@@ -280,9 +281,15 @@ class SoapDoor:
             source=(scope.get("client") or (None,))[0],
             certificate=thumbprint_of(scope),
         )
-        # Bulk verification runs its own stages (a job polled upstream, one audit record per person).
+        # Bulk verification runs its own stages (a job polled upstream, one audit record per person);
+        # so does a message handed over for delivery (CallService naming a message service).
         stages = bulk.STAGES.get(req.service) if isinstance(req.service, str) else None
-        status, out_headers, payload = await serve(ex, self.gateway, renderer(req), refusal=refusal, stages=stages)
+        message_stages = (messages.stages_for(req.service)
+                          if stages is None and req.operation and req.operation.service_from else None)
+        status, out_headers, payload = await serve(ex, self.gateway, renderer(req), refusal=refusal,
+                                                   stages=stages or message_stages)
+        if message_stages is not None and ex.error is None:  # a message stored for delivery (CallService)
+            messages.wake_workers(self.gateway)
         await _send(send, status, out_headers, payload)
 
     def _too_large(self) -> ExchangeError:

@@ -7,6 +7,7 @@ import os
 import re
 import time
 import unicodedata
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -82,6 +83,13 @@ class Exchange:
     fields: list[str] = field(default_factory=list)
     error: ExchangeError | None = None
     response_headers: dict[str, str] = field(default_factory=dict)  # on every answer, e.g. RateLimit (lgsp.traffic)
+    # Statements committed in the transaction of the exchange's audit record (the message door's
+    # accepted message), and what answers instead when one of them conflicts (the same message
+    # accepted twice at once: the second is answered with the first).
+    store: list = field(default_factory=list)
+    message_options: dict[str, str] = field(default_factory=dict)  # Idempotency-Key, callback URL
+    ok_status: int = 200              # the HTTP status of success (202 for an accepted message)
+    on_store_conflict: Callable[[Exchange], Awaitable[None]] | None = None
 
     def __post_init__(self) -> None:
         # Known from the start, so that even a refused exchange records whom it was about.
@@ -100,7 +108,7 @@ class Exchange:
 
     @property
     def status(self) -> int:
-        return self.error.status if self.error else 200
+        return self.error.status if self.error else self.ok_status
 
     @property
     def outcome(self) -> str:

@@ -17,7 +17,7 @@ from typing import Awaitable, Callable, Mapping
 import orjson
 
 from lgsp import metrics
-from lgsp.audit.writer import BODY, AuditUnavailable
+from lgsp.audit.writer import BODY, AuditUnavailable, StoreConflict
 from lgsp.crypto import fernet, subject_hash
 from lgsp.errors import ExchangeError, problem
 from lgsp.gateway import Gateway
@@ -115,7 +115,16 @@ async def serve(ex: Exchange, gw: Gateway, render: Renderer, *, refusal: Exchang
         rendered = render_safely(ex, render)
         record, others = audit_record(ex, rendered[2], body_logging=False), []
     try:
-        await (gw.audit.commit_all([record, *others]) if others else gw.audit.commit(record))
+        try:
+            # ex.store: what the exchange stores with its record, in the same transaction (an accepted message).
+            await (gw.audit.commit_all([record, *others], ex.store) if others else gw.audit.commit(record, ex.store))
+        except StoreConflict:
+            if ex.on_store_conflict is None:
+                raise AuditUnavailable("store conflict") from None
+            ex.store = []
+            await ex.on_store_conflict(ex)
+            rendered = render_safely(ex, render)
+            await gw.audit.commit(audit_record(ex, rendered[2]))
     except AuditUnavailable:
         ex.error = ExchangeError("audit.unavailable", "The audit log cannot be written, so the exchange was refused.")
         rendered = render_safely(ex, render)

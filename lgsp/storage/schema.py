@@ -266,3 +266,61 @@ agencies = Table(
     Column("updated_at", DateTime(timezone=True), nullable=False),
     Index("ix_agencies_client_id", "client_id"),
 )
+
+# -- store-and-forward delivery (lgsp.delivery, migration 0014) ----------------------------
+delivery_messages = Table(
+    "delivery_messages", metadata,
+    # Position in the queue: a key's messages are delivered in this order.
+    Column("seq", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True),
+    Column("id", String(36), nullable=False, unique=True),   # the message id the sender is given
+    Column("client_id", String(64), nullable=False),
+    Column("service", String(128), nullable=False),
+    Column("destination", String(64), nullable=False),       # the connection it is delivered through
+    Column("operation", String(64), nullable=False),
+    Column("msg_key", String(128), nullable=False),          # ordering key (e.g. the dossier number)
+    Column("request_id", String(64), nullable=False),
+    Column("purpose", String(64)),
+    Column("officer", String(128)),
+    Column("agency_code", String(64)),
+    Column("payload", Text, nullable=False),                 # Fernet ciphertext of the params
+    # accepted | delivering | failed (will retry) | delivered | dead | cancelled
+    Column("status", String(16), nullable=False),
+    Column("attempts", Integer, nullable=False, default=0),
+    Column("accepted_at", DateTime(timezone=True), nullable=False),
+    Column("next_attempt_at", DateTime(timezone=True), nullable=False),
+    Column("expires_at", DateTime(timezone=True), nullable=False),   # the maximum age: dead after it
+    Column("lease_owner", String(64)),
+    Column("lease_until", DateTime(timezone=True)),
+    Column("finished_at", DateTime(timezone=True)),
+    Column("error_code", String(64)),
+    Column("reason", Text),
+    Column("answer", JSON),                                  # the destination's answer once delivered
+    Column("callback_url", String(512)),
+    Column("callback_state", String(16)),                    # pending | sent | failed
+    Index("ix_delivery_due", "status", "next_attempt_at"),
+    Index("ix_delivery_key_seq", "msg_key", "seq"),
+)
+
+# What makes a second acceptance the first one: an Idempotency-Key, or the key + version.
+delivery_dedupe = Table(
+    "delivery_dedupe", metadata,
+    Column("client_id", String(64), primary_key=True),
+    Column("dedupe_key", String(200), primary_key=True),
+    Column("message_id", String(36), nullable=False),
+)
+
+# The delivery log: one row per attempt, written when the attempt starts and finished with its outcome.
+delivery_attempts = Table(
+    "delivery_attempts", metadata,
+    Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True),
+    Column("message_id", String(36), nullable=False),
+    Column("attempt", Integer, nullable=False),
+    Column("worker", String(64), nullable=False),
+    Column("started_at", DateTime(timezone=True), nullable=False),
+    Column("finished_at", DateTime(timezone=True)),
+    Column("outcome", String(16)),                           # delivered | retry | dead | abandoned
+    Column("error_code", String(64)),
+    Column("reason", Text),
+    Column("latency_ms", Float),
+    UniqueConstraint("message_id", "attempt", name="uq_delivery_attempt"),
+)

@@ -1,0 +1,204 @@
+"""The durable queue: messages, their dedupe keys and the delivery log, claimed with row locks.
+
+Claiming takes the oldest due messages that head their key (no earlier message of the same key
+is still pending), marks them `delivering` with a lease, and opens an attempt in the delivery log,
+in one transaction:
+- PostgreSQL: `SELECT … FOR UPDATE OF m SKIP LOCKED`, so workers on any node share the queue
+  without waiting on, or taking, each other's rows;
+- SQLite: one writer at a time (`BEGIN IMMEDIATE`, under the same file lock as the audit writer),
+  so a claim is never made on a stale snapshot.
+A claim whose lease ran out (its worker was killed) is due again; its open attempt is closed as
+`abandoned` when the message is taken again.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import threading
+from dataclasses import dataclass
+from functools import cache
+from typing import Any
+
+import orjson
+from cryptography.fernet import Fernet
+from sqlalchemy import Engine, and_, bindparam, exists, insert, or_, select, update
+
+from lgsp.audit.writer import _FileLock
+from lgsp.crypto import fernet
+from lgsp.storage.schema import delivery_attempts, delivery_dedupe, delivery_messages
+
+M = delivery_messages
+PENDING = ("accepted", "delivering", "failed")
+FINAL = ("delivered", "dead", "cancelled")
+
+
+def now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+def utc(value: dt.datetime | None) -> dt.datetime | None:
+    """SQLite hands back naive datetimes; they were written in UTC."""
+    return value if value is None or value.tzinfo else value.replace(tzinfo=dt.UTC)
+
+
+@cache
+def _cipher() -> Fernet:
+    return fernet()
+
+
+def seal_payload(params: dict[str, Any]) -> str:
+    """A message's params at rest: they name people (applicants), so they are kept encrypted."""
+    return _cipher().encrypt(orjson.dumps(params)).decode()
+
+
+def open_payload(text: str) -> dict[str, Any]:
+    return orjson.loads(_cipher().decrypt(text.encode()))
+
+
+def store_statements(message: dict[str, Any], client_id: str, dedupe_keys: list[str]) -> list[tuple]:
+    """The rows of an accepted message, inserted with its audit record (lgsp.audit.writer StoreConflict
+    if a dedupe key is already taken: the same message accepted twice at once)."""
+    out = [(delivery_dedupe, {"client_id": client_id, "dedupe_key": key, "message_id": message["id"]})
+           for key in dedupe_keys]
+    out.append((M, message))
+    return out
+
+
+def first_acceptance(engine: Engine, client_id: str, dedupe_keys: list[str]) -> Any | None:
+    """The message a client already had accepted under one of these keys, if any."""
+    if not dedupe_keys:
+        return None
+    with engine.connect() as conn:
+        message_id = conn.execute(select(delivery_dedupe.c.message_id).where(
+            delivery_dedupe.c.client_id == client_id, delivery_dedupe.c.dedupe_key.in_(dedupe_keys)).limit(1)).scalar()
+        if message_id is None:
+            return None
+        return conn.execute(select(M).where(M.c.id == message_id)).first()
+
+
+def read(engine: Engine, message_id: str) -> Any | None:
+    with engine.connect() as conn:
+        return conn.execute(select(M).where(M.c.id == message_id)).first()
+
+
+def attempts_of(engine: Engine, message_id: str) -> list[dict]:
+    with engine.connect() as conn:
+        rows = conn.execute(select(delivery_attempts).where(delivery_attempts.c.message_id == message_id)
+                            .order_by(delivery_attempts.c.attempt))
+        return [dict(r._mapping) for r in rows]
+
+
+@dataclass(frozen=True)
+class Claim:
+    """A message taken for one attempt."""
+
+    id: str
+    seq: int
+    client_id: str
+    service: str
+    destination: str
+    operation: str
+    msg_key: str
+    request_id: str
+    purpose: str | None
+    officer: str | None
+    agency_code: str | None
+    payload: str
+    attempt: int
+    accepted_at: dt.datetime
+    expires_at: dt.datetime
+    callback_url: str | None
+
+
+_CLAIM_COLUMNS = (M.c.seq, M.c.id, M.c.client_id, M.c.service, M.c.destination, M.c.operation, M.c.msg_key,
+                  M.c.request_id, M.c.purpose, M.c.officer, M.c.agency_code, M.c.payload, M.c.attempts,
+                  M.c.accepted_at, M.c.expires_at, M.c.callback_url, M.c.status)
+
+
+class Queue:
+    """The queue as one worker process uses it."""
+
+    def __init__(self, engine: Engine, worker: str):
+        self.engine = engine
+        self.worker = worker
+        self.sqlite = engine.url.get_backend_name() == "sqlite"
+        database = engine.url.database if self.sqlite else None
+        # The audit writer's file lock (its own descriptor): SQLite's one writer, handed over at once.
+        self._file_lock = _FileLock(database + ".write-lock") if database and database != ":memory:" else None
+        self._thread_lock = threading.Lock()
+
+    def _due(self, at: dt.datetime):
+        earlier = M.alias("earlier")
+        head_of_key = ~exists().where(earlier.c.msg_key == M.c.msg_key, earlier.c.seq < M.c.seq,
+                                      earlier.c.status.in_(PENDING))
+        return and_(
+            or_(and_(M.c.status.in_(("accepted", "failed")), M.c.next_attempt_at <= at),
+                and_(M.c.status == "delivering", M.c.lease_until < at)),
+            head_of_key,
+        )
+
+    def claim(self, limit: int, lease: float) -> list[Claim]:
+        """Up to `limit` due messages, each the head of its key, leased to this worker."""
+        with self._thread_lock:
+            if self._file_lock is None:
+                return self._claim(limit, lease)
+            with self._file_lock:
+                return self._claim(limit, lease)
+
+    def _claim(self, limit: int, lease: float) -> list[Claim]:
+        at = now()
+        query = select(*_CLAIM_COLUMNS).where(self._due(at)).order_by(M.c.seq).limit(limit)
+        if not self.sqlite:
+            query = query.with_for_update(skip_locked=True, of=M)
+        with self.engine.connect() as conn:
+            if self.sqlite:
+                conn.exec_driver_sql("BEGIN IMMEDIATE")
+            rows = conn.execute(query).all()
+            claims = []
+            for r in rows:
+                attempt = r.attempts + 1
+                conn.execute(update(M).where(M.c.seq == r.seq).values(
+                    status="delivering", attempts=attempt, lease_owner=self.worker,
+                    lease_until=at + dt.timedelta(seconds=lease)))
+                if r.status == "delivering":  # its worker was lost mid-attempt
+                    conn.execute(update(delivery_attempts).where(
+                        delivery_attempts.c.message_id == r.id, delivery_attempts.c.outcome.is_(None)).values(
+                        outcome="abandoned", finished_at=at, reason="The worker's lease ran out (worker stopped?)."))
+                conn.execute(insert(delivery_attempts).values(
+                    message_id=r.id, attempt=attempt, worker=self.worker, started_at=at))
+                claims.append(Claim(
+                    id=r.id, seq=r.seq, client_id=r.client_id, service=r.service, destination=r.destination,
+                    operation=r.operation, msg_key=r.msg_key, request_id=r.request_id, purpose=r.purpose,
+                    officer=r.officer, agency_code=r.agency_code, payload=r.payload, attempt=attempt,
+                    accepted_at=utc(r.accepted_at), expires_at=utc(r.expires_at), callback_url=r.callback_url))
+            conn.commit()
+        return claims
+
+    def finish_statements(self, claim: Claim, *, status: str, error_code: str | None = None,
+                          reason: str | None = None, answer: Any = None, next_attempt_at: dt.datetime | None = None,
+                          latency_ms: float | None = None) -> list[tuple]:
+        """The message's new state and its attempt's outcome, committed with the attempt's audit
+        record. Only while this worker still holds the claim: a lease taken over is not overwritten."""
+        at = now()
+        final = status in FINAL
+        message = {"b_seq": claim.seq, "b_owner": self.worker, "b_attempt": claim.attempt, "status": status,
+                   "error_code": error_code, "reason": reason, "answer": answer,
+                   "finished_at": at if final else None, "next_attempt_at": next_attempt_at or at,
+                   "callback_state": "pending" if final and claim.callback_url else None}
+        attempt = {"b_message": claim.id, "b_attempt": claim.attempt, "finished_at": at,
+                   "outcome": {"delivered": "delivered", "dead": "dead", "failed": "retry"}[status],
+                   "error_code": error_code, "reason": reason, "latency_ms": latency_ms}
+        return [(_FINISH_MESSAGE, message), (_FINISH_ATTEMPT, attempt)]
+
+
+# Prepared once: the audit writer runs a group's finishes as one executemany each.
+_FINISH_MESSAGE = update(M).where(
+    M.c.seq == bindparam("b_seq"), M.c.lease_owner == bindparam("b_owner"),
+    M.c.attempts == bindparam("b_attempt"), M.c.status == "delivering",
+).values(status=bindparam("status"), error_code=bindparam("error_code"), reason=bindparam("reason"),
+         answer=bindparam("answer", type_=M.c.answer.type), finished_at=bindparam("finished_at"),
+         next_attempt_at=bindparam("next_attempt_at"), callback_state=bindparam("callback_state"),
+         lease_owner=None, lease_until=None)
+_FINISH_ATTEMPT = update(delivery_attempts).where(
+    delivery_attempts.c.message_id == bindparam("b_message"), delivery_attempts.c.attempt == bindparam("b_attempt"),
+).values(finished_at=bindparam("finished_at"), outcome=bindparam("outcome"), error_code=bindparam("error_code"),
+         reason=bindparam("reason"), latency_ms=bindparam("latency_ms"))
