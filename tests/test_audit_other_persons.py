@@ -225,10 +225,10 @@ def test_an_answer_whose_other_persons_cannot_be_recorded_is_not_given(lgsp_env)
         def __init__(self) -> None:
             self.records: list[dict] = []
 
-        async def commit(self, record: dict) -> None:
+        async def commit(self, record: dict, statements=()) -> None:
             self.records.append(record)
 
-        async def commit_all(self, records: list[dict]) -> None:
+        async def commit_all(self, records: list[dict], statements=()) -> None:
             self.records.extend(records)
 
     async def answered(ex, _gw) -> None:
