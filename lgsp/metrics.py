@@ -58,6 +58,12 @@ upstream_retries = Counter("lgsp_upstream_retries_total", "Retries of reads made
 upstream_retries_denied = Counter(
     "lgsp_upstream_retries_denied_total", "Retries the retry budget refused", ["connection"],
 )
+# Quotas (lgsp.traffic): the share of a day's or month's quota used, per policy target (client and
+# service names, never personal). The counters are shared by all workers, so the most recent is the highest.
+quota_used_ratio = Gauge(
+    "lgsp_quota_used_ratio", "Share of a day's or month's quota used so far (0-1)", ["target", "window"],
+    multiprocess_mode="livemax",
+)
 # Store-and-forward delivery (lgsp.delivery): labelled by destination (a connection name), never by message.
 delivery_attempts = Counter(
     "lgsp_delivery_attempts_total", "Delivery attempts by destination and outcome (delivered, retry, dead)",

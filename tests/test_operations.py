@@ -89,8 +89,7 @@ def test_every_panel_has_a_query_and_a_unique_id():
 def test_dashboard_and_rules_read_metrics_the_gateway_exports(gateway):
     httpx.get(f"{gateway.url}/api/population/v1/citizens/001085012345")  # one exchange: labelled series exist
     names = exported(httpx.get(f"{gateway.url}/metrics").text)
-    pending = pending_metrics()
-    assert pending, "the allow-list in docs/operations.md is missing"
+    pending = pending_metrics()  # may be empty: every metric read is exported
     referenced = {m for expr in dashboard_exprs() + rule_exprs() for m in METRIC.findall(expr)}
     unknown = sorted(m for m in referenced - names if m not in pending)
     assert not unknown, f"the dashboard or alert rules read metrics the gateway does not export: {unknown}"

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from lgsp import metrics
 from lgsp.errors import ExchangeError
 from lgsp.pipeline.exchange import Exchange
 from lgsp.traffic.counters import Count, Counter, CounterStore, Quota, Rate, StoreUnavailable, ceil_seconds, store_for
@@ -36,6 +37,7 @@ class Check:
     counter: Counter
     window: int | None
     says: str         # what the limit is, in a sentence of a refusal
+    meter: tuple[str, str] | None = None  # a quota's (target, window) labels of lgsp_quota_used_ratio
 
 
 class Calendar:
@@ -99,12 +101,14 @@ class Limiter:
         if national:
             day, ends = self.calendar.day(now)
             out.append(Check("national-day", national, Quota(f"n:{connection}:d:{day}", national.per_day, ends), DAY,
-                             f"The province's daily quota of {national.per_day} calls to '{connection}' is used up"))
+                             f"The province's daily quota of {national.per_day} calls to '{connection}' is used up",
+                             (national.target, "day")))
             share = national.shares.get(client_id)
             if share:
                 out.append(Check("national-share-day", national, Quota(f"ns:{connection}:{client_id}:d:{day}", share,
                                                                        ends), DAY,
-                                 f"Client '{client_id}' has used its daily share of {share} calls to '{connection}'"))
+                                 f"Client '{client_id}' has used its daily share of {share} calls to '{connection}'",
+                                 (f"{national.target}/client:{client_id}", "day")))
         return out
 
     def _own(self, policy: Policy, key: str, label: str, who: str, scope: str, now: float) -> list[Check]:
@@ -118,11 +122,13 @@ class Limiter:
         if policy.per_day:
             day, ends = self.calendar.day(now)
             out.append(Check(f"{label}-day", policy, Quota(f"{key}:d:{day}", policy.per_day, ends), DAY,
-                             f"{who} has used its quota of {policy.per_day} calls per day{scope}"))
+                             f"{who} has used its quota of {policy.per_day} calls per day{scope}",
+                             (policy.target, "day")))
         if policy.per_month:
             month, ends = self.calendar.month(now)
             out.append(Check(f"{label}-month", policy, Quota(f"{key}:m:{month}", policy.per_month, ends), None,
-                             f"{who} has used its quota of {policy.per_month} calls per month{scope}"))
+                             f"{who} has used its quota of {policy.per_month} calls per month{scope}",
+                             (policy.target, "month")))
         return out
 
 
@@ -162,6 +168,9 @@ async def limit(ex: Exchange, gw: Any) -> None:
                                 headers={"Retry-After": "1"}) from None
         return  # fail open: served uncounted (the store's state shows in /readyz)
     ex.response_headers["RateLimit"] = limit_field(checks, counts)
+    for check, count in zip(checks, counts):
+        if check.meter is not None:  # how much of a day's or month's quota is gone, for the dashboard and alerts
+            metrics.quota_used_ratio.labels(*check.meter).set(1 - count.remaining / _quota(check))
     refused = [(c, n) for c, n in zip(checks, counts) if not n.allowed]
     if refused:
         wait = max(1, max(ceil_seconds(n.retry_after) for _, n in refused))
