@@ -22,7 +22,7 @@ import secrets
 import socket
 import threading
 import time
-from typing import Any, Mapping
+from typing import Any, Mapping, Required, TypedDict
 
 import orjson
 from sqlalchemy import Engine, insert, select
@@ -46,6 +46,39 @@ HASHED_FIELDS = (
     "officer", "purpose", "service", "outcome", "status", "error_code", "latency_ms", "fields",
     "subject_hash", "upstream", "trace_id", "request_bytes", "response_bytes", "response_sha256", "detail",
 )
+
+
+# The columns the writer itself fills in (the chain's position); every other hashed column comes
+# from the record it is handed.
+WRITER_FIELDS = HASHED_FIELDS[:3]
+
+
+class AuditRecord(TypedDict, total=False):
+    """A record as handed to the writer: the hashed columns after WRITER_FIELDS, in their order
+    (a test holds the two lists together), and BODY when the service logs bodies."""
+
+    at: Required[dt.datetime]
+    kind: Required[str]  # "exchange" | "admin" | "auth" | "checkpoint" …
+    request_id: str | None
+    door: str | None
+    client_id: str | None
+    agency_code: str | None
+    officer: str | None
+    purpose: str | None
+    service: str | None
+    outcome: str | None
+    status: int | None
+    error_code: str | None
+    latency_ms: float | None
+    fields: list[str] | None
+    subject_hash: str | None
+    upstream: str | None
+    trace_id: str | None
+    request_bytes: int | None
+    response_bytes: int | None
+    response_sha256: str | None
+    detail: dict[str, Any] | None
+    _body: str  # BODY: the encrypted payload, stored apart and not hashed
 
 
 _EMPTY_ROW = dict.fromkeys(HASHED_FIELDS)
@@ -103,7 +136,7 @@ class AuditWriter:
         self._thread.start()
 
     # -- submitting ------------------------------------------------------
-    def submit(self, record: dict[str, Any]) -> concurrent.futures.Future:
+    def submit(self, record: AuditRecord) -> concurrent.futures.Future:
         fut: concurrent.futures.Future = concurrent.futures.Future()
         if self._stopping:
             fut.set_exception(AuditUnavailable("audit writer stopped"))
@@ -111,11 +144,11 @@ class AuditWriter:
             self._queue.put((record, fut))
         return fut
 
-    async def commit(self, record: dict[str, Any]) -> None:
+    async def commit(self, record: AuditRecord) -> None:
         """Wait until `record` is durable; raise AuditUnavailable if it cannot be."""
         await asyncio.wrap_future(self.submit(record))
 
-    def commit_sync(self, record: dict[str, Any], timeout: float = 30) -> None:
+    def commit_sync(self, record: AuditRecord, timeout: float = 30) -> None:
         self.submit(record).result(timeout)
 
     @property
