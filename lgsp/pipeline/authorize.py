@@ -34,4 +34,5 @@ async def authorize(ex: Exchange, ctx: StageContext) -> None:
         raise ExchangeError("purpose.missing", missing_purpose_sentence(ex.door))
     if ex.purpose not in grant.allowed_purposes:
         allowed = ", ".join(sorted(grant.allowed_purposes))
-        raise ExchangeError("purpose.not_allowed", f"Purpose '{ex.purpose}' is not allowed by the grant; allowed: {allowed}.")
+        raise ExchangeError("purpose.not_allowed",
+                            f"Purpose '{ex.purpose}' is not allowed by the grant; allowed: {allowed}.")

@@ -14,7 +14,6 @@ from lgsp.errors import ExchangeError
 from lgsp.pipeline.exchange import Exchange
 from lgsp.pipeline.stage import StageContext
 
-
 # (adapter class, operation) → its parameters' validator: a few per adapter, built on first use.
 _validators: dict[tuple[type[Adapter], str], jsonschema.Draft202012Validator | None] = {}
 
