@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Mapping
 
+from lgsp.errors import ErrorCode
+
 
 @dataclass(frozen=True)
 class Operation:
@@ -73,7 +75,7 @@ class AdapterResult:
 class UpstreamError(Exception):
     """Base class: the backend could not give a usable answer."""
 
-    code: ClassVar[str] = "upstream.error"
+    code: ClassVar[ErrorCode] = "upstream.error"
 
     def __init__(self, detail: str, *, upstream: str | None = None, trace_id: str | None = None):
         super().__init__(detail)

@@ -23,8 +23,8 @@ import logging
 import os
 import time
 import uuid
-from collections.abc import Awaitable, Callable
-from typing import Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 import orjson
 from sqlalchemy import delete, insert, select, update
@@ -37,6 +37,9 @@ from lgsp.mapping.compile import MappingError, load_mapping
 from lgsp.pipeline.exchange import Exchange
 from lgsp.pipeline.minimize import _tree, project
 from lgsp.storage.schema import bulk_jobs
+
+if TYPE_CHECKING:
+    from lgsp.pipeline.stage import StageContext
 
 log = logging.getLogger(__name__)
 
@@ -271,38 +274,18 @@ def jobs_for(gw: Any) -> BulkJobs:
     return jobs
 
 
-# -- the two services' stages (the doors' serve() runs them instead of the usual ones) ----
+# -- the two services' own stages (lgsp.pipeline.run.PIPELINES puts them after the usual ones) ----
 
-async def submit_stages(ex: Exchange, gw: Any) -> None:
-    from lgsp.pipeline.run import run_stages  # late: the pipeline imports the validate stage, which imports us
-
-    await run_stages(ex, gw)
-    if ex.error is not None:
-        return
-    try:
-        ex.answer = await jobs_for(gw).create(ex)
-        ex.fields = []
-    except ExchangeError as exc:
-        ex.error = exc
+async def create_job(ex: Exchange, ctx: StageContext) -> None:
+    """Last stage of a submit: the national side took the list; start polling it."""
+    ex.answer = await jobs_for(ctx.gw).create(ex)
+    ex.fields = []
 
 
-async def get_stages(ex: Exchange, gw: Any) -> None:
-    from lgsp.pipeline.authorize import authorize
-    from lgsp.pipeline.identify import identify
-    from lgsp.pipeline.resolve import resolve
-
-    snap = gw.registry.snapshot
-    try:
-        identify(ex, snap)
-        resolve(ex, snap)
-        authorize(ex, snap)
-        ex.answer = await jobs_for(gw).view(str(ex.params.get("job_id", "")), ex.client.client_id)
-        ex.fields = [k for k in ("items",) if k in ex.answer]
-    except ExchangeError as exc:
-        ex.error = exc
-
-
-STAGES: dict[str, Callable[[Exchange, Any], Awaitable[None]]] = {SUBMIT: submit_stages, GET: get_stages}
+async def view_job(ex: Exchange, ctx: StageContext) -> None:
+    """Last stage of a poll: the job as its submitter may see it."""
+    ex.answer = answer = await jobs_for(ctx.gw).view(str(ex.params.get("job_id", "")), ex.bound_client.client_id)
+    ex.fields = [k for k in ("items",) if k in answer]
 
 
 def accepted(render: Callable) -> Callable:

@@ -5,7 +5,7 @@ stores the code. Codes never change meaning once published; docs/errors.md lists
 """
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import Any, Literal, NamedTuple
 
 
 class ErrorKind(NamedTuple):
@@ -14,7 +14,58 @@ class ErrorKind(NamedTuple):
     soap_fault: str  # "Client" (the caller's fault) or "Server"
 
 
-ERRORS: dict[str, ErrorKind] = {
+# Every code of the table below, as a type: a stage that raises a code not in the table fails
+# the type check, not a request (tests/test_units.py holds the two lists together). A new code
+# goes into both.
+ErrorCode = Literal[
+    "request.invalid",
+    "request.too_large",
+    "request.malformed",
+    "request.not_found",
+    "request.method_not_allowed",
+    "request.unsupported_media_type",
+    "personal_id.malformed",
+    "personal_id.impossible",
+    "enterprise_code.malformed",
+    "bulk.too_many_items",
+    "bulk.duplicate_items",
+    "auth.token_missing",
+    "auth.token_invalid",
+    "auth.token_expired",
+    "auth.client_disabled",
+    "auth.digest_unsupported",
+    "access.no_grant",
+    "access.not_owner",
+    "purpose.missing",
+    "purpose.not_allowed",
+    "record.not_found",
+    "record.invalid",
+    "service.unknown",
+    "service.unavailable",
+    "upstream.timeout",
+    "upstream.unavailable",
+    "upstream.fault",
+    "upstream.malformed",
+    "upstream.error",
+    "audit.unavailable",
+    "internal.error",
+    "admin.invalid",
+    "admin.not_found",
+    "admin.conflict",
+    "auth.token_not_yet_valid",
+    "auth.token_lifetime",
+    "access.filter_not_granted",
+    "cursor.invalid",
+    "admin.egress_refused",
+    "upstream.egress_refused",
+    "request.context_invalid",
+    "request.header_too_large",
+    "record.invalid_characters",
+    "auth.throttled",
+]
+
+
+ERRORS: dict[ErrorCode, ErrorKind] = {
     "request.invalid": ErrorKind(400, "The request is not valid", "Client"),
     "request.too_large": ErrorKind(413, "The request body is too large", "Client"),
     "request.malformed": ErrorKind(400, "The request cannot be read", "Client"),
@@ -91,12 +142,12 @@ ERRORS: dict[str, ErrorKind] = {
 class ExchangeError(Exception):
     """A refusal or failure with a stable code and a sentence for a person."""
 
-    def __init__(self, code: str, detail: str, *, headers: dict[str, str] | None = None,
+    def __init__(self, code: ErrorCode, detail: str, *, headers: dict[str, str] | None = None,
                  status: int | None = None):
         if code not in ERRORS:
             raise ValueError(f"unknown error code {code!r}")
         super().__init__(detail)
-        self.code = code
+        self.code: ErrorCode = code
         self.detail = detail
         self.headers = headers or {}
         self._status = status  # the code's own status unless the case has a truer one (an open circuit: 503)
@@ -111,11 +162,11 @@ class ExchangeError(Exception):
         return "refused" if self.status < 500 else "failed"
 
 
-def problem(code: str, detail: str, request_id: str | None, instance: str | None = None,
-            status: int | None = None) -> dict:
+def problem(code: ErrorCode, detail: str, request_id: str | None, instance: str | None = None,
+            status: int | None = None) -> dict[str, Any]:
     """RFC 9457 problem details with our extension members `code` and `request_id`."""
     kind = ERRORS[code]
-    body = {
+    body: dict[str, Any] = {
         "type": f"/problems/{code}",
         "title": kind.title,
         "status": status or kind.status,

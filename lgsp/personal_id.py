@@ -9,6 +9,8 @@ from __future__ import annotations
 import datetime as _dt
 from dataclasses import dataclass
 
+from lgsp.errors import ErrorCode
+
 # Pre-2025 two-digit province codes (Decision 124/2004/QĐ-TTg). Personal IDs
 # issued before and after the 2025 reorganisation carry these as "0" + code.
 PROVINCE_CODES = frozenset(
@@ -21,7 +23,7 @@ PROVINCE_CODES = frozenset(
 class PersonalIdError(ValueError):
     """Why a personal ID is refused; ``code`` is the stable error code."""
 
-    def __init__(self, code: str, detail: str):
+    def __init__(self, code: ErrorCode, detail: str):
         super().__init__(detail)
         self.code = code
         self.detail = detail

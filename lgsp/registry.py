@@ -76,7 +76,7 @@ class Snapshot:
     grants: dict[tuple[str, str], Grant] = field(default_factory=dict)
     services: dict[str, Service] = field(default_factory=dict)
     connections: dict[str, ConnectionSpec] = field(default_factory=dict)
-    jwks: list[dict] = field(default_factory=list)
+    jwks: list[dict[str, Any]] = field(default_factory=list)
     key_set: KeySet | None = None
     key_kids: frozenset[str] = frozenset()
     granted: dict[str, frozenset[str]] = field(default_factory=dict)  # client → services it has grants for
@@ -86,7 +86,7 @@ class Snapshot:
 
 def read_generation(engine: Engine) -> int:
     with engine.connect() as conn:
-        return conn.execute(select(config_state.c.generation).where(config_state.c.id == 1)).scalar_one()
+        return int(conn.execute(select(config_state.c.generation).where(config_state.c.id == 1)).scalar_one())
 
 
 def load_snapshot(engine: Engine) -> Snapshot:
@@ -127,10 +127,10 @@ class Registry:
         self.poll_seconds = poll_seconds
         self.snapshot = Snapshot()
         self._adapters: dict[str, tuple[ConnectionSpec, Adapter]] = {}
-        self._task: asyncio.Task | None = None
+        self._task: asyncio.Task[None] | None = None
         self._listener: Listener | None = None
         self._wake: asyncio.Event | None = None
-        self._retired: set[asyncio.Task] = set()  # adapters of changed connections, closing once drained
+        self._retired: set[asyncio.Task[None]] = set()  # adapters of changed connections, closing once drained
 
     def refresh(self) -> None:
         self.snapshot = load_snapshot(self.engine)
@@ -140,7 +140,11 @@ class Registry:
         self._wake = asyncio.Event()
         if Listener.supported(self.engine):
             loop, wake = asyncio.get_running_loop(), self._wake
-            self._listener = Listener(self.engine, lambda: loop.call_soon_threadsafe(wake.set))
+
+            def notified() -> None:  # on the listener's thread
+                loop.call_soon_threadsafe(wake.set)
+
+            self._listener = Listener(self.engine, notified)
             self._listener.start()
         self._task = asyncio.create_task(self._poll())
 
@@ -157,10 +161,11 @@ class Registry:
         self._adapters.clear()
 
     async def _poll(self) -> None:
+        wake = self._wake or asyncio.Event()  # set by start()
         while True:
             with contextlib.suppress(TimeoutError):  # a notification, or the poll interval, whichever first
-                await asyncio.wait_for(self._wake.wait(), self.poll_seconds)
-            self._wake.clear()
+                await asyncio.wait_for(wake.wait(), self.poll_seconds)
+            wake.clear()
             try:
                 if await asyncio.to_thread(read_generation, self.engine) != self.snapshot.generation:
                     await asyncio.to_thread(self.refresh)
@@ -195,6 +200,23 @@ class Registry:
                 self.adapter(name)
             except Exception:
                 log.error("connection %s: adapter could not be built", name, exc_info=True)
+
+    def bind(self, snap: Snapshot, connection_name: str) -> tuple[ConnectionSpec | None, Adapter | None]:
+        """The connection as `snap` has it and its adapter, for one exchange to hold until it ends.
+
+        A reload may swap the live adapter while the exchange awaits its backend; the bound one
+        stays open for it (a replaced adapter is closed only after ADAPTER_DRAIN_SECONDS).
+        Raises what building the adapter raises (bad settings, a broken plug-in).
+        """
+        conn = snap.connections.get(connection_name)
+        if conn is None or not conn.enabled:
+            return conn, None
+        cached = self._adapters.get(connection_name)
+        if cached and cached[0] == conn:
+            return conn, cached[1]
+        if snap is not self.snapshot:  # replaced while the exchange waited (a password check): serve the live one
+            conn = self.snapshot.connections.get(connection_name)
+        return conn, self.adapter(connection_name)
 
     def adapter(self, connection_name: str) -> Adapter | None:
         """The adapter built from this connection's settings (built on first use)."""

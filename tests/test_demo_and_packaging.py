@@ -59,6 +59,7 @@ def test_wheel_contains_specs_mappings_code_lists_and_migrations(tmp_path):
         "lgsp/codelists/data/admin-units.yaml", "lgsp/storage/migrations/env.py",
         "lgsp/storage/migrations/script.py.mako", "lgsp/storage/migrations/versions/0001_initial.py",
         "lgsp_schemas/edxml/edxml.xsd", "lgsp_adapters/national_axis/mapping.yaml",
+        "lgsp/py.typed", "lgsp/mapping/mapping.schema.json",
     ]:
         assert required in names, required
     entry_points = next(n for n in names if n.endswith("entry_points.txt"))

@@ -17,6 +17,7 @@ import unicodedata
 from pathlib import Path
 
 import pytest
+import yaml
 
 from lgsp.mapping.compile import MappingError, MappingSpecError, compile_mapping, load_mapping
 
@@ -270,3 +271,58 @@ def test_mapping_is_fast(m):
     n = 2000
     per_call = min(timeit.repeat(lambda: m.apply("citizen.get", national, meta), number=n, repeat=3)) / n
     assert per_call < 200e-6, f"{per_call * 1e6:.1f} µs per citizen"
+
+
+# -- the mapping file's schema: a wrong key is refused at load, naming the file and its line ----------
+
+SCHEMA_CASE = """\
+name: t
+source: population-db
+operations:
+  op:
+    input: X
+    fields:
+      name: HoVaTen
+      birth: {path: NgaySinh, date: yyyyMMdd}
+      address:
+        path: ThuongTru
+        tempalte: address
+"""
+
+
+def _write(tmp_path, text: str):
+    path = tmp_path / "mapping.yaml"
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def test_a_wrong_key_in_a_field_names_the_file_and_its_line(tmp_path):
+    path = _write(tmp_path, SCHEMA_CASE)
+    with pytest.raises(MappingSpecError) as err:
+        load_mapping(path)
+    message = str(err.value)
+    assert message.startswith(f"{path.resolve()}, line 11: operations/op/fields/address/tempalte: ")
+    assert "unknown key 'tempalte'" in message and "template" in message  # the allowed keys are listed
+
+
+@pytest.mark.parametrize("change, line, where", [
+    (("name: t\n", "name: t\nowner: me\n"), 2, "owner"),
+    (("    input: X\n", "    input: X\n    filter: Y\n"), 6, "operations/op/filter"),
+    (("{path: NgaySinh, date: yyyyMMdd}", "{path: NgaySinh, date: yyyyMMdd, many: yes please}"), 8,
+     "operations/op/fields/birth/many"),
+    (("      name: HoVaTen\n", "      name: {path: HoVaTen, type: float}\n"), 7, "operations/op/fields/name/type"),
+])
+def test_schema_errors_point_at_their_line(tmp_path, change, line, where):
+    text = SCHEMA_CASE.replace("        tempalte: address\n", "        template: address\n")
+    text = text.replace(*change).replace("operations:\n", "templates:\n  address: {fields: {a: A}}\noperations:\n")
+    path = _write(tmp_path, text)
+    shift = 0 if where == "owner" else 2  # the template block sits above the operations
+    with pytest.raises(MappingSpecError, match=rf", line {line + shift}: {where}"):
+        load_mapping(path)
+
+
+def test_the_shipped_mapping_files_follow_the_schema():
+    from lgsp.mapping.schema import check_document
+
+    for path in sorted(ROOT.glob("adapters/*/mapping.yaml")):
+        check_document(yaml.safe_load(path.read_text(encoding="utf-8")), str(path))

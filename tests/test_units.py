@@ -185,3 +185,12 @@ def test_every_error_code_is_documented():
 
     doc = (Path(__file__).resolve().parent.parent / "docs" / "errors.md").read_text()
     assert [code for code in ERRORS if f"`{code}`" not in doc] == []
+
+
+def test_the_error_code_type_lists_exactly_the_table():
+    """ErrorCode (a Literal, for the type checker) and the ERRORS table name the same codes."""
+    from typing import get_args
+
+    from lgsp.errors import ErrorCode
+
+    assert sorted(get_args(ErrorCode)) == sorted(ERRORS)

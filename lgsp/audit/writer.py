@@ -23,7 +23,7 @@ import socket
 import threading
 import time
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, Required, TypedDict
 
 import orjson
 from sqlalchemy import Engine, Executable, Table, insert, select
@@ -48,6 +48,39 @@ HASHED_FIELDS = (
     "officer", "purpose", "service", "outcome", "status", "error_code", "latency_ms", "fields",
     "subject_hash", "upstream", "trace_id", "request_bytes", "response_bytes", "response_sha256", "detail",
 )
+
+
+# The columns the writer itself fills in (the chain's position); every other hashed column comes
+# from the record it is handed.
+WRITER_FIELDS = HASHED_FIELDS[:3]
+
+
+class AuditRecord(TypedDict, total=False):
+    """A record as handed to the writer: the hashed columns after WRITER_FIELDS, in their order
+    (a test holds the two lists together), and BODY when the service logs bodies."""
+
+    at: Required[dt.datetime]
+    kind: Required[str]  # "exchange" | "admin" | "auth" | "checkpoint" …
+    request_id: str | None
+    door: str | None
+    client_id: str | None
+    agency_code: str | None
+    officer: str | None
+    purpose: str | None
+    service: str | None
+    outcome: str | None
+    status: int | None
+    error_code: str | None
+    latency_ms: float | None
+    fields: list[str] | None
+    subject_hash: str | None
+    upstream: str | None
+    trace_id: str | None
+    request_bytes: int | None
+    response_bytes: int | None
+    response_sha256: str | None
+    detail: dict[str, Any] | None
+    _body: str  # BODY: the encrypted payload, stored apart and not hashed
 
 
 _EMPTY_ROW = dict.fromkeys(HASHED_FIELDS)
@@ -115,7 +148,7 @@ class AuditWriter:
         self._thread.start()
 
     # -- submitting ------------------------------------------------------
-    def submit(self, record: dict[str, Any], statements: Sequence[Stored] = ()) -> concurrent.futures.Future:
+    def submit(self, record: AuditRecord, statements: Sequence[Stored] = ()) -> concurrent.futures.Future:
         """`statements` (e.g. the insert of an accepted message) run in the transaction that commits
         `record`: both are durable, or neither is. A statement is an SQL statement, or a row to insert
         as (table, values)."""
@@ -126,17 +159,17 @@ class AuditWriter:
             self._queue.put((record, fut, tuple(statements)))
         return fut
 
-    async def commit(self, record: dict[str, Any], statements: Sequence[Stored] = ()) -> None:
+    async def commit(self, record: AuditRecord, statements: Sequence[Stored] = ()) -> None:
         """Wait until `record` (and `statements` with it) is durable; raise AuditUnavailable if it
         cannot be, StoreConflict if one of the statements broke a unique constraint."""
         await asyncio.wrap_future(self.submit(record, statements))
 
-    async def commit_all(self, records: list[dict[str, Any]], statements: Sequence[Stored] = ()) -> None:
+    async def commit_all(self, records: list[AuditRecord], statements: Sequence[Stored] = ()) -> None:
         """Wait until all of `records` (and `statements`) are durable: consecutive in the chain, in one
         transaction (an exchange's records for several persons are written together or not at all)."""
         await asyncio.wrap_future(self.submit(records, statements))  # type: ignore[arg-type]
 
-    def commit_sync(self, record: dict[str, Any], timeout: float = 30, statements: Sequence[Stored] = ()) -> None:
+    def commit_sync(self, record: AuditRecord, timeout: float = 30, statements: Sequence[Stored] = ()) -> None:
         self.submit(record, statements).result(timeout)
 
     @property

@@ -56,8 +56,10 @@ def claims_for(engine: Engine, token: str | None, scope: str) -> dict:
         from flask import request
 
         cert = certificate_of_environ(request.environ)
-        tls_binding.check(tls_binding.load_one(engine, claims["sub"]), claims,
-                          certs.thumbprint(cert) if cert else None, request.remote_addr)
+        cnf = claims.get("cnf")
+        tls_binding.check(tls_binding.load_one(engine, claims["sub"]), claims["sub"],
+                          cnf if isinstance(cnf, dict) else None, certs.thumbprint(cert) if cert else None,
+                          request.remote_addr)
     if scope not in claims["_scopes"]:
         raise ExchangeError("access.no_grant", f"This API needs the '{scope}' scope (role), which the token lacks.")
     if scope not in live_scopes(row.roles):

@@ -43,7 +43,9 @@ from lgsp.pipeline.authorize import authorize
 from lgsp.pipeline.exchange import Exchange
 from lgsp.pipeline.identify import check_password, identify
 from lgsp.pipeline.resolve import resolve
+from lgsp.pipeline.stage import Stage, StageContext
 from lgsp.pipeline.validate import validate
+from lgsp.traffic.limit import limit
 
 IDEMPOTENCY_KEY = re.compile(r"^[\x21-\x7e]{1,128}$")
 MAX_KEY = 128
@@ -261,26 +263,19 @@ def dedupe_keys(svc: MessageService, params: dict[str, Any], idempotency_key: st
     return keys
 
 
-async def accept_stages(ex: Exchange, gw: Any) -> None:
-    snap = gw.registry.snapshot
-    try:
-        await check_password(ex, snap)
-        identify(ex, snap)
-        resolve(ex, snap)
-        authorize(ex, snap)
-        svc = message_services()[ex.service.name]
-        idempotency_key, callback = options(ex)
-        check_message(ex, svc)
-        validate(ex)
-        _note_subject(ex)
-        if callback:
-            try:
-                await asyncio.to_thread(callbacks.check_url, callback)
-            except egress.EgressRefused as exc:
-                raise ExchangeError("delivery.callback_refused", f"The callback URL is refused: {exc.detail}") from None
-        await accept(ex, gw, svc, idempotency_key, callback)
-    except ExchangeError as exc:
-        ex.error = exc
+async def accept_message(ex: Exchange, ctx: StageContext) -> None:
+    """Stage: check the message and store it with the exchange's audit record (answered 202)."""
+    svc = message_services()[ex.bound_service.name]
+    idempotency_key, callback = options(ex)
+    check_message(ex, svc)
+    await validate(ex, ctx)
+    _note_subject(ex)
+    if callback:
+        try:
+            await asyncio.to_thread(callbacks.check_url, callback)
+        except egress.EgressRefused as exc:
+            raise ExchangeError("delivery.callback_refused", f"The callback URL is refused: {exc.detail}") from None
+    await accept(ex, ctx.gw, svc, idempotency_key, callback)
 
 
 def _note_subject(ex: Exchange) -> None:
@@ -292,7 +287,7 @@ def _note_subject(ex: Exchange) -> None:
 
 async def accept(ex: Exchange, gw: Any, svc: MessageService, idempotency_key: str | None,
                  callback: str | None) -> None:
-    client_id = ex.client.client_id
+    client_id = ex.bound_client.client_id
     keys = dedupe_keys(svc, ex.params, idempotency_key)
     ex.ok_status, ex.fields = 202, []
     first = await asyncio.to_thread(store.first_acceptance, gw.engine, client_id, keys)
@@ -325,31 +320,28 @@ def _answer_first(gw: Any, client_id: str, keys: list[str]) -> Callable[[Exchang
     return answer
 
 
-async def status_stages(ex: Exchange, gw: Any) -> None:
-    """GET …/messages/{message_id}: only the client that sent the message may read it."""
-    snap = gw.registry.snapshot
-    try:
-        await check_password(ex, snap)
-        identify(ex, snap)
-        resolve(ex, snap)
-        authorize(ex, snap)
-        message_id = str(ex.params.get("message_id", ""))
-        row = await asyncio.to_thread(store.read, gw.engine, message_id) if len(message_id) <= 36 else None
-        if row is None or row.client_id != ex.client.client_id:  # another client's message: as if missing
-            raise ExchangeError("record.not_found", "No message with this id was accepted from this client.")
-        ex.answer = view(row, gw.settings.public_url)
-        ex.fields = []
-    except ExchangeError as exc:
-        ex.error = exc
+async def read_status(ex: Exchange, ctx: StageContext) -> None:
+    """Stage: GET …/messages/{message_id}; only the client that sent the message may read it."""
+    message_id = str(ex.params.get("message_id", ""))
+    row = await asyncio.to_thread(store.read, ctx.gw.engine, message_id) if len(message_id) <= 36 else None
+    if row is None or row.client_id != ex.bound_client.client_id:  # another client's message: as if missing
+        raise ExchangeError("record.not_found", "No message with this id was accepted from this client.")
+    ex.answer = view(row, ctx.gw.settings.public_url)
+    ex.fields = []
 
 
-def stages_for(service: object) -> Callable[[Exchange, Any], Awaitable[None]] | None:
+# The message door's pipelines: the usual identification, grant and rate limits, then the message's own stage.
+ACCEPT: tuple[Stage, ...] = (check_password, identify, resolve, authorize, limit, accept_message)
+STATUS: tuple[Stage, ...] = (check_password, identify, resolve, authorize, read_status)
+
+
+def stages_for(service: object) -> tuple[Stage, ...] | None:
     if not isinstance(service, str):  # a malformed request's "name" (e.g. nested XML): the door refuses it
         return None
     if service in message_services():
-        return accept_stages
+        return ACCEPT
     if service in status_services():
-        return status_stages
+        return STATUS
     return None
 
 
@@ -358,7 +350,7 @@ def accepted(render: Callable) -> Callable:
 
     def render_accepted(ex: Exchange):
         status, headers, body = render(ex)
-        if ex.error is None and isinstance(ex.answer, dict) and stages_for(ex.service_name) is accept_stages:
+        if ex.error is None and isinstance(ex.answer, dict) and stages_for(ex.service_name) is ACCEPT:
             return 202, {**headers, "Location": ex.answer["status_url"]}, body
         return status, headers, body
 

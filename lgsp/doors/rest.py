@@ -31,7 +31,7 @@ from lgsp.gateway import Gateway
 from lgsp.pipeline.authorize import missing_purpose_sentence
 from lgsp.pipeline.exchange import Exchange, request_id_from
 from lgsp.pipeline.identify import bearer_token
-from lgsp.pipeline.run import Rendered, serve
+from lgsp.pipeline.run import PIPELINES, Rendered, serve
 from lgsp.pipeline.validate import check_enterprise_code
 from lgsp.tls.peer import thumbprint_of
 
@@ -89,7 +89,7 @@ class RestDoor:
         """The operation handler of one service: connexion passes validated params."""
         if service == GENERIC:
             return self.call_by_name
-        if service in bulk.STAGES:  # bulk verification: its own stages, 202 on submit
+        if service in PIPELINES:  # bulk verification: its own stages, 202 on submit
             return self._bulk_handler(service)
         if messages.stages_for(service):  # store-and-forward: stored with its record, 202
             return self._message_handler(service)
@@ -104,7 +104,7 @@ class RestDoor:
         return handle
 
     def _bulk_handler(self, service: str):
-        stages, rendering = bulk.STAGES[service], bulk.accepted(render)
+        stages, rendering = PIPELINES[service], bulk.accepted(render)
 
         async def handle(body: dict | None = None, **params: Any) -> Response:
             if isinstance(body, dict):
@@ -137,14 +137,16 @@ class RestDoor:
         """Any service by name (openapi/services.v1.yaml): params checked against the adapter's schema."""
         ex = exchange_from(current_request, service, dict(body))
         ex.check_params = True
-        stages = bulk.STAGES.get(service)  # a list by name is still a job, polled and audited per person
-        if stages is None and messages.stages_for(service):  # a message by name is still stored and forwarded
-            stages = messages.stages_for(service)
-            rendered = await serve(ex, self.gateway, messages.accepted(render), stages=stages)
+        stages = PIPELINES.get(service)  # a list by name is still a job, polled and audited per person
+        if stages is not None:
+            return _response(await serve(ex, self.gateway, bulk.accepted(render), stages=stages))
+        message_stages = messages.stages_for(service)  # a message by name is still stored and forwarded
+        if message_stages is not None:
+            rendered = await serve(ex, self.gateway, messages.accepted(render), stages=message_stages)
             if ex.error is None:
                 messages.wake_workers(self.gateway)
             return _response(rendered)
-        return _response(await serve(ex, self.gateway, bulk.accepted(render) if stages else render, stages=stages))
+        return _response(await serve(ex, self.gateway, render))
 
     # -- refusals raised by connexion before our handler ---------------------
     async def on_problem(self, req: ConnexionRequest, exc: Exception) -> ConnexionResponse:

@@ -28,7 +28,7 @@ from lgsp.errors import ERRORS, ExchangeError
 from lgsp.gateway import Gateway
 from lgsp.pipeline.exchange import Exchange, request_id_from
 from lgsp.pipeline.identify import bearer_token
-from lgsp.pipeline.run import Rendered, internal_error, serve
+from lgsp.pipeline.run import PIPELINES, STAGES, Rendered, internal_error, serve
 from lgsp.tls.peer import thumbprint_of
 
 log = logging.getLogger(__name__)
@@ -283,11 +283,11 @@ class SoapDoor:
         )
         # Bulk verification runs its own stages (a job polled upstream, one audit record per person);
         # so does a message handed over for delivery (CallService naming a message service).
-        stages = bulk.STAGES.get(req.service) if isinstance(req.service, str) else None
+        stages = PIPELINES.get(req.service) if isinstance(req.service, str) else None
         message_stages = (messages.stages_for(req.service)
                           if stages is None and req.operation and req.operation.service_from else None)
         status, out_headers, payload = await serve(ex, self.gateway, renderer(req), refusal=refusal,
-                                                   stages=stages or message_stages)
+                                                   stages=stages or message_stages or STAGES)
         if message_stages is not None and ex.error is None:  # a message stored for delivery (CallService)
             messages.wake_workers(self.gateway)
         await _send(send, status, out_headers, payload)

@@ -15,411 +15,86 @@ from JSON may also hold numbers and booleans. Missing keys,
 empty strings and empty elements all count as absent. Bad data in the answer
 (a malformed date, a boolean that is neither true nor false) raises
 :class:`MappingError`, which the pipeline reports as ``upstream.malformed``; a
-bad mapping file raises :class:`MappingSpecError` when it is loaded.
+bad mapping file raises :class:`MappingSpecError` when it is loaded; a file is first
+checked against lgsp/mapping/mapping.schema.json, so a wrong key names its line.
+
+The compiler is three tables: sources (lgsp.mapping.sources: where a value comes from),
+converters (lgsp.mapping.converters: what is done to a present value) and templates.
 """
 from __future__ import annotations
 
-import datetime as _dt
 import functools
 import os
-import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Mapping
 
 import yaml
 
-from lgsp import codelists
+from lgsp.mapping.converters import CONVERTERS, Converter
+from lgsp.mapping.errors import MappingError, MappingSpecError
+from lgsp.mapping.paths import Getter
+from lgsp.mapping.schema import check_document
+from lgsp.mapping.sources import LEAF_SOURCES, PLAIN, Context, SourceCompiler
 
 __all__ = ["CompiledMapping", "MappingError", "MappingSpecError", "compile_mapping", "load_mapping"]
 
 _Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
-
-# (node, meta) -> value. ``node`` is always a dict; ``meta`` the collection's
-# attributes (or None).
-Getter = Callable[[dict, "Mapping[str, Any] | None"], Any]
-
-
-class MappingError(ValueError):
-    """The backend's answer cannot be mapped (malformed data); names the national field."""
-
-    def __init__(self, message: str, *, field: str | None = None):
-        super().__init__(message)
-        self.field = field
-
-
-class MappingSpecError(ValueError):
-    """The mapping file itself is wrong (raised when it is loaded, never per request)."""
-
-
-# ---------------------------------------------------------------------------
-# leaves and paths
-# ---------------------------------------------------------------------------
-
-_nfc = functools.partial(unicodedata.normalize, "NFC")
-
-
-def _leaf(v: Any) -> Any:
-    """Normalise a value read from the input: blank -> None, text stripped and NFC."""
-    if v.__class__ is str:
-        v = v.strip()
-        if not v:
-            return None
-        # Vietnamese text reaches us both precomposed and decomposed.
-        return v if v.isascii() else _nfc(v)
-    if v.__class__ is list:
-        return _leaf(v[0]) if v else None
-    if v.__class__ is dict:
-        return v or None
-    return v
-
-
-def _step(node: Any, key: str) -> Any:
-    if isinstance(node, dict):
-        return node.get(key)
-    if isinstance(node, list) and node and isinstance(node[0], dict):
-        return node[0].get(key)  # a repeated element read as one value: its first occurrence
-    return None
-
-
-def _split(path: Any, where: str) -> tuple[str, ...]:
-    if not isinstance(path, str) or not path.strip():
-        raise MappingSpecError(f"{where}: a path must be a non-empty string")
-    parts = tuple(p for p in path.replace(".", "/").split("/"))
-    if not all(parts):
-        raise MappingSpecError(f"{where}: malformed path {path!r}")
-    return parts
-
-
-def _path_getter(parts: tuple[str, ...], raw: bool = False) -> Getter:
-    """A getter for a path below the node; ``raw`` keeps lists whole (for ``many``)."""
-    finish = (lambda v: v) if raw else _leaf
-    if len(parts) == 1:
-        (a,) = parts
-        if raw:
-            return lambda node, meta: node.get(a)
-
-        def get1(node: dict, meta: Any) -> Any:
-            v = node.get(a)
-            return None if v is None else _leaf(v)
-
-        return get1
-    if len(parts) == 2:
-        a, b = parts
-
-        def get2(node: dict, meta: Any) -> Any:
-            v = node.get(a)
-            if v is None:
-                return None
-            v = v.get(b) if v.__class__ is dict else _step(v, b)
-            return None if v is None else finish(v)
-
-        return get2
-
-    def getn(node: dict, meta: Any) -> Any:
-        v: Any = node
-        for p in parts:
-            v = _step(v, p)
-            if v is None:
-                return None
-        return finish(v)
-
-    return getn
-
-
-# ---------------------------------------------------------------------------
-# dates
-# ---------------------------------------------------------------------------
-
-_TOKENS = (("yyyy", "year", 4), ("MM", "month", 2), ("dd", "day", 2), ("HH", "hour", 2), ("mm", "minute", 2), ("ss", "second", 2))
-
-
-@dataclass(frozen=True)
-class _Format:
-    """A fixed-width date pattern in the notation of the national documents (yyyyMMdd)."""
-
-    text: str
-    length: int
-    slots: tuple[tuple[str, int, int], ...]
-    literals: tuple[tuple[int, str], ...]
-
-    @property
-    def fields(self) -> frozenset[str]:
-        return frozenset(name for name, _, _ in self.slots)
-
-    def match(self, s: str) -> dict[str, int] | None:
-        """Numbers of the pattern's fields read from the start of ``s``, or None."""
-        if len(s) < self.length or not s.isascii():
-            return None
-        for pos, ch in self.literals:
-            if s[pos] != ch:
-                return None
-        out = {}
-        for name, a, b in self.slots:
-            part = s[a:b]
-            if not part.isdigit():
-                return None
-            out[name] = int(part)
-        return out
-
-
-def _compile_format(text: Any, where: str) -> _Format:
-    if not isinstance(text, str) or not text:
-        raise MappingSpecError(f"{where}: a date format must be a non-empty string")
-    slots, literals, i, pos, seen = [], [], 0, 0, set()
-    while i < len(text):
-        for token, name, width in _TOKENS:
-            if text.startswith(token, i):
-                if name in seen:
-                    raise MappingSpecError(f"{where}: {token} appears twice in {text!r}")
-                seen.add(name)
-                slots.append((name, pos, pos + width))
-                i += len(token)
-                pos += width
-                break
-        else:
-            if text[i] != "'":  # quotes only protect literals, as in yyyy-MM-dd'T'HH:mm:ss
-                literals.append((pos, text[i]))
-                pos += 1
-            i += 1
-    if "year" not in seen:
-        raise MappingSpecError(f"{where}: date format {text!r} has no yyyy")
-    return _Format(text, pos, tuple(slots), tuple(literals))
-
-
-def _formats(value: Any, where: str) -> tuple[_Format, ...]:
-    items = value if isinstance(value, list) else [value]
-    if not items:
-        raise MappingSpecError(f"{where}: give at least one date format")
-    return tuple(_compile_format(t, where) for t in items)
-
-
-def _suffix(rest: str) -> tuple[str, str] | None:
-    """What may follow the seconds: (fraction, offset) in ISO form, either may be ''."""
-    frac = ""
-    if rest.startswith("."):
-        i = 1
-        while i < len(rest) and rest[i].isdigit():
-            i += 1
-        if i == 1:
-            return None
-        frac, rest = rest[:i], rest[i:]
-    if rest in ("", "Z"):
-        return frac, rest
-    if rest[0] in "+-":
-        hhmm = rest[1:].replace(":", "")
-        if len(hhmm) == 4 and hhmm.isdigit() and int(hhmm[:2]) <= 23 and int(hhmm[2:]) <= 59:
-            return frac, f"{rest[0]}{hhmm[:2]}:{hhmm[2:]}"
-    return None
-
-
-def _date_converter(spec: dict, label: str, where: str) -> Callable[[Any], Any]:
-    formats = _formats(spec["date"], where)
-    take = spec.get("take")
-    if take not in (None, "year"):
-        raise MappingSpecError(f"{where}: with 'date', 'take' can only be 'year'")
-    if take is None:
-        for f in formats:
-            if not {"year", "month", "day"} <= f.fields:
-                raise MappingSpecError(f"{where}: {f.text!r} is not a full date; add take: year")
-    expected = " or ".join(f.text for f in formats)
-
-    def bad(v: Any) -> MappingError:
-        # Never echo the value: it is personal data and errors end up in logs.
-        got = f"{len(v)} characters" if isinstance(v, str) else type(v).__name__
-        return MappingError(f"{label} is not a date in the format {expected} (got {got}).", field=label)
-
-    def conv(v: Any) -> Any:
-        if v.__class__ is str:
-            for f in formats:
-                if len(v) != f.length:
-                    continue
-                parts = f.match(v)
-                if parts is None:
-                    continue
-                year = parts["year"]
-                try:
-                    d = _dt.date(year, parts.get("month", 1), parts.get("day", 1))
-                except ValueError:
-                    raise bad(v) from None
-                return year if take == "year" else d.isoformat()
-        raise bad(v)
-
-    return conv
-
-
-def _named_zone(tz: Any) -> _dt.tzinfo | None:
-    """A time zone named like Asia/Ho_Chi_Minh, or None."""
-    import zoneinfo
-
-    if not isinstance(tz, str) or "/" not in tz:
-        return None
-    try:
-        return zoneinfo.ZoneInfo(tz)
-    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
-        return None
-
-
-def _datetime_converter(spec: dict, label: str, where: str) -> Callable[[Any], Any]:
-    formats = _formats(spec["datetime"], where)
-    tz = spec.get("tz")
-    parsed_tz = _suffix(tz) if isinstance(tz, str) else None
-    zone = _named_zone(tz) if tz is not None and parsed_tz is None else None
-    if tz is not None and zone is None and (parsed_tz is None or parsed_tz[0] or not parsed_tz[1]):
-        raise MappingSpecError(f"{where}: tz must be an offset such as '+07:00' or 'Z', or a zone "
-                               f"such as Asia/Ho_Chi_Minh")
-    default_offset = parsed_tz[1] if parsed_tz else ""
-    expected = " or ".join(f.text for f in formats)
-
-    def conv(v: Any) -> Any:
-        if v.__class__ is str:
-            for f in formats:
-                parts = f.match(v)
-                if parts is None:
-                    continue
-                suffix = _suffix(v[f.length:])
-                if suffix is None:
-                    continue
-                try:
-                    t = _dt.datetime(
-                        parts["year"], parts.get("month", 1), parts.get("day", 1),
-                        parts.get("hour", 0), parts.get("minute", 0), parts.get("second", 0),
-                    )
-                except ValueError:
-                    break
-                frac, offset = suffix
-                if not offset and zone is not None:  # the zone's offset at that moment
-                    offset = t.replace(tzinfo=zone).isoformat()[19:]
-                # Without an offset the value is the source's local time, as configured.
-                return t.isoformat() + frac + (offset or default_offset)
-        got = f"{len(v)} characters" if isinstance(v, str) else type(v).__name__
-        raise MappingError(f"{label} is not a timestamp in the format {expected} (got {got}).", field=label)
-
-    return conv
-
-
-# ---------------------------------------------------------------------------
-# other converters
-# ---------------------------------------------------------------------------
-
-_TRUE = frozenset({"true", "1"})
-_FALSE = frozenset({"false", "0"})
-
-
-def _decimal(v: str) -> int | float | None:
-    """'-12', '3.50' -> a number; None for anything else (no exponents, separators, NaN)."""
-    digits = v[1:] if v[:1] == "-" else v
-    whole, dot, frac = digits.partition(".")
-    if not (digits.isascii() and whole.isdigit() and (not dot or frac.isdigit())):
-        return None
-    return float(v) if dot else int(v)
-
-
-def _type_converter(kind: Any, label: str, where: str) -> Callable[[Any], Any]:
-    # JSON answers carry numbers and booleans as such, XML answers as text: accept both.
-    if kind == "str":
-        return lambda v: v if v.__class__ is str else None
-    if kind == "int":
-        def to_int(v: Any) -> int:
-            if v.__class__ is int:
-                return v
-            if v.__class__ is str and v.isascii() and v.isdigit():
-                return int(v)
-            raise MappingError(f"{label} is not a whole number.", field=label)
-        return to_int
-    if kind == "number":
-        def to_number(v: Any) -> int | float:
-            if v.__class__ is int or v.__class__ is float:
-                return v
-            n = _decimal(v) if v.__class__ is str else None
-            if n is None:
-                raise MappingError(f"{label} is not a number.", field=label)
-            return n
-        return to_number
-    if kind == "bool":
-        def to_bool(v: Any) -> bool:
-            if v.__class__ is bool:
-                return v
-            if v.__class__ is int and v in (0, 1):
-                return v == 1
-            if v.__class__ is str:
-                low = v.lower()
-                if low in _TRUE:
-                    return True
-                if low in _FALSE:
-                    return False
-            raise MappingError(f"{label} is neither true nor false.", field=label)
-        return to_bool
-    raise MappingSpecError(f"{where}: unknown type {kind!r} (str, int, number or bool)")
-
-
-_KEEP = "keep"
-
-
-def _codelist_converter(spec: dict, ctx: "_Context", label: str, where: str) -> Callable[[Any], Any]:
-    name = spec["codelist"]
-    source = spec.get("source", ctx.source)
-    take = spec.get("take", "entry")
-    if take not in ("entry", "code", "name"):
-        raise MappingSpecError(f"{where}: with 'codelist', 'take' is entry, code or name")
-    try:
-        clist = codelists.get(name)
-    except KeyError as exc:
-        raise MappingSpecError(f"{where}: {exc.args[0]}") from None
-    by_code = clist.by_code
-    if source == "canonical":
-        table: Mapping[str, str] = {c: c for c in by_code}
-    elif source in clist.translations:
-        table = clist.translations[source]
-    else:
-        raise MappingSpecError(f"{where}: code list {name!r} has no table for source {source!r}")
-    on_unknown = spec.get("on_unknown", _KEEP)
-    if on_unknown is not None and not isinstance(on_unknown, (str, int, bool)):
-        raise MappingSpecError(f"{where}: on_unknown must be 'keep', null or a plain value")
-
-    def unknown(v: str) -> Any:
-        if on_unknown != _KEEP:
-            return on_unknown
-        # Codes the list does not know are kept as given, never dropped.
-        return {"code": v, "name": None} if take == "entry" else v if take == "code" else None
-
-    def conv(v: Any) -> Any:
-        if v.__class__ is not str:
-            raise MappingError(f"{label} is not a code.", field=label)
-        c = table.get(v)
-        if c is None and v.isascii() and v.isdigit():
-            c = table.get(v.lstrip("0") or "0")
-        if c is None:
-            return unknown(v)
-        if take == "code":
-            return c
-        entry = by_code[c]
-        return entry["name"] if take == "name" else {"code": c, "name": entry["name"]}
-
-    return conv
 
 
 # ---------------------------------------------------------------------------
 # compiler
 # ---------------------------------------------------------------------------
 
-_SOURCES = ("path", "join", "first", "object", "meta", "const", "admin_unit")
-_KEYS = frozenset(_SOURCES) | {
-    "template", "many", "date", "datetime", "tz", "type", "codelist", "source", "take",
-    "on_unknown", "default", "required", "sep", "null_if_empty", "spread",
+def _first_source(spec: dict[str, Any], ctx: Context, prefix: str, where: str) -> tuple[Getter, str | None]:
+    if not isinstance(spec["first"], list) or not spec["first"]:
+        raise MappingSpecError(f"{where}: 'first' takes a list of fields")
+    alternatives = tuple(_compile_field(s, ctx, prefix, f"{where}/first[{i}]") for i, s in enumerate(spec["first"]))
+
+    def get(node: dict[str, Any], meta: Any) -> Any:
+        for g in alternatives:
+            v = g(node, meta)
+            if v is not None:
+                return v
+        return None
+
+    return get, None
+
+
+def _object_source(spec: dict[str, Any], ctx: Context, prefix: str, where: str) -> tuple[Getter, str | None]:
+    return _compile_object(spec["object"], ctx, prefix, where, spec.get("null_if_empty", True)), None
+
+
+# A field's source key → what compiles it (a field has exactly one, or only a template), in this order.
+SOURCES: dict[str, SourceCompiler] = {
+    "path": LEAF_SOURCES["path"], "join": LEAF_SOURCES["join"], "first": _first_source, "object": _object_source,
+    "meta": LEAF_SOURCES["meta"], "const": LEAF_SOURCES["const"], "admin_unit": LEAF_SOURCES["admin_unit"],
 }
-_PLAIN = (str, int, float, bool, type(None))
+_SOURCES = tuple(SOURCES)
+_KEYS = frozenset(_SOURCES) | frozenset(CONVERTERS) | {
+    "template", "many", "tz", "source", "take", "on_unknown", "default", "required", "sep", "null_if_empty", "spread",
+}
+# Options that only mean something next to another key.
+_OPTIONS = (("tz", "datetime"), ("source", "codelist"), ("on_unknown", "codelist"), ("sep", "join"))
 
 
-@dataclass
-class _Context:
-    source: str
-    templates: Mapping[str, Any]
-    origin: str
-    stack: tuple[str, ...] = field(default_factory=tuple)
+def _compile_field(spec: Any, ctx: Context, prefix: str, where: str) -> Getter:
+    spec = _field_spec(spec, where)
+    kind = _source_kind(spec, where)
+    label = prefix.rstrip("/")
+    if kind is None:  # a template applied to the current node
+        get: Getter = lambda node, meta: node  # noqa: E731
+    else:
+        get, named = SOURCES[kind](spec, ctx, prefix, where)
+        label = named or label
+    if "template" in spec:
+        get = _with_template(get, spec, ctx, label + "/" if kind else prefix, where)
+    elif spec.get("many"):
+        raise MappingSpecError(f"{where}: 'many' needs a template")
+    return _with_absence(get, _converter(spec, ctx, label, where), spec, label, where)
 
 
-def _compile_field(spec: Any, ctx: _Context, prefix: str, where: str) -> Getter:
+def _field_spec(spec: Any, where: str) -> dict[str, Any]:
     if isinstance(spec, str):
         spec = {"path": spec}
     if not isinstance(spec, dict):
@@ -427,115 +102,61 @@ def _compile_field(spec: Any, ctx: _Context, prefix: str, where: str) -> Getter:
     unknown = set(spec) - _KEYS
     if unknown:
         raise MappingSpecError(f"{where}: unknown keys {sorted(unknown)}")
+    return spec
+
+
+def _source_kind(spec: dict[str, Any], where: str) -> str | None:
     sources = [k for k in _SOURCES if k in spec]
     if len(sources) > 1:
         raise MappingSpecError(f"{where}: give only one of {sources}")
     if not sources and "template" not in spec:
         raise MappingSpecError(f"{where}: give one of {list(_SOURCES)} or a template")
-    kind = sources[0] if sources else None
-    many = bool(spec.get("many"))
-    label = prefix.rstrip("/")
+    return sources[0] if sources else None
 
-    # 1. where the value comes from
-    get: Getter
-    if kind == "path":
-        parts = _split(spec["path"], where)
-        label = prefix + "/".join(parts)
-        get = _path_getter(parts, raw=many)
-    elif kind == "join":
-        if not isinstance(spec["join"], list) or not spec["join"]:
-            raise MappingSpecError(f"{where}: 'join' takes a list of paths")
-        getters = tuple(_path_getter(_split(p, where)) for p in spec["join"])
-        sep = spec.get("sep", " ")
 
-        def get(node: dict, meta: Any) -> Any:
-            parts = [v for g in getters if (v := g(node, meta)).__class__ is str]
-            return sep.join(parts) if parts else None
-    elif kind == "first":
-        if not isinstance(spec["first"], list) or not spec["first"]:
-            raise MappingSpecError(f"{where}: 'first' takes a list of fields")
-        alternatives = tuple(
-            _compile_field(s, ctx, prefix, f"{where}/first[{i}]") for i, s in enumerate(spec["first"])
-        )
+def _with_template(inner: Getter, spec: dict[str, Any], ctx: Context, prefix: str, where: str) -> Getter:
+    """The template applied to the value: one element, or each of a repeated one (`many`)."""
+    tfn = _compile_template(spec["template"], ctx, prefix, where)
+    if spec.get("many"):
+        def each(node: dict[str, Any], meta: Any) -> Any:
+            v = inner(node, meta)
+            if v is None:
+                return []
+            items = v if v.__class__ is list else [v]
+            return [r for x in items if isinstance(x, dict) and (r := tfn(x, meta)) is not None]
+        return each
 
-        def get(node: dict, meta: Any) -> Any:
-            for g in alternatives:
-                v = g(node, meta)
-                if v is not None:
-                    return v
-            return None
-    elif kind == "object":
-        get = _compile_object(spec["object"], ctx, prefix, where, spec.get("null_if_empty", True))
-    elif kind == "meta":
-        attribute = spec["meta"]
-        if not isinstance(attribute, str):
-            raise MappingSpecError(f"{where}: 'meta' names one attribute")
-        label = "@" + attribute
+    def one(node: dict[str, Any], meta: Any) -> Any:
+        v = inner(node, meta)
+        if v.__class__ is list:
+            v = v[0] if v else None
+        return tfn(v, meta) if v.__class__ is dict and v else None
+    return one
 
-        def get(node: dict, meta: Any) -> Any:
-            if not meta:
-                return None
-            v = meta.get(attribute)
-            return None if v is None else _leaf(v)
-    elif kind == "const":
-        const = spec["const"]
-        if not isinstance(const, _PLAIN):
-            raise MappingSpecError(f"{where}: 'const' must be a plain value")
-        get = lambda node, meta: const  # noqa: E731
-    elif kind == "admin_unit":
-        get = _compile_admin_unit(spec["admin_unit"], where)
-    else:  # a template applied to the current node
-        get = lambda node, meta: node  # noqa: E731
 
-    # 2. a template applied to the value (one element, or each of a repeated one)
-    if "template" in spec:
-        tfn = _compile_template(spec["template"], ctx, label + "/" if kind else prefix, where)
-        inner = get
-        if many:
-            def get(node: dict, meta: Any) -> Any:
-                v = inner(node, meta)
-                if v is None:
-                    return []
-                items = v if v.__class__ is list else [v]
-                return [r for x in items if isinstance(x, dict) and (r := tfn(x, meta)) is not None]
-        else:
-            def get(node: dict, meta: Any) -> Any:
-                v = inner(node, meta)
-                if v.__class__ is list:
-                    v = v[0] if v else None
-                return tfn(v, meta) if v.__class__ is dict and v else None
-    elif many:
-        raise MappingSpecError(f"{where}: 'many' needs a template")
-
-    # 3. conversion of a present value
-    convs = [k for k in ("date", "datetime", "type", "codelist") if k in spec]
+def _converter(spec: dict[str, Any], ctx: Context, label: str, where: str) -> Converter | None:
+    convs = [k for k in CONVERTERS if k in spec]
     if len(convs) > 1:
         raise MappingSpecError(f"{where}: give only one of {convs}")
-    conv: Callable[[Any], Any] | None = None
-    if convs == ["date"]:
-        conv = _date_converter(spec, label, where)
-    elif convs == ["datetime"]:
-        conv = _datetime_converter(spec, label, where)
-    elif convs == ["type"]:
-        conv = _type_converter(spec["type"], label, where)
-    elif convs == ["codelist"]:
-        conv = _codelist_converter(spec, ctx, label, where)
-    for option, needs in (("tz", "datetime"), ("source", "codelist"), ("on_unknown", "codelist"), ("sep", "join")):
+    conv = CONVERTERS[convs[0]](spec, ctx, label, where) if convs else None
+    for option, needs in _OPTIONS:
         if option in spec and needs not in spec:
             raise MappingSpecError(f"{where}: {option!r} only goes with {needs!r}")
     if "take" in spec and not {"date", "codelist"} & set(spec):
         raise MappingSpecError(f"{where}: 'take' only goes with 'date' or 'codelist'")
+    return conv
 
-    # 4. absent values: default, or an error when required
+
+def _with_absence(base: Getter, conv: Converter | None, spec: dict[str, Any], label: str, where: str) -> Getter:
+    """A present value converted; an absent one the default, or an error when required."""
     default = spec.get("default")
-    if not isinstance(default, _PLAIN):
+    if not isinstance(default, PLAIN):
         raise MappingSpecError(f"{where}: 'default' must be a plain value")
     required = bool(spec.get("required"))
     if conv is None and default is None and not required:
-        return get
-    base = get
+        return base
 
-    def value(node: dict, meta: Any) -> Any:
+    def value(node: dict[str, Any], meta: Any) -> Any:
         v = base(node, meta)
         if v is not None and conv is not None:
             v = conv(v)
@@ -548,7 +169,7 @@ def _compile_field(spec: Any, ctx: _Context, prefix: str, where: str) -> Getter:
     return value
 
 
-def _compile_object(fields: Any, ctx: _Context, prefix: str, where: str, null_if_empty: bool) -> Getter:
+def _compile_object(fields: Any, ctx: Context, prefix: str, where: str, null_if_empty: bool) -> Getter:
     if not isinstance(fields, dict) or not fields:
         raise MappingSpecError(f"{where}: 'fields' must be a non-empty mapping")
     entries = []
@@ -557,24 +178,28 @@ def _compile_object(fields: Any, ctx: _Context, prefix: str, where: str, null_if
             raise MappingSpecError(f"{where}: field name {key!r} must be a string")
         spread = isinstance(spec, dict) and bool(spec.get("spread"))
         entries.append((key, _compile_field(spec, ctx, prefix, f"{where}/{key}"), spread))
+    if any(spread for _, _, spread in entries):
+        return _spread_object(tuple(entries), null_if_empty)
+    return _plain_object(tuple((k, f) for k, f, _ in entries), null_if_empty)
 
-    if not any(spread for _, _, spread in entries):
-        items = tuple((k, f) for k, f, _ in entries)
-        if not null_if_empty:
-            return lambda node, meta: {k: f(node, meta) for k, f in items}
 
-        def obj(node: dict, meta: Any) -> Any:
-            out = {k: f(node, meta) for k, f in items}
-            for v in out.values():
-                if v is not None:
-                    return out
-            return None
+def _plain_object(items: tuple[tuple[str, Getter], ...], null_if_empty: bool) -> Getter:
+    if not null_if_empty:
+        return lambda node, meta: {k: f(node, meta) for k, f in items}
 
-        return obj
+    def obj(node: dict[str, Any], meta: Any) -> Any:
+        out = {k: f(node, meta) for k, f in items}
+        for v in out.values():
+            if v is not None:
+                return out
+        return None
 
-    steps = tuple(entries)
+    return obj
 
-    def obj_spread(node: dict, meta: Any) -> Any:
+
+def _spread_object(steps: tuple[tuple[str, Getter, bool], ...], null_if_empty: bool) -> Getter:
+    """An object some of whose fields (spread: true) merge their own keys into it."""
+    def obj_spread(node: dict[str, Any], meta: Any) -> Any:
         out: dict[str, Any] = {}
         for k, f, spread in steps:
             v = f(node, meta)
@@ -593,19 +218,19 @@ def _compile_object(fields: Any, ctx: _Context, prefix: str, where: str, null_if
     return obj_spread
 
 
-def _compile_template(name: Any, ctx: _Context, prefix: str, where: str) -> Getter:
+def _compile_template(name: Any, ctx: Context, prefix: str, where: str) -> Getter:
     if not isinstance(name, str) or name not in ctx.templates:
         raise MappingSpecError(f"{where}: unknown template {name!r}")
     if name in ctx.stack:
         raise MappingSpecError(f"{where}: template {name!r} refers to itself")
     fields = _template_fields(name, ctx, where)
     spec = ctx.templates[name]
-    inner = _Context(ctx.source, ctx.templates, ctx.origin, ctx.stack + (name,))
+    inner = Context(ctx.source, ctx.templates, ctx.origin, ctx.stack + (name,))
     # Compiled per use so that error messages name the full national path.
     return _compile_object(fields, inner, prefix, f"templates/{name}", spec.get("null_if_empty", True))
 
 
-def _template_fields(name: str, ctx: _Context, where: str, seen: tuple[str, ...] = ()) -> dict[str, Any]:
+def _template_fields(name: str, ctx: Context, where: str, seen: tuple[str, ...] = ()) -> dict[str, Any]:
     spec = ctx.templates[name]
     if not isinstance(spec, dict) or not isinstance(spec.get("fields"), dict):
         raise MappingSpecError(f"templates/{name}: expected a mapping with 'fields'")
@@ -618,21 +243,6 @@ def _template_fields(name: str, ctx: _Context, where: str, seen: tuple[str, ...]
     if base not in ctx.templates or base in seen + (name,):
         raise MappingSpecError(f"templates/{name}: cannot extend {base!r}")
     return {**_template_fields(base, ctx, where, seen + (name,)), **spec["fields"]}
-
-
-def _compile_admin_unit(spec: Any, where: str) -> Getter:
-    if not isinstance(spec, dict) or set(spec) - {"province", "district", "commune"} or "province" not in spec:
-        raise MappingSpecError(f"{where}: 'admin_unit' maps province, district and commune to paths")
-    province = _path_getter(_split(spec["province"], where))
-    district = _path_getter(_split(spec["district"], where)) if "district" in spec else (lambda n, m: None)
-    commune = _path_getter(_split(spec["commune"], where)) if "commune" in spec else (lambda n, m: None)
-    current_unit = codelists.admin_units().current_unit
-
-    def get(node: dict, meta: Any) -> Any:
-        p, c, legacy = current_unit(province(node, meta), district(node, meta), commune(node, meta))
-        return {"province": p, "commune": c, "legacy": legacy}
-
-    return get
 
 
 # ---------------------------------------------------------------------------
@@ -664,13 +274,15 @@ class CompiledMapping:
             raise KeyError(f"{self.origin}: no mapping for operation {operation!r}") from None
         if not isinstance(data, dict):
             raise MappingError(f"{element} is not an element with fields.", field=element)
-        return fn(data, meta)
+        mapped: dict[str, Any] = fn(data, meta)
+        return mapped
 
     def to_national(self, operation: str, canonical: Mapping[str, Any]) -> dict[str, Any]:
         """Render one canonical object as the national request fields (the ``outbound:`` section)."""
         if self.outbound is None:
             raise KeyError(f"{self.origin}: no outbound section")
-        return self.outbound.render(operation, canonical)
+        rendered: dict[str, Any] = self.outbound.render(operation, canonical)
+        return rendered
 
 
 def compile_mapping(document: Mapping[str, Any], origin: str = "<mapping>") -> CompiledMapping:
@@ -687,7 +299,7 @@ def compile_mapping(document: Mapping[str, Any], origin: str = "<mapping>") -> C
     operations = document.get("operations")
     if not isinstance(templates, dict) or not isinstance(operations, dict) or not operations:
         raise MappingSpecError(f"{origin}: 'templates' and 'operations' must be mappings")
-    ctx = _Context(document["source"], templates, origin)
+    ctx = Context(document["source"], templates, origin)
     ops: dict[str, tuple[str, Getter]] = {}
     for op, spec in operations.items():
         where = f"{origin}: operations/{op}"
@@ -713,7 +325,12 @@ def compile_mapping(document: Mapping[str, Any], origin: str = "<mapping>") -> C
 @functools.cache
 def _load(path: str) -> CompiledMapping:
     with open(path, "rb") as fh:
-        document = yaml.load(fh, Loader=_Loader)
+        raw = fh.read()
+    try:
+        document = yaml.load(raw, Loader=_Loader)
+    except yaml.YAMLError as exc:
+        raise MappingSpecError(f"{path}: not YAML: {exc}") from None
+    check_document(document, path, raw.decode("utf-8", "replace"))  # a wrong key: its line, before compiling
     return compile_mapping(document, origin=path)
 
 

@@ -5,16 +5,16 @@ from __future__ import annotations
 from lgsp.errors import ExchangeError
 from lgsp.mapping.compile import MappingError, load_mapping
 from lgsp.pipeline.exchange import Exchange
-from lgsp.registry import Registry
+from lgsp.pipeline.stage import StageContext
 
 
-def to_canonical(ex: Exchange, registry: Registry) -> None:
-    adapter = registry.adapter(ex.service.connection)
+async def to_canonical(ex: Exchange, ctx: StageContext) -> None:
+    adapter, result = ex.bound_adapter, ex.bound_result  # the adapter invoke called, whatever a reload did since
     if adapter.mapping_file is None:  # the adapter already speaks the canonical model
-        ex.canonical = ex.result.data
+        ex.canonical = result.data
         return
     mapping = load_mapping(adapter.mapping_file)
     try:
-        ex.canonical = mapping.apply(ex.service.operation, ex.result.data, meta=ex.result.meta)
+        ex.canonical = mapping.apply(ex.bound_service.operation, result.data, meta=result.meta)
     except MappingError as exc:
         raise ExchangeError("upstream.malformed", f"The upstream answer could not be mapped: {exc}") from None

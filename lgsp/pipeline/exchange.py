@@ -9,11 +9,12 @@ import time
 import unicodedata
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NoReturn
 
-from lgsp.adapter import AdapterResult
+from lgsp.adapter import Adapter, AdapterResult
 from lgsp.errors import ExchangeError
-from lgsp.registry import Client, Grant, Service
+from lgsp.pipeline.identity import Identity
+from lgsp.registry import Client, ConnectionSpec, Grant, Service
 
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
 # What the caller says about the exchange goes into the audit record: bounded and plain.
@@ -69,10 +70,12 @@ class Exchange:
     certificate: str | None = None          # x5t#S256 of the connection's client certificate (lgsp.tls)
     at: dt.datetime = field(default_factory=lambda: dt.datetime.now(dt.timezone.utc))
     started: float = field(default_factory=time.perf_counter)
-    # Filled by the stages:
-    claims: dict[str, Any] | None = None
+    # Filled by the stages (read what an earlier stage guaranteed through the bound_* properties):
+    identity: Identity | None = None
     client: Client | None = None
     service: Service | None = None
+    connection: ConnectionSpec | None = None  # the service's connection and adapter, bound at resolve
+    adapter: Adapter | None = None
     grant: Grant | None = None
     subject: str | None = None        # the personal ID asked about; only its keyed hash is stored
     result: AdapterResult | None = None
@@ -106,6 +109,32 @@ class Exchange:
             self.officer = self.purpose = None
         return problem
 
+    # What an earlier stage guaranteed (the stage contract, lgsp/pipeline/stage.py).
+    @property
+    def bound_identity(self) -> Identity:
+        return self.identity if self.identity is not None else _not_yet("identity", "identify")
+
+    @property
+    def bound_client(self) -> Client:
+        return self.client if self.client is not None else _not_yet("client", "identify")
+
+    @property
+    def bound_service(self) -> Service:
+        return self.service if self.service is not None else _not_yet("service", "resolve")
+
+    @property
+    def bound_adapter(self) -> Adapter:
+        """The adapter bound at resolve; None there (a broken connection) is refused by invoke."""
+        return self.adapter if self.adapter is not None else _not_yet("adapter", "resolve and invoke")
+
+    @property
+    def bound_grant(self) -> Grant:
+        return self.grant if self.grant is not None else _not_yet("grant", "authorize")
+
+    @property
+    def bound_result(self) -> AdapterResult:
+        return self.result if self.result is not None else _not_yet("result", "invoke")
+
     @property
     def status(self) -> int:
         return self.error.status if self.error else self.ok_status
@@ -113,3 +142,11 @@ class Exchange:
     @property
     def outcome(self) -> str:
         return self.error.outcome if self.error else "ok"
+
+
+class StageOrderError(RuntimeError):
+    """A stage read what an earlier stage should have set, and it was not: a bug in the pipeline's order."""
+
+
+def _not_yet(what: str, stage: str) -> NoReturn:
+    raise StageOrderError(f"The exchange's {what} was read before the {stage} stage set it.")

@@ -2,39 +2,31 @@
 connection's upstream protection (circuit breaker, bulkhead, retries of reads: lgsp.traffic)."""
 from __future__ import annotations
 
-import logging
 import time
 
 from lgsp import metrics
 from lgsp.adapter import CallContext, UpstreamError
 from lgsp.errors import ExchangeError
 from lgsp.pipeline.exchange import Exchange
-from lgsp.registry import Registry
+from lgsp.pipeline.stage import StageContext
 from lgsp.traffic.upstream import guard_for
 
-log = logging.getLogger(__name__)
 
-
-async def invoke(ex: Exchange, registry: Registry) -> None:
-    service = ex.service
-    try:
-        adapter = registry.adapter(service.connection)
-    except Exception:  # bad settings or a broken plug-in: this service is down, not the gateway
-        log.error("connection %s: adapter could not be built", service.connection, exc_info=True)
-        adapter = None
+async def invoke(ex: Exchange, ctx: StageContext) -> None:
+    service, adapter, client = ex.bound_service, ex.adapter, ex.bound_client
     if adapter is None:
         raise ExchangeError("service.unavailable", f"The connection behind '{service.name}' is not available.")
     context = CallContext(
-        request_id=ex.request_id, client_id=ex.client.client_id, agency_code=ex.client.agency_code,
+        request_id=ex.request_id, client_id=client.client_id, agency_code=client.agency_code,
         officer=ex.officer, purpose=ex.purpose, fields=ex.grant.allowed_fields if ex.grant else None,
     )
-    guard = guard_for(service.connection, registry.snapshot.connections.get(service.connection))
+    guard = guard_for(service.connection, ex.connection)
     operation = adapter.operations.get(service.operation)
     started = time.perf_counter()
     outcome = "ok"
     try:
-        ex.result = await guard.call(lambda: adapter.call(service.operation, ex.params, context),
-                                     idempotent=operation is not None and not operation.writes)
+        result = ex.result = await guard.call(lambda: adapter.call(service.operation, ex.params, context),
+                                              idempotent=operation is not None and not operation.writes)
     except UpstreamError as exc:
         outcome = exc.code
         ex.upstream, ex.trace_id = exc.upstream, exc.trace_id
@@ -46,4 +38,4 @@ async def invoke(ex: Exchange, registry: Registry) -> None:
         metrics.upstream_seconds.labels(service.connection, service.operation, outcome).observe(
             time.perf_counter() - started
         )
-    ex.upstream, ex.trace_id = ex.result.upstream, ex.result.trace_id
+    ex.upstream, ex.trace_id = result.upstream, result.trace_id

@@ -14,15 +14,16 @@ from functools import lru_cache
 from typing import Any
 
 from lgsp.pipeline.exchange import Exchange
+from lgsp.pipeline.stage import StageContext
 
 #: Key of AdapterResult.meta naming the member of a page answer that holds its records.
 PAGE = "lgsp.page"
 
 
 @lru_cache(maxsize=1024)
-def _tree(allowed: tuple[str, ...]) -> dict:
+def _tree(allowed: tuple[str, ...]) -> dict[str, Any]:
     """Turn ('a', 'b.c') into {'a': True, 'b': {'c': True}}."""
-    tree: dict = {}
+    tree: dict[str, Any] = {}
     for path in allowed:
         node = tree
         *parents, leaf = path.split(".")
@@ -36,7 +37,7 @@ def _tree(allowed: tuple[str, ...]) -> dict:
     return tree
 
 
-def project(value: Any, tree: dict) -> Any:
+def project(value: Any, tree: dict[str, Any]) -> Any:
     if isinstance(value, list):
         return [project(v, tree) for v in value]
     if not isinstance(value, dict):
@@ -51,16 +52,16 @@ def project(value: Any, tree: dict) -> Any:
     return out
 
 
-def project_page(page: dict, member: str, tree: dict) -> tuple[dict, list[str]]:
+def project_page(page: dict[str, Any], member: str, tree: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
     """The page with each of its records projected, and the fields the records kept."""
     items = project(page[member], tree)
     fields = {k for item in items if isinstance(item, dict) for k, v in item.items() if v is not None}
     return {**page, member: items}, sorted(fields)
 
 
-def minimize(ex: Exchange) -> None:
-    tree = _tree(ex.grant.allowed_fields)
-    member = ex.result.meta.get(PAGE) if ex.result is not None else None
+async def minimize(ex: Exchange, ctx: StageContext) -> None:
+    tree = _tree(ex.bound_grant.allowed_fields)
+    member = ex.bound_result.meta.get(PAGE)
     if member and isinstance(ex.canonical, dict) and isinstance(ex.canonical.get(member), list):
         ex.answer, ex.fields = project_page(ex.canonical, member, tree)
         return

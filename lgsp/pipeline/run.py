@@ -3,21 +3,28 @@
     identify → resolve → authorize → limit → validate → invoke → to_canonical → minimize
     → (door renders the answer) → audit (committed) → answer
 
-Each stage is a small module named after its job. A door builds an Exchange,
-hands it to `serve` with a function that renders an Exchange into its own wire
-format, and sends what comes back.
+Each stage is a small module named after its job, and every stage has the one
+signature of the stage contract (lgsp/pipeline/stage.py):
+
+    async def stage(ex: Exchange, ctx: StageContext) -> None
+
+`STAGES` below is the pipeline, in order; a new stage goes into that tuple at its
+place (and into the bulk services' tuples in `PIPELINES` if it applies to them).
+A door builds an Exchange, hands it to `serve` with a function that renders an
+Exchange into its own wire format, and sends what comes back.
 """
 from __future__ import annotations
 
 import hashlib
 import logging
 import time
-from typing import Awaitable, Callable, Mapping
+from typing import Any, Callable, Mapping, cast
 
 import orjson
+from sqlalchemy import String
 
-from lgsp import metrics
-from lgsp.audit.writer import BODY, AuditUnavailable, StoreConflict
+from lgsp import bulk, metrics
+from lgsp.audit.writer import AuditRecord, AuditUnavailable, AuditWriter, StoreConflict
 from lgsp.crypto import fernet, subject_hash
 from lgsp.errors import ExchangeError, problem
 from lgsp.gateway import Gateway
@@ -28,6 +35,7 @@ from lgsp.pipeline.identify import check_password, identify
 from lgsp.pipeline.invoke import invoke
 from lgsp.pipeline.minimize import minimize
 from lgsp.pipeline.resolve import resolve
+from lgsp.pipeline.stage import Stage, StageContext
 from lgsp.pipeline.subjects import companion_records
 from lgsp.pipeline.validate import validate
 from lgsp.storage.schema import audit_records
@@ -38,19 +46,23 @@ log = logging.getLogger("lgsp.pipeline.exchange")
 Rendered = tuple[int, dict[str, str], bytes]
 Renderer = Callable[[Exchange], Rendered]
 
+# The pipeline: every exchange of a shared service goes through these, in this order.
+STAGES: tuple[Stage, ...] = (check_password, identify, resolve, authorize, limit, validate, invoke, to_canonical,
+                             minimize)
+# Identification alone: what a refusal made before the stages still runs, to name the caller.
+IDENTIFY: tuple[Stage, ...] = (check_password, identify)
+# Services with a pipeline of their own (bulk verification: a job, not an answer); the doors look them up here.
+PIPELINES: dict[str, tuple[Stage, ...]] = {
+    bulk.SUBMIT: (*STAGES, bulk.create_job),
+    bulk.GET: (identify, resolve, authorize, bulk.view_job),
+}
 
-async def run_stages(ex: Exchange, gw: Gateway) -> None:
-    snap = gw.registry.snapshot
+
+async def run_stages(ex: Exchange, gw: Gateway, stages: tuple[Stage, ...] = STAGES) -> None:
+    ctx = StageContext(gw, gw.registry.snapshot)  # the one snapshot the whole exchange is served from
     try:
-        await check_password(ex, snap)
-        identify(ex, snap)
-        resolve(ex, snap)
-        authorize(ex, snap)
-        await limit(ex, gw)
-        validate(ex, gw.registry)
-        await invoke(ex, gw.registry)
-        to_canonical(ex, gw.registry)
-        minimize(ex)
+        for stage in stages:
+            await stage(ex, ctx)
     except ExchangeError as exc:
         ex.error = exc
     except Exception:
@@ -71,18 +83,18 @@ async def refuse(ex: Exchange, gw: Gateway, error: ExchangeError) -> None:
     if error.code.startswith("auth."):  # the refusal is about the credentials themselves: say that
         ex.error = error
         return
+    ctx = StageContext(gw, gw.registry.snapshot)
     try:
-        await check_password(ex, gw.registry.snapshot)
-        identify(ex, gw.registry.snapshot)
+        for stage in IDENTIFY:
+            await stage(ex, ctx)
     except ExchangeError as auth_error:
         error = auth_error
     ex.error = error
 
 
 async def serve(ex: Exchange, gw: Gateway, render: Renderer, *, refusal: ExchangeError | None = None,
-                anonymous: bool = False,
-                stages: Callable[[Exchange, Gateway], Awaitable[None]] | None = None) -> Rendered:
-    """The exchange through the stages (the usual ones, or a service's own, e.g. lgsp.bulk) or refused,
+                anonymous: bool = False, stages: tuple[Stage, ...] = STAGES) -> Rendered:
+    """The exchange through the stages (the usual ones, or a service's own from PIPELINES) or refused,
     its answer rendered, its record committed.
 
     `anonymous`: a refusal made before any of the request could be trusted (an
@@ -93,7 +105,7 @@ async def serve(ex: Exchange, gw: Gateway, render: Renderer, *, refusal: Exchang
         # One code for a bad officer, purpose or request id, whether or not the spec declares the header.
         refusal = ExchangeError("request.context_invalid", context_problem)
     if refusal is None:
-        await (stages or run_stages)(ex, gw)
+        await run_stages(ex, gw, stages)
     elif anonymous:
         ex.error = refusal
     else:
@@ -117,19 +129,26 @@ async def serve(ex: Exchange, gw: Gateway, render: Renderer, *, refusal: Exchang
     try:
         try:
             # ex.store: what the exchange stores with its record, in the same transaction (an accepted message).
-            await (gw.audit.commit_all([record, *others], ex.store) if others else gw.audit.commit(record, ex.store))
+            writer = _writer(gw)
+            await (writer.commit_all([record, *others], ex.store) if others else writer.commit(record, ex.store))
         except StoreConflict:
             if ex.on_store_conflict is None:
                 raise AuditUnavailable("store conflict") from None
             ex.store = []
             await ex.on_store_conflict(ex)
             rendered = render_safely(ex, render)
-            await gw.audit.commit(audit_record(ex, rendered[2]))
+            await writer.commit(audit_record(ex, rendered[2]))
     except AuditUnavailable:
         ex.error = ExchangeError("audit.unavailable", "The audit log cannot be written, so the exchange was refused.")
         rendered = render_safely(ex, render)
     observe(ex, gw.registry.snapshot.services)
     return rendered
+
+
+def _writer(gw: Gateway) -> AuditWriter:
+    if gw.audit is None:
+        raise RuntimeError("The gateway serves exchanges only once started (it has no audit writer yet).")
+    return gw.audit
 
 
 def _recordable(value: str | None, width: int) -> str | None:
@@ -166,33 +185,40 @@ def render_safely(ex: Exchange, render: Renderer) -> Rendered:
 
 
 # The columns a caller's request can put values into, and the largest value each takes.
-_TEXT_COLUMNS = {name: audit_records.c[name].type.length for name in ("service", "upstream", "trace_id")}
+def _width(column: str) -> int:
+    kind = audit_records.c[column].type
+    assert isinstance(kind, String) and kind.length, column  # a text column of bounded width
+    return kind.length
+
+
+_TEXT_COLUMNS = {name: _width(name) for name in ("service", "upstream", "trace_id")}
 _MAX_INT = 2**31 - 1
 
 
-def fitted(record: dict) -> dict:
+def fitted(record: AuditRecord) -> AuditRecord:
     """The record with what the caller controls fitted to its columns. A value the database
     refuses (PostgreSQL checks lengths and ranges) would fail the whole group commit, and so
     every exchange committed with it; a refused request's over-long service name is cut."""
+    row = cast(dict[str, Any], record)  # the columns are walked by name
     for name, length in _TEXT_COLUMNS.items():
-        value = record.get(name)
+        value = row.get(name)
         if value is not None and not isinstance(value, str):
-            record[name] = None
+            row[name] = None
         elif value is not None and len(value) > length:
-            record[name] = value[:length]
+            row[name] = value[:length]
     for name in ("request_bytes", "response_bytes"):
-        if isinstance(record.get(name), int):
-            record[name] = max(0, min(record[name], _MAX_INT))
+        if isinstance(row.get(name), int):
+            row[name] = max(0, min(row[name], _MAX_INT))
     return record
 
 
-def audit_record(ex: Exchange, body: bytes, *, body_logging: bool = True) -> dict:
+def audit_record(ex: Exchange, body: bytes, *, body_logging: bool = True) -> AuditRecord:
     return fitted(_audit_record(ex, body, body_logging))
 
 
-def _audit_record(ex: Exchange, body: bytes, body_logging: bool) -> dict:
+def _audit_record(ex: Exchange, body: bytes, body_logging: bool) -> AuditRecord:
     client = ex.client
-    return {
+    record: AuditRecord = {
         "at": ex.at,
         "kind": "exchange",
         "request_id": ex.request_id,
@@ -214,23 +240,24 @@ def _audit_record(ex: Exchange, body: bytes, body_logging: bool) -> dict:
         "response_bytes": len(body),
         "response_sha256": hashlib.sha256(body).hexdigest(),
         "detail": None,
-        **(_body_logging(ex, body) if body_logging else {}),
     }
+    if body_logging:
+        _body_logging(ex, body, record)
+    return record
 
 
-def _body_logging(ex: Exchange, body: bytes) -> dict:
+def _body_logging(ex: Exchange, body: bytes, record: AuditRecord) -> None:
     """What the service's body-logging setting adds to the record (nothing by default)."""
     mode = ex.service.body_logging if ex.service else "off"
     if mode == "metadata":
-        return {"detail": {"params": sorted(ex.params)}}
-    if mode == "full":
+        record["detail"] = {"params": sorted(ex.params)}
+    elif mode == "full":
         try:
             response = orjson.loads(body)
         except orjson.JSONDecodeError:  # a SOAP door answer is XML: keep it as text
             response = body.decode("utf-8", "replace")
         payload = orjson.dumps({"params": ex.params, "response": response})
-        return {BODY: fernet().encrypt(payload).decode()}
-    return {}
+        record["_body"] = fernet().encrypt(payload).decode()
 
 
 def observe(ex: Exchange, services: Mapping[str, object] | None = None) -> None:

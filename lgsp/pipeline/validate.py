@@ -4,30 +4,34 @@ from __future__ import annotations
 
 import datetime as _dt
 import re
-from functools import lru_cache
+from typing import Any
 
 import jsonschema
 
 from lgsp import bulk, personal_id
+from lgsp.adapter import Adapter
 from lgsp.errors import ExchangeError
 from lgsp.pipeline.exchange import Exchange
-from lgsp.registry import Registry
+from lgsp.pipeline.stage import StageContext
+
+# (adapter class, operation) → its parameters' validator: a few per adapter, built on first use.
+_validators: dict[tuple[type[Adapter], str], jsonschema.Draft202012Validator | None] = {}
 
 
-@lru_cache(maxsize=256)
-def _validator(adapter_cls: type, operation: str) -> jsonschema.Draft202012Validator | None:
-    op = adapter_cls.operations.get(operation)
-    return jsonschema.Draft202012Validator(dict(op.params_schema)) if op and op.params_schema else None
+def _validator(adapter: Adapter, operation: str) -> jsonschema.Draft202012Validator | None:
+    key = (type(adapter), operation)
+    if key not in _validators:
+        op = adapter.operations.get(operation)
+        _validators[key] = jsonschema.Draft202012Validator(dict(op.params_schema)) if op and op.params_schema else None
+    return _validators[key]
 
 
-def _check_against_adapter(ex: Exchange, registry: Registry) -> None:
-    try:
-        adapter = registry.adapter(ex.service.connection)
-    except Exception:
-        return  # the invoke stage reports a broken connection as service.unavailable
-    if adapter is None or ex.service.operation not in adapter.operations:
+def _check_against_adapter(ex: Exchange) -> None:
+    adapter = ex.adapter  # None: the invoke stage reports a broken connection as service.unavailable
+    operation = ex.bound_service.operation
+    if adapter is None or operation not in adapter.operations:
         return
-    validator = _validator(type(adapter), ex.service.operation)
+    validator = _validator(adapter, operation)
     errors = sorted(validator.iter_errors(ex.params), key=str) if validator else []
     if errors:
         where = "/".join(map(str, errors[0].path)) or "parameters"
@@ -37,7 +41,7 @@ def _check_against_adapter(ex: Exchange, registry: Registry) -> None:
 _ISO_DATE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
 
 
-def check_dates(params: dict) -> None:
+def check_dates(params: dict[str, Any]) -> None:
     """A date the calendar does not have (1985-02-30) is refused here, not by the national side."""
     for name, value in params.items():
         if name.endswith("date") and isinstance(value, str) and _ISO_DATE.fullmatch(value):
@@ -52,20 +56,20 @@ def check_dates(params: dict) -> None:
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 
 
-def check_text(params: dict) -> None:
+def check_text(params: dict[str, Any]) -> None:
     for name, value in params.items():
         if isinstance(value, str) and _CONTROL.search(value):
             raise ExchangeError("request.invalid", f"{name}: control characters are not allowed.")
 
 
-def validate(ex: Exchange, registry: Registry | None = None) -> None:
-    if ex.check_params and registry is not None:
-        _check_against_adapter(ex, registry)
+async def validate(ex: Exchange, ctx: StageContext) -> None:
+    if ex.check_params:
+        _check_against_adapter(ex)
     check_text(ex.params)
     check_enterprise_code(ex.params.get("enterprise_code"))
     check_dates(ex.params)
     check_other_personal_ids(ex.params)
-    if ex.service is not None and ex.service.operation == bulk.SUBMIT_OPERATION:
+    if ex.bound_service.operation == bulk.SUBMIT_OPERATION:
         bulk.check_items(ex.params.get("items"))
     value = ex.params.get("personal_id")
     if value is None:
@@ -76,7 +80,7 @@ def validate(ex: Exchange, registry: Registry | None = None) -> None:
         raise ExchangeError(exc.code, exc.detail) from None
 
 
-def check_other_personal_ids(params: dict) -> None:
+def check_other_personal_ids(params: dict[str, Any]) -> None:
     """Refuse a malformed ID of another person (head_personal_id, relative_personal_id, ...),
     naming the field, so the caller knows which of the two IDs is wrong."""
     for key in sorted(params):

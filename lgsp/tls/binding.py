@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import hmac
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from sqlalchemy import Connection, Engine, select
 
@@ -86,15 +88,14 @@ def confirmation(binding: Binding | None, cert_der: bytes | None) -> dict:
 
 # -- the data plane ---------------------------------------------------------------------
 
-def check(binding: Binding | None, claims: dict, thumbprint: str | None, source: str | None) -> None:
-    """Refuse an exchange whose token is bound to another certificate than the connection's, or
-    whose client calls from outside its allowed networks."""
-    client_id = claims.get("sub")
+def check(binding: Binding | None, client_id: str, cnf: Mapping[str, Any] | None, thumbprint: str | None,
+          source: str | None) -> None:
+    """Refuse an exchange whose token (its `cnf` confirmation) is bound to another certificate than the
+    connection's, or whose client calls from outside its allowed networks."""
     if binding is not None and binding.networks and not networks.contains(binding.networks, source):
         raise ExchangeError("access.source_not_allowed", f"Client '{client_id}' may not call from this network "
                                                          "address; ask the LGSP operator to allow it.")
-    cnf = claims.get("cnf")
-    bound = cnf.get("x5t#S256") if isinstance(cnf, dict) else None
+    bound = cnf.get("x5t#S256") if cnf is not None else None
     if bound is not None:
         if thumbprint is None:
             raise ExchangeError("token.binding", "The access token is bound to a client certificate; call over a "

@@ -17,12 +17,12 @@ import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from lgsp import metrics
 from lgsp.errors import ExchangeError
 from lgsp.pipeline.exchange import Exchange
+from lgsp.pipeline.stage import StageContext
 from lgsp.traffic.counters import Count, Counter, CounterStore, Quota, Rate, StoreUnavailable, ceil_seconds, store_for
 from lgsp.traffic.policies import Policies, Policy
 
@@ -149,17 +149,19 @@ def limit_field(checks: list[Check], counts: list[Count]) -> str:
     return ", ".join(items)
 
 
-async def limit(ex: Exchange, gw: Any) -> None:
+async def limit(ex: Exchange, ctx: StageContext) -> None:
     """Count the exchange against every policy that applies; refuse it when one is exhausted."""
-    policies: Policies = gw.registry.snapshot.policies
+    policies: Policies = ctx.snap.policies
     if not policies:
         return
-    checks = gw.limiter.checks(policies, ex.client.client_id, ex.service.name, ex.service.connection, time.time())
+    limiter = ctx.gw.limiter
+    service = ex.bound_service
+    checks = limiter.checks(policies, ex.bound_client.client_id, service.name, service.connection, time.time())
     if not checks:
         return
     ex.response_headers["RateLimit-Policy"] = policy_field(checks)
     try:
-        counts = await gw.limiter.store.take([c.counter for c in checks])
+        counts = await limiter.store.take([c.counter for c in checks])
     except StoreUnavailable:
         closed = [c for c in checks if c.policy.on_store_failure == "closed"]
         if closed:
