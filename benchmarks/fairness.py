@@ -64,8 +64,8 @@ def cpu_model() -> str:
 def set_up(env: dict, sim_url: str, rate: int) -> dict[str, tuple[str, str]]:
     os.environ.update(env)
     from lgsp import keys
-    from lgsp.control.admin import Admin
     from lgsp.config import settings
+    from lgsp.control.admin import Admin
     from lgsp.storage import engine_for, upgrade
 
     settings.cache_clear()

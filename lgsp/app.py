@@ -28,8 +28,8 @@ from starlette.responses import Response
 
 from lgsp import bulk, logs, metrics, specs
 from lgsp.config import settings
-from lgsp.delivery.worker import start_in_process as start_delivery_worker
 from lgsp.control.plane import JWKS_PATH, TOKEN_PATH, create_control_plane
+from lgsp.delivery.worker import start_in_process as start_delivery_worker
 from lgsp.doors.request_guard import RequestGuard
 from lgsp.doors.rest import MIDDLEWARES, add_shared_apis
 from lgsp.doors.rest import render as rest_render
@@ -41,8 +41,8 @@ from lgsp.errors import ExchangeError, problem
 from lgsp.gateway import Gateway
 from lgsp.pipeline.exchange import Exchange, request_id_from
 from lgsp.pipeline.run import serve
-from lgsp.traffic.upstream import status as upstream_status
 from lgsp.tls.peer import ClientCertificate
+from lgsp.traffic.upstream import status as upstream_status
 
 
 class BodyLimit:

@@ -11,7 +11,6 @@ import uuid
 import httpx
 import pytest
 from conftest import get_token
-from lgsp_adapters.population.simulator import FIXED_IDS
 from sqlalchemy import select
 from test_soap_door import zeep_client
 
@@ -21,6 +20,7 @@ from lgsp.audit.writer import AuditUnavailable, AuditWriter
 from lgsp.crypto import subject_hash
 from lgsp.storage import engine_for
 from lgsp.storage.schema import audit_records
+from lgsp_adapters.population.simulator import FIXED_IDS
 
 API = "/api/population/v1"
 PURPOSE = "civil-status"

@@ -10,13 +10,13 @@ import pytest
 import requests
 import zeep
 from conftest import audit_of, get_token
-from lgsp_adapters.population.simulator import FIXED_IDS
 from lxml import etree
 from sqlalchemy import select
 from zeep.transports import Transport
 
 from lgsp.crypto import subject_hash
 from lgsp.storage.schema import audit_records
+from lgsp_adapters.population.simulator import FIXED_IDS
 
 PURPOSE = "social-assistance"
 NS = {"lgsp": "urn:lgsp:soap:v1"}

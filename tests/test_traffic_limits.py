@@ -14,10 +14,10 @@ from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import pytest
+from conftest import ROOT, Server, assert_problem, audit_of, free_port, get_token, lgsp_cli, wait_for
 from lxml import etree
 from sqlalchemy import select
 
-from conftest import ROOT, Server, assert_problem, audit_of, free_port, get_token, lgsp_cli, wait_for
 from lgsp.storage.schema import audit_records
 
 PURPOSE = "administrative-procedure"

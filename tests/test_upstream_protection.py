@@ -17,9 +17,9 @@ import pytest
 import requests
 import yaml
 import zeep
+from conftest import ROOT, Server, assert_problem, audit_of, free_port, get_token, lgsp_cli, start_server, wait_for
 from zeep.transports import Transport
 
-from conftest import ROOT, Server, assert_problem, audit_of, free_port, get_token, lgsp_cli, start_server, wait_for
 from lgsp.traffic import protection as protection_policy
 from lgsp.traffic.breaker import CLOSED, HALF_OPEN, OPEN, CircuitBreaker, CircuitOpen
 from lgsp.traffic.retry import RESERVE, RetryBudget
