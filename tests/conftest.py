@@ -5,6 +5,8 @@ in which case a fresh database is created for the session and dropped after.
 """
 from __future__ import annotations
 
+import functools
+import inspect
 import os
 import secrets
 import sys
@@ -160,14 +162,36 @@ def business_gateway(gateway, business_sim):
 
 # -- the integration marker -----------------------------------------------------------------
 
-# A test that uses any of these (directly or through another fixture) talks to a real server,
-# simulator or database; the others are pure and make the inner loop, `pytest -m "not integration"`.
+# A test is `integration` when it uses one of these fixtures (directly or through another), or
+# when its own code or one of its fixtures' starts a server, a subprocess or a database of its own.
+# The others are pure and make the inner loop: pytest -m "not integration".
 INTEGRATION_FIXTURES = frozenset({
     "lgsp_env", "fresh_db_url", "population_sim", "faults", "gateway", "business_sim", "business_gateway",
 })
+INTEGRATION_CALLS = ("serve_in_thread(", "start_server(", "lgsp_cli(", "postgres_database(", "subprocess.",
+                     "engine_for(", "upgrade(", "multiprocessing", "ProcessPool")
+
+
+@functools.cache
+def _runs_something_real(func) -> bool:
+    try:
+        source = inspect.getsource(func)
+    except (OSError, TypeError):
+        return False
+    return any(call in source for call in INTEGRATION_CALLS)
+
+
+def _is_integration(item: pytest.Item) -> bool:
+    if INTEGRATION_FIXTURES.intersection(getattr(item, "fixturenames", ())):
+        return True
+    funcs = [getattr(item, "function", None)]
+    info = getattr(item, "_fixtureinfo", None)
+    if info is not None:
+        funcs += [d.func for defs in info.name2fixturedefs.values() for d in defs if "_pytest" not in d.func.__module__]
+    return any(f is not None and _runs_something_real(f) for f in funcs)
 
 
 def pytest_collection_modifyitems(config, items):
     for item in items:
-        if INTEGRATION_FIXTURES.intersection(getattr(item, "fixturenames", ())):
+        if _is_integration(item):
             item.add_marker(pytest.mark.integration)
