@@ -10,7 +10,7 @@ import uuid
 import httpx
 import jwt as pyjwt
 import pytest
-from helpers import assert_problem, audit_of, get_token, wait_for_config
+from helpers import assert_problem, audit_of, database_generation, get_token, serve_in_thread, wait_for_config
 from sqlalchemy import select
 
 PURPOSE = "administrative-procedure"
@@ -306,6 +306,26 @@ def test_upstream_refusing_connections(gateway, clerk_token, citizens):
 def test_unknown_route_is_a_problem(gateway, clerk_token):
     r = httpx.get(f"{gateway.url}/api/population/v1/nothing-here", headers={"Authorization": f"Bearer {clerk_token}"})
     assert_problem(r, 404, "request.not_found")
+
+
+def test_healthz_says_which_configuration_generation_the_worker_serves(gateway):
+    engine = gateway.extra["engine"]
+    before = database_generation(engine)
+    gateway.extra["admin"].create_client(f"gen-{uuid.uuid4().hex[:6]}", "Generation check", "000.00.31.H30")
+    assert database_generation(engine) == before + 1  # an admin change bumps it
+    assert wait_for_config(gateway.url, engine) >= before + 1
+    body = httpx.get(f"{gateway.url}/healthz").json()
+    assert body == {"status": "ok", "config_generation": body["config_generation"]}  # a counter, nothing else
+
+
+def test_wait_for_config_fails_on_a_gateway_that_stays_behind(gateway):
+    async def stale(scope, receive, send):  # a worker that never loads the new configuration
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"application/json")]})
+        await send({"type": "http.response.body", "body": b'{"status": "ok", "config_generation": 0}'})
+
+    assert database_generation(gateway.extra["engine"]) > 0
+    with serve_in_thread(stale) as url, pytest.raises(AssertionError, match="serves configuration generation 0"):
+        wait_for_config(url, gateway.extra["engine"], timeout=0.5)
 
 
 def test_health_ready_and_metrics_without_personal_ids(gateway, clerk_token, citizens):
