@@ -193,12 +193,13 @@ def database_generation(engine_or_db_url) -> int:
     return read_generation(engine)
 
 
-def wait_for_config(base_url: str, engine_or_db_url, timeout: float = 10, confirmations: int = 3) -> int:
+def wait_for_config(base_url: str | Server, engine_or_db_url, timeout: float = 10, confirmations: int = 1) -> int:
     """Wait until the gateway at `base_url` serves the configuration the database holds now.
 
     Each worker says on /healthz which generation it serves. With several worker processes
-    a request reaches any one of them, so the answer must be current `confirmations` times
-    in a row, each on a new connection. Returns the generation reached."""
+    a request reaches any one of them: pass `confirmations` (say, three per worker) and the
+    answer must be current that many times in a row, each on a new connection. Returns the
+    generation reached."""
     if hasattr(base_url, "url"):  # a Server
         base_url = base_url.url
     wanted = database_generation(engine_or_db_url)
