@@ -2,7 +2,7 @@
 """Static checks of the LGSP Helm chart that Helm itself does not make.
 
 The chart is rendered by Helm's own engine and validated against the Kubernetes
-schemas in tests/test_helm_render.py; this script adds what rendering lets pass,
+schemas in tests/deploy/test_helm_render.py; this script adds what rendering lets pass,
 above all check 4 (a `.Values` path missing from values.yaml renders as empty,
 silently). What is checked:
 

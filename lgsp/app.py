@@ -168,7 +168,9 @@ def data_plane(gateway: Gateway | None = None):
         })
 
     async def healthz(_request: Request) -> Response:
-        return _json({"status": "ok"})
+        # The configuration generation this worker serves (a counter, no content): lets a
+        # deployment check, or a test, tell when an admin change has reached the worker.
+        return _json({"status": "ok", "config_generation": gw.registry.snapshot.generation})
 
     async def readyz(_request: Request) -> Response:
         checks = {"gateway": gw.ready, "database": await asyncio.to_thread(_database_answers, gw)}

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
-from conftest import Server, free_port, get_token, start_server, wait_for
+from helpers import Server, free_port, get_token, start_server, wait_for
 
 RELAY = Path(__file__).resolve().parent / "delivery_relay"
 PURPOSE = "administrative-procedure"

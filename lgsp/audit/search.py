@@ -11,7 +11,7 @@ index is gone fails instead of scanning. PostgreSQL has no hints; an index that
 matches filter and order is the cheapest path there, as long as the planner's
 estimates hold, so the conditions stay plain equalities it can estimate
 (wrapping the others, as `col || ''`, made it guess 0.5 % and sort every match
-of the leading filter instead). tests/test_audit_plans.py asserts each query's
+of the leading filter instead). tests/audit/test_audit_plans.py asserts each query's
 plan on both databases. On SQLite the id is the rowid, which every index entry
 ends with, so (column, at) already is (column, at, id).
 """

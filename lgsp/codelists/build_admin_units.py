@@ -12,7 +12,7 @@ Sources (their versions go into the file's `source` and `version`):
   ``communes_legacy``; an old commune split across several new ones gets ``split`` (every new
   commune with a part of it) besides ``current`` (the package's default successor).
 
-The two packages' current lists are cross-checked by tests/test_admin_units_sources.py;
+The two packages' current lists are cross-checked by tests/codelists/test_admin_units_sources.py;
 disagreements are listed in docs/admin-units.md. The packages are needed only to rebuild
 (the `build` extra); the gateway reads the committed file.
 """
@@ -261,7 +261,7 @@ DOC_HEAD = """# Administrative units: where the list comes from
   `GET /api/codelists/v1/admin-units/translate` then answers `split: [{{code, name}}, ...]`
   beside `commune`, so a caller knows the address must be placed by its street.
 
-The versions used are in the YAML's `version` and `source`. tests/test_admin_units_sources.py
+The versions used are in the YAML's `version` and `source`. tests/codelists/test_admin_units_sources.py
 rebuilds the list from the installed packages, compares it with the committed file, and
 cross-checks the two packages' current lists.
 

@@ -1,0 +1,175 @@
+"""Operators: list, show, replay and cancel messages through the CLI, the admin API and the console;
+each action in the audit trail; a replay or cancel only where it makes sense."""
+from __future__ import annotations
+
+import os
+import re
+
+import httpx
+import pytest
+from delivery_rig import dossier, headers, make_rig, wait_until
+from helpers import get_token, lgsp_cli, postgres_database, wait_for_config
+from sqlalchemy import select
+
+from lgsp.storage import engine_for
+from lgsp.storage.schema import audit_records
+
+
+@pytest.fixture(scope="module")
+def rig(tmp_path_factory, lgsp_env):
+
+    from lgsp.storage import upgrade
+
+    pg = os.environ.get("LGSP_TEST_DATABASE_URL")
+    log_dir = tmp_path_factory.mktemp("delivery-ops")
+    drop = None
+    if pg:
+        url, drop = postgres_database(pg)
+    else:
+        url = f"sqlite:///{log_dir / 'ops.db'}"
+    upgrade(url)
+    rig = make_rig(url, log_dir)
+    rig.start_gateway()
+    yield rig
+    rig.stop()
+    from lgsp.audit.writer import close_writers
+
+    close_writers()
+    engine_for(url).dispose()
+    if drop:
+        drop()
+
+
+def _send(rig, token, no: str) -> dict:
+    r = httpx.post(f"{rig.url}/api/portal/v1/dossiers", json=dossier(no), headers=headers(token))
+    assert r.status_code == 202, r.text
+    return r.json()
+
+
+def _status(rig, token, message: dict) -> str:
+    return httpx.get(message["status_url"], headers=headers(token)).json()["status"]
+
+
+def _admin_records(rig, action: str) -> list:
+    with engine_for(rig.db_url).connect() as conn:
+        rows = conn.execute(select(audit_records).where(audit_records.c.kind == "admin")).all()
+    return [r for r in rows if (r.detail or {}).get("action") == action]
+
+
+def test_cli_replays_a_dead_message_and_cancels_a_waiting_one(rig):
+    token = rig.token()
+    rig.faults("refuse")
+    try:
+        dead = _send(rig, token, "OP-0001")
+        wait_until(lambda: _status(rig, token, dead) == "dead")
+    finally:
+        rig.faults("normal")
+    env = {"LGSP_DATABASE_URL": rig.db_url}
+    listed = lgsp_cli(env, "deliveries", "list", "--status", "dead").stdout
+    assert dead["message_id"] in listed and "upstream.fault" in listed
+    shown = lgsp_cli(env, "deliveries", "show", dead["message_id"]).stdout
+    assert '"attempt_log"' in shown and '"dead"' in shown and "Nguyễn" not in shown  # no payload unless asked
+    assert "Nguyễn Văn An" in lgsp_cli(env, "deliveries", "show", dead["message_id"], "--payload").stdout
+    out = lgsp_cli(env, "deliveries", "replay", dead["message_id"], "--reason", "portal fixed the procedure")
+    assert "queued again" in out.stdout
+    wait_until(lambda: _status(rig, token, dead) == "delivered")
+    # A delivered message is never sent again by an operator's slip.
+    again = lgsp_cli(env, "deliveries", "replay", dead["message_id"], check=False)
+    assert again.returncode != 0 and "only a dead or cancelled message" in again.stderr
+    records = _admin_records(rig, "delivery.replay")
+    assert records and records[-1].detail["target"] == dead["message_id"]
+    assert records[-1].detail["before"]["status"] == "dead" and records[-1].detail["actor"].startswith("cli:")
+    assert _admin_records(rig, "delivery.show_payload")  # reading what a message carries is recorded
+
+    rig.faults("down")
+    try:
+        waiting = _send(rig, token, "OP-0002")
+        wait_until(lambda: _status(rig, token, waiting) == "failed")
+        wait_until(lambda: lgsp_cli(env, "deliveries", "cancel", waiting["message_id"], "--reason", "sent by mistake",
+                                    check=False).returncode == 0)  # refused only while an attempt is under way
+        body = httpx.get(waiting["status_url"], headers=headers(token)).json()
+        assert body["status"] == "cancelled" and body["error"]["reason"] == "sent by mistake"
+    finally:
+        rig.faults("normal")
+    assert _admin_records(rig, "delivery.cancel")
+
+
+def test_admin_api_needs_a_role_and_audits_each_action(rig):
+    from lgsp.control.admin import Admin
+
+    token = rig.token()
+    admin = Admin(engine_for(rig.db_url), "tests")
+    secret = admin.create_client("ops-integrator", "Operations", roles=("integrator",))
+    ops = get_token(rig.gateway, "ops-integrator", secret, scope="integrator")
+    base = f"{rig.url}/admin/v1/deliveries"
+    # The sector system's own token is not an operator's.
+    assert_problem_like(httpx.get(base, headers={"Authorization": f"Bearer {token}"}), 403, "access.no_grant")
+    rig.faults("down")
+    try:
+        message = _send(rig, token, "OP-0003")
+        wait_until(lambda: _status(rig, token, message) == "failed")
+        auth = {"Authorization": f"Bearer {ops}"}
+        listed = httpx.get(base, params={"key": "OP-0003"}, headers=auth)
+        assert listed.status_code == 200 and [m["message_id"] for m in listed.json()] == [message["message_id"]]
+        shown = httpx.get(f"{base}/{message['message_id']}", headers=auth).json()
+        assert shown["attempt_log"][0]["error_code"] == "upstream.unavailable" and "payload" not in shown
+        refused = httpx.post(f"{base}/{message['message_id']}/replay", headers=auth, json={})
+        assert_problem_like(refused, 409, "delivery.not_replayable")
+        # 409 while an attempt is under way (not cancellable mid-delivery); it waits again within a second.
+        cancelled = wait_until(lambda: (r := httpx.post(f"{base}/{message['message_id']}/cancel", headers=auth,
+                                                        json={"reason": "duplicate"})).status_code == 200 and r)
+        assert cancelled.json()["status"] == "cancelled"
+        replayed = httpx.post(f"{base}/{message['message_id']}/replay", headers=auth, json={"reason": "not a dup"})
+        assert replayed.status_code == 200 and replayed.json()["status"] in ("accepted", "delivering", "delivered")
+    finally:
+        rig.faults("normal")
+    wait_until(lambda: _status(rig, token, message) == "delivered")
+    actors = {r.detail["actor"] for r in _admin_records(rig, "delivery.cancel") + _admin_records(rig, "delivery.list")}
+    assert "client:ops-integrator" in actors
+
+
+def assert_problem_like(resp: httpx.Response, status: int, code: str) -> None:
+    assert resp.status_code == status, resp.text
+    assert resp.headers["content-type"].startswith("application/problem+json")
+    assert resp.json()["code"] == code
+
+
+def test_console_page_lists_and_replays(rig):
+    from lgsp.control.admin import Admin
+
+    token = rig.token()
+    rig.faults("refuse")
+    try:
+        dead = _send(rig, token, "OP-0004")
+        wait_until(lambda: _status(rig, token, dead) == "dead")
+    finally:
+        rig.faults("normal")
+    admin = Admin(engine_for(rig.db_url), "tests")
+    secret = admin.create_client("ops-console", "Operations console", roles=("auditor", "integrator"))
+    reader = admin.create_client("auditor-only", "Security team", roles=("auditor",))
+    wait_for_config(rig.url, rig.db_url)
+
+    def login(cid, sec):
+        http = httpx.Client(base_url=rig.url, follow_redirects=False)
+        csrf = re.search(r'name="csrf" value="([^"]+)"', http.get("/console/login").text).group(1)
+        r = http.post("/console/login", data={"csrf": csrf, "client_id": cid, "client_secret": sec})
+        assert r.status_code == 303, r.text
+        return http
+
+    http = login("ops-console", secret)
+    page = http.get("/console/deliveries", params={"status": "dead"})
+    assert page.status_code == 200 and dead["message_id"][:8] in page.text
+    detail = http.get(f"/console/deliveries/{dead['message_id']}")
+    assert 'id="replay"' in detail.text
+    csrf = re.search(r'name="csrf" value="([^"]+)"', detail.text).group(1)
+    assert http.post(f"/console/deliveries/{dead['message_id']}/replay", data={"reason": "x"}).status_code == 403
+    done = http.post(f"/console/deliveries/{dead['message_id']}/replay", data={"csrf": csrf, "reason": "fixed"})
+    assert done.status_code == 303
+    wait_until(lambda: _status(rig, token, dead) == "delivered")
+    # An auditor reads, but cannot act.
+    other = login("auditor-only", reader)
+    page = other.get(f"/console/deliveries/{dead['message_id']}")
+    assert page.status_code == 200 and 'id="replay"' not in page.text
+    csrf = re.search(r'name="csrf" value="([^"]+)"', page.text).group(1)
+    assert other.post(f"/console/deliveries/{dead['message_id']}/cancel", data={"csrf": csrf}).status_code == 403
+    assert any(r.detail["actor"] == "console:ops-console" for r in _admin_records(rig, "delivery.replay"))
