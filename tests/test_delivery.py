@@ -312,6 +312,7 @@ def test_a_destination_in_an_outage_is_paused_and_retried_at_once_when_back():
 
     worker = Worker.__new__(Worker)
     worker.policy, worker.queue, worker._streak, worker._paused = Policy(backoff_base=5), Queue(), {}, {}
+    worker._pauses = {}
 
     async def run():
         for _ in range(PAUSE_AFTER - 1):
@@ -319,6 +320,9 @@ def test_a_destination_in_an_outage_is_paused_and_retried_at_once_when_back():
         assert worker._excluded() == []  # a blip is not an outage
         await worker._note("portal", transient=True)
         assert worker._excluded() == ["portal"] and worker._paused["portal"] > time.monotonic() + 2
+        for _ in range(500):  # the failures of messages already in flight do not lengthen the pause
+            await worker._note("portal", transient=True)
+        assert worker._pauses["portal"] == 1 and worker._paused["portal"] < time.monotonic() + 30
         await worker._note("portal", transient=False)
         assert worker._excluded() == [] and Queue.retried == ["portal"]
 

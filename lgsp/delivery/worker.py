@@ -46,6 +46,7 @@ log = logging.getLogger(__name__)
 PERMANENT = (UpstreamFault, NotAllowed, RecordNotFound, UpstreamMalformed)
 MAX_REASON = 1000
 PAUSE_AFTER = 5  # outages in a row before a destination is paused
+PAUSE_CAP = 30.0  # seconds: the longest pause between probes of a destination that is down
 
 
 def worker_id() -> str:
@@ -69,6 +70,7 @@ class Worker:
         # message (on SQLite that starved acceptances of the single writer).
         self._streak: dict[str, int] = {}
         self._paused: dict[str, float] = {}
+        self._pauses: dict[str, int] = {}
 
     def wake(self) -> None:
         """A message was accepted in this process: look at the queue now rather than at the next poll."""
@@ -130,9 +132,13 @@ class Worker:
         its waiting messages are retried at once."""
         if transient:
             streak = self._streak[destination] = self._streak.get(destination, 0) + 1
-            if streak >= PAUSE_AFTER:
-                self._paused[destination] = time.monotonic() + self.policy.backoff(streak - PAUSE_AFTER + 1)
+            if streak >= PAUSE_AFTER and self._paused.get(destination, 0.0) <= time.monotonic():
+                # Each failed probe after a pause doubles the next pause, up to PAUSE_CAP: an outage is
+                # noticed within that long of its end.
+                pauses = self._pauses[destination] = self._pauses.get(destination, 0) + 1
+                self._paused[destination] = time.monotonic() + min(PAUSE_CAP, self.policy.backoff(pauses))
             return
+        self._pauses.pop(destination, None)
         if self._streak.pop(destination, 0) >= PAUSE_AFTER:
             self._paused.pop(destination, None)
             log.info("delivery: %s answers again; its waiting messages are due now", destination)
