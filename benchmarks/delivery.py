@@ -179,6 +179,7 @@ def main() -> None:
     parser.add_argument("--duration", type=int, default=10, help="seconds of acceptance load per run")
     parser.add_argument("--connections", type=int, default=32)
     parser.add_argument("--concurrency", type=int, default=64, help="deliveries in flight per worker process")
+    parser.add_argument("--outage-only", action="store_true", help="only (c)")
     parser.add_argument("--outage", type=int, default=60, help="seconds the receiver is down in (c); 0 skips (c)")
     args = parser.parse_args()
     if not shutil.which("wrk"):
@@ -209,7 +210,7 @@ def main() -> None:
         token = rig.token()
         accept(rig, token, "WARM", 2, 8)  # warm-up: adapters built, caches filled
         drain(rig, 1, _pending(rig), "WARM")
-        for workers in (1, 4):
+        for workers in (() if args.outage_only else (1, 4)):
             token = rig.token()  # fresh for each phase (tokens are short-lived)
             a = accept(rig, token, f"A{workers}", args.duration, args.connections)
             lines.append(f"accept  {a['stored']:6d} stored in {args.duration} s = {a['per_s']:7.0f} messages/s   "
