@@ -121,7 +121,8 @@ def _span(rig, prefix: str) -> float:
     return max((utc(last) - utc(first)).total_seconds(), 0.001)
 
 
-async def _steady(rig, token: str, prefix: str, rate: float, seconds: float) -> int:
+async def _steady(rig, token: str, prefix: str, rate: float, seconds: float) -> tuple[int, int]:
+    """Send `rate` dossiers a second for `seconds`; (sent, acknowledged with 202)."""
     import httpx
 
     sent = 0
@@ -139,8 +140,8 @@ async def _steady(rig, token: str, prefix: str, rate: float, seconds: float) -> 
                     "/api/portal/v1/dossiers", json=body,
                     headers={"Authorization": f"Bearer {token}", "X-Purpose": "administrative-procedure"})))
             await asyncio.sleep(0.01)
-        await asyncio.gather(*tasks, return_exceptions=True)
-    return sent
+        answers = await asyncio.gather(*tasks, return_exceptions=True)
+    return sent, sum(1 for a in answers if not isinstance(a, BaseException) and a.status_code == 202)
 
 
 def outage(rig, token: str, outage_s: int) -> dict:
@@ -164,7 +165,7 @@ def outage(rig, token: str, outage_s: int) -> dict:
             if time.monotonic() - back > 900:
                 result["drain_seconds"] = None
                 break
-        result["sent"] = await load
+        result["sent"], result["acked"] = await load
 
     asyncio.run(run())
     worker.stop()
@@ -178,6 +179,7 @@ def main() -> None:
     parser.add_argument("--duration", type=int, default=10, help="seconds of acceptance load per run")
     parser.add_argument("--connections", type=int, default=32)
     parser.add_argument("--concurrency", type=int, default=64, help="deliveries in flight per worker process")
+    parser.add_argument("--outage-only", action="store_true", help="only (c)")
     parser.add_argument("--outage", type=int, default=60, help="seconds the receiver is down in (c); 0 skips (c)")
     args = parser.parse_args()
     if not shutil.which("wrk"):
@@ -208,7 +210,8 @@ def main() -> None:
         token = rig.token()
         accept(rig, token, "WARM", 2, 8)  # warm-up: adapters built, caches filled
         drain(rig, 1, _pending(rig), "WARM")
-        for workers in (1, 4):
+        for workers in (() if args.outage_only else (1, 4)):
+            token = rig.token()  # fresh for each phase (tokens are short-lived)
             a = accept(rig, token, f"A{workers}", args.duration, args.connections)
             lines.append(f"accept  {a['stored']:6d} stored in {args.duration} s = {a['per_s']:7.0f} messages/s   "
                          f"202 p50 {a['p50_ms']:.1f} ms  p99 {a['p99_ms']:.1f} ms  non-2xx {a['non_2xx']}  "
@@ -219,9 +222,9 @@ def main() -> None:
                          f"{d['per_s']:7.0f} delivered/s   (load {os.getloadavg()[0]:.1f})")
             print("\n".join(lines[-2:]), flush=True)
         if args.outage:
-            o = outage(rig, token, args.outage)
+            o = outage(rig, rig.token(), args.outage)  # a fresh token: the first may have expired by now
             drained = f"{o['drain_seconds']:.1f} s" if o["drain_seconds"] is not None else "not within 900 s"
-            lines.append(f"outage  {args.outage} s down at 100 messages/s ({o['sent']} sent): backlog "
+            lines.append(f"outage  {args.outage} s down at 100 messages/s ({o['sent']} sent, {o['acked']} acknowledged): backlog "
                          f"{o['backlog_at_return']} at return, drained {drained} after it (1 worker)")
             print(lines[-1], flush=True)
         record = rig.record()

@@ -133,13 +133,11 @@ def api_show(message_id: str, payload: bool = False):
     return _api(show, admin.engine, admin.actor, message_id, payload=payload), 200, {"Content-Type": "application/json"}
 
 
-def api_replay(message_id: str, body: dict | None = None):
+def api_replay(message_id: str, reason: str | None = None):
     admin = _api_admin()
-    reason = (body or {}).get("reason")
     return _api(replay, admin.engine, admin.actor, message_id, reason), 200, {"Content-Type": "application/json"}
 
 
-def api_cancel(message_id: str, body: dict | None = None):
+def api_cancel(message_id: str, reason: str | None = None):
     admin = _api_admin()
-    reason = (body or {}).get("reason")
     return _api(cancel, admin.engine, admin.actor, message_id, reason), 200, {"Content-Type": "application/json"}

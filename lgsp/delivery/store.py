@@ -12,8 +12,10 @@ A claim whose lease ran out (its worker was killed) is due again; its open attem
 """
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cache
 from typing import Any
@@ -136,17 +138,20 @@ class Queue:
             head_of_key,
         )
 
-    def claim(self, limit: int, lease: float) -> list[Claim]:
-        """Up to `limit` due messages, each the head of its key, leased to this worker."""
+    def claim(self, limit: int, lease: float, exclude: Sequence[str] = ()) -> list[Claim]:
+        """Up to `limit` due messages, each the head of its key, leased to this worker (none for the
+        destinations in `exclude`)."""
         with self._thread_lock:
             if self._file_lock is None:
-                return self._claim(limit, lease)
+                return self._claim(limit, lease, exclude)
             with self._file_lock:
-                return self._claim(limit, lease)
+                return self._claim(limit, lease, exclude)
 
-    def _claim(self, limit: int, lease: float) -> list[Claim]:
+    def _claim(self, limit: int, lease: float, exclude: Sequence[str]) -> list[Claim]:
         at = now()
         query = select(*_CLAIM_COLUMNS).where(self._due(at)).order_by(M.c.seq).limit(limit)
+        if exclude:
+            query = query.where(M.c.destination.not_in(list(exclude)))
         if not self.sqlite:
             query = query.with_for_update(skip_locked=True, of=M)
         with self.engine.connect() as conn:
@@ -172,6 +177,12 @@ class Queue:
                     accepted_at=utc(r.accepted_at), expires_at=utc(r.expires_at), callback_url=r.callback_url))
             conn.commit()
         return claims
+
+    def retry_now(self, destination: str) -> None:
+        """The destination is back: its waiting messages are due now, not at the end of their backoff."""
+        with self._thread_lock, self._file_lock or contextlib.nullcontext(), self.engine.begin() as conn:
+            conn.execute(update(M).where(M.c.destination == destination, M.c.status == "failed")
+                         .values(next_attempt_at=now()))
 
     def finish_statements(self, claim: Claim, *, status: str, error_code: str | None = None,
                           reason: str | None = None, answer: Any = None, next_attempt_at: dt.datetime | None = None,

@@ -45,6 +45,8 @@ log = logging.getLogger(__name__)
 
 PERMANENT = (UpstreamFault, NotAllowed, RecordNotFound, UpstreamMalformed)
 MAX_REASON = 1000
+PAUSE_AFTER = 5  # outages in a row before a destination is paused
+PAUSE_CAP = 30.0  # seconds: the longest pause between probes of a destination that is down
 
 
 def worker_id() -> str:
@@ -63,6 +65,12 @@ class Worker:
         self._task: asyncio.Task | None = None
         self._stopping = False
         self._callbacks_due = False
+        # Per destination: transient failures in a row, and (after PAUSE_AFTER of them) until when no
+        # more of its messages are claimed: during an outage the queue is not hammered message by
+        # message (on SQLite that starved acceptances of the single writer).
+        self._streak: dict[str, int] = {}
+        self._paused: dict[str, float] = {}
+        self._pauses: dict[str, int] = {}
 
     def wake(self) -> None:
         """A message was accepted in this process: look at the queue now rather than at the next poll."""
@@ -90,7 +98,7 @@ class Worker:
             claims: list[Claim] = []
             if free >= batch or (free > 0 and (idle or not self._inflight)):
                 try:
-                    claims = await asyncio.to_thread(self.queue.claim, free, self.policy.lease)
+                    claims = await asyncio.to_thread(self.queue.claim, free, self.policy.lease, self._excluded())
                 except Exception:
                     log.warning("delivery: the queue could not be read; trying again", exc_info=True)
             for claim in claims:
@@ -114,6 +122,29 @@ class Worker:
             except TimeoutError:
                 idle = True
         await self._publish_stats()
+
+    def _excluded(self) -> list[str]:
+        at = time.monotonic()
+        return [d for d, until in self._paused.items() if until > at]
+
+    async def _note(self, destination: str, transient: bool) -> None:
+        """Follow the destination's health: pause it after a run of outages; when it answers again,
+        its waiting messages are retried at once."""
+        if transient:
+            streak = self._streak[destination] = self._streak.get(destination, 0) + 1
+            if streak >= PAUSE_AFTER and self._paused.get(destination, 0.0) <= time.monotonic():
+                # Each failed probe after a pause doubles the next pause, up to PAUSE_CAP: an outage is
+                # noticed within that long of its end.
+                pauses = self._pauses[destination] = self._pauses.get(destination, 0) + 1
+                self._paused[destination] = time.monotonic() + min(PAUSE_CAP, self.policy.backoff(pauses))
+            return
+        self._pauses.pop(destination, None)
+        if self._streak.pop(destination, 0) >= PAUSE_AFTER:
+            self._paused.pop(destination, None)
+            log.info("delivery: %s answers again; its waiting messages are due now", destination)
+            with contextlib.suppress(Exception):
+                await asyncio.to_thread(self.queue.retry_now, destination)
+        self._paused.pop(destination, None)
 
     def _done(self, task: asyncio.Task) -> None:
         self._inflight.discard(task)
@@ -149,6 +180,7 @@ class Worker:
             # Not recorded, so not done: the lease runs out and the message is tried again.
             log.error("delivery of %s: the attempt could not be recorded; it will be retried", claim.id)
             return
+        await self._note(claim.destination, transient=status == "failed")
         metrics.delivery_attempts.labels(claim.destination, {"failed": "retry"}.get(status, status)).inc()
         if status in ("delivered", "dead"):
             metrics.delivery_outcomes.labels(claim.destination, status).inc()

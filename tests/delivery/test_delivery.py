@@ -291,3 +291,35 @@ def test_backoff_grows_with_jitter_and_the_maximum_age_ends_in_dead():
     assert status == "dead" and "maximum age" in reason and "down" in reason
     status, _, reason = worker._outcome(claim(3600), UpstreamFault("Mã thủ tục không tồn tại"))
     assert status == "dead" and "Mã thủ tục không tồn tại" in reason
+
+
+def test_a_destination_in_an_outage_is_paused_and_retried_at_once_when_back():
+    import asyncio
+    import time
+
+    from lgsp.delivery.policy import Policy
+    from lgsp.delivery.worker import PAUSE_AFTER, Worker
+
+    class Queue:
+        retried: list[str] = []
+
+        def retry_now(self, destination: str) -> None:
+            self.retried.append(destination)
+
+    worker = Worker.__new__(Worker)
+    worker.policy, worker.queue, worker._streak, worker._paused = Policy(backoff_base=5), Queue(), {}, {}
+    worker._pauses = {}
+
+    async def run():
+        for _ in range(PAUSE_AFTER - 1):
+            await worker._note("portal", transient=True)
+        assert worker._excluded() == []  # a blip is not an outage
+        await worker._note("portal", transient=True)
+        assert worker._excluded() == ["portal"] and worker._paused["portal"] > time.monotonic() + 2
+        for _ in range(500):  # the failures of messages already in flight do not lengthen the pause
+            await worker._note("portal", transient=True)
+        assert worker._pauses["portal"] == 1 and worker._paused["portal"] < time.monotonic() + 30
+        await worker._note("portal", transient=False)
+        assert worker._excluded() == [] and Queue.retried == ["portal"]
+
+    asyncio.run(run())

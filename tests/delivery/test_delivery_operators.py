@@ -113,13 +113,13 @@ def test_admin_api_needs_a_role_and_audits_each_action(rig):
         assert listed.status_code == 200 and [m["message_id"] for m in listed.json()] == [message["message_id"]]
         shown = httpx.get(f"{base}/{message['message_id']}", headers=auth).json()
         assert shown["attempt_log"][0]["error_code"] == "upstream.unavailable" and "payload" not in shown
-        refused = httpx.post(f"{base}/{message['message_id']}/replay", headers=auth, json={})
+        refused = httpx.post(f"{base}/{message['message_id']}/replay", headers=auth)
         assert_problem_like(refused, 409, "delivery.not_replayable")
         # 409 while an attempt is under way (not cancellable mid-delivery); it waits again within a second.
         cancelled = wait_until(lambda: (r := httpx.post(f"{base}/{message['message_id']}/cancel", headers=auth,
-                                                        json={"reason": "duplicate"})).status_code == 200 and r)
+                                                        params={"reason": "duplicate"})).status_code == 200 and r)
         assert cancelled.json()["status"] == "cancelled"
-        replayed = httpx.post(f"{base}/{message['message_id']}/replay", headers=auth, json={"reason": "not a dup"})
+        replayed = httpx.post(f"{base}/{message['message_id']}/replay", headers=auth, params={"reason": "not a dup"})
         assert replayed.status_code == 200 and replayed.json()["status"] in ("accepted", "delivering", "delivered")
     finally:
         rig.faults("normal")
