@@ -6,6 +6,7 @@ some fields, and prints the exact curl commands to get a token and read a citize
 """
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -71,13 +72,9 @@ def _demo_enterprise() -> str:
 
 
 def _prepare_portal(admin, portal_port: int) -> None:
-    """The portal connection and the two store-and-forward services the delivery engine serves."""
+    """The portal connection behind the store-and-forward services of openapi/portal.v1.yaml."""
     admin.set_connection("portal", "portal", {"endpoint": f"http://127.0.0.1:{portal_port}/dvcqg/api",
                                               "timeout": 5, **PORTAL_UPSTREAM})
-    admin.set_service("portal.dossiers", version="v1", connection="portal", operation="dossier.sync",
-                      description="Dossiers to the national public-service portal (create or replace)")
-    admin.set_service("portal.progress", version="v1", connection="portal", operation="dossier.progress",
-                      description="Progress steps of dossiers to the national public-service portal")
 
 
 def _prepare(port: int, sim_port: int, biz_port: int, portal_port: int = 8083) -> str:
@@ -109,6 +106,8 @@ def _prepare(port: int, sim_port: int, biz_port: int, portal_port: int = 8083) -
     admin.add_grant(CLIENT_ID, "business.enterprise.get", BUSINESS_FIELDS, [PURPOSE])
     admin.add_grant(CLIENT_ID, "codelists.admin_unit.translate", ["province", "commune", "legacy", "split"], [PURPOSE])
     admin.add_grant(CLIENT_ID, "population.vital_status.verify", VITAL_FIELDS, [PURPOSE])
+    for service in ("portal.dossier.sync", "portal.dossier.progress", "portal.message.get"):
+        admin.add_grant(CLIENT_ID, service, ["message_id", "status"], [PURPOSE])
     return secret
 
 
@@ -127,7 +126,24 @@ def _commands(base: str, secret: str, citizen: str, enterprise: str) -> list[str
     vital = (f"curl -s {auth} -H 'Content-Type: application/json' "
              f"-d '{{\"personal_id\": \"{DECEASED_CITIZEN}\", \"vital_status\": \"alive\"}}' "
              f"{base}/api/population/v1/citizens/verify-vital-status")
-    return [token, read, business, codes, vital]
+    return [token, read, business, codes, vital, *_dossier_commands(base, auth)]
+
+
+DEMO_DOSSIER = {"version": 1, "dossier_no": "000.00.31.H30-261130-0001", "procedure_code": "1.001193",
+                "applicant": {"name": "Nguyễn Văn An", "type": "citizen"},
+                "received_at": "2026-11-30T08:15:00+07:00", "due_at": "2026-12-05T17:00:00+07:00",
+                "status": "received", "summary": "Đăng ký khai sinh"}
+
+
+def _dossier_commands(base: str, auth: str) -> list[str]:
+    """Sync a dossier to the portal through the LGSP, then follow its message until it is delivered."""
+    body = json.dumps(DEMO_DOSSIER, ensure_ascii=False)
+    send = (f"MSG=$(curl -s {auth} -H 'Content-Type: application/json' -d '{body}' "
+            f"{base}/api/portal/v1/dossiers | python3 -c 'import sys, json; print(json.load(sys.stdin)[\"status_url\"])')"
+            " && echo \"accepted: $MSG\"")
+    follow = (f"for i in $(seq 100); do S=$(curl -s {auth} \"$MSG\"); case $S in *'\"delivered\"'*) break;; esac; "
+              "sleep 0.2; done; echo \"$S\"")
+    return [send, follow]
 
 
 def run(port: int, sim_port: int, check: bool, biz_port: int = 8082, *, portal_port: int = 8083) -> int:
@@ -170,6 +186,7 @@ def run(port: int, sim_port: int, check: bool, biz_port: int = 8082, *, portal_p
         _wait(f"{base}/readyz", procs[1])
         citizens = _demo_citizens(sim_port)
         commands = _commands(base, secret, citizens[0], _demo_enterprise())
+        switch = f"curl -s -X POST http://127.0.0.1:{portal_port}/_sim/faults -H 'Content-Type: application/json'"
         print(f"""
 LGSP demo is running (SQLite in {DEMO_HOME}/, logs there too).
   gateway:    {base}        (APIs: {base}/api, docs: {base}/api/population/v1/ui/)
@@ -192,6 +209,18 @@ Also: an enterprise from the business registry, and an old administrative unit c
 Is this person alive? (grant: {', '.join(VITAL_FIELDS)}; the answer says no, and what the record says):
 
   {commands[4]}
+
+Sync a dossier to the national public-service portal: 202 as soon as it is stored, then the LGSP
+delivers it (retrying while the portal is down) and its status says "delivered":
+
+  {commands[5]}
+  {commands[6]}
+
+Switch the portal simulator off, send the next version, see it wait, switch it on, see it delivered:
+
+  {switch} -d '{{"mode": "down"}}'
+  (send it again with "version": 2, then run the status command: "failed", with its next attempt)
+  {switch} -d '{{"mode": "normal"}}'
 
 SOAP door: http://127.0.0.1:{port}/soap/v1?wsdl    audit console: http://127.0.0.1:{port}/console
 """, flush=True)
@@ -225,7 +254,8 @@ def _check(commands: list[str]) -> int:
     script = "set -e\n" + "".join(f"{c}\necho\n" for c in commands)  # one answer per line
     result = subprocess.run(["bash", "-c", script], capture_output=True, text=True, timeout=60)
     print(result.stdout)
-    if result.returncode != 0 or any(f'"{key}"' not in result.stdout for key in ("full_name", "enterprise_code", "match")):
+    expected = ("full_name", "enterprise_code", "match", "delivered")
+    if result.returncode != 0 or any(f'"{key}"' not in result.stdout for key in expected):
         print(result.stderr, file=sys.stderr)
         return 1
     return 0

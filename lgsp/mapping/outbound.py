@@ -21,7 +21,8 @@ from dataclasses import dataclass
 from typing import Any, Callable, Mapping
 
 from lgsp import codelists
-from lgsp.mapping.compile import MappingError, MappingSpecError, _compile_format, _Format
+from lgsp.mapping.converters import _compile_format, _Format
+from lgsp.mapping.errors import MappingError, MappingSpecError
 
 __all__ = ["CompiledOutbound", "compile_outbound"]
 

@@ -38,8 +38,7 @@ def declared(ex: Exchange, registry: Registry) -> Sequence[str]:
     """Where the exchange's operation says other persons can be (none if unknown)."""
     if ex.service is None:
         return ()
-    # The adapter bound at resolve: the one that answered, whatever a reload did since.
-    adapter = ex.adapter if ex.adapter is not None else registry.adapter(ex.service.connection)
+    adapter = ex.adapter  # the one bound at resolve, which answered (whatever a reload did since)
     op = adapter.operations.get(ex.service.operation) if adapter is not None else None
     return op.persons if op is not None else ()
 
