@@ -10,9 +10,8 @@ import uuid
 
 import httpx
 import pytest
-from helpers import get_token, wait_for_config
+from helpers import get_token, wait_for_config, zeep_client
 from sqlalchemy import select
-from test_soap_door import zeep_client
 
 from lgsp.audit.search import access_report, get_record
 from lgsp.audit.verify import verify_database
