@@ -128,9 +128,10 @@ async def serve(ex: Exchange, gw: Gateway, render: Renderer, *, refusal: Exchang
         record, others = audit_record(ex, rendered[2], body_logging=False), []
     try:
         try:
-            # ex.store: what the exchange stores with its record, in the same transaction (an accepted message).
-            writer = _writer(gw)
-            await (writer.commit_all([record, *others], ex.store) if others else writer.commit(record, ex.store))
+            # ex.store: what the exchange stores with its record, in the same transaction (an accepted message);
+            # nothing of it when the exchange ended in an error after the stage that prepared it.
+            writer, stored = _writer(gw), (ex.store if ex.error is None else [])
+            await (writer.commit_all([record, *others], stored) if others else writer.commit(record, stored))
         except StoreConflict:
             if ex.on_store_conflict is None:
                 raise AuditUnavailable("store conflict") from None

@@ -206,7 +206,8 @@ def test_an_enterprise_lookup_is_in_each_members_access_report(business_gateway)
 
 def test_an_answer_whose_other_persons_cannot_be_recorded_is_not_given(lgsp_env):
     """Fail closed: if the persons an answer carries cannot be worked out, the caller gets
-    internal.error (recorded), not an answer some of whose persons have no record."""
+    internal.error (recorded), not an answer some of whose persons have no record — and nothing
+    the exchange meant to store with its record (an accepted message) is stored."""
     from types import SimpleNamespace
 
     from lgsp.doors.rest import render
@@ -214,31 +215,36 @@ def test_an_answer_whose_other_persons_cannot_be_recorded_is_not_given(lgsp_env)
     from lgsp.pipeline.run import serve
     from lgsp.registry import Service
 
-    class Registry:
-        snapshot = SimpleNamespace(services={})
-
-        def adapter(self, name: str):
-            raise RuntimeError("the connection went away with a reload")
+    class BrokenAdapter:
+        @property
+        def operations(self):
+            raise RuntimeError("the adapter's declarations cannot be read")
 
     class Audit:
         def __init__(self) -> None:
             self.records: list[dict] = []
+            self.stored: list = []
 
         async def commit(self, record: dict, statements=()) -> None:
             self.records.append(record)
+            self.stored += list(statements)
 
         async def commit_all(self, records: list[dict], statements=()) -> None:
             self.records.extend(records)
+            self.stored += list(statements)
 
-    async def answered(ex, _gw) -> None:
+    async def answered(ex, _ctx) -> None:
         ex.service = Service("population.household.get", "v1", "population", "household.get", True, True)
+        ex.adapter = BrokenAdapter()
         ex.canonical = {"members": [{"personal_id": AN, "full_name": "Nguyễn Văn An"}]}
         ex.answer, ex.fields = {"members": [{"full_name": "Nguyễn Văn An"}]}, ["members"]
+        ex.store = ["a row the exchange meant to store with its record"]
 
-    gw = SimpleNamespace(registry=Registry(), audit=Audit())
+    gw = SimpleNamespace(registry=SimpleNamespace(snapshot=SimpleNamespace(services={})), audit=Audit())
     ex = Exchange(door="rest", request_id="closed-1", service_name="population.household.get",
                   params={"personal_id": KHOI})
-    status, _headers, body = asyncio.run(serve(ex, gw, render, stages=answered))
+    status, _headers, body = asyncio.run(serve(ex, gw, render, stages=(answered,)))
     assert status == 500 and b"internal.error" in body and "Nguy" not in body.decode()
     assert [(r["outcome"], r["error_code"], r["subject_hash"], r["fields"]) for r in gw.audit.records] == [
         ("failed", "internal.error", subject_hash(KHOI), [])]
+    assert gw.audit.stored == []
