@@ -6,6 +6,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
 FAULT_MODES = ("normal", "slow", "down", "malformed", "fault")
 
 
@@ -40,3 +43,18 @@ class Faults:
 
     def as_dict(self) -> dict[str, Any]:
         return {"mode": self.mode, "delay": self.delay, "count": self.remaining}
+
+    async def endpoint(self, request: Request, default_delay: float = 2.0) -> Response:
+        """`/_sim/faults`: POST {"mode", "delay", "count"} switches the mode; both methods answer the switch."""
+        if request.method == "POST":
+            try:
+                body = await request.json()
+                if not isinstance(body, dict):
+                    raise ValueError("expected a JSON object")
+                count = body.get("count")
+                if count is not None and (not isinstance(count, int) or isinstance(count, bool)):
+                    raise ValueError("count must be an integer")
+                self.configure(str(body.get("mode", "normal")), float(body.get("delay", default_delay) or 0.0), count)
+            except (ValueError, TypeError) as exc:
+                return JSONResponse({"error": str(exc) or "expected a JSON object"}, status_code=400)
+        return JSONResponse(self.as_dict())

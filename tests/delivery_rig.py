@@ -2,16 +2,18 @@
 delivery tests and the benchmark): every process real, so any of them can be killed."""
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
-from helpers import Server, free_port, get_token, start_server, wait_for
+from helpers import Server, free_port, get_token, postgres_database, start_server, wait_for
 
 RELAY = Path(__file__).resolve().parent / "delivery_relay"
 PURPOSE = "administrative-procedure"
@@ -177,3 +179,24 @@ def wait_until(predicate, timeout: float = 30, every: float = 0.1):
 
 
 __all__ = ["PURPOSE", "Rig", "dossier", "headers", "make_rig", "step", "wait_for", "wait_until"]
+
+
+@contextlib.contextmanager
+def running_rig(log_dir: Path, name: str) -> Iterator[Rig]:
+    """A gateway with its delivery worker over a fresh database (PostgreSQL when the suite runs on it)."""
+    from lgsp.audit.writer import close_writers
+    from lgsp.storage import engine_for, upgrade
+
+    pg = os.environ.get("LGSP_TEST_DATABASE_URL")
+    url, drop = postgres_database(pg) if pg else (f"sqlite:///{log_dir / f'{name}.db'}", None)
+    upgrade(url)
+    rig = make_rig(url, log_dir)
+    rig.start_gateway()
+    try:
+        yield rig
+    finally:
+        rig.stop()
+        close_writers()
+        engine_for(url).dispose()
+        if drop:
+            drop()

@@ -46,6 +46,17 @@ def _row(conn: Connection, table, key_col, key) -> dict | None:
     return dict(row._mapping) if row else None
 
 
+def _put(conn: Connection, key_col: Any, key: str, before: dict[str, Any] | None,
+         values: dict[str, Any]) -> dict[str, Any] | None:
+    """Update the row whose `key_col` is `key` (it exists: `before`) or insert it; the row as stored now."""
+    table = key_col.table
+    if before:
+        conn.execute(update(table).where(key_col == key).values(**values))
+    else:
+        conn.execute(insert(table).values(**{key_col.name: key, **values}))
+    return _row(conn, table, key_col, key)
+
+
 def _public(row: dict | None) -> dict | None:
     """What the audit trail and the admin API may show of a row: never secret material."""
     if row is None:
@@ -211,11 +222,7 @@ class Admin:
                           updated_at=_now())
             if protection is not KEEP:
                 values["protection"] = protection
-            if before:
-                conn.execute(update(connections).where(connections.c.name == name).values(**values))
-            else:
-                conn.execute(insert(connections).values(name=name, **values))
-            after = _row(conn, connections, connections.c.name, name)
+            after = _put(conn, connections.c.name, name, before, values)
             bump_generation(conn)
         self._record("connection.set", name, before, after)
 
@@ -247,11 +254,7 @@ class Admin:
                           body_logging=body_logging, enabled=enabled, updated_at=_now())
             if description is not None or not before:
                 values["description"] = description
-            if before:
-                conn.execute(update(services).where(services.c.name == name).values(**values))
-            else:
-                conn.execute(insert(services).values(name=name, **values))
-            after = _row(conn, services, services.c.name, name)
+            after = _put(conn, services.c.name, name, before, values)
             bump_generation(conn)
         self._record("service.set", name, before, after)
 
@@ -357,11 +360,7 @@ class Admin:
         with self.engine.begin() as conn:
             before = _row(conn, traffic_policies, traffic_policies.c.target, target)
             row = {**traffic.as_row(policy), "updated_at": _now()}
-            if before:
-                conn.execute(update(traffic_policies).where(traffic_policies.c.target == target).values(**row))
-            else:
-                conn.execute(insert(traffic_policies).values(**row))
-            after = _row(conn, traffic_policies, traffic_policies.c.target, target)
+            after = _put(conn, traffic_policies.c.target, target, before, row)
             bump_generation(conn)
         self._record("policy.set", target, before, after)
         return _public(after)

@@ -577,19 +577,20 @@ def test_contract_kit_passes_on_the_portal_simulator(portal_sim, tmp_path):
 
 # -- the demo's registration -----------------------------------------------------------------
 
-def test_demo_registers_the_portal_connection_and_its_two_services(fresh_db_url):
+def test_demo_registers_the_portal_connection_behind_the_portal_services(fresh_db_url):
     from lgsp.control.admin import Admin
     from lgsp.demo import PORTAL_UPSTREAM, _prepare_portal
     from lgsp.storage import engine_for
 
     admin = Admin(engine_for(fresh_db_url), "tests")
+    admin.register_spec_services()  # as the demo does: the services of openapi/portal.v1.yaml
     _prepare_portal(admin, 18083)
     services = {s["name"]: s for s in admin.list_services()}
-    assert (services["portal.dossiers"]["connection"], services["portal.dossiers"]["operation"]) == \
+    assert (services["portal.dossier.sync"]["connection"], services["portal.dossier.sync"]["operation"]) == \
         ("portal", "dossier.sync")
-    assert (services["portal.progress"]["connection"], services["portal.progress"]["operation"]) == \
+    assert (services["portal.dossier.progress"]["connection"], services["portal.dossier.progress"]["operation"]) == \
         ("portal", "dossier.progress")
-    assert services["portal.dossiers"]["personal_data"] is True   # applicants are people
+    assert services["portal.dossier.sync"]["personal_data"] is True   # applicants are people
     conn = admin.get_connection("portal")
     assert conn["adapter"] == "portal" and conn["settings"]["dstcode"] == PORTAL_UPSTREAM["dstcode"]
     assert PORTAL_UPSTREAM["password"] not in json.dumps(conn)  # the secret is sealed, never shown

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import httpx
 import pytest
-from delivery_rig import dossier, headers, make_rig, step, wait_until
-from helpers import assert_problem, postgres_database, wait_for_config
+from delivery_rig import dossier, headers, running_rig, step, wait_until
+from helpers import assert_problem, wait_for_config
 from sqlalchemy import func, select
 
 from lgsp.storage import engine_for
@@ -14,28 +14,8 @@ from lgsp.storage.schema import audit_records, delivery_attempts, delivery_messa
 
 @pytest.fixture(scope="module")
 def rig(tmp_path_factory, lgsp_env):
-    import os
-
-    from lgsp.storage import upgrade
-
-    pg = os.environ.get("LGSP_TEST_DATABASE_URL")
-    log_dir = tmp_path_factory.mktemp("delivery")
-    drop = None
-    if pg:
-        url, drop = postgres_database(pg)
-    else:
-        url = f"sqlite:///{log_dir / 'delivery.db'}"
-    upgrade(url)
-    rig = make_rig(url, log_dir)
-    rig.start_gateway()
-    yield rig
-    rig.stop()
-    from lgsp.audit.writer import close_writers
-
-    close_writers()
-    engine_for(url).dispose()
-    if drop:
-        drop()
+    with running_rig(tmp_path_factory.mktemp("delivery"), "delivery") as rig:
+        yield rig
 
 
 @pytest.fixture(scope="module")

@@ -2,13 +2,12 @@
 each action in the audit trail; a replay or cancel only where it makes sense."""
 from __future__ import annotations
 
-import os
 import re
 
 import httpx
 import pytest
-from delivery_rig import dossier, headers, make_rig, wait_until
-from helpers import get_token, lgsp_cli, postgres_database, wait_for_config
+from delivery_rig import dossier, headers, running_rig, wait_until
+from helpers import get_token, lgsp_cli, wait_for_config
 from sqlalchemy import select
 
 from lgsp.storage import engine_for
@@ -17,27 +16,8 @@ from lgsp.storage.schema import audit_records
 
 @pytest.fixture(scope="module")
 def rig(tmp_path_factory, lgsp_env):
-
-    from lgsp.storage import upgrade
-
-    pg = os.environ.get("LGSP_TEST_DATABASE_URL")
-    log_dir = tmp_path_factory.mktemp("delivery-ops")
-    drop = None
-    if pg:
-        url, drop = postgres_database(pg)
-    else:
-        url = f"sqlite:///{log_dir / 'ops.db'}"
-    upgrade(url)
-    rig = make_rig(url, log_dir)
-    rig.start_gateway()
-    yield rig
-    rig.stop()
-    from lgsp.audit.writer import close_writers
-
-    close_writers()
-    engine_for(url).dispose()
-    if drop:
-        drop()
+    with running_rig(tmp_path_factory.mktemp("delivery-ops"), "ops") as rig:
+        yield rig
 
 
 def _send(rig, token, no: str) -> dict:

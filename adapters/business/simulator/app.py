@@ -220,15 +220,7 @@ class Simulator:
 
     # /_sim/faults, /_sim/stats, /_sim/tokens
     async def faults_endpoint(self, request: Request) -> Response:
-        if request.method == "POST":
-            try:
-                body = await request.json()
-                count = body.get("count")
-                self.faults.configure(str(body.get("mode", "normal")), float(body.get("delay", 2.0)),
-                                      None if count is None else int(count))
-            except (ValueError, TypeError, AttributeError) as exc:
-                return JSONResponse({"error": str(exc) or "expected a JSON object"}, status_code=400)
-        return JSONResponse(self.faults.as_dict())
+        return await self.faults.endpoint(request)
 
     async def stats_endpoint(self, request: Request) -> Response:
         if request.method == "DELETE":

@@ -625,19 +625,7 @@ class Simulator:
 
     # /_sim/faults, /_sim/stats
     async def control_faults(self, request: Request) -> Response:
-        if request.method == "POST":
-            try:
-                spec = await request.json()
-                if not isinstance(spec, dict):
-                    raise ValueError("expected a JSON object")
-                count = spec.get("count")
-                if count is not None and (not isinstance(count, int) or isinstance(count, bool)):
-                    raise ValueError("count must be an integer")
-                self.faults.configure(str(spec.get("mode", "normal")),
-                                float(spec.get("delay", 0.0) or 0.0), count)
-            except (ValueError, TypeError) as exc:
-                return JSONResponse({"error": str(exc)}, status_code=400)
-        return JSONResponse(self.faults.as_dict())
+        return await self.faults.endpoint(request, default_delay=0.0)
 
     async def control_stats(self, request: Request) -> Response:
         if request.method == "DELETE":

@@ -306,15 +306,7 @@ class Portal:
 
     # -- /_sim/ ---------------------------------------------------------------------------
     async def faults_endpoint(self, request: Request) -> Response:
-        if request.method == "POST":
-            try:
-                body = await request.json()
-                count = body.get("count")
-                self.faults.configure(str(body.get("mode", "normal")), float(body.get("delay", 2.0)),
-                                      None if count is None else int(count))
-            except (ValueError, TypeError, AttributeError) as exc:
-                return JSONResponse({"error": str(exc) or "expected a JSON object"}, status_code=400)
-        return JSONResponse(self.faults.as_dict())
+        return await self.faults.endpoint(request)
 
     async def received_endpoint(self, request: Request) -> Response:
         """GET ?since=SEQ&limit=N&keys=1: what reached the portal; DELETE: forget it (dossiers stay)."""
