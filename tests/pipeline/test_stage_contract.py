@@ -27,8 +27,8 @@ def test_every_stage_has_the_one_signature(stage):
 
 
 def test_the_pipeline_runs_in_the_documented_order():
-    assert [s.__name__ for s in STAGES] == ["check_password", "identify", "resolve", "authorize", "validate",
-                                            "invoke", "to_canonical", "minimize"]
+    assert [s.__name__ for s in STAGES] == ["check_password", "identify", "resolve", "authorize", "limit",
+                                            "validate", "invoke", "to_canonical", "minimize"]
 
 
 @pytest.mark.parametrize(("prop", "stage"), [

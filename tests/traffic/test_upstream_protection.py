@@ -299,10 +299,12 @@ def test_a_write_is_never_retried(sim, faults, citizen, lgsp_env):
     """Through the invoke stage itself, with the population adapter declaring its operation a write
     (the built-in national adapters only read; the data store's publish, a write, has no simulator)."""
     from dataclasses import replace
+    from types import SimpleNamespace
 
     from lgsp.errors import ExchangeError
     from lgsp.pipeline.exchange import Exchange
     from lgsp.pipeline.invoke import invoke
+    from lgsp.pipeline.stage import StageContext
     from lgsp.plugins import adapter_class
     from lgsp.registry import Client, ConnectionSpec, Registry, Service
 
@@ -324,9 +326,10 @@ def test_a_write_is_never_retried(sim, faults, citizen, lgsp_env):
                       params={"personal_id": citizen})
         ex.service = Service("x.citizen.get", "v1", name, "citizen.get", True, True)
         ex.client = Client("tests", "tests", None, True)
+        ex.connection, ex.adapter = spec, adapter  # as resolve binds them
         try:
             with pytest.raises(ExchangeError) as err:
-                await invoke(ex, registry)
+                await invoke(ex, StageContext(SimpleNamespace(registry=registry), registry.snapshot))
             return err.value.code
         finally:
             await adapter.aclose()
