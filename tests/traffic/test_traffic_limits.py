@@ -378,7 +378,8 @@ def test_admin_api_sets_policies_audited_and_refuses_bad_ones(gateway, policy_ad
     assert api(gateway, "DELETE", f"/clients/{cid}/services/{CITIZEN_GET}", admin_token).status_code == 204
     assert api(gateway, "DELETE", f"/clients/{cid}/services/{CITIZEN_GET}", admin_token).status_code == 404
     with gateway.extra["engine"].connect() as conn:
-        details = [d for (d,) in conn.execute(select(audit_records.c.detail).where(audit_records.c.kind == "admin"))]
+        details = [d for (d,) in conn.execute(select(audit_records.c.detail).where(audit_records.c.kind == "admin")
+                                                .order_by(audit_records.c.id))]
     mine = [d for d in details if d and str(d.get("target", "")).startswith(f"client:{cid}")]
     changes = [d for d in mine if d["action"] in ("policy.set", "policy.delete")]  # reads are recorded too
     assert [d["action"] for d in changes] == ["policy.set", "policy.set", "policy.delete"]
