@@ -17,7 +17,18 @@ import pytest
 import requests
 import yaml
 import zeep
-from helpers import ROOT, Server, assert_problem, audit_of, free_port, get_token, lgsp_cli, start_server, wait_for
+from helpers import (
+    ROOT,
+    Server,
+    assert_problem,
+    audit_of,
+    free_port,
+    get_token,
+    lgsp_cli,
+    start_server,
+    wait_for,
+    wait_for_config,
+)
 from zeep.transports import Transport
 
 from lgsp.traffic import protection as protection_policy
@@ -80,10 +91,7 @@ class Guarded:
         secret = admin.create_client(client, "One-stop shop", "000.00.31.H30")
         admin.add_grant(client, self.service, FIELDS, [PURPOSE])
         self.client = (client, secret)
-        deadline = time.monotonic() + 10  # the gateway's next configuration poll has the connection
-        while self.connection not in readyz(gateway)["upstreams"]["connections"]:
-            assert time.monotonic() < deadline, "the gateway did not load the new connection"
-            time.sleep(0.05)
+        wait_for_config(gateway.url, gateway.extra["engine"])  # connection, service, client and grant, all loaded
         self.token = get_token(gateway, client, secret)
         self.http = httpx.Client(timeout=30, headers={"Authorization": f"Bearer {self.token}", "X-Purpose": PURPOSE})
 
