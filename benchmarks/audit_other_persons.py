@@ -15,18 +15,11 @@ import argparse
 import asyncio
 import datetime as dt
 import os
-import platform
 import secrets
 import tempfile
 import time
-from pathlib import Path
 
-
-def cpu_model() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").exists() else []:
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor() or "unknown"
+from machine import cpu_model
 
 
 def record(i: int, person: int, subject_hash) -> dict:

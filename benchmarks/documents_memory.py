@@ -3,12 +3,14 @@
     .venv/bin/python benchmarks/documents_memory.py            # 50 MB, seven attachments
     .venv/bin/python benchmarks/documents_memory.py --mb 10
 
-Each step runs in a fresh process so that its peak resident set (ru_maxrss) is its own:
+Each step runs in a fresh process so that its peak resident set (VmHWM) is its own:
   baseline   imports only
   scan       the streaming pass (DTD/entity refusal, depth, manifest, sizes and SHA-256 of attachments)
   read       scan + lxml tree + XSD validation
   verify     read + signxml verification and the re-derivation of signed parts (wrapping defence)
-  trace      verify + appending this hop's TraceHeader
+  trace      verify + appending this hop's TraceHeader (and hashing the stamped package)
+side by side for the package held in memory (bytes: the caller holds it, 1 × its size) and spooled to a
+temporary file (edxml.Spool, what the outbox does since issue 11: read back by offset).
 """
 from __future__ import annotations
 
@@ -37,10 +39,19 @@ def make(path: Path, megabytes: int) -> None:
     (path.parent / "ca.pem").write_bytes(ca.cert_pem)
 
 
-def step(name: str, path: Path) -> None:
+def step(name: str, path: Path, source: str) -> None:
+    import hashlib
+
     from lgsp.documents import edxml, signature
 
-    data = path.read_bytes() if name != "baseline" else b""
+    data: bytes | edxml.Spool = b""
+    if name != "baseline" and source == "memory":
+        data = path.read_bytes()
+    elif name != "baseline":
+        data = edxml.Spool()
+        with path.open("rb") as f:
+            while piece := f.read(1 << 16):
+                data.write(piece)
     started = time.perf_counter()
     if name == "scan":
         edxml.scan(data)
@@ -50,7 +61,9 @@ def step(name: str, path: Path) -> None:
             signature.verify(data, root, package, signature.TrustStore.load(path.parent / "ca.pem"))
             del root
             if name == "trace":
-                edxml.append_trace(data, package, "000.00.00.H30")
+                digest = hashlib.sha256()
+                for stamped in edxml.trace_pieces(data, package, "000.00.00.H30"):
+                    digest.update(stamped)
     elapsed = time.perf_counter() - started
     peak_mib = _high_water_mark_kib() / 1024
     print(f"{name}\t{peak_mib:.0f}\t{elapsed:.2f}")
@@ -69,9 +82,10 @@ def main() -> int:
     p.add_argument("--mb", type=int, default=50, help="package size in MB (default 50)")
     p.add_argument("--step", choices=STEPS, help=argparse.SUPPRESS)
     p.add_argument("--file", help=argparse.SUPPRESS)
+    p.add_argument("--source", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.step:
-        step(args.step, Path(args.file))
+        step(args.step, Path(args.file), args.source)
         return 0
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "package.xml"
@@ -80,11 +94,15 @@ def main() -> int:
         cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
                     if line.startswith("model name")), platform.processor())
         print(f"package: {size / 1e6:.1f} MB ({size:,} bytes); CPU: {cpu}")
-        print("| step | peak RSS MiB | seconds |\n| --- | ---: | ---: |")
+        print("| step | in memory: peak RSS MiB | seconds | spooled: peak RSS MiB | seconds |\n"
+              "| --- | ---: | ---: | ---: | ---: |")
         for name in STEPS:
-            out = subprocess.run([sys.executable, __file__, "--step", name, "--file", str(path)],
-                                 capture_output=True, text=True, check=True).stdout.split()
-            print(f"| {out[0]} | {out[1]} | {out[2]} |")
+            cells = []
+            for source in ("memory", "spool"):
+                out = subprocess.run([sys.executable, __file__, "--step", name, "--file", str(path),
+                                      "--source", source], capture_output=True, text=True, check=True).stdout.split()
+                cells += out[1:]
+            print(f"| {name} | {' | '.join(cells)} |")
     return 0
 
 

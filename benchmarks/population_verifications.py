@@ -22,29 +22,10 @@ import time
 from pathlib import Path
 
 import httpx
+from machine import free_port, wait
 
 ROOT = Path(__file__).resolve().parent.parent
 PURPOSE = "benchmark"
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait(url: str, timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(url, timeout=1).status_code < 500:
-                return
-        except httpx.TransportError:
-            pass
-        time.sleep(0.1)
-    raise SystemExit(f"{url} did not answer")
 
 
 def prepare(home: Path, port: int, sim_port: int) -> tuple[dict, str]:

@@ -12,6 +12,9 @@ import asyncio
 import contextlib
 import os
 import warnings
+from collections.abc import Callable
+
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 # connexion imports Starlette's test client at start-up, which warns about httpx in every worker.
 warnings.filterwarnings("ignore", message="Using `httpx` with `starlette.testclient`")
@@ -28,10 +31,10 @@ from starlette.responses import Response
 
 from lgsp import bulk, logs, metrics, specs
 from lgsp.config import settings
-from lgsp.control.plane import JWKS_PATH, TOKEN_PATH, create_control_plane
+from lgsp.control import JWKS_PATH, TOKEN_PATH
 from lgsp.delivery.worker import start_in_process as start_delivery_worker
 from lgsp.doors.request_guard import RequestGuard
-from lgsp.doors.rest import MIDDLEWARES, add_shared_apis
+from lgsp.doors.rest import MIDDLEWARES, add_shared_apis, fast_path
 from lgsp.doors.rest import render as rest_render
 from lgsp.doors.soap import PATH as SOAP_PATH
 from lgsp.doors.soap import SoapDoor, SoapRequest
@@ -140,7 +143,12 @@ def data_plane(gateway: Gateway | None = None):
     async def lifespan(_app):
         await gw.start()
         worker = start_delivery_worker(gw)  # store-and-forward delivery in this process (LGSP_DELIVERY_WORKER)
+        from lgsp.documents.poller import start_in_process as start_document_poller
+
+        poller = start_document_poller(gw)  # documents from the national axis into inboxes (LGSP_DOCUMENT_POLL)
         yield
+        if poller is not None:
+            await poller.stop()
         if worker is not None:
             await worker.stop()
         await gw.stop()
@@ -190,17 +198,35 @@ def data_plane(gateway: Gateway | None = None):
 
     app.add_url_rule("/api", "catalog", catalog, methods=["GET"])
     soap_door = SoapDoor(gw)
+    from lgsp.documents.door import DocumentDoor
+    from lgsp.documents.door import route_of as document_route
+
+    document_door = DocumentDoor(gw)
+    from lgsp.documents.soap_door import PATH as DOCUMENTS_SOAP_PATH
+    from lgsp.documents.soap_door import DocumentSoapDoor
+
+    documents_soap = DocumentSoapDoor(gw)
     app.add_url_rule("/healthz", "healthz", healthz, methods=["GET"])
     app.add_url_rule("/readyz", "readyz", readyz, methods=["GET"])
     app.add_url_rule("/metrics", "metrics", metrics_view, methods=["GET"])
+
+    # The shared APIs' plain reads skip connexion when they are valid (lgsp/doors/routes.py); the rest goes through it.
+    fast = fast_path(gw)
 
     async def data(scope, receive, send):
         # The SOAP door speaks SOAP Faults, not problem+json: it sits beside connexion, not inside it.
         if scope["type"] == "http" and scope["path"].rstrip("/") == SOAP_PATH:
             return await soap_door(scope, receive, send)
+        if scope["type"] == "http" and scope["path"].rstrip("/") == DOCUMENTS_SOAP_PATH:
+            return await documents_soap(scope, receive, send)  # edXML packages over SOAP, decoded as they arrive
+        documents = document_route(scope)  # edXML packages are streamed, not buffered by connexion
+        if documents is not None:
+            return await document_door(scope, receive, send, documents)
         if scope["type"] == "http" and scope["path"].startswith(CONTROL_PREFIXES):
             # A data-plane-only process: the control plane's addresses are not exchanges to refuse and audit.
             return await control_plane_elsewhere(scope, receive, send)
+        if fast is not None and scope["type"] == "http" and await fast(scope, receive, send):
+            return None
         return await app(scope, receive, send)
 
     return ClientCertificate(HeaderLimit(data, gw), gw.settings)
@@ -214,8 +240,27 @@ async def control_plane_elsewhere(scope, receive, send) -> None:
 
 
 def control_plane(gateway: Gateway | None = None):
+    from lgsp.control.plane import create_control_plane  # Flask, authlib, the console: only where it is served
+
     gw = gateway or Gateway()
     return ClientCertificate(create_control_plane(gw.engine, gw.settings), gw.settings)
+
+
+def built_on_first_request(build: Callable[[], ASGIApp]) -> ASGIApp:
+    """An ASGI app that is built (its modules imported) when its first request comes, so a worker
+    that only ever serves exchanges never holds the control plane in memory (docs/performance.md)."""
+    built = None
+    lock = asyncio.Lock()
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        nonlocal built
+        if built is None:
+            async with lock:
+                if built is None:
+                    built = await asyncio.to_thread(build)  # imports and spec parsing, off the event loop
+        return await built(scope, receive, send)
+
+    return app
 
 
 CONTROL_PREFIXES = ("/oauth/", "/.well-known/", "/admin", "/console", "/audit")
@@ -224,7 +269,7 @@ CONTROL_PREFIXES = ("/oauth/", "/.well-known/", "/admin", "/console", "/audit")
 def combined():
     """Both planes in one process: control-plane prefixes go to Flask, the rest to the data plane."""
     gw = Gateway()
-    data, control = data_plane(gw), control_plane(gw)
+    data, control = data_plane(gw), built_on_first_request(lambda: control_plane(gw))
 
     async def app(scope, receive, send):
         if scope["type"] == "http" and scope["path"].startswith(CONTROL_PREFIXES):

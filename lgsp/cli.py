@@ -140,6 +140,7 @@ def serve(host: str, port: int, workers: int, plane: str, migrate: bool, metrics
 
     uvicorn.run(factory, factory=True, host=host, port=port, workers=workers, log_config=None,
                 access_log=False, loop="auto", http=PeerAwareHttpTools, lifespan="auto" if plane != "control" else "off",
+                ws="none",  # nothing is served over WebSocket: a worker need not import a WebSocket library
                 timeout_graceful_shutdown=10, h11_max_incomplete_event_size=SERVER_MAX_HEAD_BYTES,
                 **uvicorn_options(settings()))
 
@@ -149,6 +150,9 @@ def _check_schema() -> None:
 
     try:
         check_database(_engine())  # schema version this release knows, keys this master secret opens
+        from lgsp.documents import countersign
+
+        countersign.check()  # the document counter-signature's certificate and key, when configured
     except StartupRefusal as exc:
         raise click.ClickException(str(exc)) from None
 
@@ -903,6 +907,18 @@ def deliveries_cancel(message_id, reason) -> None:
 
     row = _operator(cancel, message_id, reason)
     click.echo(f"message {message_id} is {row['status']}")
+
+
+@deliveries.command("callback-key")
+@click.argument("client_id")
+def deliveries_callback_key(client_id: str) -> None:
+    """Print the key (hex) the client's callbacks are signed with, for the client to check them."""
+    from lgsp.delivery.operators import OperatorError, callback_key
+
+    try:
+        click.echo(callback_key(_engine(), f"cli:{os.environ.get('USER') or os.getuid()}", client_id))
+    except OperatorError as exc:
+        raise click.ClickException(str(exc)) from None
 
 
 # -- demo -------------------------------------------------------------------------

@@ -34,14 +34,19 @@ def announce(conn: Connection) -> None:
 
 
 class Listener:
-    """A daemon thread that calls `on_change` whenever a notification arrives (PostgreSQL only)."""
+    """A daemon thread that calls `on_notify` whenever a notification arrives on `channel`
+    (PostgreSQL only). `on_connect` runs after each (re)connection, to catch up with what was
+    missed meanwhile; `on_listening(bool)` is told when listening starts and stops."""
 
-    def __init__(self, engine: Engine, on_change: Callable[[], None], retry_seconds: float = 1.0):
+    def __init__(self, engine: Engine, on_notify: Callable[[], None], *, channel: str = CHANNEL,
+                 on_connect: Callable[[], None] | None = None,
+                 on_listening: Callable[[bool], None] | None = None, retry_seconds: float = 1.0):
         self.url = engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
-        self.on_change = on_change
+        self.on_notify, self.on_connect, self.on_listening = on_notify, on_connect, on_listening
+        self.channel = channel
         self.retry_seconds = retry_seconds
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="lgsp-config-listener", daemon=True)
+        self._thread = threading.Thread(target=self._run, name=f"lgsp-listener-{channel}", daemon=True)
 
     @staticmethod
     def supported(engine: Engine) -> bool:
@@ -59,11 +64,19 @@ class Listener:
         while not self._stop.is_set():
             try:
                 with psycopg.connect(self.url, autocommit=True, connect_timeout=5) as conn:
-                    conn.execute(f"LISTEN {CHANNEL}")
-                    self.on_change()  # anything missed while (re)connecting
+                    conn.execute(f"LISTEN {self.channel}")
+                    self._listening(True)
+                    if self.on_connect:
+                        self.on_connect()
                     while not self._stop.is_set():
                         for _ in conn.notifies(timeout=1.0, stop_after=1):
-                            self.on_change()
+                            self.on_notify()
             except Exception:  # the database blinked: polling covers the gap, then listen again
-                log.warning("configuration listener lost its connection; retrying", exc_info=True)
+                log.warning("listener on %s lost its connection; retrying", self.channel, exc_info=True)
                 self._stop.wait(self.retry_seconds)
+            finally:
+                self._listening(False)
+
+    def _listening(self, state: bool) -> None:
+        if self.on_listening:
+            self.on_listening(state)

@@ -159,6 +159,10 @@ def run(port: int, sim_port: int, check: bool, biz_port: int = 8082, *, portal_p
 
     settings.cache_clear()
     procs: list[subprocess.Popen] = []
+    from lgsp.documents import demo as documents_demo
+
+    axis_port = documents_demo.free_port()
+    os.environ.update(documents_demo.trust(DEMO_HOME))  # the demo CA the gateway trusts for document signatures
     try:
         sim_log = _private_log(DEMO_HOME / "simulator.log")
         procs.append(subprocess.Popen(
@@ -166,6 +170,11 @@ def run(port: int, sim_port: int, check: bool, biz_port: int = 8082, *, portal_p
             stdout=sim_log, stderr=subprocess.STDOUT,
         ))
         secret = _prepare(port, sim_port, biz_port, portal_port)
+        doc_secrets = _prepare_documents(axis_port)
+        procs.append(subprocess.Popen(
+            [sys.executable, "-m", "lgsp_adapters.national_axis.simulator", "--port", str(axis_port)],
+            stdout=sim_log, stderr=subprocess.STDOUT,
+        ))
         gw_log = _private_log(DEMO_HOME / "gateway.log")
         procs.append(subprocess.Popen(
             [sys.executable, "-m", "lgsp.cli", "serve", "--port", str(port)], stdout=gw_log, stderr=subprocess.STDOUT,
@@ -184,8 +193,12 @@ def run(port: int, sim_port: int, check: bool, biz_port: int = 8082, *, portal_p
         _wait(f"http://127.0.0.1:{sim_port}/dancu?wsdl", procs[0])
         _wait(f"http://127.0.0.1:{biz_port}/_sim/faults", procs[2])
         _wait(f"{base}/readyz", procs[1])
+        _wait(f"http://127.0.0.1:{axis_port}/_sim/faults", procs[4])
+        documents_demo.register_on_axis(axis_port)
+        doc_commands = documents_demo.commands(base, DEMO_HOME, doc_secrets)
         citizens = _demo_citizens(sim_port)
         commands = _commands(base, secret, citizens[0], _demo_enterprise())
+        doc_lines = "\n  ".join(doc_commands)
         switch = f"curl -s -X POST http://127.0.0.1:{portal_port}/_sim/faults -H 'Content-Type: application/json'"
         print(f"""
 LGSP demo is running (SQLite in {DEMO_HOME}/, logs there too).
@@ -193,6 +206,7 @@ LGSP demo is running (SQLite in {DEMO_HOME}/, logs there too).
   simulators: http://127.0.0.1:{sim_port}/dancu   (national population database, SOAP)
               http://127.0.0.1:{biz_port}/apiCSDLDKDN/1.0   (national business registry, REST)
               http://127.0.0.1:{portal_port}/dvcqg/api   (national public-service portal, dossier sync)
+              http://127.0.0.1:{axis_port}/vdxp/api/v1   (national document exchange axis)
   client:     {CLIENT_ID}, grant limited to: {', '.join(LOOKUP_FIELDS)}
   citizens:   {', '.join(citizens)}
 
@@ -222,10 +236,16 @@ Switch the portal simulator off, send the next version, see it wait, switch it o
   (send it again with "version": 2, then run the status command: "failed", with its next attempt)
   {switch} -d '{{"mode": "normal"}}'
 
+Documents: agency {documents_demo.SENDER[0]} sends a signed edXML document to {documents_demo.RECIPIENT[0]}
+(its inbox) and one to {documents_demo.NATIONAL[0]} (through the national axis); the recipient reads its
+inbox and the package (signature intact, one TraceHeader added); the sender follows the delivery:
+
+  {doc_lines}
+
 SOAP door: http://127.0.0.1:{port}/soap/v1?wsdl    audit console: http://127.0.0.1:{port}/console
 """, flush=True)
         if check:
-            return _check(commands)
+            return _check([*commands, *doc_commands])
         print("Press Ctrl-C to stop.", flush=True)
         signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt))
         try:
@@ -237,6 +257,17 @@ SOAP door: http://127.0.0.1:{port}/soap/v1?wsdl    audit console: http://127.0.0
         return 1
     finally:
         stop(procs)
+
+
+def _prepare_documents(axis_port: int) -> dict[str, str]:
+    """The document exchange axis's demo agencies, clients and grants (lgsp.documents.demo)."""
+    from lgsp.config import settings
+    from lgsp.control.admin import Admin
+    from lgsp.documents import demo as documents_demo
+    from lgsp.storage import engine_for
+
+    engine = engine_for(settings().db_url)
+    return documents_demo.prepare(Admin(engine, "demo"), engine, axis_port)
 
 
 def stop(procs: list[subprocess.Popen], timeout: float = 10) -> None:
@@ -254,7 +285,7 @@ def _check(commands: list[str]) -> int:
     script = "set -e\n" + "".join(f"{c}\necho\n" for c in commands)  # one answer per line
     result = subprocess.run(["bash", "-c", script], capture_output=True, text=True, timeout=60)
     print(result.stdout)
-    expected = ("full_name", "enterprise_code", "match", "delivered")
+    expected = ("full_name", "enterprise_code", "match", "delivered", "items", "national-axis")
     if result.returncode != 0 or any(f'"{key}"' not in result.stdout for key in expected):
         print(result.stderr, file=sys.stderr)
         return 1

@@ -23,6 +23,7 @@ class Gateway:
         self.audit = writer_for(self.engine)  # shared with admin actions: one chain per process
         await self.registry.start()
         self.registry.build_adapters()
+        self.registry.compile_mappings()
         # Everything built so far (specs, WSDLs, mappings) lives as long as the
         # process: keep it out of the collector's way, and collect young objects
         # less often, which trims the latency tail under load.

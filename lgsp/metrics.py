@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+from typing import Any
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -80,6 +81,20 @@ delivery_oldest_age = Gauge(
     "lgsp_delivery_oldest_message_age_seconds", "Age of the oldest message not yet delivered", ["destination"],
     multiprocess_mode="livemax",
 )
+
+
+_children: dict[tuple[Any, ...], Any] = {}
+
+
+def child(metric: Any, *labels: str) -> Any:
+    """metric.labels(*labels), found once: labels() takes a lock and rebuilds its key on every call.
+
+    As many entries as the metric has series (their label values are bounded already: no personal data)."""
+    key = (metric, *labels)
+    found = _children.get(key)
+    if found is None:
+        found = _children[key] = metric.labels(*labels)
+    return found
 
 
 def render() -> tuple[bytes, str]:

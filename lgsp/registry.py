@@ -19,6 +19,7 @@ from lgsp import keys, plugins
 from lgsp.adapter import Adapter
 from lgsp.config_notify import Listener
 from lgsp.connection_secrets import open_secrets
+from lgsp.mapping.compile import load_mapping
 from lgsp.storage.schema import clients, config_state, connections, grants, services, signing_keys, traffic_policies
 from lgsp.tls import binding as tls_binding
 from lgsp.traffic.policies import Policies, from_row
@@ -144,7 +145,7 @@ class Registry:
             def notified() -> None:  # on the listener's thread
                 loop.call_soon_threadsafe(wake.set)
 
-            self._listener = Listener(self.engine, notified)
+            self._listener = Listener(self.engine, notified, on_connect=notified)
             self._listener.start()
         self._task = asyncio.create_task(self._poll())
 
@@ -200,6 +201,17 @@ class Registry:
                 self.adapter(name)
             except Exception:
                 log.error("connection %s: adapter could not be built", name, exc_info=True)
+
+    def compile_mappings(self) -> None:
+        """Compile the built adapters' mappings now: the first exchange of each worker would
+        otherwise pay for them (≈ 1.5 s with the administrative units) and miss its deadline."""
+        for name, (_, adapter) in list(self._adapters.items()):
+            if adapter.mapping_file is None:
+                continue
+            try:
+                load_mapping(adapter.mapping_file)
+            except Exception:  # the exchange reports it as upstream.malformed/internal.error, with its record
+                log.error("connection %s: mapping %s could not be compiled", name, adapter.mapping_file, exc_info=True)
 
     def bind(self, snap: Snapshot, connection_name: str) -> tuple[ConnectionSpec | None, Adapter | None]:
         """The connection as `snap` has it and its adapter, for one exchange to hold until it ends.

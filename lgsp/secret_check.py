@@ -12,6 +12,7 @@ hash, so known and unknown ids cost the same and cannot be told apart by timing.
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import os
 import secrets
 import threading
@@ -23,6 +24,23 @@ from lgsp.crypto import hash_secret, verify_secret
 WORKERS = max(1, int(os.environ.get("LGSP_HASH_WORKERS", "2")))
 QUEUE = max(WORKERS, int(os.environ.get("LGSP_HASH_QUEUE", "32")))
 
+M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter
+
+
+def _give_back_work_areas() -> None:
+    """Keep scrypt's 16 MiB work area out of the worker's resident memory between checks.
+
+    glibc raises its mmap threshold to the size of the first large block freed, so from the second
+    check on the work area comes from the heap and stays resident for the process's life (+16 MiB per
+    checking thread, measured: docs/performance.md). A fixed threshold keeps large blocks mmap'd,
+    given back when freed."""
+    try:
+        ctypes.CDLL(None).mallopt(M_MMAP_THRESHOLD, 128 * 1024)  # glibc's default, without the raising
+    except (OSError, AttributeError):
+        pass  # a C library without mallopt: nothing to tune
+
+
+_give_back_work_areas()
 _pool = ThreadPoolExecutor(max_workers=WORKERS, thread_name_prefix="lgsp-secret-check")
 _admitted = threading.BoundedSemaphore(QUEUE)
 

@@ -21,6 +21,13 @@ _PARSER = etree.XMLParser(
 )
 
 
+# Whether any element lies deeper than MAX_DEPTH: one XPath evaluated in libxml2, not a Python walk of the tree.
+_TOO_DEEP = etree.XPath("boolean(/" + "/".join(["*"] * (MAX_DEPTH + 1)) + ")")
+# Local names of the tags seen, so each is split once (bounded: tags come from the other side).
+_LOCAL_NAMES: dict[str, str] = {}
+_MAX_LOCAL_NAMES = 4096
+
+
 class XmlRefused(ValueError):
     """The document is not acceptable XML (malformed, DOCTYPE, too deep)."""
 
@@ -33,25 +40,23 @@ def parse(data: bytes) -> etree._Element:
     tree = root.getroottree()
     if tree.docinfo.doctype or tree.docinfo.internalDTD is not None:
         raise XmlRefused("DOCTYPE declarations are not accepted")
-    if _depth(root) > MAX_DEPTH:
+    if _TOO_DEEP(root):
         raise XmlRefused(f"XML nested deeper than {MAX_DEPTH} levels")
     return root
 
 
-def _depth(root: etree._Element) -> int:
-    depth = deepest = 0
-    for event, _ in etree.iterwalk(root, events=("start", "end")):
-        depth += 1 if event == "start" else -1
-        if depth > deepest:
-            deepest = depth
-            if deepest > MAX_DEPTH:
-                break
-    return deepest
-
-
 def localname(el: etree._Element) -> str:
     tag = el.tag
-    return tag.rpartition("}")[2] if isinstance(tag, str) else ""
+    return _local(tag) if isinstance(tag, str) else ""
+
+
+def _local(tag: str) -> str:
+    name = _LOCAL_NAMES.get(tag)
+    if name is None:
+        name = tag.rpartition("}")[2]
+        if len(_LOCAL_NAMES) < _MAX_LOCAL_NAMES:
+            _LOCAL_NAMES[tag] = name
+    return name
 
 
 def to_dict(el: etree._Element) -> dict[str, Any]:
@@ -60,13 +65,16 @@ def to_dict(el: etree._Element) -> dict[str, Any]:
     Empty leaves are left out, so "absent" has one spelling for the mapping.
     """
     out: dict[str, Any] = {}
-    for child in el:
-        if not isinstance(child.tag, str):
+    value: Any
+    for child in el.iterchildren(etree.Element):  # elements only (no comments, PIs or entities), filtered in C
+        if len(child):
+            value = to_dict(child)
+        else:
+            text = child.text
+            value = text.strip() if text else ""
+        if not value:
             continue
-        key = localname(child)
-        value: Any = to_dict(child) if len(child) else (child.text or "").strip()
-        if value in ("", {}):
-            continue
+        key = _local(child.tag)
         if key in out:
             existing = out[key]
             out[key] = existing + [value] if isinstance(existing, list) else [existing, value]

@@ -83,12 +83,14 @@ class Rig:
         self.gateway = Server(self.url, proc, log)
         return self.gateway
 
-    def start_worker(self) -> Server:
+    def start_worker(self, metrics_port: int | None = None, **env: str) -> Server:
+        """A `lgsp serve --plane worker` process (its /metrics on `metrics_port`, the Server's url)."""
         log = self.log_dir / f"worker-{time.monotonic_ns()}.log"
         out = open(log, "wb")
-        proc = subprocess.Popen([sys.executable, "-m", "lgsp.cli", "serve", "--plane", "worker"],
-                                stdout=out, stderr=subprocess.STDOUT, env={**os.environ, **self.env})
-        server = Server("", proc, log)
+        extra = ["--metrics-port", str(metrics_port)] if metrics_port else []
+        proc = subprocess.Popen([sys.executable, "-m", "lgsp.cli", "serve", "--plane", "worker", *extra],
+                                stdout=out, stderr=subprocess.STDOUT, env={**os.environ, **self.env, **env})
+        server = Server(f"http://127.0.0.1:{metrics_port}" if metrics_port else "", proc, log)
         self.workers.append(server)
         return server
 

@@ -1,4 +1,4 @@
-"""Build lgsp/codelists/data/admin-units.yaml from the maintained PyPI packages.
+"""Build lgsp/codelists/data/admin-units.json from the maintained PyPI packages.
 
     python -m lgsp.codelists.build_admin_units            # rewrite the data file
     python -m lgsp.codelists.build_admin_units --check    # exit 1 if the file is not what the packages give
@@ -29,9 +29,7 @@ from importlib.util import find_spec
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-OUT = Path(__file__).parent / "data" / "admin-units.yaml"
+OUT = Path(__file__).parent / "data" / "admin-units.json"
 DOCS = Path(__file__).resolve().parents[2] / "docs" / "admin-units.md"
 CURRENT_PKG, LEGACY_PKG = "vietnam-provinces", "vietnamadminunits"
 
@@ -220,35 +218,26 @@ def build(src: Sources) -> tuple[dict[str, Any], list[str]]:
     return doc, unmapped
 
 
-class _FlowRows(yaml.SafeDumper):
-    """One row per line: {code: "00001", name: ..., ...}."""
-
-
-def _represent_dict(dumper: yaml.SafeDumper, data: dict) -> yaml.Node:
-    flow = all(not isinstance(v, (dict, list)) or (isinstance(v, list) and all(isinstance(x, str) for x in v))
-               for v in data.values()) and "provinces_current" not in data
-    return dumper.represent_mapping("tag:yaml.org,2002:map", data.items(), flow_style=flow)
-
-
-def _represent_str(dumper: yaml.SafeDumper, data: str) -> yaml.Node:
-    return dumper.represent_scalar("tag:yaml.org,2002:str", data, style='"' if data.isdigit() else None)
-
-
-_FlowRows.add_representer(dict, _represent_dict)
-_FlowRows.add_representer(str, _represent_str)
-
-
 def render(doc: dict[str, Any]) -> str:
-    head = "# Administrative units, old (pre-1 July 2025) -> current. GENERATED: see `source`.\n"
-    return head + yaml.dump(doc, Dumper=_FlowRows, allow_unicode=True, sort_keys=False, width=1000)
+    """JSON, one unit per line: a worker reads it with orjson (the same data as YAML peaked at
+    60 MiB per worker under libyaml), and a diff of a rebuild still reads unit by unit."""
+    lines = ["{"]
+    for i, (key, value) in enumerate(doc.items()):
+        end = "," if i < len(doc) - 1 else ""
+        if isinstance(value, list) and value:
+            rows = ",\n".join("  " + json.dumps(row, ensure_ascii=False) for row in value)
+            lines.append(f"{json.dumps(key)}: [\n{rows}\n]{end}")
+        else:
+            lines.append(f"{json.dumps(key)}: {json.dumps(value, ensure_ascii=False)}{end}")
+    return "\n".join(lines) + "\n}\n"
 
 
 DOC_HEAD = """# Administrative units: where the list comes from
 
-`lgsp/codelists/data/admin-units.yaml` is generated, not written by hand:
+`lgsp/codelists/data/admin-units.json` is generated, not written by hand:
 
     pip install -e '.[build]'
-    python -m lgsp.codelists.build_admin_units          # rewrites the YAML and this page
+    python -m lgsp.codelists.build_admin_units          # rewrites the JSON and this page
     python -m lgsp.codelists.build_admin_units --check  # CI: is the committed file what the packages give?
 
 - **Current units** (since 1 July 2025: 34 provinces, 3,321 communes, no districts) come from the

@@ -46,6 +46,14 @@ def _row(conn: Connection, table, key_col, key) -> dict | None:
     return dict(row._mapping) if row else None
 
 
+def _existing(conn: Connection, key_col: Any, key: Any, missing: str) -> dict[str, Any]:
+    """The row whose `key_col` is `key`, or admin.not_found with the sentence `missing`."""
+    row = _row(conn, key_col.table, key_col, key)
+    if row is None:
+        raise AdminError(missing, "admin.not_found")
+    return row
+
+
 def _put(conn: Connection, key_col: Any, key: str, before: dict[str, Any] | None,
          values: dict[str, Any]) -> dict[str, Any] | None:
     """Update the row whose `key_col` is `key` (it exists: `before`) or insert it; the row as stored now."""
@@ -137,10 +145,9 @@ class Admin:
 
     def set_client_status(self, client_id: str, status: str) -> None:
         with self.engine.begin() as conn:
-            before = _row(conn, clients, clients.c.client_id, client_id)
-            if before is None:
-                raise AdminError(f"No client '{client_id}'.", "admin.not_found")
-            conn.execute(update(clients).where(clients.c.client_id == client_id).values(status=status, updated_at=_now()))
+            before = _existing(conn, clients.c.client_id, client_id, f"No client '{client_id}'.")
+            conn.execute(update(clients).where(clients.c.client_id == client_id)
+                         .values(status=status, updated_at=_now()))
             after = _row(conn, clients, clients.c.client_id, client_id)
             bump_generation(conn)
         self._record(f"client.{'disable' if status == 'disabled' else 'enable'}", client_id, before, after)
@@ -152,8 +159,7 @@ class Admin:
         if not purposes:
             raise AdminError("A grant names at least one allowed purpose.")
         with self.engine.begin() as conn:
-            if not _row(conn, clients, clients.c.client_id, client_id):
-                raise AdminError(f"No client '{client_id}'.", "admin.not_found")
+            _existing(conn, clients.c.client_id, client_id, f"No client '{client_id}'.")
             svc = _row(conn, services, services.c.name, service)
             if not svc:
                 raise AdminError(f"No service '{service}'; see `lgsp services list`.", "admin.not_found")
@@ -161,8 +167,8 @@ class Admin:
             existing = conn.execute(select(grants.c.id).where(
                 grants.c.client_id == client_id, grants.c.service == service, grants.c.status == "active")).first()
             if existing:
-                raise AdminError(f"Client '{client_id}' already has grant {existing.id} for '{service}'; revoke it first.",
-                                 "admin.conflict")
+                raise AdminError(f"Client '{client_id}' already has grant {existing.id} for '{service}'; "
+                                 "revoke it first.", "admin.conflict")
             grant_id = conn.execute(insert(grants).values(
                 client_id=client_id, service=service, allowed_fields=list(fields), allowed_purposes=list(purposes),
                 status="active", created_at=_now(),
@@ -228,10 +234,7 @@ class Admin:
 
     def get_connection(self, name: str) -> dict:
         with self.engine.connect() as conn:
-            row = _row(conn, connections, connections.c.name, name)
-        if row is None:
-            raise AdminError(f"No connection '{name}'.", "admin.not_found")
-        return _public(row)
+            return _public(_existing(conn, connections.c.name, name, f"No connection '{name}'."))
 
     def list_connections(self) -> list[dict]:
         with self.engine.connect() as conn:
@@ -247,8 +250,7 @@ class Admin:
         if body_logging not in ("off", "metadata", "full"):
             raise AdminError("Body logging is one of: off, metadata, full.")
         with self.engine.begin() as conn:
-            if not _row(conn, connections, connections.c.name, connection):
-                raise AdminError(f"No connection '{connection}'.", "admin.not_found")
+            _existing(conn, connections.c.name, connection, f"No connection '{connection}'.")
             before = _row(conn, services, services.c.name, name)
             values = dict(version=version, connection=connection, operation=operation, personal_data=personal_data,
                           body_logging=body_logging, enabled=enabled, updated_at=_now())
@@ -260,10 +262,7 @@ class Admin:
 
     def get_client(self, client_id: str) -> dict:
         with self.engine.connect() as conn:
-            row = _row(conn, clients, clients.c.client_id, client_id)
-        if row is None:
-            raise AdminError(f"No client '{client_id}'.", "admin.not_found")
-        return _public(row)
+            return _public(_existing(conn, clients.c.client_id, client_id, f"No client '{client_id}'."))
 
     def update_client(self, client_id: str, **changes: Any) -> None:
         allowed = {"name", "agency_code", "agency_name", "roles", "status"}
@@ -275,9 +274,7 @@ class Admin:
         if changes.get("status") not in (None, "active", "disabled"):
             raise AdminError("A client's status is active or disabled.")
         with self.engine.begin() as conn:
-            before = _row(conn, clients, clients.c.client_id, client_id)
-            if before is None:
-                raise AdminError(f"No client '{client_id}'.", "admin.not_found")
+            before = _existing(conn, clients.c.client_id, client_id, f"No client '{client_id}'.")
             conn.execute(update(clients).where(clients.c.client_id == client_id)
                          .values(**changes, updated_at=_now()))
             after = _row(conn, clients, clients.c.client_id, client_id)
@@ -310,10 +307,9 @@ class Admin:
         if mode not in ("off", "metadata", "full"):
             raise AdminError("Body logging is one of: off, metadata, full.")
         with self.engine.begin() as conn:
-            before = _row(conn, services, services.c.name, service)
-            if before is None:
-                raise AdminError(f"No service '{service}'; see `lgsp services list`.", "admin.not_found")
-            conn.execute(update(services).where(services.c.name == service).values(body_logging=mode, updated_at=_now()))
+            before = _existing(conn, services.c.name, service, f"No service '{service}'; see `lgsp services list`.")
+            conn.execute(update(services).where(services.c.name == service)
+                         .values(body_logging=mode, updated_at=_now()))
             after = _row(conn, services, services.c.name, service)
             bump_generation(conn)
         self._record("service.body_logging", service, before, after)
@@ -367,19 +363,15 @@ class Admin:
 
     def delete_policy(self, target: str) -> None:
         with self.engine.begin() as conn:
-            before = _row(conn, traffic_policies, traffic_policies.c.target, target)
-            if before is None:
-                raise AdminError(f"No policy '{target}'; see `lgsp policies list`.", "admin.not_found")
+            before = _existing(conn, traffic_policies.c.target, target,
+                               f"No policy '{target}'; see `lgsp policies list`.")
             conn.execute(delete(traffic_policies).where(traffic_policies.c.target == target))
             bump_generation(conn)
         self._record("policy.delete", target, before, None)
 
     def get_policy(self, target: str) -> dict:
         with self.engine.connect() as conn:
-            row = _row(conn, traffic_policies, traffic_policies.c.target, target)
-        if row is None:
-            raise AdminError(f"No policy '{target}'.", "admin.not_found")
-        return _public(row)
+            return _public(_existing(conn, traffic_policies.c.target, target, f"No policy '{target}'."))
 
     def list_policies(self) -> list[dict]:
         with self.engine.connect() as conn:

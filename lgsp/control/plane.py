@@ -32,7 +32,7 @@ from werkzeug.routing import RequestRedirect
 from lgsp import auth_throttle, keys, secret_check, specs
 from lgsp.audit.writer import AuditUnavailable
 from lgsp.config import Settings
-from lgsp.control import console
+from lgsp.control import JWKS_PATH, TOKEN_PATH, console
 from lgsp.control import records as control_audit
 from lgsp.control.auth import verified_caller
 from lgsp.control.clients import UnknownClient, query_client
@@ -47,8 +47,6 @@ from lgsp.tls.peer import certificate_of_environ, certificates_reach
 
 log = logging.getLogger(__name__)
 
-TOKEN_PATH = "/oauth/token"
-JWKS_PATH = "/.well-known/jwks.json"
 # Refusals of these APIs are audited (the console and the token endpoint keep their own records).
 AUDITED_PREFIXES = ("/admin/", "/audit/")
 

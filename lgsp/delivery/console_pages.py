@@ -6,7 +6,9 @@ are not shown here (`lgsp deliveries show --payload` is the recorded way to read
 """
 from __future__ import annotations
 
-from flask import g, redirect, request, url_for
+from typing import Any
+
+from flask import current_app, g, redirect, request, url_for
 
 from lgsp.control.console import _engine, _page, blueprint
 from lgsp.delivery import operators
@@ -23,6 +25,10 @@ def _may_operate() -> bool:
     return any(role in OPERATOR_ROLES for role in (g.client.row.roles or ()))
 
 
+def _is_admin() -> bool:
+    return "admin" in (g.client.row.roles or ())
+
+
 @blueprint.get("/deliveries")
 def deliveries():
     status = request.args.get("status") or None
@@ -32,7 +38,20 @@ def deliveries():
     except operators.OperatorError as exc:
         return _page("console/error.html", 400, message=str(exc))
     return _page("console/deliveries.html", rows=rows, stats=queue_stats(_engine()), chosen=status or "",
-                 key=key or "", states=operators.STATES)
+                 key=key or "", states=operators.STATES, may_read_keys=_is_admin())
+
+
+@blueprint.post("/deliveries/callback-key")
+def delivery_callback_key() -> Any:
+    """A client's callback key, shown once to an admin who asked for it (a POST: a deliberate, audited read)."""
+    if not _is_admin():
+        return _page("console/error.html", 403, message="A client's callback key needs the admin role.")
+    client_id = (request.form.get("client_id") or "").strip()[:64]
+    try:
+        key = operators.callback_key(current_app.config["LGSP_ENGINE"], _actor(), client_id)
+    except operators.OperatorError as exc:
+        return _page("console/error.html", 404, message=str(exc))
+    return _page("console/callback_key.html", client_id=client_id, key=key, signature=operators.SIGNATURE)
 
 
 @blueprint.get("/deliveries/<message_id>")

@@ -15,7 +15,7 @@ from sqlalchemy import Engine, select, update
 
 from lgsp.audit.writer import writer_for
 from lgsp.control import records as control_audit
-from lgsp.delivery import store
+from lgsp.delivery import store, wakeup
 from lgsp.delivery.policy import Policy
 from lgsp.delivery.status import view
 from lgsp.storage.schema import delivery_messages as M
@@ -66,6 +66,18 @@ def show(engine: Engine, actor: str, message_id: str, *, payload: bool = False) 
     return out
 
 
+def callback_key(engine: Engine, actor: str, client_id: str) -> str:
+    """The key a client's callbacks are signed with (hex), to hand to that client; the read is recorded."""
+    from lgsp.delivery.callbacks import callback_key as key_of
+    from lgsp.storage.schema import clients
+
+    with engine.connect() as conn:
+        if conn.execute(select(clients.c.client_id).where(clients.c.client_id == client_id)).first() is None:
+            raise OperatorError(f"No client {client_id!r}.", "admin.not_found")
+    control_audit.read(engine, actor, "delivery.callback_key", client_id)
+    return key_of(client_id).hex()
+
+
 def _change(engine: Engine, actor: str, message_id: str, action: str, allowed: tuple[str, ...], statement,
             refusal: tuple[str, str], reason: str | None) -> dict[str, Any]:
     row = store.read(engine, message_id)
@@ -78,7 +90,8 @@ def _change(engine: Engine, actor: str, message_id: str, action: str, allowed: t
                          "before": {"status": row.status, "attempts": row.attempts},
                          "after": {"status": "accepted" if action == "delivery.replay" else "cancelled",
                                    "reason": reason}}}
-    writer_for(engine).commit_sync(record, statements=[statement])
+    wake = wakeup.notify_statement(engine) if action == "delivery.replay" else []  # workers anywhere take it now
+    writer_for(engine).commit_sync(record, statements=[statement, *wake])
     after = store.read(engine, message_id)
     return _summary(after)
 
@@ -88,7 +101,8 @@ def replay(engine: Engine, actor: str, message_id: str, reason: str | None = Non
     at = store.now()
     statement = update(M).where(M.c.id == message_id, M.c.status.in_(("dead", "cancelled"))).values(
         status="accepted", next_attempt_at=at, expires_at=at + dt.timedelta(seconds=Policy.from_environment().max_age),
-        finished_at=None, error_code=None, reason=None, callback_state=None, lease_owner=None, lease_until=None)
+        finished_at=None, error_code=None, reason=None, callback_state=None, callback_attempts=0, callback_next_at=None,
+        lease_owner=None, lease_until=None)
     return _change(engine, actor, message_id, "delivery.replay", ("dead", "cancelled"), statement,
                    ("The message is {status}: only a dead or cancelled message can be replayed.",
                     "delivery.not_replayable"), reason)
@@ -106,10 +120,10 @@ def cancel(engine: Engine, actor: str, message_id: str, reason: str | None = Non
 
 # -- admin API (openapi/admin.v1.yaml) ---------------------------------------------------------
 
-def _api_admin():
+def _api_admin(roles: tuple[str, ...] | None = None) -> Any:
     from lgsp.control.admin_api import INTEGRATOR, _admin
 
-    return _admin(INTEGRATOR)
+    return _admin(roles or INTEGRATOR)
 
 
 def _api(fn, *args, **kwargs):
@@ -141,3 +155,17 @@ def api_replay(message_id: str, reason: str | None = None):
 def api_cancel(message_id: str, reason: str | None = None):
     admin = _api_admin()
     return _api(cancel, admin.engine, admin.actor, message_id, reason), 200, {"Content-Type": "application/json"}
+
+
+def api_callback_key(client_id: str) -> tuple[dict[str, Any], int, dict[str, str]]:
+    """A client's callback key (admin role: with it one could sign callbacks as the LGSP to that client)."""
+    from lgsp.control.admin_api import ADMIN
+
+    admin = _api_admin(ADMIN)
+    key = _api(callback_key, admin.engine, admin.actor, client_id)
+    return {"client_id": client_id, "key": key, **SIGNATURE}, 200, {"Content-Type": "application/json",
+                                                                   "Cache-Control": "no-store"}
+
+
+# How a receiver checks a callback with the key (docs/delivery.md), beside the key wherever it is handed out.
+SIGNATURE = {"algorithm": "HMAC-SHA256", "header": "LGSP-Signature", "signed": "<t>.<body>"}

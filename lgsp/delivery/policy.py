@@ -21,6 +21,7 @@ class Policy:
     lease: float = 60.0              # a claim held longer than this (a killed worker's) is taken again
     concurrency: int = 16            # deliveries in flight per worker process
     poll: float = 0.2                # seconds between looks at the queue when idle
+    gather: float = 0.05             # seconds: after a claim that emptied the queue, the next waits this long
 
     @classmethod
     def from_environment(cls) -> Policy:
@@ -31,6 +32,7 @@ class Policy:
             lease=_number("LGSP_DELIVERY_LEASE", cls.lease),
             concurrency=max(1, int(_number("LGSP_DELIVERY_CONCURRENCY", cls.concurrency))),
             poll=_number("LGSP_DELIVERY_POLL", cls.poll),
+            gather=min(_number("LGSP_DELIVERY_GATHER", cls.gather), _number("LGSP_DELIVERY_POLL", cls.poll)),
         )
 
     def backoff(self, attempt: int) -> float:

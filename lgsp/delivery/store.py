@@ -22,6 +22,7 @@ from typing import Any
 
 import orjson
 from cryptography.fernet import Fernet
+from prometheus_client import Counter
 from sqlalchemy import Engine, and_, bindparam, exists, insert, or_, select, update
 
 from lgsp.audit.writer import _FileLock
@@ -29,6 +30,9 @@ from lgsp.crypto import fernet
 from lgsp.storage.schema import delivery_attempts, delivery_dedupe, delivery_messages
 
 M = delivery_messages
+claims = Counter("lgsp_delivery_claims", "Claim transactions of the delivery queue, by whether they took a message",
+                 ["taken"])
+claimed = Counter("lgsp_delivery_claimed", "Messages taken by claims (with lgsp_delivery_claims: messages per claim)")
 PENDING = ("accepted", "delivering", "failed")
 FINAL = ("delivered", "dead", "cancelled")
 
@@ -142,10 +146,26 @@ class Queue:
         """Up to `limit` due messages, each the head of its key, leased to this worker (none for the
         destinations in `exclude`)."""
         with self._thread_lock:
+            if self.sqlite and not self._any_due(exclude):
+                # Nothing due: found without SQLite's one write lock (a WAL read), which the gateway's
+                # acceptances would otherwise wait for at every empty look at the queue.
+                claims.labels("no").inc()
+                return []
             if self._file_lock is None:
-                return self._claim(limit, lease, exclude)
-            with self._file_lock:
-                return self._claim(limit, lease, exclude)
+                taken = self._claim(limit, lease, exclude)
+            else:
+                with self._file_lock:
+                    taken = self._claim(limit, lease, exclude)
+        claims.labels("yes" if taken else "no").inc()
+        claimed.inc(len(taken))
+        return taken
+
+    def _any_due(self, exclude: Sequence[str]) -> bool:
+        query = select(M.c.seq).where(self._due(now())).limit(1)
+        if exclude:
+            query = query.where(M.c.destination.not_in(list(exclude)))
+        with self.engine.connect() as conn:
+            return conn.execute(query).first() is not None
 
     def _claim(self, limit: int, lease: float, exclude: Sequence[str]) -> list[Claim]:
         at = now()
@@ -158,25 +178,24 @@ class Queue:
             if self.sqlite:
                 conn.exec_driver_sql("BEGIN IMMEDIATE")
             rows = conn.execute(query).all()
-            claims = []
-            for r in rows:
-                attempt = r.attempts + 1
-                conn.execute(update(M).where(M.c.seq == r.seq).values(
-                    status="delivering", attempts=attempt, lease_owner=self.worker,
-                    lease_until=at + dt.timedelta(seconds=lease)))
-                if r.status == "delivering":  # its worker was lost mid-attempt
-                    conn.execute(update(delivery_attempts).where(
-                        delivery_attempts.c.message_id == r.id, delivery_attempts.c.outcome.is_(None)).values(
-                        outcome="abandoned", finished_at=at, reason="The worker's lease ran out (worker stopped?)."))
-                conn.execute(insert(delivery_attempts).values(
-                    message_id=r.id, attempt=attempt, worker=self.worker, started_at=at))
-                claims.append(Claim(
-                    id=r.id, seq=r.seq, client_id=r.client_id, service=r.service, destination=r.destination,
-                    operation=r.operation, msg_key=r.msg_key, request_id=r.request_id, purpose=r.purpose,
-                    officer=r.officer, agency_code=r.agency_code, payload=r.payload, attempt=attempt,
-                    accepted_at=utc(r.accepted_at), expires_at=utc(r.expires_at), callback_url=r.callback_url))
+            if not rows:
+                conn.rollback()
+                return []
+            until = at + dt.timedelta(seconds=lease)
+            # One executemany per statement for the whole batch (a claim's cost is mostly per statement).
+            conn.execute(_CLAIM_MESSAGE, [{"b_seq": r.seq, "attempts": r.attempts + 1, "lease_owner": self.worker,
+                                           "lease_until": until} for r in rows])
+            lost = [{"b_message": r.id} for r in rows if r.status == "delivering"]  # their worker was lost mid-attempt
+            if lost:
+                conn.execute(_ABANDON_ATTEMPT, [{**x, "finished_at": at} for x in lost])
+            conn.execute(insert(delivery_attempts), [{"message_id": r.id, "attempt": r.attempts + 1,
+                                                      "worker": self.worker, "started_at": at} for r in rows])
             conn.commit()
-        return claims
+        return [Claim(id=r.id, seq=r.seq, client_id=r.client_id, service=r.service, destination=r.destination,
+                      operation=r.operation, msg_key=r.msg_key, request_id=r.request_id, purpose=r.purpose,
+                      officer=r.officer, agency_code=r.agency_code, payload=r.payload, attempt=r.attempts + 1,
+                      accepted_at=utc(r.accepted_at), expires_at=utc(r.expires_at), callback_url=r.callback_url)
+                for r in rows]
 
     def retry_now(self, destination: str) -> None:
         """The destination is back: its waiting messages are due now, not at the end of their backoff."""
@@ -201,6 +220,14 @@ class Queue:
         return [(_FINISH_MESSAGE, message), (_FINISH_ATTEMPT, attempt)]
 
 
+_CLAIM_MESSAGE = update(M).where(M.c.seq == bindparam("b_seq")).values(
+    status="delivering", attempts=bindparam("attempts"), lease_owner=bindparam("lease_owner"),
+    lease_until=bindparam("lease_until"))
+_ABANDON_ATTEMPT = update(delivery_attempts).where(
+    delivery_attempts.c.message_id == bindparam("b_message"), delivery_attempts.c.outcome.is_(None),
+).values(outcome="abandoned", finished_at=bindparam("finished_at"),
+         reason="The worker's lease ran out (worker stopped?).")
+
 # Prepared once: the audit writer runs a group's finishes as one executemany each.
 _FINISH_MESSAGE = update(M).where(
     M.c.seq == bindparam("b_seq"), M.c.lease_owner == bindparam("b_owner"),
@@ -208,7 +235,7 @@ _FINISH_MESSAGE = update(M).where(
 ).values(status=bindparam("status"), error_code=bindparam("error_code"), reason=bindparam("reason"),
          answer=bindparam("answer", type_=M.c.answer.type), finished_at=bindparam("finished_at"),
          next_attempt_at=bindparam("next_attempt_at"), callback_state=bindparam("callback_state"),
-         lease_owner=None, lease_until=None)
+         callback_attempts=0, callback_next_at=None, lease_owner=None, lease_until=None)
 _FINISH_ATTEMPT = update(delivery_attempts).where(
     delivery_attempts.c.message_id == bindparam("b_message"), delivery_attempts.c.attempt == bindparam("b_attempt"),
 ).values(finished_at=bindparam("finished_at"), outcome=bindparam("outcome"), error_code=bindparam("error_code"),

@@ -24,6 +24,7 @@ import os
 import secrets
 import socket
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import orjson
@@ -37,16 +38,20 @@ from lgsp.adapter import (
     UpstreamFault,
     UpstreamMalformed,
 )
-from lgsp.delivery import callbacks
+from lgsp.config_notify import Listener
+from lgsp.delivery import callbacks, wakeup
 from lgsp.delivery.policy import Policy
 from lgsp.delivery.store import Claim, Queue, now, open_payload
 
 log = logging.getLogger(__name__)
 
 PERMANENT = (UpstreamFault, NotAllowed, RecordNotFound, UpstreamMalformed)
+# Message operations whose stored payload only names data kept elsewhere (a stored edXML package):
+# at delivery time the hook turns it into the adapter's operation and params (lgsp.documents.routing).
+PREPARE: dict[str, Callable[[dict[str, Any]], Awaitable[tuple[str, dict[str, Any]]]]] = {}
 MAX_REASON = 1000
 PAUSE_AFTER = 5  # outages in a row before a destination is paused
-PAUSE_CAP = 30.0  # seconds: the longest pause between probes of a destination that is down
+PAUSE_CAP = 5.0  # seconds: the longest pause between probes of a destination that is down (its return seen soon)
 
 
 def worker_id() -> str:
@@ -65,6 +70,9 @@ class Worker:
         self._task: asyncio.Task | None = None
         self._stopping = False
         self._callbacks_due = False
+        self._callbacks_at = float("inf")  # monotonic time the next callback retry is due
+        self._callback_task: asyncio.Task[None] | None = None
+        self._listener: Listener | None = None
         # Per destination: transient failures in a row, and (after PAUSE_AFTER of them) until when no
         # more of its messages are claimed: during an outage the queue is not hammered message by
         # message (on SQLite that starved acceptances of the single writer).
@@ -78,13 +86,24 @@ class Worker:
 
     def start(self) -> None:
         self._task = asyncio.create_task(self.run(), name="delivery-worker")
+        if wakeup.supported(self.gw.engine):  # acceptances in any process wake this worker at their commit
+            loop = asyncio.get_running_loop()
+            def wake() -> None:
+                loop.call_soon_threadsafe(self._wake.set)
+
+            self._listener = wakeup.listener(self.gw.engine, wake)
+            self._listener.start()
 
     async def stop(self, grace: float = 5.0) -> None:
         self._stopping = True
         self._wake.set()
+        if self._listener is not None:
+            self._listener.stop()
         if self._task:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await asyncio.wait_for(self._task, grace)
+        if self._callback_task is not None:
+            self._callback_task.cancel()  # an unrecorded try is made again after its hold
         for task in list(self._inflight):
             task.cancel()  # its claim's lease runs out and another worker takes it again
         await asyncio.gather(*self._inflight, return_exceptions=True)
@@ -93,14 +112,21 @@ class Worker:
         next_stats = 0.0
         batch = max(1, self.policy.concurrency // 4)  # claim a few at a time: one transaction, several messages
         idle = True
+        claim_at = 0.0  # monotonic: no claim before (after one that found the queue short)
         while not self._stopping:
             free = self.policy.concurrency - len(self._inflight)
             claims: list[Claim] = []
             if free >= batch or (free > 0 and (idle or not self._inflight)):
+                if (gap := claim_at - time.monotonic()) > 0:
+                    # Wake-ups (each acceptance, each finished delivery) within the gather window are
+                    # one claim at its end: a batch per look at the queue, not a look per message.
+                    await asyncio.sleep(gap)
+                    continue
                 try:
                     claims = await asyncio.to_thread(self.queue.claim, free, self.policy.lease, self._excluded())
                 except Exception:
                     log.warning("delivery: the queue could not be read; trying again", exc_info=True)
+                claim_at = time.monotonic() + (0.0 if len(claims) == free else self.policy.gather)
             for claim in claims:
                 task = asyncio.create_task(self.deliver(claim))
                 self._inflight.add(task)
@@ -109,9 +135,10 @@ class Worker:
                 next_stats = time.monotonic() + 5
                 await self._publish_stats()
                 self._callbacks_due = True  # also those left by a worker that stopped
-            if self._callbacks_due:
+            if (self._callbacks_due or time.monotonic() >= self._callbacks_at) and (
+                    self._callback_task is None or self._callback_task.done()):
                 self._callbacks_due = False
-                await callbacks.send_pending(self.gw)
+                self._callback_task = asyncio.create_task(self._send_callbacks())
             if claims and len(claims) == free:
                 idle = True
                 continue  # more may be due: take them before sleeping
@@ -122,6 +149,16 @@ class Worker:
             except TimeoutError:
                 idle = True
         await self._publish_stats()
+
+    async def _send_callbacks(self) -> None:
+        """Due callbacks, off the claim loop (a slow receiver does not hold deliveries up)."""
+        await callbacks.send_pending(self.gw)
+        try:
+            wait = await asyncio.to_thread(callbacks.next_due, self.gw.engine)
+        except Exception:
+            wait = None
+        self._callbacks_at = float("inf") if wait is None else time.monotonic() + max(wait, self.policy.poll)
+        self._wake.set()  # the loop's wait is cut short to look at the new time
 
     def _excluded(self) -> list[str]:
         at = time.monotonic()
@@ -196,7 +233,11 @@ class Worker:
         context = CallContext(request_id=claim.id, client_id=claim.client_id,
                               agency_code=claim.agency_code, officer=claim.officer, purpose=claim.purpose,
                               idempotency_key=claim.id)
-        return await adapter.call(claim.operation, open_payload(claim.payload), context)
+        operation, params = claim.operation, open_payload(claim.payload)
+        prepare = PREPARE.get(operation)
+        if prepare is not None:
+            operation, params = await prepare(params)
+        return await adapter.call(operation, params, context)
 
     def _outcome(self, claim: Claim, error: UpstreamError | None) -> tuple[str, dt.datetime | None, str | None]:
         if error is None:
@@ -248,6 +289,19 @@ def start_in_process(gw: Any) -> Worker | None:
     return worker
 
 
+def _lower_priority() -> None:
+    """LGSP_DELIVERY_NICE (0 by default): a worker-plane process runs at that much lower CPU priority,
+    so that on a machine shared with the gateway the 202s (a sender waits for them) come first and
+    deliveries (nobody waits for them) take the CPU left; a backlog left by a burst drains after it."""
+    try:
+        nice = int(os.environ.get("LGSP_DELIVERY_NICE", "0") or 0)
+    except ValueError:
+        nice = 0
+    if nice > 0:
+        os.nice(min(nice, 19))
+        log.info("delivery worker: CPU priority lowered by %d", min(nice, 19))
+
+
 async def serve_worker_plane(metrics_port: int | None = None) -> None:
     """`lgsp serve --plane worker`: only delivery, until SIGTERM/SIGINT (a kill -9 loses nothing:
     its claims' leases run out and other workers take them)."""
@@ -260,16 +314,22 @@ async def serve_worker_plane(metrics_port: int | None = None) -> None:
 
     gw = Gateway()
     logs.setup(gw.settings.log_level)
+    _lower_priority()
     await gw.start()
     if metrics_port:
         start_http_server(metrics_port, addr="127.0.0.1")
     worker = gw.delivery_worker = Worker(gw)
     worker.start()
     log.info("delivery worker started", extra={"fields": {"worker": worker.queue.worker}})
+    from lgsp.documents.poller import start_in_process as start_document_poller
+
+    poller = start_document_poller(gw, worker_plane=True)  # documents from the national axis (lgsp.documents)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
+    if poller is not None:
+        await poller.stop()
     await worker.stop()
     await gw.stop()

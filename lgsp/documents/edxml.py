@@ -17,11 +17,14 @@ from __future__ import annotations
 import binascii
 import hashlib
 import io
+import os
+import tempfile
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from functools import cache
 from importlib.resources import files
-from typing import Any
+from typing import Any, overload
 from xml.parsers import expat
 from xml.sax.saxutils import escape
 from zoneinfo import ZoneInfo
@@ -59,6 +62,45 @@ _FIELDS = {  # positional paths whose text the scan keeps
     (*_TRACES, "TraceHeader", "Timestamp"): "trace_time",
 }
 _ITEM_FIELDS = ("ContentId", "ContentType", "AttachmentName", "Description")
+
+
+class Spool:
+    """A package spooled to an unnamed temporary file as it arrives: read back by offset (``spool[a:b]``, one
+    ``pread``), never held whole in memory, so a worker's memory does not grow with the package."""
+
+    def __init__(self, directory: str | None = None):
+        self._file = tempfile.TemporaryFile(dir=directory)  # unlinked at once: nothing left if the worker dies
+        self.fd = self._file.fileno()
+        self.size = 0
+
+    def write(self, chunk: bytes) -> None:
+        view = memoryview(chunk)
+        while view:
+            written = os.pwrite(self.fd, view, self.size)
+            self.size += written
+            view = view[written:]
+
+    def __len__(self) -> int:
+        return self.size
+
+    def __getitem__(self, key: slice) -> bytes:
+        if self._file.closed:  # never a pread on a descriptor number the process may have given to another file
+            raise ValueError("the spooled package is closed")
+        start, stop, _ = key.indices(self.size)
+        return os.pread(self.fd, stop - start, start) if stop > start else b""
+
+    def close(self) -> None:
+        self._file.close()
+
+
+Source = bytes | bytearray | memoryview | Spool  # a package's bytes, in memory or spooled
+
+
+def chunks_of(data: Source, start: int, end: int, size: int = CHUNK) -> Iterator[bytes | memoryview]:
+    """``data[start:end]`` a chunk at a time: views of bytes in memory, reads of a spool."""
+    view = data if isinstance(data, Spool) else memoryview(data)
+    for at in range(start, end, size):
+        yield view[at:min(at + size, end)]
 
 
 def refuse(code: str, detail: str) -> ExchangeError:
@@ -269,7 +311,7 @@ class _Scanner:
         item.size += len(raw)
 
 
-def scan(data: bytes, *, max_bytes: int | None = None) -> Package:
+def scan(data: Source, *, max_bytes: int | None = None) -> Package:
     """One streaming pass over the package; refuses what is unacceptable before any tree is built."""
     if max_bytes is not None and len(data) > max_bytes:
         raise refuse("document.too_large", f"the package is {len(data):,} bytes; the limit is {max_bytes:,}.")
@@ -277,10 +319,8 @@ def scan(data: bytes, *, max_bytes: int | None = None) -> Package:
         raise refuse("document.malformed", "edXML packages are UTF-8, not UTF-16.")
     s = _Scanner()
     whole = hashlib.sha256()
-    view = memoryview(data)
     try:
-        for at in range(0, len(data), CHUNK):
-            piece = view[at:at + CHUNK]
+        for piece in chunks_of(data, 0, len(data)):
             whole.update(piece)
             s.parser.Parse(bytes(piece), False)
         s.parser.Parse(b"", True)
@@ -293,7 +333,7 @@ def scan(data: bytes, *, max_bytes: int | None = None) -> Package:
     return _package(s, len(data), whole.hexdigest(), data)
 
 
-def _package(s: _Scanner, size: int, sha256: str, data: bytes) -> Package:
+def _package(s: _Scanner, size: int, sha256: str, data: Source) -> Package:
     def one(key: str) -> str | None:
         return (s.values.get(key) or [None])[0]
 
@@ -313,7 +353,7 @@ def _package(s: _Scanner, size: int, sha256: str, data: bytes) -> Package:
     return package
 
 
-def _place_trace(package: Package, s: _Scanner, data: bytes) -> None:
+def _place_trace(package: Package, s: _Scanner, data: Source) -> None:
     """Where this hop's TraceHeader goes: before Bussiness, else before </TraceHeaderList>, else a new list
     right after the MessageHeader (or Status)."""
     if s.trace_list is not None:
@@ -323,7 +363,7 @@ def _place_trace(package: Package, s: _Scanner, data: bytes) -> None:
             package.trace_at = package.trace_end = s.seen_bussiness_at
         elif data[end:end + 2] != b"</":  # an empty-element tag <TraceHeaderList/>: expat ends it past "/>"
             package.trace_at, package.trace_end = start, end
-            package.trace_list_tag = data[start:end - 2].decode("utf-8").rstrip() + ">"
+            package.trace_list_tag = bytes(data[start:end - 2]).decode("utf-8").rstrip() + ">"
         else:
             package.trace_at = package.trace_end = end
     elif s.message_end is not None:
@@ -332,35 +372,50 @@ def _place_trace(package: Package, s: _Scanner, data: bytes) -> None:
         package.trace_at = package.trace_end = _tag_end(data, s.message_end)
 
 
-def _text_span(data: bytes, tag_at: int, end_at: int) -> tuple[int, int]:
+def _text_span(data: Source, tag_at: int, end_at: int) -> tuple[int, int]:
     """Where the base64 text of one ContentTransferEncoded lies; it must be plain text (no character
     references, no CDATA), so that the file can be decoded again from these bytes alone."""
     if data[end_at:end_at + 2] != b"</":  # an empty-element tag
         return end_at, end_at
     start = _tag_end(data, tag_at)
-    if data.find(b"&", start, end_at) >= 0 or data.find(b"<", start, end_at) >= 0:
+    if any(b"&" in bytes(piece) or b"<" in bytes(piece) for piece in chunks_of(data, start, end_at)):
         raise refuse("document.malformed", "an attachment's ContentTransferEncoded must be plain base64 text "
                                            "(no character references, no CDATA).")
     return start, end_at
 
 
-def attachment_bytes(data: bytes, attachment: Attachment) -> bytes:
+def attachment_bytes(data: Source, attachment: Attachment) -> bytes:
     """One attachment's file, decoded from the package bytes (one file in memory at a time)."""
     start, end = attachment.span
     return binascii.a2b_base64(bytes(data[start:end]).translate(None, b" \t\r\n"), strict_mode=True)
 
 
-def _tag_end(data: bytes, at: int) -> int:
+def attachment_chunks(data: Source, attachment: Attachment) -> Iterator[bytes]:
+    """One attachment's file, decoded a chunk at a time from the package's bytes: memory does not grow with
+    the file (the span is plain base64 text, checked by the scan)."""
+    start, end = attachment.span
+    carry = b""
+    for piece in chunks_of(data, start, end):
+        text = carry + bytes(piece).translate(None, b" \t\r\n")
+        cut = len(text) - len(text) % 4
+        carry = text[cut:]
+        if cut:
+            yield binascii.a2b_base64(text[:cut], strict_mode=True)
+    if carry:
+        yield binascii.a2b_base64(carry, strict_mode=True)
+
+
+def _tag_end(data: Source, at: int) -> int:
     """Offset just past the tag starting at ``at`` (quotes respected: attribute values may hold '>')."""
     quote = 0
-    for i in range(at, min(len(data), at + 65536)):
-        c = data[i]
+    window = bytes(data[at:at + 65536])  # one read, not one per byte of a spooled package
+    for i, c in enumerate(window):
         if quote:
             quote = 0 if c == quote else quote
         elif c in (0x22, 0x27):
             quote = c
         elif c == 0x3E:
-            return i + 1
+            return at + i + 1
     raise refuse("document.malformed", "a tag of the package does not end.")
 
 
@@ -418,12 +473,44 @@ def schema() -> etree.XMLSchema:
 _ENCODED = f"{{{EDXML_NS}}}ContentTransferEncoded"
 
 
-def parse(data: bytes) -> etree._Element:
-    """The package as a tree, validated against the edXML schema while it is read; the attachments'
-    base64 text is dropped as each one ends, so the tree stays small whatever the files weigh (the
-    signature reads each file again from the bytes, see :func:`attachment_bytes`). Call :func:`scan`
-    first: it refuses DTDs, entities and depth before this parser sees the bytes."""
-    events = etree.iterparse(io.BytesIO(data), events=("end",), schema=schema(), resolve_entities=False,
+class _Without(io.RawIOBase):
+    """The package's bytes as a stream, less the attachments' base64 text (spans the scan checked to be plain
+    text): the parser never holds a file, and ``ContentTransferEncoded`` reads as empty base64."""
+
+    def __init__(self, data: Source, skip: list[tuple[int, int]]):
+        self.data, self.at = data, 0
+        self.keep = []  # (start, end) ranges of the package to give the parser
+        for start, end in sorted(skip):
+            self.keep.append((self.at, start))
+            self.at = end
+        self.keep.append((self.at, len(data)))
+        self.keep.reverse()
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        while self.keep and self.keep[-1][0] >= self.keep[-1][1]:
+            self.keep.pop()
+        if not self.keep:
+            return 0
+        start, end = self.keep[-1]
+        piece = self.data[start:min(end, start + len(buffer), start + CHUNK)]
+        buffer[:len(piece)] = piece
+        self.keep[-1] = (start + len(piece), end)
+        return len(piece)
+
+
+def parse(data: Source, package: Package | None = None) -> etree._Element:
+    """The package as a tree, validated against the edXML schema while it is read. With the ``package`` its
+    scan described, the attachments' base64 text is left out of what the parser reads (the files are
+    digested from the bytes, see :func:`attachment_chunks`); without, it is dropped as each one ends. Either
+    way the tree stays small whatever the files weigh. Call :func:`scan` first: it refuses DTDs, entities
+    and depth before this parser sees the bytes."""
+    skip = [a.span for a in package.attachments if a.span[1] > a.span[0]] if package is not None else []
+    stream = io.BufferedReader(_Without(data, skip), CHUNK) if skip or isinstance(data, Spool) \
+        else io.BytesIO(data)
+    events = etree.iterparse(stream, events=("end",), schema=schema(), resolve_entities=False,
                              no_network=True, load_dtd=False, dtd_validation=False, huge_tree=False,
                              collect_ids=False)
     root = None
@@ -447,10 +534,11 @@ def parse(data: bytes) -> etree._Element:
     return root
 
 
-def read(data: bytes, *, max_bytes: int | None = None) -> tuple[Package, etree._Element]:
-    """Scan, check the manifest, and parse and validate: the package's description and its tree."""
+def read(data: Source, *, max_bytes: int | None = None) -> tuple[Package, etree._Element]:
+    """Scan, check the manifest, and parse and validate: the package's description and its tree (without
+    the attachments' base64 text)."""
     package = scan(data, max_bytes=max_bytes)
-    root = parse(data)
+    root = parse(data, package)
     check_manifest(package)
     return package, root
 
@@ -462,8 +550,74 @@ def trace_timestamp(when: datetime | None = None) -> str:
     return (when or datetime.now(VIETNAM)).astimezone(VIETNAM).isoformat(timespec="seconds")
 
 
-def append_trace(data: bytes, package: Package, organ_id: str, when: datetime | None = None) -> bytes:
+def append_trace(data: Source, package: Package, organ_id: str, when: datetime | None = None) -> bytes:
     """The package with a TraceHeader for this hop appended to TraceHeaderList; every other byte unchanged."""
+    return b"".join(trace_pieces(data, package, organ_id, when))
+
+
+class Stamped(Sequence[bytes]):
+    """A spooled package with what this hop adds (its TraceHeader, the LGSP's counter-signature), as the spool's
+    bytes around the new elements: a sequence of the stamped package's CHUNK-byte pieces, each read when asked
+    for, and :meth:`read` any range of it — never all of it at once."""
+
+    def __init__(self, spool: Spool, at: int, header: bytes, end: int, more: tuple[tuple[int, bytes], ...] = ()):
+        self.spool, self.at, self.header, self.end, self.more = spool, at, header, end, more
+        # (offset in the spool, bytes to put there), then the spool's bytes from the second offset on
+        edits = sorted([(at, header, end), *((offset, content, offset) for offset, content in more)])
+        self.parts: list[tuple[int, int] | bytes] = []
+        position = 0
+        for offset, content, resume in edits:
+            if offset > position:
+                self.parts.append((position, offset))
+            self.parts.append(content)
+            position = resume
+        if position < len(spool):
+            self.parts.append((position, len(spool)))
+        self.size = sum(len(p) if isinstance(p, bytes) else p[1] - p[0] for p in self.parts)
+
+    def inserted(self, offset: int, content: bytes) -> Stamped:
+        """The same stamped package with ``content`` put before the spool's byte at ``offset``."""
+        return Stamped(self.spool, self.at, self.header, self.end, (*self.more, (offset, content)))
+
+    def read(self, offset: int, n: int) -> bytes:
+        out, stop, here = [], min(offset + n, self.size), 0
+        for part in self.parts:
+            length = len(part) if isinstance(part, bytes) else part[1] - part[0]
+            lo, hi = max(offset, here), min(stop, here + length)
+            if lo < hi:
+                if isinstance(part, bytes):
+                    out.append(part[lo - here:hi - here])
+                else:
+                    out.append(self.spool[part[0] + lo - here:part[0] + hi - here])
+            here += length
+            if here >= stop:
+                break
+        return b"".join(out)
+
+    def __len__(self) -> int:
+        return -(-self.size // CHUNK)
+
+    @overload
+    def __getitem__(self, index: int) -> bytes: ...
+    @overload
+    def __getitem__(self, index: slice) -> Sequence[bytes]: ...
+
+    def __getitem__(self, index: int | slice) -> bytes | Sequence[bytes]:
+        if isinstance(index, slice):
+            return [self[i] for i in range(*index.indices(len(self)))]
+        if not -len(self) <= index < len(self):
+            raise IndexError(index)
+        return self.read((index % len(self)) * CHUNK, CHUNK)
+
+    def __iter__(self) -> Iterator[bytes]:
+        for offset in range(0, self.size, CHUNK):
+            yield self.read(offset, CHUNK)
+
+
+def trace_pieces(data: Source, package: Package, organ_id: str, when: datetime | None = None
+                 ) -> tuple[memoryview, bytes, memoryview] | Stamped:
+    """:func:`append_trace` as pieces — views into ``data`` around the new element, or a :class:`Stamped`
+    spool — so that a caller can store or hash the stamped package without making a copy of it."""
     p = f"{package.trace_prefix}:" if package.trace_prefix else ""
     header = (f"<{p}TraceHeader><{p}OrganId>{escape(organ_id)}</{p}OrganId>"
               f"<{p}Timestamp>{escape(trace_timestamp(when))}</{p}Timestamp></{p}TraceHeader>")
@@ -471,9 +625,12 @@ def append_trace(data: bytes, package: Package, organ_id: str, when: datetime | 
         header = f"<{p}TraceHeaderList>{header}</{p}TraceHeaderList>"
     elif package.trace_end > package.trace_at:
         header = f"{package.trace_list_tag}{header}</{p}TraceHeaderList>"
-    return b"".join((data[:package.trace_at], header.encode("utf-8"), data[package.trace_end:]))
+    if isinstance(data, Spool):
+        return Stamped(data, package.trace_at, header.encode("utf-8"), package.trace_end)
+    view = memoryview(data)
+    return view[:package.trace_at], header.encode("utf-8"), view[package.trace_end:]
 
 
-def decoded_attachments(data: bytes, package: Package) -> dict[str, bytes]:
+def decoded_attachments(data: Source, package: Package) -> dict[str, bytes]:
     """Every attachment's file by content id (for tests and small packages; the LGSP itself only hashes)."""
     return {content_key(a.content_id): attachment_bytes(data, a) for a in package.attachments}

@@ -11,13 +11,16 @@ What is checked, in this order (each refusal has its own code):
    attachment's hash from the bytes it digested, and must equal what :func:`lgsp.documents.edxml.scan`
    read at the standard's positions; the signature must cover exactly the header (MessageHeader or
    Status) by ``#Id``, the body by ``#Id`` and each attachment's file by ``cid:N`` — the file's decoded
-   bytes, read again from the package one at a time through signxml's ``uri_resolver``, so that memory
-   does not grow with the package (docs/documents.md, "Signature and trace header").
+   bytes, digested from the package's bytes a chunk at a time (signxml's ``uri_resolver`` names the file,
+   :func:`_verifier` streams its digest), so that memory does not grow with the package or a file
+   (docs/documents.md, "Signature and trace header").
 """
 from __future__ import annotations
 
 import base64
+import binascii
 import hashlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -26,7 +29,17 @@ from typing import Any
 from cryptography import x509
 from lxml import etree
 
-from lgsp.documents.edxml import DS_NS, EDXML_NS, Package, attachment_bytes, content_key, parser, refuse
+from lgsp.documents.edxml import (
+    DS_NS,
+    EDXML_NS,
+    Attachment,
+    Package,
+    Source,
+    attachment_chunks,
+    content_key,
+    parser,
+    refuse,
+)
 
 _E = f"{{{EDXML_NS}}}"
 _SIGNATURE_AT = f"./{_E}edXMLEnvelope/{_E}edXMLHeader/"
@@ -105,21 +118,64 @@ def _expected_parts(root: etree._Element) -> dict[str, str]:
     return {role: el.get("Id") or "" for role, el in parts.items() if el is not None}
 
 
-def _resolver(data: bytes, package: Package):
+class _File(bytes):
+    """What signxml's ``uri_resolver`` hands back for a ``cid:`` reference: not the file, an empty stand-in
+    naming it, so that signxml (which keeps every reference's bytes in its results) never holds a file.
+    :class:`_Verifier` digests the file from the package's bytes, a chunk at a time, when signxml asks
+    for the reference's digest."""
+
+    data: Source
+    attachment: Attachment
+    sha256: str | None
+
+    def __new__(cls, data: Source, attachment: Attachment) -> _File:
+        made = super().__new__(cls, b"")
+        made.data, made.attachment, made.sha256 = data, attachment, None
+        return made
+
+
+def _resolver(data: Source, package: Package) -> Callable[[str], bytes | None]:
     """signxml's hook for references that are not ``#Id``: ``cid:N`` is attachment N's file."""
     files = {content_key(a.content_id): a for a in package.attachments}
 
     def resolve(uri: str) -> bytes | None:
         attachment = files.get(content_key(uri)) if uri.lower().startswith("cid:") else None
-        return attachment_bytes(data, attachment) if attachment is not None else None
+        return _File(data, attachment) if attachment is not None else None
     return resolve
 
 
-def verify(data: bytes, root: etree._Element, package: Package, trust: TrustStore | None, *,
+def _verifier() -> Any:
+    """signxml's verifier, the digest of a ``cid:`` reference streamed: its file decoded and hashed a chunk at a
+    time (with the reference's own algorithm; SHA-256 beside it for the wrapping defence). Everything else —
+    SignedInfo, the chain, the XML references' c14n and digests — is signxml's own. Should signxml stop
+    asking ``_get_digest`` for a reference's digest, the stand-in's empty bytes are digested instead and every
+    signed package is refused: the hook fails closed."""
+    from cryptography.hazmat.primitives.hashes import Hash
+    from signxml import XMLVerifier
+    from signxml.algorithms import digest_algorithm_implementations
+
+    class Verifier(XMLVerifier):
+        def _get_digest(self, data: Any, algorithm: Any) -> bytes:
+            if not isinstance(data, _File):
+                return bytes(super()._get_digest(data, algorithm))
+            hasher, sha256 = Hash(digest_algorithm_implementations[algorithm]()), hashlib.sha256()
+            try:
+                for piece in attachment_chunks(data.data, data.attachment):
+                    hasher.update(piece)
+                    sha256.update(piece)
+            except binascii.Error:
+                raise refuse("document.signature_invalid", "an attachment is not valid base64.") from None
+            data.sha256 = sha256.hexdigest()
+            return hasher.finalize()
+
+    return Verifier()
+
+
+def verify(data: Source, root: etree._Element, package: Package, trust: TrustStore | None, *,
            now: datetime | None = None) -> Signer:
     """Verify the package's signature (``root`` and ``package`` from :func:`lgsp.documents.edxml.read` of
     ``data``); returns the signer, or raises ExchangeError with a document.* code."""
-    from signxml import SignatureConfiguration, XMLVerifier
+    from signxml import SignatureConfiguration
     from signxml.exceptions import InvalidCertificate, InvalidInput, InvalidSignature
 
     now = now or datetime.now(UTC)
@@ -131,14 +187,19 @@ def verify(data: bytes, root: etree._Element, package: Package, trust: TrustStor
                                                        "has not set LGSP_DOCUMENT_TRUSTED_CAS.")
     expected = _expected_parts(root)
     count = len(expected) + len(package.attachments)
+    listed = len(signature.findall(f"{{{DS_NS}}}SignedInfo/{{{DS_NS}}}Reference"))
+    if listed != count:  # before signxml digests anything: a file referenced 1,000 times is not decoded 1,000 times
+        raise refuse("document.signature_invalid", f"the signature has {listed} references; it must cover the "
+                                                   f"header, the body and each of the {len(package.attachments)} "
+                                                   f"attachments, once each.")
     config = SignatureConfiguration(location=_SIGNATURE_AT, expect_references=count, verification_time=now)
     try:
-        results = XMLVerifier().verify(root, ca_pem_file=str(trust.path), expect_config=config, parser=parser(),
+        results = _verifier().verify(root, ca_pem_file=str(trust.path), expect_config=config, parser=parser(),
                                        uri_resolver=_resolver(data, package))
     except InvalidCertificate as exc:
         raise refuse("document.certificate_untrusted", f"the signer's certificate does not chain to a trusted "
                                                        f"CA ({str(exc)[:200]}).") from None
-    except (InvalidSignature, InvalidInput, etree.LxmlError, ValueError) as exc:
+    except (InvalidSignature, InvalidInput, etree.LxmlError, ValueError, TypeError) as exc:
         raise refuse("document.signature_invalid", f"the XML signature does not verify ({str(exc)[:200]}).") from None
     results = results if isinstance(results, list) else [results]
     signed, files = _signed_parts(results, expected)
@@ -174,7 +235,8 @@ def _signed_parts(results: list, expected: dict[str, str]) -> tuple[dict[str, et
             key = content_key(uri)
             if key in files:
                 _covers_other()
-            files[key] = hashlib.sha256(result.signed_data).hexdigest()
+            data = result.signed_data
+            files[key] = data.sha256 if isinstance(data, _File) and data.sha256 else hashlib.sha256(data).hexdigest()
             continue
         el = result.signed_xml
         name = etree.QName(el).localname if el is not None and etree.QName(el).namespace == EDXML_NS else ""

@@ -15,8 +15,6 @@ from __future__ import annotations
 import re
 from functools import cache
 
-import yaml
-
 from lgsp import specs
 from lgsp.errors import ExchangeError
 
@@ -82,6 +80,7 @@ class RequestGuard:
     def __init__(self, app, limit: int | None = None):
         self.app = app
         self.limit = limit
+        _routes()  # at start-up, not in the first request of each worker
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
@@ -133,8 +132,8 @@ def _routes() -> tuple[tuple[re.Pattern, frozenset[str], bool], ...]:
     paths = [*(api.path for api in specs.shared_apis()), *specs.control_apis()]
     routes = []
     for path in paths:
-        doc = yaml.safe_load(path.read_text(encoding="utf-8"))
-        base = "/" + doc["servers"][0]["url"].split("}}", 1)[-1].strip("/")
+        doc = specs.document(path)
+        base = specs.base_path(doc)
         for template, item in doc["paths"].items():
             methods = frozenset(m.upper() for m in item if m in ("get", "put", "post", "delete", "patch"))
             pattern = re.escape(base.rstrip("/") + template)

@@ -9,7 +9,7 @@ the pipeline. Requests the spec refuses still go through `pipeline.serve`
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import Any, Mapping
 
 import orjson
 from connexion import AsyncApp, ConnexionMiddleware
@@ -24,6 +24,7 @@ from starlette.responses import Response
 
 from lgsp import bulk, personal_id, specs
 from lgsp.delivery import accept as messages
+from lgsp.doors import routes
 from lgsp.doors.request_guard import allowed_methods
 from lgsp.doors.request_guard import unreadable as unreadable_body
 from lgsp.errors import ExchangeError, problem
@@ -60,7 +61,11 @@ def render(ex: Exchange) -> Rendered:
 
 
 def exchange_from(req: ConnexionRequest, service: str | None, params: dict[str, Any]) -> Exchange:
-    h = req.headers
+    return exchange_of(req.headers, req.scope, service, params)
+
+
+def exchange_of(h: Mapping[str, str], scope: dict[str, Any], service: str | None, params: dict[str, Any]) -> Exchange:
+    """The exchange of a request, from its header fields and ASGI scope (connexion's or the fast path's)."""
     return Exchange(
         door="rest",
         request_id=request_id_from(h.get("x-request-id")),
@@ -71,8 +76,8 @@ def exchange_from(req: ConnexionRequest, service: str | None, params: dict[str, 
         officer=h.get("x-on-behalf-of") or None,
         request_bytes=int(h.get("content-length") or 0),
         claimed_request_id=h.get("x-request-id"),
-        source=(req.scope.get("client") or (None,))[0],
-        certificate=thumbprint_of(req.scope),
+        source=(scope.get("client") or (None,))[0],
+        certificate=thumbprint_of(scope),
     )
 
 
@@ -198,6 +203,11 @@ def refusal_for(exc: Exception, subject: str | None = None, path: str | None = N
     if isinstance(exc, (ProblemException, HTTPException)) and status and 400 <= status < 500:
         return ExchangeError("request.invalid", str(getattr(exc, "detail", "") or "The request is not valid."))
     return ExchangeError("internal.error", "The LGSP could not complete the exchange; it has been logged.")
+
+
+def fast_path(gateway: Gateway) -> routes.FastPath | None:
+    """The shared APIs' plain reads without connexion (lgsp/doors/routes.py), unless LGSP_REST_FAST_PATH=0."""
+    return routes.FastPath(gateway, render, exchange_of) if routes.enabled() else None
 
 
 def add_shared_apis(app: AsyncApp, gateway: Gateway) -> RestDoor:

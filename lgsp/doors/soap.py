@@ -13,7 +13,6 @@ Parsing refuses DTDs, entities and external references, and bounds size and dept
 """
 from __future__ import annotations
 
-import copy
 import logging
 import re
 from dataclasses import dataclass
@@ -139,7 +138,7 @@ def read_request(contract: Contract, body: bytes, content_type: str) -> tuple[So
         pairs = values.pop("param", [])
         values = {p.get("name"): p.get("value", "") for p in (pairs if isinstance(pairs, list) else [pairs])}
     req.params = values
-    if not contract.schema.validate(etree.ElementTree(copy.deepcopy(element))):
+    if not contract.schema.validate(element):  # the body element in place: lxml validates a subtree as a root
         pid = values.get("personal_id")
         if isinstance(pid, str):
             try:  # the schema's pattern refused it: say why in the personal ID's own terms
@@ -176,6 +175,78 @@ def xml_text(text: str) -> str:
     return _NOT_XML.sub("\ufffd", text)
 
 
+# -- the answer as text: the shape is fixed (envelope, body, response element), so it is written, not built --------
+
+# Element names written as they are; any other name (rare) has the whole answer built by lxml, which checks it.
+_PLAIN_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]*")
+_PLAIN_NAMES: set[str] = set()  # names already matched (bounded: they are the answers' field names)
+
+
+def _escaped(text: str) -> str:
+    """What lxml escapes in element text, the same way (a carriage return as a reference, so it survives parsing)."""
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;").replace("\r", "&#13;")
+
+
+class _NotPlain(Exception):
+    """A name the text writer does not vouch for: the answer is built with lxml instead."""
+
+
+def _write(out: list[str], name: Any, value: Any) -> None:
+    """`_append` as text: the same elements, bytes for bytes, for plain element names."""
+    if value is None:
+        return
+    if isinstance(value, list):
+        for item in value:
+            _write(out, name, item)
+        return
+    if name not in _PLAIN_NAMES:
+        if not isinstance(name, str) or not _PLAIN_NAME.fullmatch(name):
+            raise _NotPlain(name)
+        if len(_PLAIN_NAMES) < 4096:
+            _PLAIN_NAMES.add(name)
+    if isinstance(value, dict):
+        mark = len(out)
+        out.append(f"<lgsp:{name}>")
+        for key, sub in value.items():
+            _write(out, key, sub)
+        if len(out) == mark + 1:  # no child written: an empty element
+            out[mark] = f"<lgsp:{name}/>"
+        else:
+            out.append(f"</lgsp:{name}>")
+        return
+    text = ("true" if value else "false") if isinstance(value, bool) else xml_text(str(value))
+    out.append(f"<lgsp:{name}>{_escaped(text)}</lgsp:{name}>")
+
+
+def _answer_text(version: str, operation: str, answer: dict[str, Any]) -> bytes | None:
+    """The success envelope as lxml would serialise it, or None if a name needs lxml's check."""
+    out = [_HEAD[version], f"<lgsp:{operation}Response>"]
+    try:
+        for key, value in answer.items():
+            _write(out, key, value)
+    except _NotPlain:
+        return None
+    if len(out) == 2:
+        out[1] = f"<lgsp:{operation}Response/>"
+    else:
+        out.append(f"</lgsp:{operation}Response>")
+    out.append("</soap:Body></soap:Envelope>")
+    return "".join(out).encode("utf-8")
+
+
+_HEAD = {version: "<?xml version='1.0' encoding='utf-8'?>\n<soap:Envelope xmlns:soap=\"" + ns
+         + f'" xmlns:lgsp="{NS}"><soap:Body>' for version, ns in (("1.1", soap.SOAP11_NS), ("1.2", soap.SOAP12_NS))}
+
+
+def _answer_tree(version: str, operation: str, answer: dict[str, Any]) -> bytes:
+    env, body_el = _envelope(version)
+    response = etree.SubElement(body_el, f"{{{NS}}}{operation}Response")
+    for key, value in answer.items():
+        _append(response, key, value)
+    built: bytes = etree.tostring(env, xml_declaration=True, encoding="utf-8")
+    return built
+
+
 def _envelope(version: str) -> tuple[etree._Element, etree._Element]:
     ns = soap.SOAP12_NS if version == "1.2" else soap.SOAP11_NS
     env = etree.Element(f"{{{ns}}}Envelope", nsmap={"soap": ns, "lgsp": NS})
@@ -209,24 +280,27 @@ def _fault(version: str, error: ExchangeError, request_id: str) -> tuple[int, by
     return status, etree.tostring(env, xml_declaration=True, encoding="utf-8")
 
 
+def fault_answer(version: str, error: ExchangeError, request_id: str, headers: dict[str, str]) -> Rendered:
+    """An exchange's error as a SOAP Fault, for both SOAP doors (shared services and documents)."""
+    status, body = _fault(version, error, request_id)
+    headers = {**headers, **error.headers}
+    if error.status == 429:  # throttled: say so in HTTP terms too, so clients back off
+        status = 429
+        headers.setdefault("Retry-After", "1")
+    return status, headers, body
+
+
 def renderer(req: SoapRequest):
     content_type = ("application/soap+xml" if req.version == "1.2" else "text/xml") + "; charset=utf-8"
 
     def render(ex: Exchange) -> Rendered:
         headers = {"Content-Type": content_type, "X-Request-ID": ex.request_id, "Cache-Control": "no-store"}
         if ex.error is not None:
-            status, body = _fault(req.version, ex.error, ex.request_id)
-            headers = {**headers, **ex.error.headers}
-            if ex.error.status == 429:  # throttled: say so in HTTP terms too, so clients back off
-                status = 429
-                headers.setdefault("Retry-After", "1")
-            return status, headers, body
-        env, body_el = _envelope(req.version)
-        response = etree.SubElement(body_el, f"{{{NS}}}{req.operation.name}Response")
+            return fault_answer(req.version, ex.error, ex.request_id, headers)
         answer = {req.operation.answer: ex.answer} if req.operation.answer else ex.answer
-        for key, value in answer.items():
-            _append(response, key, value)
-        return 200, headers, etree.tostring(env, xml_declaration=True, encoding="utf-8")
+        name = req.operation.name
+        text = _answer_text(req.version, name, answer)
+        return 200, headers, text if text is not None else _answer_tree(req.version, name, answer)
 
     return render
 

@@ -93,6 +93,7 @@ class Exchange:
     message_options: dict[str, str] = field(default_factory=dict)  # Idempotency-Key, callback URL
     ok_status: int = 200              # the HTTP status of success (202 for an accepted message)
     on_store_conflict: Callable[[Exchange], Awaitable[None]] | None = None
+    detail: dict[str, Any] | None = None  # the audit record's detail (e.g. a document's ids, sizes and hashes)
 
     def __post_init__(self) -> None:
         # Known from the start, so that even a refused exchange records whom it was about.

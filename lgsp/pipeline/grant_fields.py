@@ -16,8 +16,6 @@ from dataclasses import dataclass, field
 from functools import cache
 from typing import Any, Iterable, Mapping
 
-import yaml
-
 from lgsp import specs
 
 
@@ -71,7 +69,7 @@ def _spec_shapes() -> dict[str, Shape | None]:
     """Service → shape of its 200 JSON answer in the shared API documents (None: free-form)."""
     out: dict[str, Shape | None] = {}
     for api in specs.shared_apis():
-        doc = yaml.safe_load(api.path.read_text(encoding="utf-8"))
+        doc = specs.document(api.path)
         for item in doc["paths"].values():
             for op in item.values():
                 if not isinstance(op, dict) or op.get("operationId") not in api.services:

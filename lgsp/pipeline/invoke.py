@@ -35,7 +35,7 @@ async def invoke(ex: Exchange, ctx: StageContext) -> None:
         outcome = exc.code
         raise
     finally:
-        metrics.upstream_seconds.labels(service.connection, service.operation, outcome).observe(
+        metrics.child(metrics.upstream_seconds, service.connection, service.operation, outcome).observe(
             time.perf_counter() - started
         )
     ex.upstream, ex.trace_id = result.upstream, result.trace_id

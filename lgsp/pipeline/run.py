@@ -87,9 +87,22 @@ async def refuse(ex: Exchange, gw: Gateway, error: ExchangeError) -> None:
     try:
         for stage in IDENTIFY:
             await stage(ex, ctx)
-    except ExchangeError as auth_error:
-        error = auth_error
+        await count_against_rate(ex, ctx)
+    except ExchangeError as earlier_error:
+        error = earlier_error
     ex.error = error
+
+
+async def count_against_rate(ex: Exchange, ctx: StageContext) -> None:
+    """A refused request of a known service still counts against its client's rate, as `limit` comes
+    before `validate` in STAGES: otherwise malformed requests would be a way around every policy."""
+    if ex.client is None or not ex.service_name:
+        return
+    try:
+        await resolve(ex, ctx)
+    except ExchangeError:  # no such service (or not offered): nothing to count against; the refusal stands
+        return
+    await limit(ex, ctx)
 
 
 async def serve(ex: Exchange, gw: Gateway, render: Renderer, *, refusal: ExchangeError | None = None,
@@ -240,7 +253,7 @@ def _audit_record(ex: Exchange, body: bytes, body_logging: bool) -> AuditRecord:
         "request_bytes": ex.request_bytes,
         "response_bytes": len(body),
         "response_sha256": hashlib.sha256(body).hexdigest(),
-        "detail": None,
+        "detail": ex.detail,
     }
     if body_logging:
         _body_logging(ex, body, record)
@@ -268,13 +281,14 @@ def observe(ex: Exchange, services: Mapping[str, object] | None = None) -> None:
     client = ex.client.client_id if ex.client else "-"
     code = ex.error.code if ex.error else ""
     elapsed = time.perf_counter() - ex.started
-    metrics.exchanges.labels(service, client, ex.outcome, code).inc()
-    metrics.exchange_seconds.labels(service).observe(elapsed)
-    metrics.client_exchange_seconds.labels(client).observe(elapsed)
-    log.info(
-        "exchange",
-        extra={"fields": {
-            "request_id": ex.request_id, "door": ex.door, "client": client, "service": service,
-            "outcome": ex.outcome, "status": ex.status, "code": code, "latency_ms": round(elapsed * 1000, 2),
-        }},
-    )
+    metrics.child(metrics.exchanges, service, client, ex.outcome, code).inc()
+    metrics.child(metrics.exchange_seconds, service).observe(elapsed)
+    metrics.child(metrics.client_exchange_seconds, client).observe(elapsed)
+    if log.isEnabledFor(logging.INFO):  # the line's fields are not built when the level leaves it out
+        log.info(
+            "exchange",
+            extra={"fields": {
+                "request_id": ex.request_id, "door": ex.door, "client": client, "service": service,
+                "outcome": ex.outcome, "status": ex.status, "code": code, "latency_ms": round(elapsed * 1000, 2),
+            }},
+        )

@@ -297,8 +297,11 @@ delivery_messages = Table(
     Column("answer", JSON),                                  # the destination's answer once delivered
     Column("callback_url", String(512)),
     Column("callback_state", String(16)),                    # pending | sent | failed
+    Column("callback_attempts", Integer, nullable=False, default=0, server_default="0"),  # callback tries so far
+    Column("callback_next_at", DateTime(timezone=True)),     # a pending callback is not tried before this
     Index("ix_delivery_due", "status", "next_attempt_at"),
     Index("ix_delivery_key_seq", "msg_key", "seq"),
+    Index("ix_delivery_callback", "callback_state", "callback_next_at"),
 )
 
 # What makes a second acceptance the first one: an Idempotency-Key, or the key + version.

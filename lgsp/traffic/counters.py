@@ -252,7 +252,7 @@ return out
 
 
 class RedisStore:
-    """Counters in Redis: one atomic script per exchange, correct across nodes.
+    """Counters in Redis: one atomic script per exchange (one round trip), correct across nodes.
 
     After a failure the store is taken as down for `DOWN_SECONDS` without trying again, so an
     unreachable Redis costs each exchange nothing rather than a connect timeout; meanwhile each
@@ -262,15 +262,20 @@ class RedisStore:
     name = "redis"
     DOWN_SECONDS = 1.0
     PREFIX = "lgsp:{rl}:"   # one hash slot: the script's keys must share a slot on a Redis Cluster
+    CONNECTIONS = 16        # kept open per worker process; a script call holds one for a round trip
 
     def __init__(self, url: str, timeout: float = 1.0):
         # A Redis nearby answers in well under a millisecond; the timeout only bounds a stalled one
-        # (the URL may set its own, e.g. ?socket_timeout=0.2).
+        # (the URL may set its own, e.g. ?socket_timeout=0.2). More exchanges at once than connections
+        # wait for one (up to the timeout) rather than failing: redis-py's default pool refuses the
+        # 101st at once, which would count the store as down and serve fail-open calls uncounted.
         import redis.asyncio as aioredis
 
         self.url = url
-        self._client = aioredis.Redis.from_url(url, socket_timeout=timeout, socket_connect_timeout=timeout,
-                                               health_check_interval=0)
+        pool = aioredis.BlockingConnectionPool.from_url(
+            url, max_connections=self.CONNECTIONS, timeout=timeout, socket_timeout=timeout,
+            socket_connect_timeout=timeout, health_check_interval=0)
+        self._client = aioredis.Redis.from_pool(pool)
         self._script = self._client.register_script(_SCRIPT)
         self._down_until = 0.0
         self._last_error: str | None = None

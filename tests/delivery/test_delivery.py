@@ -2,6 +2,8 @@
 gets 202 at once, and a real receiver gets each exactly once, in order per dossier."""
 from __future__ import annotations
 
+import contextlib
+
 import httpx
 import pytest
 from delivery_rig import dossier, headers, running_rig, step, wait_until
@@ -218,7 +220,21 @@ def test_nothing_pending_is_left(rig, token):
     assert total >= 8
 
 
-def test_the_sender_is_called_back_on_the_final_outcome(rig, token):
+def _documented_check(key: bytes, body: bytes, header: str) -> bool:
+    """The receiver's check as docs/delivery.md describes it, written out here (not lgsp's own verify)."""
+    import hashlib
+    import hmac
+    import time
+
+    fields = dict(part.split("=", 1) for part in header.split(","))
+    mac = hmac.new(key, fields["t"].encode() + b"." + body, hashlib.sha256).hexdigest()
+    return hmac.compare_digest(mac, fields["v1"]) and abs(time.time() - int(fields["t"])) <= 300
+
+
+@contextlib.contextmanager
+def _hook(answers: list[int]):
+    """A receiving HTTP server on loopback: answers each POST with the next status of `answers` (the
+    last one from then on); yields (its URL, the requests it got as (headers, raw body))."""
     import threading
 
     from helpers import serve_in_thread
@@ -229,19 +245,63 @@ def test_the_sender_is_called_back_on_the_final_outcome(rig, token):
     got, lock = [], threading.Lock()
 
     async def hook(request):
+        body = await request.body()
         with lock:
-            got.append(await request.json())
-        return Response(status_code=204)
+            got.append((dict(request.headers), body))
+            status = answers[min(len(got), len(answers)) - 1]
+        return Response(status_code=status)
 
-    app = Starlette(routes=[Route("/hook", hook, methods=["POST"])])
-    with serve_in_thread(app) as url:
+    with serve_in_thread(Starlette(routes=[Route("/hook", hook, methods=["POST"])])) as url:
+        yield f"{url}/hook", got
+
+
+def _callback_key(rig) -> bytes:
+    from helpers import lgsp_cli
+
+    out = lgsp_cli({"LGSP_DATABASE_URL": rig.db_url}, "deliveries", "callback-key", rig.client[0]).stdout
+    return bytes.fromhex(out.strip().splitlines()[-1])
+
+
+def test_the_sender_is_called_back_signed_and_again_after_a_500(rig, token):
+    import orjson
+
+    with _hook([500, 204]) as (url, got):
         r = httpx.post(f"{rig.url}/api/portal/v1/dossiers", json=dossier("HS-CB-1"),
-                       headers=headers(token, **{"X-Callback-URL": f"{url}/hook"}))
+                       headers=headers(token, **{"X-Callback-URL": url}))
         assert r.status_code == 202
-        wait_until(lambda: got)
-    assert got[0]["message_id"] == r.json()["message_id"] and got[0]["status"] == "delivered"
-    assert got[0]["answer"]["error_code"] == "00"
-    assert _messages(rig, msg_key="HS-CB-1")[0].callback_state == "sent"
+        wait_until(lambda: len(got) >= 2 and _messages(rig, msg_key="HS-CB-1")[0].callback_state == "sent")
+    message_id = r.json()["message_id"]
+    status = orjson.loads(got[1][1])
+    assert status["message_id"] == message_id and status["status"] == "delivered"
+    assert status["answer"]["error_code"] == "00"
+    key = _callback_key(rig)
+    for sent_headers, body in got:
+        assert sent_headers["lgsp-message-id"] == message_id
+        assert _documented_check(key, body, sent_headers["lgsp-signature"])
+    assert [h["lgsp-callback-attempt"] for h, _ in got] == ["1", "2"]
+    # A body changed on the way (or a signature made with another key) fails the documented check.
+    tampered = got[1][1].replace(b'"delivered"', b'"dead"')
+    assert tampered != got[1][1] and not _documented_check(key, tampered, got[1][0]["lgsp-signature"])
+    assert not _documented_check(bytes(32), got[1][1], got[1][0]["lgsp-signature"])
+    row = _messages(rig, msg_key="HS-CB-1")[0]
+    assert row.callback_attempts == 2
+    first, second = _records(rig, f"{message_id}:cb1"), _records(rig, f"{message_id}:cb2")
+    assert first[0].outcome == "failed" and first[0].status == 500
+    assert second[0].outcome == "ok" and second[0].status == 204
+
+
+def test_a_callback_is_tried_a_bounded_number_of_times_then_failed(rig, token):
+    from lgsp.delivery.callbacks import TRIES
+
+    with _hook([503]) as (url, got):
+        r = httpx.post(f"{rig.url}/api/portal/v1/dossiers", json=dossier("HS-CB-2"),
+                       headers=headers(token, **{"X-Callback-URL": url}))
+        assert r.status_code == 202
+        wait_until(lambda: _messages(rig, msg_key="HS-CB-2")[0].callback_state == "failed", timeout=60)
+        assert len(got) == TRIES
+    message_id = r.json()["message_id"]
+    assert [len(_records(rig, f"{message_id}:cb{n}")) for n in range(1, TRIES + 2)] == [1] * TRIES + [0]
+    assert _status(rig, token, r.json()["status_url"])["status"] == "delivered"  # the status URL still answers
 
 
 def test_backoff_grows_with_jitter_and_the_maximum_age_ends_in_dead():

@@ -153,3 +153,76 @@ def test_console_page_lists_and_replays(rig):
     csrf = re.search(r'name="csrf" value="([^"]+)"', page.text).group(1)
     assert other.post(f"/console/deliveries/{dead['message_id']}/cancel", data={"csrf": csrf}).status_code == 403
     assert any(r.detail["actor"] == "console:ops-console" for r in _admin_records(rig, "delivery.replay"))
+
+
+def _csrf(page: str) -> str:
+    found = re.search(r'name="csrf" value="([^"]+)"', page)
+    assert found, page[:500]
+    return found.group(1)
+
+
+def _console_login(rig, cid: str, secret: str) -> httpx.Client:
+    http = httpx.Client(base_url=rig.url, follow_redirects=False)
+    csrf = _csrf(http.get("/console/login").text)
+    r = http.post("/console/login", data={"csrf": csrf, "client_id": cid, "client_secret": secret})
+    assert r.status_code == 303, r.text
+    return http
+
+
+def test_admin_api_hands_out_a_callback_key_to_an_admin_only(rig):
+    from lgsp.control.admin import Admin
+
+    admin = Admin(engine_for(rig.db_url), "tests")
+    boss = get_token(rig.gateway, "keys-admin", admin.create_client("keys-admin", "Keys", roles=("admin",)),
+                     scope="admin")
+    ops = get_token(rig.gateway, "keys-integrator", admin.create_client("keys-integrator", "Ops",
+                                                                        roles=("integrator",)), scope="integrator")
+    sender = rig.client[0]
+    url = f"{rig.url}/admin/v1/clients/{sender}/callback-key"
+    # Neither the sender itself nor an integrator may read a key (with it, callbacks could be forged).
+    assert_problem_like(httpx.get(url, headers={"Authorization": f"Bearer {rig.token()}"}), 403, "access.no_grant")
+    assert_problem_like(httpx.get(url, headers={"Authorization": f"Bearer {ops}"}), 403, "access.no_grant")
+    got = httpx.get(url, headers={"Authorization": f"Bearer {boss}"})
+    assert got.status_code == 200, got.text
+    assert got.headers["cache-control"] == "no-store"
+    body = got.json()
+    cli = lgsp_cli({"LGSP_DATABASE_URL": rig.db_url}, "deliveries", "callback-key", sender).stdout.strip()
+    assert body["client_id"] == sender and body["key"] == cli.splitlines()[-1] and len(body["key"]) == 64
+    assert body["algorithm"] == "HMAC-SHA256" and body["header"] == "LGSP-Signature"
+    assert_problem_like(httpx.get(f"{rig.url}/admin/v1/clients/no-such-client/callback-key",
+                                  headers={"Authorization": f"Bearer {boss}"}), 404, "admin.not_found")
+    reads = [r for r in _admin_records(rig, "delivery.callback_key") if r.detail["actor"] == "client:keys-admin"]
+    assert [r.detail["target"] for r in reads][:1] == [sender]
+
+
+def test_console_shows_a_callback_key_to_an_admin_only(rig):
+    from lgsp.control.admin import Admin
+
+    admin = Admin(engine_for(rig.db_url), "tests")
+    boss_secret = admin.create_client("console-admin", "Console admin", roles=("auditor", "admin"))
+    ops_secret = admin.create_client("console-ops", "Console ops", roles=("auditor", "integrator"))
+    wait_for_config(rig.url, rig.db_url)
+    sender = rig.client[0]
+    expected = lgsp_cli({"LGSP_DATABASE_URL": rig.db_url}, "deliveries", "callback-key", sender).stdout.split()[-1]
+
+    ops = _console_login(rig, "console-ops", ops_secret)
+    page = ops.get("/console/deliveries")
+    assert page.status_code == 200 and 'id="callback-key"' not in page.text
+    csrf = _csrf(page.text)
+    refused = ops.post("/console/deliveries/callback-key", data={"csrf": csrf, "client_id": sender})
+    assert refused.status_code == 403 and expected not in refused.text
+
+    boss = _console_login(rig, "console-admin", boss_secret)
+    page = boss.get("/console/deliveries")
+    assert 'id="callback-key"' in page.text and 'id="callback-key"' not in page.text.split("</title>")[0]
+    csrf = _csrf(page.text)
+    # Without the session's CSRF token (a forged cross-site form), no key.
+    forged = boss.post("/console/deliveries/callback-key", data={"client_id": sender})
+    assert forged.status_code == 403 and expected not in forged.text
+    shown = boss.post("/console/deliveries/callback-key", data={"csrf": csrf, "client_id": sender})
+    assert shown.status_code == 200 and expected in shown.text
+    assert shown.headers["cache-control"] == "no-store"
+    missing = boss.post("/console/deliveries/callback-key", data={"csrf": csrf, "client_id": "nobody-here"})
+    assert missing.status_code == 404
+    assert any(r.detail["actor"] == "console:console-admin" and r.detail["target"] == sender
+               for r in _admin_records(rig, "delivery.callback_key"))

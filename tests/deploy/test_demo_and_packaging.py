@@ -55,8 +55,9 @@ def test_wheel_contains_specs_mappings_code_lists_and_migrations(tmp_path):
     names = set(zipfile.ZipFile(wheel).namelist())
     for required in [
         "lgsp_openapi/population.v1.yaml", "lgsp_wsdl/population/population.wsdl",
-        "lgsp_wsdl/population/population.xsd", "lgsp_adapters/population/mapping.yaml",
-        "lgsp/codelists/data/admin-units.yaml", "lgsp/storage/migrations/env.py",
+        "lgsp_wsdl/population/population.xsd", "lgsp_wsdl/documents/documents.wsdl",
+        "lgsp_wsdl/documents/documents.xsd", "lgsp_adapters/population/mapping.yaml",
+        "lgsp/codelists/data/admin-units.json", "lgsp/storage/migrations/env.py",
         "lgsp/storage/migrations/script.py.mako", "lgsp/storage/migrations/versions/0001_initial.py",
         "lgsp_schemas/edxml/edxml.xsd", "lgsp_adapters/national_axis/mapping.yaml",
         "lgsp/py.typed", "lgsp/mapping/mapping.schema.json",

@@ -95,7 +95,9 @@ MEANING_CHECKED = ["population.citizen.get", "population.citizen.verify", "popul
                    "services.call", "lgsp.audit.api.search_records",
                    "lgsp.tls.admin_api.put_binding",  # a certificate, distinguished name or CIDR that does not parse
                    # dossiers: real dates in order, a known procedure code, a callback the egress policy allows
-                   "portal.dossier.sync", "portal.dossier.progress"]
+                   "portal.dossier.sync", "portal.dossier.progress",
+                   # an edXML package: well-formed, valid, signed by a trusted certificate, from the caller's agency
+                   "documents.send"]
 
 
 def _config(world: dict, path: Path, admin: bool) -> Path:

@@ -90,9 +90,24 @@ def test_hardened_parser_refuses_attacks(name):
         soap.parse(ATTACKS[name])
 
 
+def test_nesting_limit_is_exact():
+    """64 levels (the root is one) are accepted, 65 refused, however wide the levels above are."""
+    deepest = b"<a>" * soap.MAX_DEPTH + b"</a>" * soap.MAX_DEPTH
+    assert soap.parse(deepest).tag == "a"
+    wide = b"<r>" + b"<b/>" * 50 + b"<a>" * soap.MAX_DEPTH + b"</a>" * soap.MAX_DEPTH + b"</r>"
+    with pytest.raises(soap.XmlRefused, match="deeper than 64"):
+        soap.parse(wide)
+
+
 def test_to_dict_drops_empty_leaves_and_lists_repeats():
     root = soap.parse(b"<r><a>1</a><b/><c><d>x</d></c><e>1</e><e>2</e><f><g/></f></r>")
     assert soap.to_dict(root) == {"a": "1", "c": {"d": "x"}, "e": ["1", "2"]}
+
+
+def test_to_dict_reads_local_names_and_skips_what_is_not_an_element():
+    root = soap.parse(b'<r xmlns="urn:x" xmlns:y="urn:y"><y:a> 1 </y:a><a>2</a><c>  </c><d><y:e/></d>'
+                      b"<f><![CDATA[z]]></f></r>")
+    assert soap.to_dict(root) == {"a": ["1", "2"], "f": "z"}
 
 
 def test_fault_is_read_from_soap11_body():

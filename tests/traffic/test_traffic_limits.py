@@ -46,10 +46,15 @@ def redis_url() -> str:
 
 
 def flush(url: str) -> None:
+    """Forget the national quota's counters of earlier runs (every run's connection is 'population'); the
+    other counters are keyed by each run's own client ids. Not FLUSHDB: runs going on beside this one
+    (the other database's, another worktree's) share this Redis, and would see their counters vanish."""
     import redis
 
     with redis.Redis.from_url(url) as r:
-        r.flushdb()  # the counters of an earlier run (the other database's) start again
+        stale = list(r.scan_iter(match="lgsp:{rl}:n*", count=1000))
+        if stale:
+            r.delete(*stale)
 
 
 def serve(tmp_path_factory, name: str, *, workers: int = 1, redis: str | None = None) -> Server:
@@ -156,6 +161,25 @@ def test_burst_then_429_with_headers(limited, population_sim):
     record = audit_of(limited, r.headers["x-request-id"])
     assert (record["error_code"], record["outcome"], record["status"], record["client_id"]) == (
         "rate.limited", "refused", 429, cid)
+
+
+def test_malformed_requests_count_against_the_rate_like_any_other(limited, population_sim):
+    """limit comes before validate: a refused request of a known service is counted, so a flood of bad
+    requests is no way around the policy (nor a way to spend the gateway's CPU on validation unbounded)."""
+    admin = limited.extra["admin"]
+    cid, secret = new_client(limited, "malformed")
+    admin.set_policy(f"client:{cid}", {"rate_per_second": 0.05, "burst": 3})
+    settle()
+    token = get_token(limited, cid, secret)
+    headers = {"Authorization": f"Bearer {token}", "X-Purpose": PURPOSE}
+    bad = f"{limited.url}/api/population/v1/citizens/not-an-id"
+    answers = [httpx.get(bad, headers=headers, timeout=15) for _ in range(3)]
+    assert [r.status_code for r in answers] == [400, 400, 400], [r.text for r in answers]
+    assert [ratelimit(r)["client-rate"][0] for r in answers] == [2, 1, 0]
+    assert_problem(httpx.get(bad, headers=headers, timeout=15), 429, "rate.limited")
+    r = lookup(limited, token)                         # the well-formed call finds the budget spent too
+    assert_problem(r, 429, "rate.limited")
+    assert audit_of(limited, r.headers["x-request-id"])["error_code"] == "rate.limited"
 
 
 def test_retry_after_honoured(limited):
@@ -463,3 +487,172 @@ policies:
         out = lgsp_cli(env, "apply", "-f", str(bad), check=False)
         assert out.returncode != 0 and words in out.stderr and "Traceback" not in out.stderr, out.stderr
         assert "desk-two" not in lgsp_cli(env, "clients", "list").stdout, "a refused file was applied half-way"
+
+
+# -- refusals learned by a worker (no store round trip until the counter could admit again) -----
+
+class Asked:
+    """A real counter store that counts how often it is asked."""
+
+    def __init__(self, store):
+        self.store, self.asked, self.name = store, 0, store.name
+
+    async def take(self, counters):
+        self.asked += 1
+        return await self.store.take(counters)
+
+    async def state(self) -> dict:
+        return await self.store.state()
+
+    async def close(self) -> None:
+        await self.store.close()
+
+
+@pytest.fixture(params=["embedded", "redis"])
+def store(request, tmp_path):
+    from lgsp.traffic.counters import EmbeddedStore, RedisStore
+
+    if request.param == "embedded":
+        return EmbeddedStore(tmp_path / "limits.sqlite")
+    return RedisStore(request.getfixturevalue("redis_url"))  # the test's keys are its own: no flush
+
+
+def test_a_worker_refuses_from_what_the_store_told_it_until_the_counter_could_admit(store):
+    import asyncio
+
+    from lgsp.traffic.counters import Quota, Rate
+    from lgsp.traffic.limit import Limiter
+
+    asked = Asked(store)
+    limiter, other_worker = Limiter(asked), Limiter(store)  # two processes' limiters on one store
+    rate = Rate(f"learn-{uuid.uuid4().hex[:6]}", 0.6, 2)
+    day = Quota(f"learn-{uuid.uuid4().hex[:6]}", 100, time.time() + 3600)
+    counters = (rate, day)
+
+    async def scenario():
+        got = [await limiter.take(counters) for _ in range(3)]
+        assert [c[0].allowed for c in got] == [True, True, False] and asked.asked == 3
+        refused_at = time.monotonic()
+        again = await limiter.take(counters)  # certain to be refused: answered without the store
+        assert asked.asked == 3 and not again[0].allowed and again[1].allowed
+        truth = await other_worker.take(counters)  # what the store itself says now (a refusal counts nothing)
+        assert not truth[0].allowed and truth[0].remaining == again[0].remaining == 0
+        assert truth[0].retry_after <= again[0].retry_after <= truth[0].retry_after + 0.1  # never too soon
+        assert (truth[1].remaining, round(truth[1].reset)) == (again[1].remaining, round(again[1].reset)) == (98, 3600)
+        await limiter.take((Rate(rate.key, 0.001, 2), day))  # a new policy on the same counter: asked afresh
+        assert asked.asked == 4
+        await asyncio.sleep(max(0.0, refused_at + again[0].retry_after + 0.6 - time.monotonic()))
+        passed = await limiter.take(counters)  # the counter could admit again: the store is asked, and admits
+        assert passed[0].allowed and asked.asked == 5
+        await store.close()
+
+    asyncio.run(scenario())
+
+
+def local_refusals(server: Server) -> float:
+    for line in httpx.get(f"{server.url}/metrics").text.splitlines():
+        if line.startswith("lgsp_rate_local_refusals_total "):
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
+def test_refusals_answered_by_the_worker_keep_their_headers_and_are_each_audited(limited, population_sim):
+    admin = limited.extra["admin"]
+    cid, secret = new_client(limited, "learned")
+    admin.set_policy(f"client:{cid}", {"rate_per_second": 0.1, "burst": 2, "per_day": 1000})
+    settle()
+    token = get_token(limited, cid, secret)
+    before_local, before_backend = local_refusals(limited), backend_calls(population_sim)
+    with httpx.Client() as client:
+        answers = [lookup(limited, token, client) for _ in range(12)]
+    assert [r.status_code for r in answers] == [200, 200] + [429] * 10
+    assert backend_calls(population_sim) == before_backend + 2, "a refused call reached the backend"
+    assert local_refusals(limited) - before_local >= 9  # the first refusal asked the store, the rest did not
+    waits = []
+    for r in answers[2:]:
+        assert_problem(r, 429, "rate.limited")
+        wait = int(r.headers["retry-after"])
+        items = ratelimit(r)
+        assert items["client-rate"] == (0, wait) and items["client-day"][0] == 998
+        assert policy(r) == {"client-rate": (2, 20), "client-day": (1000, 86_400)}
+        waits.append(wait)
+    assert waits == sorted(waits, reverse=True) and 1 <= waits[-1] <= waits[0] <= 10
+    with limited.extra["engine"].connect() as conn:
+        refused = conn.execute(select(audit_records.c.request_id).where(
+            audit_records.c.client_id == cid, audit_records.c.error_code == "rate.limited")).scalars().all()
+    assert sorted(refused) == sorted(r.headers["x-request-id"] for r in answers[2:])  # one record each
+
+
+def test_a_burst_of_exchanges_waits_for_a_redis_connection_rather_than_going_uncounted(redis_url):
+    """More exchanges at once than the client keeps connections (redis-py's default pool refuses the 101st)
+    must queue for a connection: a refused connection would count the store as down and, with a fail-open
+    policy, serve the calls uncounted."""
+    import asyncio
+
+    from lgsp.traffic.counters import Quota, RedisStore, StoreUnavailable
+
+    store = RedisStore(redis_url)
+    quota = (Quota(f"burst-{uuid.uuid4().hex[:6]}", 10, time.time() + 3600),)
+
+    async def scenario() -> list:
+        try:
+            return await asyncio.gather(*(store.take(quota) for _ in range(400)), return_exceptions=True)
+        finally:
+            await store.close()
+
+    results = asyncio.run(scenario())
+    failed = [r for r in results if isinstance(r, StoreUnavailable)]
+    assert not failed, f"{len(failed)} of 400 exchanges found the store 'unavailable': {failed[0]}"
+    assert sum(r[0].allowed for r in results) == 10
+
+
+def test_a_worker_makes_the_checks_of_a_client_and_service_once_per_policy_set_and_day(tmp_path):
+    from lgsp.traffic.counters import EmbeddedStore
+    from lgsp.traffic.limit import Limiter
+    from lgsp.traffic.policies import Policies, Policy
+
+    limiter = Limiter(EmbeddedStore(tmp_path / "limits.sqlite"), "Asia/Ho_Chi_Minh")
+    policies = Policies.of([Policy("client:a", client_id="a", rate_per_second=5, burst=5, per_day=100)])
+    now = time.time()
+    plan = limiter.plan(policies, "a", CITIZEN_GET, "population", now)
+    assert [c.name for c in plan.checks] == ["client-rate", "client-day"]
+    assert plan.policy == '"client-rate";q=5;w=1, "client-day";q=100;w=86400'
+    assert limiter.plan(policies, "a", CITIZEN_GET, "population", now + 1) is plan  # made once, not per call
+    assert limiter.plan(policies, "b", CITIZEN_GET, "population", now).checks == ()  # another client: its own
+    # A new snapshot's policies (an admin changed the rate): the plan is made afresh from them.
+    changed = Policies.of([Policy("client:a", client_id="a", rate_per_second=9, burst=9, per_day=100)])
+    again = limiter.plan(changed, "a", CITIZEN_GET, "population", now + 2)
+    assert again.policy == '"client-rate";q=9;w=1, "client-day";q=100;w=86400'
+    # After local midnight the day's counter has a new key: the plan is made afresh too.
+    tomorrow = limiter.plan(changed, "a", CITIZEN_GET, "population", again.until + 1)
+    assert tomorrow.counters[1].key != again.counters[1].key and tomorrow.counters[0] == again.counters[0]
+
+
+def test_redis_down_a_fail_open_client_is_still_held_to_its_policy_by_each_worker(gateway, tmp_path_factory,
+                                                                                  own_redis, population_sim):
+    """Fail open serves calls the store cannot count, but a flood is not served unlimited: each worker counts them."""
+    url, redis_proc = own_redis
+    server = serve(tmp_path_factory, "redis-down-flood", redis=url)
+    try:
+        admin = gateway.extra["admin"]
+        cid, secret = new_client(admin, "flood")
+        admin.set_policy(f"client:{cid}", {"rate_per_second": 0.2, "burst": 2, "on_store_failure": "open"})
+        settle()
+        token = get_token(server, cid, secret)
+        assert lookup(server, token).status_code == 200
+        redis_proc.terminate()
+        redis_proc.wait(10)
+        before = backend_calls(population_sim)
+        with httpx.Client() as http:
+            answers = [lookup(server, token, http) for _ in range(6)]
+        served = [r for r in answers if r.status_code == 200]
+        assert len(served) == 2 and all("ratelimit" not in r.headers for r in served)  # the burst, uncounted
+        refused = [r for r in answers if r.status_code != 200]
+        assert len(refused) == 4
+        for r in refused:
+            assert_problem(r, 429, "rate.limited")
+            assert 1 <= int(r.headers["retry-after"]) <= 5
+        assert backend_calls(population_sim) == before + 2  # refused calls never reach the backend
+        assert audit_of(gateway, refused[0].headers["x-request-id"])["error_code"] == "rate.limited"
+    finally:
+        server.stop()

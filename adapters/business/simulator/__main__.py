@@ -20,7 +20,7 @@ def _args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--enterprises", type=int, default=300, help="how many enterprises and branches")
     p.add_argument("--seed", type=int, default=1, help="random seed of the dataset")
     p.add_argument("--admin-units", metavar="PATH",
-                   help="administrative units YAML (default: lgsp/codelists/data/admin-units.yaml)")
+                   help="administrative units, JSON or YAML (default: lgsp/codelists/data/admin-units.json)")
     p.add_argument("--client-id", default=DEFAULT_CLIENT[0], help="OAuth2 client id accepted by /token")
     p.add_argument("--client-secret", default=DEFAULT_CLIENT[1], help="its secret")
     p.add_argument("--token-ttl", type=float, default=3600.0, metavar="SECONDS",

@@ -21,8 +21,6 @@ import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import yaml
-
 from lgsp.sdk import codelists, personal_id
 
 # ENTERPRISE_STATUS codes of the simulator; lgsp/codelists/data/enterprise-status.yaml
@@ -254,8 +252,7 @@ def default_admin_units_path() -> Path:
 @functools.lru_cache(maxsize=4)
 def load_units(path: str | None = None) -> dict[str, tuple[Unit, ...]]:
     """Old communes by old province, for provinces with a tax prefix and a known current unit."""
-    with open(path or default_admin_units_path(), "rb") as fh:
-        doc = yaml.load(fh, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
+    doc = codelists.load_file(Path(path) if path else default_admin_units_path())
     names = {p["code"]: p["name"] for p in doc.get("provinces_current") or ()}
     old_provinces = {p["code"]: p["name"] for p in doc.get("provinces_legacy") or ()}
     districts = {d["code"]: d["name"] for d in doc.get("districts_legacy") or ()}

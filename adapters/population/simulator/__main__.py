@@ -20,7 +20,7 @@ def _args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--citizens", type=int, default=3000, help="how many synthetic citizens")
     p.add_argument("--seed", type=int, default=1, help="random seed of the dataset")
     p.add_argument("--admin-units", metavar="PATH",
-                   help="administrative units YAML (default: lgsp/codelists/data/admin-units.yaml)")
+                   help="administrative units, JSON or YAML (default: lgsp/codelists/data/admin-units.json)")
     p.add_argument("--list", type=int, metavar="N", help="print the first N citizens and exit")
     p.add_argument("--fault", choices=FAULT_MODES, default="normal", help="fault mode at start")
     p.add_argument("--delay", type=float, default=2.0, help="seconds of delay in slow mode")

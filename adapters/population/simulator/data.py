@@ -22,8 +22,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
-import yaml
-
 from lgsp.sdk import codelists, personal_id
 
 MALE, FEMALE = "1", "2"  # GioiTinh in the population database
@@ -189,8 +187,7 @@ def default_admin_units_path() -> Path:
 def load_admin_units(path: str | Path | None = None) -> AdminUnits:
     """Read the units file once; keep old communes whose province and new unit are known."""
     path = Path(path) if path else default_admin_units_path()
-    with open(path, "rb") as fh:
-        doc = yaml.load(fh, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
+    doc = codelists.load_file(path)
     current_province = {c["code"]: c["province"] for c in doc.get("communes_current") or ()}
     province_now = {p["code"]: p.get("current") for p in doc.get("provinces_legacy") or ()}
     communes = []

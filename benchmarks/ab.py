@@ -1,0 +1,102 @@
+"""A/B of two checkouts of the LGSP on one busy box: both gateways up at once, wrk runs interleaved.
+
+Back-to-back runs of benchmarks/run.py drift with whatever else the shared box does; here the two
+gateways (this checkout and --base, another checkout's directory, e.g. from `git worktree add` or
+`git archive`) serve the same recorded upstream side by side, and each round measures every row on
+both, in alternating order. Printed: the median over the rounds of CPU ms per answered request (all the
+gateway's processes, from /proc), req/s and p99, and B/A.
+
+    .venv/bin/python benchmarks/ab.py --base /path/to/other/checkout [--rounds 5] [--duration 5]
+        [--connections 50] [--workers 2] [--rows rest,soap,business]
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import statistics
+import sys
+import tempfile
+from pathlib import Path
+
+import run as bench
+from machine import cpu_model, free_port, speed_probe
+
+from lgsp.demo import stop
+
+
+def start(work: Path, up: int, workers: int, code: Path | None) -> bench.Gateway:
+    """A gateway on this checkout's code, or on the code of `code` (put first on the path of its processes)."""
+    saved = os.environ.get("PYTHONPATH")
+    if code is not None:
+        os.environ["PYTHONPATH"] = str(code)
+    try:
+        return bench.start_lgsp(work, up, workers, None)
+    finally:
+        if code is not None:
+            if saved is None:
+                os.environ.pop("PYTHONPATH")
+            else:
+                os.environ["PYTHONPATH"] = saved
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--base", type=Path, required=True, help="directory of the checkout to compare against (A)")
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--duration", type=int, default=5, help="seconds per wrk run")
+    ap.add_argument("--connections", type=int, default=50)
+    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--rows", default="rest,soap,business")
+    args = ap.parse_args()
+    if not (args.base / "lgsp" / "__init__.py").exists():
+        sys.exit(f"{args.base} is not a checkout of the LGSP")
+    bench.ensure_tools()
+    print(f"CPU: {cpu_model()}, {os.cpu_count()} CPUs; {speed_probe()}", flush=True)
+    work = Path(tempfile.mkdtemp(prefix="lgsp-ab-"))
+    work.chmod(0o755)
+    procs: list = []
+    try:
+        pid, answer = bench.record_population(work)
+        enterprise, token_answer, details = bench.record_business(work)
+        up, hop = free_port(), free_port()
+        procs.append(bench.start_nginx(work, answer, token_answer, details, up, hop))
+        a = start(work, up, args.workers, args.base.resolve())
+        procs.append(a.proc)
+        b = start(work, up, args.workers, None)
+        procs.append(b.proc)
+        index = {"rest": 0, "soap": 1, "business": 2}
+        rows = [index[r] for r in args.rows.split(",")]
+        targets = {side: bench.lgsp_targets(work, gw, f" {side}", pid, enterprise) for side, gw in (("A", a), ("B", b))}
+        for row_targets in targets.values():
+            for t in row_targets:
+                bench.probe(t)
+        runs: dict[tuple[int, str], list[dict]] = {}
+        once = argparse.Namespace(repeat=1, duration=args.duration)
+        progress = [0, args.rounds * len(rows) * 2]
+        for r in range(args.rounds):
+            for row in rows:
+                for side in ("A", "B") if r % 2 == 0 else ("B", "A"):
+                    runs.setdefault((row, side), []).append(
+                        bench.measure(targets[side][row], args.connections, once, progress))
+        print(f"\nA = {args.base.resolve()}, B = this checkout; {args.workers} workers, "
+              f"{args.connections} connections, median of {args.rounds} interleaved runs of {args.duration} s\n")
+        print(f"{'row':28} {'A CPU ms':>9} {'B CPU ms':>9} {'B/A':>6} {'A req/s':>8} {'B req/s':>8} "
+              f"{'A p99':>7} {'B p99':>7} non-2xx")
+        for row in rows:
+            med = {s: {k: statistics.median(x[k] for x in runs[(row, s)]) for k in ("cpu_ms", "rps", "p99")}
+                   for s in ("A", "B")}
+            bad = sum(x["non2xx"] for s in ("A", "B") for x in runs[(row, s)])
+            name = targets["A"][row].name.removesuffix(" A")
+            print(f"{name:28} {med['A']['cpu_ms']:9.3f} {med['B']['cpu_ms']:9.3f} "
+                  f"{med['B']['cpu_ms'] / med['A']['cpu_ms']:6.2f} {med['A']['rps']:8.0f} {med['B']['rps']:8.0f} "
+                  f"{med['A']['p99']:7.1f} {med['B']['p99']:7.1f} {bad}")
+        if any(x["non2xx"] for v in runs.values() for x in v):
+            sys.exit("FAILED: non-2xx answers")
+    finally:
+        stop(procs)
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
