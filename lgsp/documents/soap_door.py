@@ -28,7 +28,8 @@ from lgsp import soap, specs
 from lgsp.delivery.accept import wake_workers
 from lgsp.documents import edxml, routing
 from lgsp.documents.door import BEFORE, STAGES
-from lgsp.doors.soap import WSSE_NS, fault_answer, xml_text
+from lgsp.doors.soap import NS as SERVICE_NS  # the binding's <lgsp:service name=…> elements
+from lgsp.doors.soap import PASSWORD_TEXT, WSDL_NS, WSSE_NS, append, fault_answer
 from lgsp.errors import ErrorCode, ExchangeError
 from lgsp.gateway import Gateway
 from lgsp.pipeline.exchange import Exchange, request_id_from
@@ -41,12 +42,9 @@ log = logging.getLogger(__name__)
 
 PATH = "/soap/documents/v1"
 NS = "urn:lgsp:documents:v1"
-SERVICE_NS = "urn:lgsp:soap:v1"     # the binding's <lgsp:service name=…> elements
-WSDL_NS = "http://schemas.xmlsoap.org/wsdl/"
 PACKAGE = "package"
 ENVELOPE_SLACK = 65536               # the envelope, header and other fields around the package
 MAX_FIELD = 1024                     # any field but the package
-PASSWORD_TEXT = "#PasswordText"
 _WHITESPACE = b" \t\r\n"
 # The answer's lists, by the element that repeats in the WSDL.
 _ITEM_NAMES = {"recipients": "recipient", "items": "item", "agencies": "agency"}
@@ -255,23 +253,6 @@ def validate(contract: Contract, req: Request) -> ExchangeError | None:
 
 # -- answering --------------------------------------------------------------------------------------------
 
-def _append(parent: etree._Element, name: str, value: Any) -> None:
-    if value is None:
-        return
-    if isinstance(value, list):
-        for item in value:
-            _append(parent, _ITEM_NAMES.get(name, name), item)
-        return
-    child = etree.SubElement(parent, f"{{{NS}}}{name}")
-    if isinstance(value, dict):
-        for key, sub in value.items():
-            _append(child, key, sub)
-    elif isinstance(value, bool):
-        child.text = "true" if value else "false"
-    else:
-        child.text = xml_text(str(value))
-
-
 def renderer(req: Request) -> Callable[[Exchange], Rendered]:
     content_type = ("application/soap+xml" if req.version == "1.2" else "text/xml") + "; charset=utf-8"
 
@@ -286,7 +267,7 @@ def renderer(req: Request) -> Callable[[Exchange], Rendered]:
             etree.SubElement(answer, f"{{{NS}}}{PACKAGE}").text = base64.b64encode(ex.answer).decode("ascii")
         else:
             for key, value in (ex.answer or {}).items():
-                _append(answer, key, value)
+                append(answer, key, value, NS, _ITEM_NAMES)
         return 200, headers, etree.tostring(env, xml_declaration=True, encoding="utf-8")
 
     return render

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -152,17 +153,22 @@ def read_request(contract: Contract, body: bytes, content_type: str) -> tuple[So
 
 # -- writing an answer ----------------------------------------------------------------
 
-def _append(parent: etree._Element, name: str, value: Any) -> None:
+def append(parent: etree._Element, name: str, value: Any, ns: str = NS,
+           item_names: Mapping[str, str] | None = None) -> None:
+    """`value` under `parent` as element `name` in `ns`: a dict as child elements, a list as one element per item
+    (named by `item_names` where the WSDL names the repeating element apart from the list), a bool as
+    true/false. Shared by both SOAP doors (shared services and documents)."""
     if value is None:
         return
     if isinstance(value, list):
-        for item in value:
-            _append(parent, name, item)
+        item = item_names.get(name, name) if item_names else name
+        for each in value:
+            append(parent, item, each, ns, item_names)
         return
-    child = etree.SubElement(parent, f"{{{NS}}}{name}")
+    child = etree.SubElement(parent, f"{{{ns}}}{name}")
     if isinstance(value, dict):
         for key, sub in value.items():
-            _append(child, key, sub)
+            append(child, key, sub, ns, item_names)
     elif isinstance(value, bool):
         child.text = "true" if value else "false"
     else:
@@ -192,7 +198,7 @@ class _NotPlain(Exception):
 
 
 def _write(out: list[str], name: Any, value: Any) -> None:
-    """`_append` as text: the same elements, bytes for bytes, for plain element names."""
+    """`append` as text: the same elements, bytes for bytes, for plain element names."""
     if value is None:
         return
     if isinstance(value, list):
@@ -242,7 +248,7 @@ def _answer_tree(version: str, operation: str, answer: dict[str, Any]) -> bytes:
     env, body_el = _envelope(version)
     response = etree.SubElement(body_el, f"{{{NS}}}{operation}Response")
     for key, value in answer.items():
-        _append(response, key, value)
+        append(response, key, value)
     built: bytes = etree.tostring(env, xml_declaration=True, encoding="utf-8")
     return built
 
@@ -274,9 +280,9 @@ def _fault(version: str, error: ExchangeError, request_id: str) -> tuple[int, by
         detail = etree.SubElement(fault, "detail")
         status = 500  # SOAP 1.1 over HTTP: every fault is a 500
     err = etree.SubElement(detail, f"{{{NS}}}Error")
-    _append(err, "code", error.code)
-    _append(err, "detail", error.detail)
-    _append(err, "request_id", request_id)
+    append(err, "code", error.code)
+    append(err, "detail", error.detail)
+    append(err, "request_id", request_id)
     return status, etree.tostring(env, xml_declaration=True, encoding="utf-8")
 
 
