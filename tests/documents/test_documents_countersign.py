@@ -5,25 +5,18 @@ from __future__ import annotations
 
 import os
 import sys
-import time
 
 import httpx
 import pytest
-from helpers import free_port, get_token, postgres_database, start_server
+from document_world import NATIONAL, PDF, VPCP, build_world
 from lxml import etree
 
 from lgsp.documents import countersign, edxml, signature, testkit
-from lgsp.documents.agencies import Directory
 from lgsp.documents.edxml import DS_NS
 from lgsp.errors import ExchangeError
-from lgsp_adapters.national_axis.simulator import API_BASE, OTHER_SYSTEMS, PROVINCE_SYSTEM
+from lgsp_adapters.national_axis.simulator import API_BASE
 
 A, B = "000.00.00.H30", "000.00.31.H30"
-NATIONAL = "000.00.00.G22"
-SERVICES = ("documents.send", "documents.outbox.get", "documents.inbox.list", "documents.inbox.get",
-            "documents.inbox.status")
-PDF = ("cong-van.pdf", "application/pdf", b"%PDF-1.7 " + bytes(range(256)) * 40)
-VPCP = {"systemid": NATIONAL, "secret": OTHER_SYSTEMS[NATIONAL]}
 STAMP = "2026-11-30T10:00:00+07:00"
 
 
@@ -33,78 +26,28 @@ def ca():
 
 
 @pytest.fixture(scope="module")
-def world(lgsp_env, tmp_path_factory, ca):
-    from lgsp import keys
-    from lgsp.control.admin import Admin
-    from lgsp.storage import engine_for, upgrade
+def lgsp_id(ca):
+    return testkit.make_signer(ca, A, "Trục liên thông tỉnh")   # made here: no key is in the repository
 
+
+@pytest.fixture(scope="module")
+def world(lgsp_env, tmp_path_factory, ca, lgsp_id):
     tmp = tmp_path_factory.mktemp("documents-countersign")
-    pg = os.environ.get("LGSP_TEST_DATABASE_URL")
-    url, drop = postgres_database(pg) if pg else (f"sqlite:///{tmp / 'documents.db'}", None)
-    upgrade(url)
-    engine = engine_for(url)
-    port = free_port()
-    axis = start_server([sys.executable, "-m", "lgsp_adapters.national_axis.simulator", "--host", "127.0.0.1",
-                         "--port", str(port)], f"http://127.0.0.1:{port}", "/_sim/faults", tmp / "axis.log")
-    admin = Admin(engine, "tests")
-    admin.register_spec_services()
-    keys.ensure_key(engine)
-    admin.set_connection("national-axis", "national-axis", {
-        "endpoint": f"{axis.url}{API_BASE}", "system_id": PROVINCE_SYSTEM[0], "secret": PROVINCE_SYSTEM[1],
-        "timeout": 5})
-    directory = Directory(engine, "tests")
-    clients = {}
-    for code, client in ((A, "qlvb-cs-a"), (B, "qlvb-cs-b")):
-        clients[code] = (client, admin.create_client(client, f"QLVB {code}"))
-        directory.set(code, name=f"Agency {code}", client_id=client)
-        for service in SERVICES:
-            admin.add_grant(client, service, ["items" if service.endswith(".list") else "id"], ["document-exchange"])
-    directory.set(NATIONAL, name="Văn phòng Chính phủ", scope="national")
-    httpx.post(f"{axis.url}{API_BASE}/agencies", json={"pcode": "", "code": B, "name": "Sở Tư pháp"},
-               headers={"systemid": PROVINCE_SYSTEM[0], "secret": PROVINCE_SYSTEM[1]}).raise_for_status()
-    trust = tmp / "cas.pem"
-    trust.write_bytes(ca.cert_pem)
-    lgsp_id = testkit.make_signer(ca, A, "Trục liên thông tỉnh")   # made here: no key is in the repository
     (tmp / "lgsp.pem").write_bytes(lgsp_id.cert_pem)
     (tmp / "lgsp.key").write_bytes(lgsp_id.key_pem)
     (tmp / "lgsp.key").chmod(0o600)
-    gw_port = free_port()
-    env = {"LGSP_DATABASE_URL": url, "LGSP_PUBLIC_URL": f"http://127.0.0.1:{gw_port}",
-           "LGSP_DOCUMENT_TRUSTED_CAS": str(trust), "LGSP_DELIVERY_POLL": "0.05", "LGSP_DOCUMENT_ORGAN_ID": A,
-           "LGSP_DOCUMENT_POLL": "0.1", "LGSP_DOCUMENT_COUNTERSIGN_CERT": str(tmp / "lgsp.pem"),
+    env = {"LGSP_DELIVERY_POLL": "0.05", "LGSP_DOCUMENT_POLL": "0.1",
+           "LGSP_DOCUMENT_COUNTERSIGN_CERT": str(tmp / "lgsp.pem"),
            "LGSP_DOCUMENT_COUNTERSIGN_KEY": str(tmp / "lgsp.key")}
-    gateway = start_server([sys.executable, "-m", "lgsp.cli", "serve", "--port", str(gw_port)],
-                           f"http://127.0.0.1:{gw_port}", "/readyz", tmp / "gateway.log", env=env)
-    tokens = {code: get_token(gateway, client, secret) for code, (client, secret) in clients.items()}
-    yield {"gw": gateway, "axis": axis, "tokens": tokens, "trust": trust, "lgsp": lgsp_id, "ca": ca,
-           "signers": {code: testkit.make_signer(ca, code) for code in (A, B, NATIONAL)}}
-    gateway.stop()
-    axis.stop()
-    engine.dispose()
-    if drop:
-        drop()
-
-
-def api(world, method: str, path: str, agency: str, **kw) -> httpx.Response:
-    return httpx.request(method, f"{world['gw'].url}/api/documents/v1{path}", timeout=30,
-                         headers={"Authorization": f"Bearer {world['tokens'][agency]}", **kw.pop("headers", {})}, **kw)
-
-
-def wait_until(predicate, timeout: float = 20.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError("condition not reached in time")
+    with build_world(tmp, {A: "qlvb-cs-a", B: "qlvb-cs-b"}, ca=ca, axis=True, on_axis=[B], env=env) as world:
+        yield world
 
 
 def both_signatures(world, data: bytes) -> countersign.CounterSigner:
     """The sender's signature verifies and the counter-signature too; returns the counter-signer."""
     pkg, root = edxml.read(data)
-    signature.verify(data, root, pkg, signature.TrustStore.load(world["trust"]))
-    found = countersign.verify(data, root, world["trust"])
+    signature.verify(data, root, pkg, world.trust)
+    found = countersign.verify(data, root, world.trust.path)
     assert found is not None
     return found
 
@@ -114,10 +57,10 @@ def signatures_in(data: bytes) -> int:
 
 
 def test_a_local_inbox_gets_the_package_counter_signed_after_the_trace_header(world):
-    package = testkit.signed_package(world["signers"][A], A, [B], [PDF])
-    sent = api(world, "POST", "/outbox", A, content=package, headers={"Content-Type": "application/xml"})
+    package = testkit.signed_package(world.signers[A], A, [B], [PDF])
+    sent = world.api("POST", "/outbox", A, content=package, headers={"Content-Type": "application/xml"})
     assert sent.status_code == 202, sent.text
-    data = api(world, "GET", f"/inbox/{sent.json()['id']}", B).content
+    data = world.api("GET", f"/inbox/{sent.json()['id']}", B).content
     assert signatures_in(data) == 2
     counter = both_signatures(world, data)
     assert "Trục liên thông tỉnh" in counter.subject and counter.organ_id == A
@@ -129,35 +72,33 @@ def test_a_local_inbox_gets_the_package_counter_signed_after_the_trace_header(wo
 
 
 def test_what_goes_to_the_national_axis_is_counter_signed_too(world):
-    package = testkit.signed_package(world["signers"][A], A, [NATIONAL], [PDF])
-    sent = api(world, "POST", "/outbox", A, content=package, headers={"Content-Type": "application/xml"}).json()
+    package = testkit.signed_package(world.signers[A], A, [NATIONAL], [PDF])
+    sent = world.api("POST", "/outbox", A, content=package, headers={"Content-Type": "application/xml"}).json()
 
     def delivered():
-        view = api(world, "GET", f"/outbox/{sent['id']}", A).json()
+        view = world.api("GET", f"/outbox/{sent['id']}", A).json()
         return next((r for r in view["recipients"] if r["delivery"] == "delivered"), None)
 
-    doc_id = wait_until(delivered)["axis_doc_id"]
-    on_axis = httpx.get(f"{world['axis'].url}{API_BASE}/edocs/{doc_id}", headers=VPCP).content
+    doc_id = world.wait_until(delivered)["axis_doc_id"]
+    on_axis = httpx.get(f"{world.axis.url}{API_BASE}/edocs/{doc_id}", headers=VPCP).content
     assert both_signatures(world, on_axis).organ_id == A
 
 
 def test_a_package_counter_signed_by_another_province_is_accepted_and_keeps_that_counter_signature(world, ca):
     other = testkit.make_signer(ca, "000.00.00.H29", "Trục liên thông tỉnh khác")
-    package = testkit.signed_package(world["signers"][NATIONAL], NATIONAL, [B], [PDF], number="cs-other")
+    package = testkit.signed_package(world.signers[NATIONAL], NATIONAL, [B], [PDF], number="cs-other")
     pkg, root = edxml.read(package)
     pieces = edxml.trace_pieces(package, pkg, "000.00.00.H29")
     elsewhere = b"".join(countersign.apply(pieces, package, root, "000.00.00.H29", STAMP,
                                            countersign.Identity(other.key, [other.cert])))
-    answer = httpx.post(f"{world['axis'].url}{API_BASE}/edocs", content=elsewhere,
-                        headers={**VPCP, "from": NATIONAL, "messagetype": "edoc", "servicetype": "eDoc"}).json()
-    assert answer["status"] == "OK", answer
+    world.axis_send(elsewhere)
 
     def arrived():
-        items = api(world, "GET", "/inbox", B).json()["items"]
+        items = world.api("GET", "/inbox", B).json()["items"]
         return next((i for i in items if i["from"] == NATIONAL and i["document_id"] == pkg.document_id), None)
 
-    item = wait_until(arrived)
-    data = api(world, "GET", f"/inbox/{item['id']}", B).content
+    item = world.wait_until(arrived)
+    data = world.api("GET", f"/inbox/{item['id']}", B).content
     assert signatures_in(data) == 2                                  # not a third: the schema allows two
     assert both_signatures(world, data).organ_id == "000.00.00.H29"
     assert [t.organ_id for t in edxml.read(data)[0].traces] == ["000.00.00.H29", A]
@@ -165,53 +106,53 @@ def test_a_package_counter_signed_by_another_province_is_accepted_and_keeps_that
 
 # -- forged counter-signatures (no server) ---------------------------------------------------------------------
 
-def _countersigned(world) -> bytes:
-    package = testkit.signed_package(world["signers"][A], A, [B], [PDF])
+def _countersigned(world, lgsp_id) -> bytes:
+    package = testkit.signed_package(world.signers[A], A, [B], [PDF])
     pkg, root = edxml.read(package)
-    lgsp = countersign.Identity(world["lgsp"].key, [world["lgsp"].cert])
+    lgsp = countersign.Identity(lgsp_id.key, [lgsp_id.cert])
     return b"".join(countersign.apply(edxml.trace_pieces(package, pkg, A), package, root, A, STAMP, lgsp))
 
 
-def test_a_changed_hop_in_the_counter_signature_is_refused(world):
-    forged = _countersigned(world).replace(f"<lgsp:OrganId>{A}".encode(), b"<lgsp:OrganId>000.00.00.H99")
+def test_a_changed_hop_in_the_counter_signature_is_refused(world, lgsp_id):
+    forged = _countersigned(world, lgsp_id).replace(f"<lgsp:OrganId>{A}".encode(), b"<lgsp:OrganId>000.00.00.H99")
     pkg, root = edxml.read(forged)
     with pytest.raises(ExchangeError) as refused:
-        countersign.verify(forged, root, world["trust"])
+        countersign.verify(forged, root, world.trust.path)
     assert refused.value.code == "document.signature_invalid"
 
 
-def test_a_counter_signature_moved_onto_another_senders_signature_is_refused(world):
-    good = _countersigned(world)
+def test_a_counter_signature_moved_onto_another_senders_signature_is_refused(world, lgsp_id):
+    good = _countersigned(world, lgsp_id)
     counter = good[good.index(b'<ds:Signature xmlns:ds="http://www.w3.org/2000/09/xmldsig#" Id="lgsp-'):
                    good.index(b"</edXML:edXMLHeader>")]
-    officer = testkit.make_signer(world["ca"], A, "Phó văn thư")     # the same content, signed by someone else
+    officer = testkit.make_signer(world.ca, A, "Phó văn thư")     # the same content, signed by someone else
     other = testkit.signed_package(officer, A, [B], [PDF])
     end = other.index(b"</edXML:edXMLHeader>")
     moved = other[:end] + counter + other[end:]
     pkg, root = edxml.read(moved)
     with pytest.raises(ExchangeError) as refused:
-        countersign.verify(moved, root, world["trust"])
+        countersign.verify(moved, root, world.trust.path)
     assert refused.value.code == "document.signature_invalid"
     assert "another sender" in str(refused.value.detail)
 
 
 def test_an_untrusted_counter_signer_is_refused(world):
     stranger = testkit.make_signer(testkit.make_ca("Other CA"), A)
-    package = testkit.signed_package(world["signers"][A], A, [B], [PDF])
+    package = testkit.signed_package(world.signers[A], A, [B], [PDF])
     pkg, root = edxml.read(package)
     signed = b"".join(countersign.apply(edxml.trace_pieces(package, pkg, A), package, root, A, STAMP,
                                         countersign.Identity(stranger.key, [stranger.cert])))
     pkg, root = edxml.read(signed)
     with pytest.raises(ExchangeError) as refused:
-        countersign.verify(signed, root, world["trust"])
+        countersign.verify(signed, root, world.trust.path)
     assert refused.value.code == "document.certificate_untrusted"
 
 
-def test_a_key_that_is_not_the_certificates_stops_the_gateway_at_start(world, tmp_path, lgsp_env):
+def test_a_key_that_is_not_the_certificates_stops_the_gateway_at_start(lgsp_id, tmp_path, lgsp_env):
     import subprocess
 
     stranger = testkit.make_signer(testkit.make_ca("Other CA"), A)
-    (tmp_path / "cert.pem").write_bytes(world["lgsp"].cert_pem)
+    (tmp_path / "cert.pem").write_bytes(lgsp_id.cert_pem)
     (tmp_path / "key.pem").write_bytes(stranger.key_pem)
     env = {**os.environ, "LGSP_DATABASE_URL": f"sqlite:///{tmp_path / 'x.db'}",
            "LGSP_DOCUMENT_COUNTERSIGN_CERT": str(tmp_path / "cert.pem"),

@@ -6,13 +6,13 @@ import base64
 import re
 
 import pytest
+from document_world import PDF, trust_store
 from lxml import etree
 
 from lgsp.documents import edxml, signature, testkit
 from lgsp.errors import ExchangeError
 
 SENDER, LOCAL, NATIONAL, HOP = "000.00.31.H30", "000.00.32.H30", "000.00.00.G22", "000.00.00.H30"
-PDF = ("cong-van.pdf", "application/pdf", b"%PDF-1.7 " + bytes(range(256)) * 40)
 DOCX = ("phu-luc.docx", "application/vnd.openxmlformats-officedocument.wordprocessingml.document", b"PK\x03\x04" * 500)
 
 
@@ -22,15 +22,13 @@ def ca():
 
 
 @pytest.fixture(scope="module")
-def signer(ca):
-    return testkit.make_signer(ca, SENDER)
+def trust(ca, tmp_path_factory):
+    return trust_store(ca, tmp_path_factory.mktemp("trust"))
 
 
 @pytest.fixture(scope="module")
-def trust(ca, tmp_path_factory):
-    path = tmp_path_factory.mktemp("trust") / "cas.pem"
-    path.write_bytes(ca.cert_pem)
-    return signature.TrustStore.load(path)
+def signer(ca):
+    return testkit.make_signer(ca, SENDER)
 
 
 @pytest.fixture(scope="module")

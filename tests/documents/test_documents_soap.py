@@ -4,117 +4,48 @@ and codes as the REST door (as SOAP Faults, audited), and the envelope reader's 
 from __future__ import annotations
 
 import base64
-import os
 import secrets
-import sys
 
 import httpx
 import pytest
 import requests
 import zeep
-from helpers import free_port, get_token, postgres_database, start_server
-from sqlalchemy import func, select
+from document_world import PDF, build_world
+from helpers import NS, fault_code
 from zeep.transports import Transport
 from zeep.wsse.username import UsernameToken
 
 from lgsp.documents import edxml, signature, testkit
-from lgsp.documents.agencies import Directory
-from lgsp.storage.schema import audit_records
 
 A, B, C = "000.00.00.H30", "000.00.31.H30", "000.00.32.H30"
 MAX_BYTES = 9_000_000  # room for a package whose base64 is over libxml2's 10,000,000-character text node
-SERVICES = ("documents.send", "documents.outbox.get", "documents.inbox.list", "documents.inbox.get",
-            "documents.inbox.status")
-PDF = ("cong-van.pdf", "application/pdf", b"%PDF-1.7 " + bytes(range(256)) * 40)
-FAULT_NS = {"lgsp": "urn:lgsp:soap:v1"}
 SOAP11 = "http://schemas.xmlsoap.org/soap/envelope/"
 
 
 @pytest.fixture(scope="module")
 def world(lgsp_env, tmp_path_factory):
-    from lgsp import keys
-    from lgsp.control.admin import Admin
-    from lgsp.storage import engine_for, upgrade
-
-    tmp = tmp_path_factory.mktemp("documents-soap")
-    pg = os.environ.get("LGSP_TEST_DATABASE_URL")
-    url, drop = postgres_database(pg) if pg else (f"sqlite:///{tmp / 'documents.db'}", None)
-    upgrade(url)
-    engine = engine_for(url)
-    admin = Admin(engine, "tests")
-    admin.register_spec_services()
-    keys.ensure_key(engine)
-    directory = Directory(engine, "tests")
-    clients = {}
-    for code, client in ((A, "qlvb-soap-a"), (B, "qlvb-soap-b"), (C, "qlvb-soap-c")):
-        clients[code] = (client, admin.create_client(client, f"QLVB {code}"))
-        directory.set(code, name=f"Agency {code}", client_id=client)
-        for service in SERVICES:
-            admin.add_grant(client, service, ["items" if service.endswith(".list") else "id"], ["document-exchange"])
-    ca = testkit.make_ca()
-    trust = tmp / "cas.pem"
-    trust.write_bytes(ca.cert_pem)
-    port = free_port()
-    env = {"LGSP_DATABASE_URL": url, "LGSP_PUBLIC_URL": f"http://127.0.0.1:{port}",
-           "LGSP_DOCUMENT_TRUSTED_CAS": str(trust), "LGSP_DOCUMENT_MAX_BYTES": str(MAX_BYTES),
-           "LGSP_DOCUMENT_ORGAN_ID": A, "LGSP_DOCUMENT_POLL": "0"}
-    gateway = start_server([sys.executable, "-m", "lgsp.cli", "serve", "--port", str(port)],
-                           f"http://127.0.0.1:{port}", "/readyz", tmp / "gateway.log", env=env)
-    tokens = {code: get_token(gateway, client, secret) for code, (client, secret) in clients.items()}
-    yield {"gw": gateway, "engine": engine, "tokens": tokens, "clients": clients,
-           "trust": signature.TrustStore.load(trust),
-           "signers": {code: testkit.make_signer(ca, code) for code in (A, B, C)}}
-    gateway.stop()
-    engine.dispose()
-    if drop:
-        drop()
+    agencies = {A: "qlvb-soap-a", B: "qlvb-soap-b", C: "qlvb-soap-c"}
+    with build_world(tmp_path_factory.mktemp("documents-soap"), agencies,
+                        env={"LGSP_DOCUMENT_MAX_BYTES": str(MAX_BYTES)}) as world:
+        yield world
 
 
 def client(world, agency: str | None, *, wsse=None, request_id: str | None = None) -> zeep.Client:
     session = requests.Session()
     if agency:
-        session.headers["Authorization"] = f"Bearer {world['tokens'][agency]}"
+        session.headers["Authorization"] = f"Bearer {world.tokens[agency]}"
     if request_id:
         session.headers["X-Request-ID"] = request_id
-    return zeep.Client(f"{world['gw'].url}/soap/documents/v1?wsdl", transport=Transport(session=session), wsse=wsse)
-
-
-def rest(world, path: str, agency: str) -> httpx.Response:
-    return httpx.get(f"{world['gw'].url}/api/documents/v1{path}",
-                     headers={"Authorization": f"Bearer {world['tokens'][agency]}"}, timeout=30)
-
-
-def fault_code(fault: zeep.exceptions.Fault) -> str:
-    return fault.detail.find(".//lgsp:code", FAULT_NS).text
-
-
-def stored_count(world) -> int:
-    from lgsp.documents.store import packages
-
-    with world["engine"].connect() as conn:
-        return conn.execute(select(func.count()).select_from(packages)).scalar()
-
-
-def record_of(world, request_id: str) -> dict:
-    with world["engine"].connect() as conn:
-        row = conn.execute(select(audit_records).where(audit_records.c.request_id == request_id)).first()
-    assert row is not None, f"no audit record for {request_id}"
-    return row._asdict()
-
-
-def without_trace(data: bytes, organ: str) -> bytes:
-    start = data.index(b"<edXML:TraceHeader><edXML:OrganId>" + organ.encode())
-    end = data.index(b"</edXML:TraceHeader>", start) + len(b"</edXML:TraceHeader>")
-    return data[:start] + data[end:]
+    return zeep.Client(f"{world.gw.url}/soap/documents/v1?wsdl", transport=Transport(session=session), wsse=wsse)
 
 
 def post_raw(world, envelope: bytes, agency: str | None = A, request_id: str | None = None) -> httpx.Response:
     headers = {"Content-Type": "text/xml; charset=utf-8"}
     if agency:
-        headers["Authorization"] = f"Bearer {world['tokens'][agency]}"
+        headers["Authorization"] = f"Bearer {world.tokens[agency]}"
     if request_id:
         headers["X-Request-ID"] = request_id
-    return httpx.post(f"{world['gw'].url}/soap/documents/v1", content=envelope, headers=headers, timeout=60)
+    return httpx.post(f"{world.gw.url}/soap/documents/v1", content=envelope, headers=headers, timeout=60)
 
 
 def send_envelope(package_text: bytes | str) -> bytes:
@@ -126,16 +57,16 @@ def send_envelope(package_text: bytes | str) -> bytes:
 def raw_fault_code(answer: httpx.Response) -> str:
     from lxml import etree
 
-    return etree.fromstring(answer.content).find(".//lgsp:code", FAULT_NS).text
+    return etree.fromstring(answer.content).find(".//lgsp:code", NS).text
 
 
 # -- the contract ---------------------------------------------------------------------------------------
 
 def test_the_wsdl_is_served_with_its_schema_and_its_address_at_this_gateway(world):
-    wsdl = httpx.get(f"{world['gw'].url}/soap/documents/v1?wsdl")
+    wsdl = httpx.get(f"{world.gw.url}/soap/documents/v1?wsdl")
     assert wsdl.status_code == 200 and b"urn:lgsp:documents:v1" in wsdl.content
-    assert f'location="{world["gw"].url}/soap/documents/v1"'.encode() in wsdl.content
-    xsd = httpx.get(f"{world['gw'].url}/soap/documents/v1?xsd")
+    assert f'location="{world.gw.url}/soap/documents/v1"'.encode() in wsdl.content
+    xsd = httpx.get(f"{world.gw.url}/soap/documents/v1?xsd")
     assert xsd.status_code == 200 and b'name="SendDocument"' in xsd.content
     operations = set(client(world, A).service._binding._operations)
     assert operations == {"SendDocument", "GetInbox", "GetDocument", "UpdateStatus", "GetOutboxStatus"}
@@ -144,7 +75,7 @@ def test_the_wsdl_is_served_with_its_schema_and_its_address_at_this_gateway(worl
 # -- the way through --------------------------------------------------------------------------------------
 
 def test_a_document_sent_over_soap_is_read_over_rest_and_soap_as_sent_plus_the_trace_header(world):
-    package = testkit.signed_package(world["signers"][A], A, [B], [PDF], subject="Bí mật nội dung")
+    package = testkit.signed_package(world.signers[A], A, [B], [PDF], subject="Bí mật nội dung")
     sent = client(world, A).service.SendDocument(package=package, request_id="doc-soap-1")
     assert [(r.agency, r.route) for r in sent.recipient] == [(B, "inbox")] and sent.kind == "edoc"
 
@@ -152,10 +83,10 @@ def test_a_document_sent_over_soap_is_read_over_rest_and_soap_as_sent_plus_the_t
     item = next(i for i in listed.item if i.id == sent.id)
     assert (item["from"], item.to, item.kind) == (A, B, "edoc") and B in listed.agency
     over_soap = client(world, B).service.GetDocument(id=sent.id)
-    over_rest = rest(world, f"/inbox/{sent.id}", B).content
-    assert over_soap == over_rest and without_trace(over_soap, A) == package
+    over_rest = world.api("GET", f"/inbox/{sent.id}", B).content
+    assert over_soap == over_rest and testkit.without_trace(over_soap, A) == package
     pkg, root = edxml.read(over_soap)
-    assert signature.verify(over_soap, root, pkg, world["trust"]).subject
+    assert signature.verify(over_soap, root, pkg, world.trust).subject
 
     assert client(world, C).service.GetInbox().item == [] or sent.id not in [
         i.id for i in client(world, C).service.GetInbox().item]
@@ -169,38 +100,38 @@ def test_a_document_sent_over_soap_is_read_over_rest_and_soap_as_sent_plus_the_t
     assert [(r.agency, r.route, r.delivery) for r in view.recipient] == [(B, "inbox", "done")]
     assert view.sha256 == sent.sha256
 
-    record = record_of(world, "doc-soap-1")
+    record = world.record_of("doc-soap-1")
     assert (record["door"], record["service"], record["status"]) == ("soap", "documents.send", 202)
     assert record["detail"]["stored"]["id"] == sent.id
     assert "Bí mật".encode() not in str(record).encode() and "cong-van.pdf" not in str(record)
 
 
 def test_a_ws_security_username_token_identifies_the_caller(world):
-    cid, secret = world["clients"][A]
-    package = testkit.signed_package(world["signers"][A], A, [C], [PDF])
+    cid, secret = world.clients[A]
+    package = testkit.signed_package(world.signers[A], A, [C], [PDF])
     sent = client(world, None, wsse=UsernameToken(cid, secret)).service.SendDocument(package=package)
     assert [(r.agency, r.route) for r in sent.recipient] == [(C, "inbox")]
 
 
 def test_a_package_over_libxml2s_text_node_bound_is_decoded_as_it_arrives(world):
     files = [(f"phu-luc-{i}.bin", "application/octet-stream", secrets.token_bytes(3_000_000)) for i in range(2)]
-    package = testkit.signed_package(world["signers"][A], A, [B], files)
+    package = testkit.signed_package(world.signers[A], A, [B], files)
     assert len(base64.b64encode(package)) > 10_000_000
     sent = client(world, A).service.SendDocument(package=package)
-    got = rest(world, f"/inbox/{sent.id}", B).content
-    assert without_trace(got, A) == package
+    got = world.api("GET", f"/inbox/{sent.id}", B).content
+    assert testkit.without_trace(got, A) == package
 
 
 # -- refusals: SOAP Faults with the REST door's codes, nothing stored, audited -----------------------------------
 
 def _tampered(world) -> bytes:
-    return testkit.signed_package(world["signers"][A], A, [B], [PDF]).replace(b"V/v tri", b"V/V tri")
+    return testkit.signed_package(world.signers[A], A, [B], [PDF]).replace(b"V/v tri", b"V/V tri")
 
 
 REFUSALS = {
     "bad-signature": (_tampered, "document.signature_invalid"),
-    "not-the-caller": (lambda w: testkit.signed_package(w["signers"][B], B, [C], [PDF]), "document.sender_mismatch"),
-    "unknown-recipient": (lambda w: testkit.signed_package(w["signers"][A], A, [B, "000.00.99.H30"], [PDF]),
+    "not-the-caller": (lambda w: testkit.signed_package(w.signers[B], B, [C], [PDF]), "document.sender_mismatch"),
+    "unknown-recipient": (lambda w: testkit.signed_package(w.signers[A], A, [B, "000.00.99.H30"], [PDF]),
                           "document.unknown_recipient"),
     "not-edxml": (lambda w: b"<x>not edXML</x>", "document.schema_invalid"),
     "entity-in-package": (lambda w: b"<!DOCTYPE x [<!ENTITY e SYSTEM 'file:///etc/passwd'>]><x>&e;</x>",
@@ -211,22 +142,22 @@ REFUSALS = {
 @pytest.mark.parametrize("case", list(REFUSALS))
 def test_a_bad_package_is_a_fault_with_its_code_nothing_stored_and_audited(world, case):
     make, code = REFUSALS[case]
-    before = stored_count(world)
+    before = world.stored_count()
     request_id = f"doc-soap-refused-{case}"
     with pytest.raises(zeep.exceptions.Fault) as fault:
         client(world, A).service.SendDocument(package=make(world), request_id=request_id)
     assert fault_code(fault.value) == code and fault.value.message and "Traceback" not in fault.value.message
-    assert stored_count(world) == before
-    record = record_of(world, request_id)
+    assert world.stored_count() == before
+    record = world.record_of(request_id)
     assert (record["error_code"], record["door"], record["client_id"]) == (code, "soap", "qlvb-soap-a")
 
 
 def test_without_a_token_it_is_a_fault_and_audited(world):
-    package = testkit.signed_package(world["signers"][A], A, [B], [PDF])
+    package = testkit.signed_package(world.signers[A], A, [B], [PDF])
     with pytest.raises(zeep.exceptions.Fault) as fault:
         client(world, None).service.SendDocument(package=package, request_id="doc-soap-anonymous")
     assert fault_code(fault.value).startswith("auth.")
-    record = record_of(world, "doc-soap-anonymous")
+    record = world.record_of("doc-soap-anonymous")
     assert record["service"] == "documents.send" and record["error_code"].startswith("auth.")
 
 
@@ -243,14 +174,14 @@ def test_a_doctype_or_entity_in_the_envelope_is_refused_before_anything_else(wor
     answer = post_raw(world, envelope, request_id="doc-soap-dtd")
     assert answer.status_code == 500 and raw_fault_code(answer) == "request.invalid"
     assert b"DOCTYPE" in answer.content and b"root:" not in answer.content
-    assert record_of(world, "doc-soap-dtd")["error_code"] == "request.invalid"
+    assert world.record_of("doc-soap-dtd")["error_code"] == "request.invalid"
 
 
 def test_a_message_over_the_bound_is_refused_as_too_large(world):
     big = base64.b64encode(secrets.token_bytes(MAX_BYTES + 3))
     answer = post_raw(world, send_envelope(big), request_id="doc-soap-big")
     assert raw_fault_code(answer) == "document.too_large"
-    assert record_of(world, "doc-soap-big")["error_code"] == "document.too_large"
+    assert world.record_of("doc-soap-big")["error_code"] == "document.too_large"
 
 
 def test_bad_base64_and_deep_nesting_are_refused(world):
@@ -267,20 +198,20 @@ def test_a_soap_12_envelope_is_answered_in_soap_12(world):
     soap12 = "http://www.w3.org/2003/05/soap-envelope"
     envelope = (f'<s:Envelope xmlns:s="{soap12}" xmlns:d="urn:lgsp:documents:v1"><s:Body><d:GetInbox/></s:Body>'
                 f'</s:Envelope>').encode()
-    answer = httpx.post(f"{world['gw'].url}/soap/documents/v1", content=envelope, timeout=30,
+    answer = httpx.post(f"{world.gw.url}/soap/documents/v1", content=envelope, timeout=30,
                         headers={"Content-Type": "application/soap+xml; charset=utf-8",
-                                 "Authorization": f"Bearer {world['tokens'][B]}"})
+                                 "Authorization": f"Bearer {world.tokens[B]}"})
     assert answer.status_code == 200 and answer.headers["content-type"].startswith("application/soap+xml")
     assert soap12.encode() in answer.content and b"GetInboxResponse" in answer.content
 
 
 def test_a_password_digest_username_token_is_refused_as_unsupported(world):
-    cid, secret = world["clients"][A]
+    cid, secret = world.clients[A]
     with pytest.raises(zeep.exceptions.Fault) as fault:
         client(world, None, wsse=UsernameToken(cid, secret, use_digest=True)).service.GetInbox(
             request_id="doc-soap-digest")
     assert fault_code(fault.value) == "auth.digest_unsupported"
-    assert record_of(world, "doc-soap-digest")["error_code"] == "auth.digest_unsupported"
+    assert world.record_of("doc-soap-digest")["error_code"] == "auth.digest_unsupported"
 
 
 def test_an_operation_outside_the_envelopes_body_is_not_read_as_one(world):

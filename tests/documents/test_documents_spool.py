@@ -12,6 +12,7 @@ from datetime import datetime
 from typing import Any
 
 import pytest
+from document_world import PDF, trust_store
 
 from lgsp.documents import edxml, signature, testkit
 from lgsp.documents.door import LARGE, BodyReader, DocumentDoor
@@ -19,7 +20,7 @@ from lgsp.errors import ExchangeError
 
 SENDER, LOCAL, HOP = "000.00.31.H30", "000.00.32.H30", "000.00.00.H30"
 BIG = ("ban-do.bin", "application/octet-stream", os.urandom(300_000))   # several 64 KiB chunks of base64
-PDF = ("cong-van.pdf", "application/pdf", b"%PDF-1.7 " + bytes(range(256)) * 40)
+WHEN = datetime(2026, 11, 30, 12, 0, tzinfo=edxml.VIETNAM)
 
 
 @pytest.fixture(scope="module")
@@ -29,9 +30,7 @@ def ca():
 
 @pytest.fixture(scope="module")
 def trust(ca, tmp_path_factory):
-    path = tmp_path_factory.mktemp("trust") / "cas.pem"
-    path.write_bytes(ca.cert_pem)
-    return signature.TrustStore.load(path)
+    return trust_store(ca, tmp_path_factory.mktemp("trust"))
 
 
 @pytest.fixture(scope="module")
@@ -82,44 +81,49 @@ def test_the_tree_of_a_spooled_package_holds_no_attachment_text(package):
     assert root.find(f".//{{{edxml.EDXML_NS}}}Subject").text  # the header is all there
 
 
+def refusal(data: bytes, trust: signature.TrustStore) -> ExchangeError:
+    """Why `data`, spooled, does not verify."""
+    spool = spooled(data)
+    try:
+        with pytest.raises(ExchangeError) as info:
+            verified(spool, trust)
+    finally:
+        spool.close()
+    return info.value
+
+
 @pytest.mark.parametrize("at", [0, 65_535, 150_000, 299_999])
 def test_one_byte_of_a_large_attachment_changed_is_caught_by_the_streamed_digest(package, trust, at):
     changed = bytearray(BIG[2])
     changed[at] ^= 0x01
     data = package.replace(base64.b64encode(BIG[2]), base64.b64encode(bytes(changed)))
     assert data != package
-    spool = spooled(rewrapped(data, 76, b"\n"))
-    try:
-        with pytest.raises(ExchangeError) as info:
-            verified(spool, trust)
-    finally:
-        spool.close()
-    assert info.value.code == "document.signature_invalid"
-    assert "Digest mismatch" in info.value.detail and "cid:1" in info.value.detail
+    refused = refusal(rewrapped(data, 76, b"\n"), trust)
+    assert refused.code == "document.signature_invalid"
+    assert "Digest mismatch" in refused.detail and "cid:1" in refused.detail
 
 
 def test_two_files_swapped_in_a_spool_are_refused(ca, trust):
     data = testkit.signed_package(testkit.make_signer(ca, SENDER), SENDER, [LOCAL], [BIG, PDF])
     first, second = (base64.b64encode(f[2]) for f in (BIG, PDF))
     swapped = data.replace(first, b"\0").replace(second, first).replace(b"\0", second)
-    spool = spooled(swapped)
-    try:
-        with pytest.raises(ExchangeError) as info:
-            verified(spool, trust)
-    finally:
-        spool.close()
-    assert info.value.code == "document.signature_invalid"
+    assert refusal(swapped, trust).code == "document.signature_invalid"
+
+
+def stamp(spool: edxml.Spool) -> tuple[edxml.Package, edxml.Stamped]:
+    """The spooled package read, and its pieces with this hop's trace header."""
+    pkg, _ = edxml.read(spool)
+    stamped = edxml.trace_pieces(spool, pkg, HOP, WHEN)
+    assert isinstance(stamped, edxml.Stamped)
+    return pkg, stamped
 
 
 def test_the_stamped_spool_is_the_package_with_the_trace_header_and_still_verifies(package, trust):
     spool = spooled(package)
     try:
-        pkg, _ = edxml.read(spool)
-        when = datetime(2026, 11, 30, 12, 0, tzinfo=edxml.VIETNAM)
-        stamped = edxml.trace_pieces(spool, pkg, HOP, when)
-        assert isinstance(stamped, edxml.Stamped)
+        pkg, stamped = stamp(spool)
         whole = b"".join(stamped)
-        assert whole == edxml.append_trace(package, edxml.scan(package), HOP, when)
+        assert whole == edxml.append_trace(package, edxml.scan(package), HOP, WHEN)
         assert len(stamped) == -(-len(whole) // edxml.CHUNK) and stamped[-1] == whole[-len(stamped[-1]):]
         assert stamped.read(pkg.trace_at - 3, 40) == whole[pkg.trace_at - 3:pkg.trace_at + 37]
     finally:
@@ -132,10 +136,7 @@ def test_what_is_inserted_into_a_stamped_spool_reads_as_the_same_splice_in_memor
     of it reads as the bytes spliced in memory would."""
     spool = spooled(package)
     try:
-        pkg, _ = edxml.read(spool)
-        when = datetime(2026, 11, 30, 12, 0, tzinfo=edxml.VIETNAM)
-        stamped = edxml.trace_pieces(spool, pkg, HOP, when)
-        assert isinstance(stamped, edxml.Stamped)
+        _, stamped = stamp(spool)
         traced = b"".join(stamped)
         at = package.index(b"</edXML:edXMLHeader>") if b"</edXML:edXMLHeader>" in package else len(package) // 2
         extra = b"<ds:Signature Id='x'/>"
