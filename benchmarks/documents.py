@@ -29,24 +29,16 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
 import httpx
-from machine import cpu_model, cpu_seconds, free_port
+from machine import cpu_model, cpu_seconds, free_port, peak_rss_while, proc_status
 
 ROOT = Path(__file__).resolve().parent.parent
 SENDER, RECIPIENT = "000.00.31.H30", "000.00.32.H30"
 SERVICES = ("documents.send", "documents.inbox.list", "documents.inbox.get", "documents.inbox.status",
             "documents.outbox.get")
-
-
-def proc_status(pid: int, field: str) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1]) * 1024
-    return 0
 
 
 def package(signer, size: int) -> bytes:
@@ -162,16 +154,6 @@ def reference(data: bytes, count: int, trust_path: Path) -> dict:
 
 def memory_while(url: str, tokens: dict, data: bytes, pid: int, senders: int = 1) -> int:
     """The gateway's largest VmRSS while ``data`` is sent by ``senders`` clients at once (sampled every 20 ms)."""
-    peak, done = 0, threading.Event()
-
-    def sample() -> None:
-        nonlocal peak
-        while not done.is_set():
-            peak = max(peak, proc_status(pid, "VmRSS"))
-            time.sleep(0.02)
-
-    thread = threading.Thread(target=sample)
-    thread.start()
     async def send() -> list[httpx.Response]:
         async with httpx.AsyncClient(timeout=300) as client:
             return await asyncio.gather(*(client.post(
@@ -179,9 +161,7 @@ def memory_while(url: str, tokens: dict, data: bytes, pid: int, senders: int = 1
                 headers={"Authorization": f"Bearer {tokens[SENDER]}", "Content-Type": "application/xml"})
                 for _ in range(senders)))
 
-    answers = asyncio.run(send())
-    done.set()
-    thread.join()
+    answers, peak = peak_rss_while(pid, lambda: asyncio.run(send()))
     assert all(r.status_code == 202 for r in answers), [r.text for r in answers]
     return peak
 

@@ -14,13 +14,12 @@ from __future__ import annotations
 import argparse
 import base64
 import tempfile
-import threading
 import time
 from pathlib import Path
 
 import httpx
-from documents import RECIPIENT, SENDER, package, proc_status, setup, start_gateway, token
-from machine import cpu_model, cpu_seconds
+from documents import RECIPIENT, SENDER, package, setup, start_gateway, token
+from machine import cpu_model, cpu_seconds, peak_rss_while, proc_status
 
 SOAP11 = "http://schemas.xmlsoap.org/soap/envelope/"
 
@@ -60,20 +59,13 @@ def run(send, count: int, pid: int) -> tuple[float, float]:
 
 
 def peak_while(send, pid: int) -> float:
-    before, peak, done = proc_status(pid, "VmRSS"), 0, threading.Event()
+    """The gateway's largest VmRSS while ``send`` runs once, above its size just before (MiB)."""
+    def once() -> None:
+        with httpx.Client(timeout=300) as client:
+            send(client)
 
-    def sample() -> None:
-        nonlocal peak
-        while not done.is_set():
-            peak = max(peak, proc_status(pid, "VmRSS"))
-            time.sleep(0.02)
-
-    thread = threading.Thread(target=sample)
-    thread.start()
-    with httpx.Client(timeout=300) as client:
-        send(client)
-    done.set()
-    thread.join()
+    before = proc_status(pid, "VmRSS")
+    _, peak = peak_rss_while(pid, once)
     return (peak - before) / 2**20
 
 

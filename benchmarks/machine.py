@@ -11,12 +11,16 @@ import os
 import platform
 import socket
 import sys
+import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 import httpx
 
 TICK = os.sysconf("SC_CLK_TCK")
+T = TypeVar("T")
 
 
 def free_port() -> int:
@@ -116,3 +120,32 @@ def memory_mib(root: int, *fields: str) -> list[tuple[float, ...]]:
 def peak_rss_mib(root: int) -> list[float]:
     """Peak resident set (VmHWM, MiB) of every process under root."""
     return [row[0] for row in memory_mib(root, "VmHWM") if row]
+
+
+def proc_status(pid: int, field: str) -> int:
+    """One /proc status field of one process (e.g. VmRSS), in bytes; 0 if it has none."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) * 1024
+    return 0
+
+
+def peak_rss_while(pid: int, work: Callable[[], T]) -> tuple[T, int]:
+    """What `work()` returns, and the largest VmRSS (bytes) of process `pid` while it ran, sampled every 20 ms
+    (VmHWM would hold the peak of the process's whole life, not of this work)."""
+    peak, done = 0, threading.Event()
+
+    def sample() -> None:
+        nonlocal peak
+        while not done.is_set():
+            peak = max(peak, proc_status(pid, "VmRSS"))
+            time.sleep(0.02)
+
+    thread = threading.Thread(target=sample)
+    thread.start()
+    try:
+        result = work()
+    finally:
+        done.set()
+        thread.join()
+    return result, peak
