@@ -141,10 +141,7 @@ def build_world(tmp: Path, agencies: Mapping[str, str], *, services: Sequence[st
                                     "LGSP_DOCUMENT_ORGAN_ID": PROVINCE_ORGAN, "LGSP_DOCUMENT_POLL": "0", **(env or {})},
                       ca, trust, {code: testkit.make_signer(ca, code) for code in signed_by}, clients)
         if axis:
-            port = free_port()
-            world.axis = start_server([sys.executable, "-m", "lgsp_adapters.national_axis.simulator", "--host",
-                                       "127.0.0.1", "--port", str(port)], f"http://127.0.0.1:{port}", "/_sim/faults",
-                                      tmp / "axis.log")
+            world.axis = start_axis(tmp / "axis.log")
             stack.callback(world.axis.stop)
             _connect_axis(admin, world.axis, on_axis)
             directory.set(NATIONAL, name="Văn phòng Chính phủ", scope="national")
@@ -156,6 +153,13 @@ def build_world(tmp: Path, agencies: Mapping[str, str], *, services: Sequence[st
             stack.callback(world.gw.stop)
             world.tokens = {code: get_token(world.gw, client, secret) for code, (client, secret) in clients.items()}
         yield world
+
+
+def start_axis(log: Path) -> Server:
+    """The national axis simulator on loopback, logging to `log`."""
+    port = free_port()
+    return start_server([sys.executable, "-m", "lgsp_adapters.national_axis.simulator", "--host", "127.0.0.1",
+                         "--port", str(port)], f"http://127.0.0.1:{port}", "/_sim/faults", log)
 
 
 def _connect_axis(admin: Any, axis: Server, on_axis: Sequence[str]) -> None:

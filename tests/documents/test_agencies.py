@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import json
 import secrets
-import sys
 import uuid
 
 import httpx
 import pytest
-from helpers import free_port, get_token, lgsp_cli, start_server
+from document_world import start_axis
+from helpers import get_token, lgsp_cli
 from sqlalchemy import select
 
 from lgsp.control.admin import Admin, AdminError
@@ -96,10 +96,7 @@ def test_sync_mirrors_the_national_list_and_keeps_local_agencies(directory):
 
 @pytest.fixture(scope="module")
 def axis(tmp_path_factory):
-    port = free_port()
-    log = tmp_path_factory.mktemp("sim") / "national-axis-sim.log"
-    server = start_server([sys.executable, "-m", "lgsp_adapters.national_axis.simulator", "--host", "127.0.0.1",
-                           "--port", str(port)], f"http://127.0.0.1:{port}", "/_sim/faults", log)
+    server = start_axis(tmp_path_factory.mktemp("sim") / "national-axis-sim.log")
     yield server
     server.stop()
 
