@@ -127,13 +127,7 @@ def build_world(tmp: Path, agencies: Mapping[str, str], *, services: Sequence[st
         admin.register_spec_services()
         keys.ensure_key(engine)
         directory = Directory(engine, "tests")
-        clients = {}
-        for code, client in agencies.items():
-            clients[code] = (client, admin.create_client(client, f"QLVB {code}"))
-            directory.set(code, name=f"Agency {code}", client_id=client)
-            for service in services:
-                admin.add_grant(client, service, ["items" if service.endswith(".list") else "id"],
-                                ["document-exchange"])
+        clients = {code: _register(admin, directory, code, client, services) for code, client in agencies.items()}
         ca = ca or testkit.make_ca()
         trust = trust_store(ca, tmp)
         signed_by = [*agencies, NATIONAL] if axis else list(agencies)
@@ -153,6 +147,15 @@ def build_world(tmp: Path, agencies: Mapping[str, str], *, services: Sequence[st
             stack.callback(world.gw.stop)
             world.tokens = {code: get_token(world.gw, client, secret) for code, (client, secret) in clients.items()}
         yield world
+
+
+def _register(admin: Any, directory: Any, code: str, client: str, services: Sequence[str]) -> tuple[str, str]:
+    """Agency `code` in the directory with its document system's client, granted `services`: (client id, secret)."""
+    secret = admin.create_client(client, f"QLVB {code}")
+    directory.set(code, name=f"Agency {code}", client_id=client)
+    for service in services:
+        admin.add_grant(client, service, ["items" if service.endswith(".list") else "id"], ["document-exchange"])
+    return client, secret
 
 
 def start_axis(log: Path) -> Server:
