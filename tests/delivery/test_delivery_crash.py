@@ -144,7 +144,8 @@ def _leases(rig) -> dict[int, int]:
 def _kill_mid_delivery(rig) -> None:
     """SIGKILL a worker while it holds a claim (a worker between claims would prove nothing), and
     start a replacement. Tried again if the victim finished its deliveries just before it died."""
-    for _ in range(50):
+    deadline = time.monotonic() + 60  # a loaded box may leave the queue briefly without a claim in flight
+    while time.monotonic() < deadline:
         alive = {w.proc.pid: w for w in rig.workers if w.proc.poll() is None}
         held = [pid for pid in _leases(rig) if pid in alive]
         if not held:
