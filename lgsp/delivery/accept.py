@@ -43,6 +43,7 @@ from lgsp.pipeline.authorize import authorize
 from lgsp.pipeline.exchange import Exchange
 from lgsp.pipeline.identify import check_password, identify
 from lgsp.pipeline.resolve import resolve
+from lgsp.pipeline.run import serve
 from lgsp.pipeline.stage import Stage, StageContext
 from lgsp.pipeline.validate import validate
 from lgsp.traffic.limit import limit
@@ -378,6 +379,21 @@ def accepted(render: Callable) -> Callable:
         return status, headers, body
 
     return render_accepted
+
+
+def message_options(headers: Any) -> dict[str, str]:
+    """The REST door's message options, from its header fields (Idempotency-Key, X-Callback-URL)."""
+    return {k: v for k, v in (("idempotency_key", headers.get("idempotency-key")),
+                              ("callback_url", headers.get("x-callback-url"))) if v}
+
+
+async def serve_message(ex: Exchange, gw: Any, render: Callable, headers: Any) -> tuple[int, dict[str, str], bytes]:
+    """A message of the REST door through its pipeline (answered 202), the workers woken once it is stored."""
+    ex.message_options = message_options(headers)
+    rendered = await serve(ex, gw, accepted(render), stages=ACCEPT)
+    if ex.error is None:
+        wake_workers(gw)
+    return rendered
 
 
 def wake_workers(gw: Any) -> None:
