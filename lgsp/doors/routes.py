@@ -180,7 +180,7 @@ def _inlined(doc: dict[str, Any], node: Any, depth: int) -> Any:
         return None
     if isinstance(node, list):
         items = [_inlined(doc, v, depth + 1) for v in node]
-        return None if any(i is None and v is not None for i, v in zip(items, node)) else items
+        return None if any(i is None and v is not None for i, v in zip(items, node, strict=True)) else items
     if not isinstance(node, dict):
         return node
     if "$ref" in node:
@@ -244,15 +244,8 @@ class FastPath:
         if found is None:
             return False
         route, params, headers = found
-        if route.body is not None:
-            raw = await _read(receive)
-            if raw is None:
-                return False  # the caller left: connexion reads the disconnect, as before
-            body = _valid_body(route, raw)
-            if body is None:
-                scope.setdefault("extensions", {})[BODY_KEY] = raw  # RequestGuard hands it to connexion
-                return False
-            params.update(body)  # as connexion's handler does: the body's fields beside the path's
+        if route.body is not None and not await _take_body(route, scope, receive, params):
+            return False
         ex = self.exchange_from(headers, scope, route.service, params)
         try:
             status, out, body = await self._serve(ex, route, headers)
@@ -269,6 +262,20 @@ class FastPath:
         if route.body is None:
             return await serve(ex, self.gateway, self.render)
         return await messages.serve_message(ex, self.gateway, self.render, headers)
+
+
+async def _take_body(route: FastRoute, scope: dict[str, Any], receive: Any, params: dict[str, Any]) -> bool:
+    """Reads the body; a valid one's fields join the params (as connexion's handler puts them beside
+    the path's), and True. A body it declines is left in the scope for RequestGuard to hand to connexion."""
+    raw = await _read(receive)
+    if raw is None:
+        return False  # the caller left: connexion reads the disconnect, as before
+    body = _valid_body(route, raw)
+    if body is None:
+        scope.setdefault("extensions", {})[BODY_KEY] = raw
+        return False
+    params.update(body)
+    return True
 
 
 async def _read(receive: Any) -> bytes | None:
