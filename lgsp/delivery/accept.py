@@ -296,7 +296,6 @@ async def accept(ex: Exchange, gw: Any, svc: MessageService, idempotency_key: st
         if first is not None:
             ex.answer = view(first, gw.settings.public_url, replayed=True)
             return
-    policy = Policy.from_environment()
     at = store.now()
     message = {
         "id": str(uuid.uuid4()), "client_id": client_id, "service": ex.service.name,
@@ -304,7 +303,7 @@ async def accept(ex: Exchange, gw: Any, svc: MessageService, idempotency_key: st
         "request_id": ex.request_id, "purpose": ex.purpose, "officer": ex.officer,
         "agency_code": ex.client.agency_code, "payload": store.seal_payload(ex.params), "status": "accepted",
         "attempts": 0, "accepted_at": at, "next_attempt_at": at,
-        "expires_at": at + dt.timedelta(seconds=policy.max_age), "callback_url": callback,
+        "expires_at": at + dt.timedelta(seconds=Policy.max_age_from_environment()), "callback_url": callback,
     }
     ex.store = store.store_statements(message, client_id, keys) + wakeup.notify_statement(gw.engine)
     ex.on_store_conflict = _answer_first(gw, client_id, keys)
