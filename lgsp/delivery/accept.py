@@ -43,6 +43,7 @@ from lgsp.pipeline.authorize import authorize
 from lgsp.pipeline.exchange import Exchange
 from lgsp.pipeline.identify import check_password, identify
 from lgsp.pipeline.resolve import resolve
+from lgsp.pipeline.run import serve
 from lgsp.pipeline.stage import Stage, StageContext
 from lgsp.pipeline.validate import validate
 from lgsp.traffic.limit import limit
@@ -295,7 +296,6 @@ async def accept(ex: Exchange, gw: Any, svc: MessageService, idempotency_key: st
         if first is not None:
             ex.answer = view(first, gw.settings.public_url, replayed=True)
             return
-    policy = Policy.from_environment()
     at = store.now()
     message = {
         "id": str(uuid.uuid4()), "client_id": client_id, "service": ex.service.name,
@@ -303,7 +303,7 @@ async def accept(ex: Exchange, gw: Any, svc: MessageService, idempotency_key: st
         "request_id": ex.request_id, "purpose": ex.purpose, "officer": ex.officer,
         "agency_code": ex.client.agency_code, "payload": store.seal_payload(ex.params), "status": "accepted",
         "attempts": 0, "accepted_at": at, "next_attempt_at": at,
-        "expires_at": at + dt.timedelta(seconds=policy.max_age), "callback_url": callback,
+        "expires_at": at + dt.timedelta(seconds=Policy.max_age_from_environment()), "callback_url": callback,
     }
     ex.store = store.store_statements(message, client_id, keys) + wakeup.notify_statement(gw.engine)
     ex.on_store_conflict = _answer_first(gw, client_id, keys)
@@ -378,6 +378,22 @@ def accepted(render: Callable) -> Callable:
         return status, headers, body
 
     return render_accepted
+
+
+def message_options(headers: Any) -> dict[str, str]:
+    """The REST door's message options, from its header fields (Idempotency-Key, X-Callback-URL)."""
+    return {k: v for k, v in (("idempotency_key", headers.get("idempotency-key")),
+                              ("callback_url", headers.get("x-callback-url"))) if v}
+
+
+async def serve_message(ex: Exchange, gw: Any, render: Callable[[Exchange], Any],
+                        headers: Any) -> tuple[int, dict[str, str], bytes]:
+    """A message of the REST door through its pipeline (answered 202), the workers woken once it is stored."""
+    ex.message_options = message_options(headers)
+    rendered = await serve(ex, gw, accepted(render), stages=ACCEPT)
+    if ex.error is None:
+        wake_workers(gw)
+    return rendered
 
 
 def wake_workers(gw: Any) -> None:
