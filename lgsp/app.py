@@ -277,6 +277,12 @@ def control_plane(gateway: Gateway | None = None):
     return ClientCertificate(create_control_plane(gw.engine, gw.settings), gw.settings)
 
 
+def token_plane(gw: Gateway) -> ASGIApp:
+    from lgsp.control.token_endpoint import token_plane as create_token_plane  # Flask and authlib, not connexion
+
+    return create_token_plane(gw.engine, gw.settings)
+
+
 def built_on_first_request(build: Callable[[], ASGIApp]) -> ASGIApp:
     """An ASGI app that is built (its modules imported) when its first request comes, so a worker
     that only ever serves exchanges never holds the control plane in memory (docs/performance.md)."""
@@ -297,12 +303,25 @@ def built_on_first_request(build: Callable[[], ASGIApp]) -> ASGIApp:
 CONTROL_PREFIXES = ("/oauth/", "/.well-known/", "/admin", "/console", "/audit")
 
 
+def token_request(scope: Scope) -> bool:
+    """A client's form-encoded token request: all the token endpoint alone serves (anything else at
+    its address, such as another method or a JSON body, goes to the whole control plane)."""
+    if scope["type"] != "http" or scope["path"] != TOKEN_PATH or scope["method"] != "POST":
+        return False
+    return b"json" not in dict(scope["headers"]).get(b"content-type", b"").lower()
+
+
 def combined():
-    """Both planes in one process: control-plane prefixes go to Flask, the rest to the data plane."""
+    """Both planes in one process: control-plane prefixes go to Flask, the rest to the data plane.
+    Token requests are served by the token endpoint alone, the rest of the control plane is built
+    on its first request: most workers never hold it (docs/performance.md)."""
     gw = Gateway()
     data, control = data_plane(gw), built_on_first_request(lambda: control_plane(gw))
+    token = built_on_first_request(lambda: token_plane(gw))
 
     async def app(scope, receive, send):
+        if token_request(scope):
+            return await token(scope, receive, send)
         if scope["type"] == "http" and scope["path"].startswith(CONTROL_PREFIXES):
             return await control(scope, receive, send)
         return await data(scope, receive, send)
