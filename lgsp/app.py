@@ -12,7 +12,8 @@ import asyncio
 import contextlib
 import os
 import warnings
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
+from typing import cast
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
@@ -150,7 +151,7 @@ def shared_apis_app(gw: Gateway) -> ASGIApp:
     # connexion parses the specs on its first call; done here, it happens in the builder's thread,
     # not on the event loop in front of the request that is waiting.
     app.middleware.app, app.middleware.middleware_stack = app.middleware._build_middleware_stack()
-    return app
+    return cast(ASGIApp, app)
 
 
 async def serve_lifespan(lifespan: Callable[[], contextlib.AbstractAsyncContextManager[None]],
@@ -169,24 +170,8 @@ async def serve_lifespan(lifespan: Callable[[], contextlib.AbstractAsyncContextM
     await send({"type": "lifespan.shutdown.complete"})
 
 
-def data_plane(gateway: Gateway | None = None):
-    gw = gateway or Gateway()
-    logs.setup(gw.settings.log_level)
-
-    @contextlib.asynccontextmanager
-    async def lifespan():
-        await gw.start()
-        worker = start_delivery_worker(gw)  # store-and-forward delivery in this process (LGSP_DELIVERY_WORKER)
-        from lgsp.documents.poller import start_in_process as start_document_poller
-
-        poller = start_document_poller(gw)  # documents from the national axis into inboxes (LGSP_DOCUMENT_POLL)
-        yield
-        if poller is not None:
-            await poller.stop()
-        if worker is not None:
-            await worker.stop()
-        await gw.stop()
-
+def gateway_pages(gw: Gateway) -> dict[str, Callable[[Request], Awaitable[Response]]]:
+    """The gateway's own pages (GET), answered without connexion; another method goes to connexion (405, audited)."""
     base = gw.settings.public_url
 
     async def catalog(_request: Request) -> Response:
@@ -224,8 +209,28 @@ def data_plane(gateway: Gateway | None = None):
         body, content_type = metrics.render()
         return Response(body, media_type=content_type)
 
-    # The gateway's own pages, answered without connexion; another method goes to connexion (405, audited).
-    pages = {"/api": catalog, "/healthz": healthz, "/readyz": readyz, "/metrics": metrics_view}
+    return {"/api": catalog, "/healthz": healthz, "/readyz": readyz, "/metrics": metrics_view}
+
+
+def data_plane(gateway: Gateway | None = None):
+    gw = gateway or Gateway()
+    logs.setup(gw.settings.log_level)
+
+    @contextlib.asynccontextmanager
+    async def lifespan():
+        await gw.start()
+        worker = start_delivery_worker(gw)  # store-and-forward delivery in this process (LGSP_DELIVERY_WORKER)
+        from lgsp.documents.poller import start_in_process as start_document_poller
+
+        poller = start_document_poller(gw)  # documents from the national axis into inboxes (LGSP_DOCUMENT_POLL)
+        yield
+        if poller is not None:
+            await poller.stop()
+        if worker is not None:
+            await worker.stop()
+        await gw.stop()
+
+    pages = gateway_pages(gw)
     soap_door = SoapDoor(gw)
     from lgsp.documents.door import DocumentDoor
     from lgsp.documents.door import route_of as document_route
@@ -280,7 +285,7 @@ def control_plane(gateway: Gateway | None = None):
 def token_plane(gw: Gateway) -> ASGIApp:
     from lgsp.control.token_endpoint import token_plane as create_token_plane  # Flask and authlib, not connexion
 
-    return create_token_plane(gw.engine, gw.settings)
+    return cast(ASGIApp, create_token_plane(gw.engine, gw.settings))  # a2wsgi's ASGI types, not Starlette's
 
 
 def built_on_first_request(build: Callable[[], ASGIApp]) -> ASGIApp:

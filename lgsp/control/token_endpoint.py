@@ -9,13 +9,16 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable
+from typing import Any
 
 from a2wsgi import WSGIMiddleware
-from authlib.integrations.flask_oauth2 import AuthorizationServer
-from authlib.oauth2.rfc6749 import grants
-from authlib.oauth2.rfc9068 import JWTBearerTokenGenerator
-from flask import Flask, jsonify
+from authlib.integrations.flask_oauth2 import AuthorizationServer  # type: ignore[import-untyped]
+from authlib.oauth2.rfc6749 import grants  # type: ignore[import-untyped]
+from authlib.oauth2.rfc9068 import JWTBearerTokenGenerator  # type: ignore[import-untyped]
+from flask import Flask, Response, jsonify
 from flask import request as flask_request
+from flask.typing import ResponseReturnValue
 from joserfc.jwk import KeySet
 from sqlalchemy import Engine
 from sqlalchemy.exc import DataError
@@ -42,7 +45,7 @@ log = logging.getLogger(__name__)
 AUDITED_PREFIXES = ("/admin/", "/audit/")
 
 
-def _claimed_client_id(req) -> str | None:
+def _claimed_client_id(req: Any) -> str | None:
     """The client id a token request names (HTTP Basic or form), before anything is checked."""
     auth = req.authorization
     if auth is not None and auth.type == "basic":
@@ -50,38 +53,38 @@ def _claimed_client_id(req) -> str | None:
     return req.form.get("client_id") or None
 
 
-class ClientCredentials(grants.ClientCredentialsGrant):
+class ClientCredentials(grants.ClientCredentialsGrant):  # type: ignore[misc]
     """The client credentials grant with both ways the metadata advertises (RFC 6749 §2.3.1)."""
 
     TOKEN_ENDPOINT_AUTH_METHODS = [*tls_binding.SECRET_METHODS, *tls_binding.METHODS]
 
 
-class TokenGenerator(JWTBearerTokenGenerator):
+class TokenGenerator(JWTBearerTokenGenerator):  # type: ignore[misc]
     """RFC 9068 JWT access tokens signed with the active key (kid in the header)."""
 
-    def __init__(self, engine: Engine, cfg: Settings):
+    def __init__(self, engine: Engine, cfg: Settings) -> None:
         super().__init__(issuer=cfg.issuer, alg=keys.ALGORITHM, expires_generator=cfg.token_ttl)
         self.engine = engine
         self.cfg = cfg
 
-    def get_jwks(self):
+    def get_jwks(self) -> KeySet:
         # A one-key set, so that the token header names the key (kid) for verifiers.
         return KeySet([keys.active_private_key(self.engine)])
 
-    def get_audiences(self, client, user, scope):
+    def get_audiences(self, client: Any, user: Any, scope: Any) -> Any:
         return self.cfg.audience
 
-    def get_extra_claims(self, client, grant_type, user, scope):
+    def get_extra_claims(self, client: Any, grant_type: Any, user: Any, scope: Any) -> Any:
         # RFC 8705 §3: a certificate-bound client's token names the certificate it was issued over.
         from flask import request
 
         return tls_binding.confirmation(client.binding, certificate_of_environ(request.environ))
 
 
-def _certificate_auth(method: str):
+def _certificate_auth(method: str) -> Callable[[Any, Any], Any]:
     """An authlib client authentication method of RFC 8705 §2: the client names itself (client_id)
     and proves it with the certificate of the connection (or of the trusted proxy's header)."""
-    def authenticate(query_client, request):
+    def authenticate(query_client: Any, request: Any) -> Any:
         from flask import request as flask_req
 
         client_id = request.form.get("client_id")
@@ -97,7 +100,7 @@ def _certificate_auth(method: str):
 
 def add_token_endpoints(app: Flask, engine: Engine, cfg: Settings) -> None:
     """The token endpoint, JWKS and metadata on a Flask app, with its error handlers (problem+json)."""
-    def save_token(token: dict, request) -> None:
+    def save_token(token: dict[str, Any], request: Any) -> None:
         # Nothing is stored (tokens are self-contained JWTs), but each issue is recorded.
         control_audit.token_issued(engine, request.client.get_client_id(), token.get("scope"), token.get("expires_in"))
 
@@ -109,14 +112,14 @@ def add_token_endpoints(app: Flask, engine: Engine, cfg: Settings) -> None:
     server.register_token_generator("default", TokenGenerator(engine, cfg))
 
     @app.post(TOKEN_PATH)
-    def issue_token():
+    def issue_token() -> ResponseReturnValue:
         from flask import request
 
         client_id, source = _claimed_client_id(request), request.remote_addr
         wait = auth_throttle.retry_after("token", client_id, source)
         if wait is None:
             try:
-                response = server.create_token_response()
+                response: Response = server.create_token_response()
             except secret_check.Busy:
                 wait = 1
         if wait is not None:
@@ -127,13 +130,13 @@ def add_token_endpoints(app: Flask, engine: Engine, cfg: Settings) -> None:
         return response
 
     @app.get(JWKS_PATH)
-    def jwks():
+    def jwks() -> ResponseReturnValue:
         resp = jsonify({"keys": keys.published_keys(keys.load_rows(engine))})
         resp.headers["Cache-Control"] = "public, max-age=60"
         return resp
 
     @app.get("/.well-known/oauth-authorization-server")
-    def metadata():
+    def metadata() -> ResponseReturnValue:
         # RFC 8414, so standard clients can discover the token endpoint and keys.
         return jsonify({
             "issuer": cfg.issuer,
@@ -147,28 +150,32 @@ def add_token_endpoints(app: Flask, engine: Engine, cfg: Settings) -> None:
             # No authorization endpoint: no response type is offered (RFC 8414 §2 requires the member).
             "response_types_supported": [],
         })
+    _add_error_handlers(app, engine)
 
+
+def _add_error_handlers(app: Flask, engine: Engine) -> None:
+    """Every refusal and failure of these addresses as problem+json; refused admin and audit calls audited."""
     @app.errorhandler(404)
-    def not_found(_e):
+    def not_found(_e: Exception) -> ResponseReturnValue:
         return problem_response(ExchangeError("request.not_found", "No such control-plane address."))
 
     @app.errorhandler(405)
-    def not_allowed(_e):
+    def not_allowed(_e: Exception) -> ResponseReturnValue:
         return problem_response(method_not_allowed(flask_request.path))
 
     @app.errorhandler(RequestRedirect)
-    def moved(exc: RequestRedirect):
+    def moved(exc: RequestRedirect) -> ResponseReturnValue:
         return exc.get_response()  # carries its Location
 
     @app.errorhandler(ExchangeError)
-    def refused(exc: ExchangeError):
+    def refused(exc: ExchangeError) -> ResponseReturnValue:
         from flask import g, request
 
         return problem_response(audit_refusal(engine, request.method, request.path, request.headers, exc,
                                               g.get("lgsp_caller")))
 
     @app.errorhandler(Exception)
-    def failed(exc: Exception):
+    def failed(exc: Exception) -> ResponseReturnValue:
         known = known_failure(exc)
         if known is not None:
             return problem_response(known)
@@ -183,7 +190,7 @@ def token_plane(engine: Engine, cfg: Settings) -> WSGIMiddleware:
     add_token_endpoints(app, engine, cfg)
 
     @app.errorhandler(WerkzeugHTTPException)
-    def refused_by_http(exc: WerkzeugHTTPException):
+    def refused_by_http(exc: WerkzeugHTTPException) -> ResponseReturnValue:
         # Worded as the control plane's connexion handlers word them (lgsp.doors.rest.refusal_for).
         if exc.code == 413:
             return problem_response(ExchangeError("request.too_large",
@@ -192,7 +199,7 @@ def token_plane(engine: Engine, cfg: Settings) -> WSGIMiddleware:
             return problem_response(ExchangeError("request.invalid", exc.description or "The request is not valid."))
         return problem_response(INTERNAL)
 
-    return WSGIMiddleware(app.wsgi_app)
+    return WSGIMiddleware(app.wsgi_app)  # type: ignore[arg-type]  # wsgiref's and a2wsgi's types of one thing
 
 
 INTERNAL = ExchangeError("internal.error", "The request could not be completed; it has been logged.")
@@ -215,19 +222,20 @@ def known_failure(exc: Exception) -> ExchangeError | None:
     return None
 
 
-def problem_body(exc: ExchangeError) -> tuple[bytes, dict]:
+def problem_body(exc: ExchangeError) -> tuple[bytes, dict[str, str]]:
     headers = {"Content-Type": "application/problem+json", "Cache-Control": "no-store", **exc.headers}
     return json.dumps(problem(exc.code, exc.detail, None)).encode(), headers
 
 
-def problem_response(exc: ExchangeError):
+def problem_response(exc: ExchangeError) -> Response:
     body, headers = problem_body(exc)
     return app_response(body, exc.status, headers)
 
 
-def audit_refusal(engine: Engine, method: str, path: str, headers, exc: ExchangeError,
-                   caller: str | None = None) -> ExchangeError:
-    """Record a refused admin or audit API call; the answer is the refusal, or 503 if it cannot be recorded."""
+def audit_refusal(engine: Engine, method: str, path: str, headers: Any, exc: ExchangeError,
+                  caller: str | None = None) -> ExchangeError:
+    """Record a refused admin or audit API call (`headers`: werkzeug's or Starlette's); the answer is the
+    refusal, or 503 if it cannot be recorded."""
     if not path.startswith(AUDITED_PREFIXES):
         return exc
     caller = caller or verified_caller(engine, headers.get("authorization"))
@@ -239,7 +247,5 @@ def audit_refusal(engine: Engine, method: str, path: str, headers, exc: Exchange
     return exc
 
 
-def app_response(body: bytes, status: int, headers: dict):
-    from flask import Response
-
+def app_response(body: bytes, status: int, headers: dict[str, str]) -> Response:
     return Response(body, status=status, headers=headers)

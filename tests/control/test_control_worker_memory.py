@@ -31,7 +31,8 @@ before = loaded()
 async def ask(path, **form):
     transport = httpx.ASGITransport(app=app, client=("127.0.0.1", 40000))
     async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1") as client:
-        return (await (client.post(path, data=form, auth=("nobody", "wrong")) if form else client.get(path))).status_code
+        asking = client.post(path, data=form, auth=("nobody", "wrong")) if form else client.get(path)
+        return (await asking).status_code
 
 token = asyncio.run(ask("/oauth/token", grant_type="client_credentials"))
 after_token = loaded()
@@ -100,8 +101,9 @@ print(json.dumps({"before": before, "after": rss_mib()}))
 
 
 def test_secret_checks_give_their_work_area_back():
-    """scrypt needs 8 MiB per check (16 MiB for hashes made before 2026-12); once checks are over, the worker's resident memory is what it was
-    (glibc would otherwise keep the area in its heap from the second check on, per checking thread)."""
+    """scrypt needs 8 MiB per check (16 MiB for hashes made before 2026-12-01); once checks are over, the
+    worker's resident memory is what it was (glibc would otherwise keep the area in its heap from the
+    second check on, per checking thread)."""
     out = subprocess.run([sys.executable, "-c", SECRET_CHECKS], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr[-3000:]
     seen = json.loads(out.stdout.strip().splitlines()[-1])

@@ -162,7 +162,7 @@ def test_rest_answer_that_cannot_be_rendered_is_an_audited_internal_error(gatewa
     from lgsp.doors import rest as rest_door
     from lgsp.doors import rest_exchange
 
-    original = rest_door.render
+    original = rest_exchange.render
 
     def broken(ex):
         if ex.error is None:

@@ -50,7 +50,9 @@ def reader_token(gateway):
     admin = gateway.extra["admin"]
     client = f"lean-{uuid.uuid4().hex[:6]}"
     secret = admin.create_client(client, "Lean worker reader", "000.00.31.H30")
-    fields = sorted(p for p in grant_fields.service_shape("population.citizen.get").paths if "." not in p)[:2]
+    shape = grant_fields.service_shape("population.citizen.get")
+    assert shape is not None
+    fields = sorted(p for p in shape.paths if "." not in p)[:2]
     admin.add_grant(client, "population.citizen.get", fields, [PURPOSE])
     wait_for_config(gateway.url, gateway.extra["engine"])
     return get_token(gateway, client, secret)
