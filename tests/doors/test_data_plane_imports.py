@@ -13,11 +13,9 @@ from pathlib import Path
 
 import httpx
 import pytest
-from helpers import free_port, get_token, start_server, wait_for_config
+from helpers import free_port, start_server, wait_for_config
+from test_rest_door_fast_path import PURPOSE, reader  # noqa: F401 - reader: a fixture, a token granted every fast-path read
 
-from lgsp.pipeline import grant_fields
-
-PURPOSE = "administrative-procedure"
 PERSON = "/api/population/v1/citizens/001085012345"
 MARKER = "markupsafe/_speedups"
 
@@ -44,20 +42,6 @@ def lone_gateway(gateway, tmp_path_factory):
     server.stop()
 
 
-@pytest.fixture(scope="module")
-def reader_token(gateway):
-    """A token issued by the test gateway (not the lone one: a token request builds the token endpoint)."""
-    admin = gateway.extra["admin"]
-    client = f"lean-{uuid.uuid4().hex[:6]}"
-    secret = admin.create_client(client, "Lean worker reader", "000.00.31.H30")
-    shape = grant_fields.service_shape("population.citizen.get")
-    assert shape is not None
-    fields = sorted(p for p in shape.paths if "." not in p)[:2]
-    admin.add_grant(client, "population.citizen.get", fields, [PURPOSE])
-    wait_for_config(gateway.url, gateway.extra["engine"])
-    return get_token(gateway, client, secret)
-
-
 def _ask(base: str, token: str, purpose: str) -> httpx.Response:
     headers = {"Authorization": f"Bearer {token}", "X-Purpose": purpose, "X-On-Behalf-Of": "officer-7",
                "X-Request-ID": f"lean-{uuid.uuid4().hex[:12]}"}
@@ -69,19 +53,19 @@ def _comparable(resp: httpx.Response) -> tuple:
     return resp.status_code, resp.headers["content-type"], body
 
 
-def test_a_worker_serves_its_pages_and_fast_reads_without_connexion(gateway, lone_gateway, reader_token):
+def test_a_worker_serves_its_pages_and_fast_reads_without_connexion(gateway, lone_gateway, reader):  # noqa: F811
     pid = lone_gateway.proc.pid
     assert loaded(pid) == [False, False], "connexion or Flask loaded at start-up"
     wait_for_config(lone_gateway.url, gateway.extra["engine"])
     for page in ("/healthz", "/readyz", "/api", "/metrics"):
         assert httpx.get(lone_gateway.url + page, timeout=15).status_code == 200, page
-    r = _ask(lone_gateway.url, reader_token, PURPOSE)
+    r = _ask(lone_gateway.url, reader, PURPOSE)
     assert r.status_code == 200, r.text
     assert r.json()  # the person's granted fields
     assert loaded(pid) == [False, False], "connexion or Flask loaded by a fast-path exchange"
 
     # The fast path declines a malformed purpose: connexion is built, and refuses it as the test gateway does.
-    declined = _ask(lone_gateway.url, reader_token, "Not A Purpose!")
+    declined = _ask(lone_gateway.url, reader, "Not A Purpose!")
     assert declined.status_code == 400, declined.text
-    assert _comparable(declined) == _comparable(_ask(gateway.url, reader_token, "Not A Purpose!"))
+    assert _comparable(declined) == _comparable(_ask(gateway.url, reader, "Not A Purpose!"))
     assert any(loaded(pid)), "the probe cannot see connexion's libraries"  # so the checks above were not blind
