@@ -129,13 +129,17 @@ def _database_answers(gw: Gateway) -> bool:
         return False
 
 
+Page = Callable[[Request], Awaitable[Response]]
+
+
 def _json(data, status: int = 200) -> Response:
     return Response(orjson.dumps(data), status_code=status, media_type="application/json")
 
 
-def shared_apis_app(gw: Gateway) -> ASGIApp:
+def shared_apis_app(gw: Gateway, pages: dict[str, Page]) -> ASGIApp:
     """The shared APIs served by connexion: every request the fast path declines (refusals, bodies,
-    bulk and message submissions, the OpenAPI documents and their UI)."""
+    bulk and message submissions, the OpenAPI documents and their UI), and the gateway's pages in
+    every way the data plane does not answer itself (HEAD, a trailing slash, another method: 405)."""
     from connexion import AsyncApp  # about 20 MiB a worker only holds once such a request came
     from connexion.middleware.exceptions import ExceptionMiddleware
     from connexion.middleware.routing import RoutingMiddleware
@@ -148,6 +152,8 @@ def shared_apis_app(gw: Gateway) -> ASGIApp:
     middlewares.insert(middlewares.index(RoutingMiddleware) + 1, RouteCapture)
     app = AsyncApp("lgsp", middlewares=middlewares)
     add_shared_apis(app, gw)
+    for path, page in pages.items():
+        app.add_url_rule(path, page.__name__, page, methods=["GET"])
     # connexion parses the specs on its first call; done here, it happens in the builder's thread,
     # not on the event loop in front of the request that is waiting.
     app.middleware.app, app.middleware.middleware_stack = app.middleware._build_middleware_stack()
@@ -166,11 +172,15 @@ async def serve_lifespan(lifespan: Callable[[], contextlib.AbstractAsyncContextM
         raise
     await send({"type": "lifespan.startup.complete"})
     await receive()  # lifespan.shutdown
-    await context.__aexit__(None, None, None)
+    try:
+        await context.__aexit__(None, None, None)
+    except Exception as exc:
+        await send({"type": "lifespan.shutdown.failed", "message": str(exc)})
+        raise
     await send({"type": "lifespan.shutdown.complete"})
 
 
-def gateway_pages(gw: Gateway) -> dict[str, Callable[[Request], Awaitable[Response]]]:
+def gateway_pages(gw: Gateway) -> dict[str, Page]:
     """The gateway's own pages (GET), answered without connexion; another method goes to connexion (405, audited)."""
     base = gw.settings.public_url
 
@@ -242,7 +252,7 @@ def data_plane(gateway: Gateway | None = None):
     documents_soap = DocumentSoapDoor(gw)
     # The shared APIs' plain reads skip connexion when they are valid (lgsp/doors/routes.py); the rest goes through it.
     fast = fast_path(gw)
-    app = built_on_first_request(lambda: shared_apis_app(gw))
+    app = built_on_first_request(lambda: shared_apis_app(gw, pages))
 
     async def data(scope, receive, send):
         if scope["type"] == "lifespan":

@@ -69,3 +69,18 @@ def test_a_worker_serves_its_pages_and_fast_reads_without_connexion(gateway, lon
     assert declined.status_code == 400, declined.text
     assert _comparable(declined) == _comparable(_ask(gateway.url, reader, "Not A Purpose!"))
     assert any(loaded(pid)), "the probe cannot see connexion's libraries"  # so the checks above were not blind
+
+
+def test_the_gateway_pages_answer_every_method_as_before(gateway):
+    """GET is answered without connexion; HEAD, a trailing slash and other methods still by connexion's
+    routes for the pages (as when connexion served them all)."""
+    from test_abuse import in_process_gateway
+
+    with in_process_gateway() as url:
+        assert httpx.get(url + "/healthz", timeout=15).json()["status"] == "ok"
+        assert httpx.head(url + "/healthz", timeout=15).status_code == 200
+        slash = httpx.get(url + "/readyz/", timeout=15)
+        assert slash.status_code == 307 and slash.headers["location"].endswith("/readyz")
+        refused = httpx.post(url + "/metrics", timeout=15)
+        assert refused.status_code == 401  # the pipeline's refusal: no route takes POST, and no token came
+        assert refused.headers["content-type"] == "application/problem+json"
