@@ -76,7 +76,8 @@ def pieces(answer_file: Path, n: int, work: Path) -> dict[str, float]:
 
 def fast_path(n: int) -> float:
     from lgsp import specs
-    from lgsp.doors import rest, routes
+    from lgsp.doors import rest_exchange as rest
+    from lgsp.doors import routes
 
     documents = [specs.document(api.path) for api in specs.shared_apis() if api.door == "rest"]
     fast = routes.FastPath(None, None, rest.exchange_of, documents)  # type: ignore[arg-type]

@@ -12,7 +12,8 @@ import asyncio
 import contextlib
 import os
 import warnings
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
+from typing import cast
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
@@ -21,9 +22,6 @@ warnings.filterwarnings("ignore", message="Using `httpx` with `starlette.testcli
 
 
 import orjson
-from connexion import AsyncApp
-from connexion.middleware.exceptions import ExceptionMiddleware
-from connexion.middleware.routing import RoutingMiddleware
 from sqlalchemy import text
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
@@ -34,8 +32,8 @@ from lgsp.config import settings
 from lgsp.control import JWKS_PATH, TOKEN_PATH
 from lgsp.delivery.worker import start_in_process as start_delivery_worker
 from lgsp.doors.request_guard import RequestGuard
-from lgsp.doors.rest import MIDDLEWARES, add_shared_apis, fast_path
-from lgsp.doors.rest import render as rest_render
+from lgsp.doors.rest_exchange import fast_path
+from lgsp.doors.rest_exchange import render as rest_render
 from lgsp.doors.soap import PATH as SOAP_PATH
 from lgsp.doors.soap import SoapDoor, SoapRequest
 from lgsp.doors.soap import _version as soap_version
@@ -131,34 +129,59 @@ def _database_answers(gw: Gateway) -> bool:
         return False
 
 
+Page = Callable[[Request], Awaitable[Response]]
+
+
 def _json(data, status: int = 200) -> Response:
     return Response(orjson.dumps(data), status_code=status, media_type="application/json")
 
 
-def data_plane(gateway: Gateway | None = None):
-    gw = gateway or Gateway()
-    logs.setup(gw.settings.log_level)
+def shared_apis_app(gw: Gateway, pages: dict[str, Page]) -> ASGIApp:
+    """The shared APIs served by connexion: every request the fast path declines (refusals, bodies,
+    bulk and message submissions, the OpenAPI documents and their UI), and the gateway's pages in
+    every way the data plane does not answer itself (HEAD, a trailing slash, another method: 405)."""
+    from connexion import AsyncApp  # about 20 MiB a worker only holds once such a request came
+    from connexion.middleware.exceptions import ExceptionMiddleware
+    from connexion.middleware.routing import RoutingMiddleware
 
-    @contextlib.asynccontextmanager
-    async def lifespan(_app):
-        await gw.start()
-        worker = start_delivery_worker(gw)  # store-and-forward delivery in this process (LGSP_DELIVERY_WORKER)
-        from lgsp.documents.poller import start_in_process as start_document_poller
-
-        poller = start_document_poller(gw)  # documents from the national axis into inboxes (LGSP_DOCUMENT_POLL)
-        yield
-        if poller is not None:
-            await poller.stop()
-        if worker is not None:
-            await worker.stop()
-        await gw.stop()
+    from lgsp.doors.rest import MIDDLEWARES, add_shared_apis
 
     middlewares = list(MIDDLEWARES)
     middlewares.insert(middlewares.index(ExceptionMiddleware) + 1, BodyLimit)
     middlewares.insert(middlewares.index(BodyLimit) + 1, RequestGuard)
     middlewares.insert(middlewares.index(RoutingMiddleware) + 1, RouteCapture)
-    app = AsyncApp("lgsp", middlewares=middlewares, lifespan=lifespan)
+    app = AsyncApp("lgsp", middlewares=middlewares)
     add_shared_apis(app, gw)
+    for path, page in pages.items():
+        app.add_url_rule(path, page.__name__, page, methods=["GET"])
+    # connexion parses the specs on its first call; done here, it happens in the builder's thread,
+    # not on the event loop in front of the request that is waiting.
+    app.middleware.app, app.middleware.middleware_stack = app.middleware._build_middleware_stack()
+    return cast(ASGIApp, app)
+
+
+async def serve_lifespan(lifespan: Callable[[], contextlib.AbstractAsyncContextManager[None]],
+                         receive: Receive, send: Send) -> None:
+    """The ASGI lifespan protocol around one async context manager (start-up, then shut-down)."""
+    await receive()  # lifespan.startup
+    context = lifespan()
+    try:
+        await context.__aenter__()
+    except Exception as exc:
+        await send({"type": "lifespan.startup.failed", "message": str(exc)})
+        raise
+    await send({"type": "lifespan.startup.complete"})
+    await receive()  # lifespan.shutdown
+    try:
+        await context.__aexit__(None, None, None)
+    except Exception as exc:
+        await send({"type": "lifespan.shutdown.failed", "message": str(exc)})
+        raise
+    await send({"type": "lifespan.shutdown.complete"})
+
+
+def gateway_pages(gw: Gateway) -> dict[str, Page]:
+    """The gateway's own pages (GET), answered without connexion; another method goes to connexion (405, audited)."""
     base = gw.settings.public_url
 
     async def catalog(_request: Request) -> Response:
@@ -196,7 +219,28 @@ def data_plane(gateway: Gateway | None = None):
         body, content_type = metrics.render()
         return Response(body, media_type=content_type)
 
-    app.add_url_rule("/api", "catalog", catalog, methods=["GET"])
+    return {"/api": catalog, "/healthz": healthz, "/readyz": readyz, "/metrics": metrics_view}
+
+
+def data_plane(gateway: Gateway | None = None):
+    gw = gateway or Gateway()
+    logs.setup(gw.settings.log_level)
+
+    @contextlib.asynccontextmanager
+    async def lifespan():
+        await gw.start()
+        worker = start_delivery_worker(gw)  # store-and-forward delivery in this process (LGSP_DELIVERY_WORKER)
+        from lgsp.documents.poller import start_in_process as start_document_poller
+
+        poller = start_document_poller(gw)  # documents from the national axis into inboxes (LGSP_DOCUMENT_POLL)
+        yield
+        if poller is not None:
+            await poller.stop()
+        if worker is not None:
+            await worker.stop()
+        await gw.stop()
+
+    pages = gateway_pages(gw)
     soap_door = SoapDoor(gw)
     from lgsp.documents.door import DocumentDoor
     from lgsp.documents.door import route_of as document_route
@@ -206,14 +250,13 @@ def data_plane(gateway: Gateway | None = None):
     from lgsp.documents.soap_door import DocumentSoapDoor
 
     documents_soap = DocumentSoapDoor(gw)
-    app.add_url_rule("/healthz", "healthz", healthz, methods=["GET"])
-    app.add_url_rule("/readyz", "readyz", readyz, methods=["GET"])
-    app.add_url_rule("/metrics", "metrics", metrics_view, methods=["GET"])
-
     # The shared APIs' plain reads skip connexion when they are valid (lgsp/doors/routes.py); the rest goes through it.
     fast = fast_path(gw)
+    app = built_on_first_request(lambda: shared_apis_app(gw, pages))
 
     async def data(scope, receive, send):
+        if scope["type"] == "lifespan":
+            return await serve_lifespan(lifespan, receive, send)
         # The SOAP door speaks SOAP Faults, not problem+json: it sits beside connexion, not inside it.
         if scope["type"] == "http" and scope["path"].rstrip("/") == SOAP_PATH:
             return await soap_door(scope, receive, send)
@@ -225,6 +268,9 @@ def data_plane(gateway: Gateway | None = None):
         if scope["type"] == "http" and scope["path"].startswith(CONTROL_PREFIXES):
             # A data-plane-only process: the control plane's addresses are not exchanges to refuse and audit.
             return await control_plane_elsewhere(scope, receive, send)
+        page = pages.get(scope["path"]) if scope["type"] == "http" and scope["method"] == "GET" else None
+        if page is not None:
+            return await (await page(Request(scope, receive)))(scope, receive, send)
         if fast is not None and scope["type"] == "http" and await fast(scope, receive, send):
             return None
         return await app(scope, receive, send)
@@ -244,6 +290,12 @@ def control_plane(gateway: Gateway | None = None):
 
     gw = gateway or Gateway()
     return ClientCertificate(create_control_plane(gw.engine, gw.settings), gw.settings)
+
+
+def token_plane(gw: Gateway) -> ASGIApp:
+    from lgsp.control.token_endpoint import token_plane as create_token_plane  # Flask and authlib, not connexion
+
+    return cast(ASGIApp, create_token_plane(gw.engine, gw.settings))  # a2wsgi's ASGI types, not Starlette's
 
 
 def built_on_first_request(build: Callable[[], ASGIApp]) -> ASGIApp:
@@ -266,12 +318,25 @@ def built_on_first_request(build: Callable[[], ASGIApp]) -> ASGIApp:
 CONTROL_PREFIXES = ("/oauth/", "/.well-known/", "/admin", "/console", "/audit")
 
 
+def token_request(scope: Scope) -> bool:
+    """A client's form-encoded token request: all the token endpoint alone serves (anything else at
+    its address, such as another method or a JSON body, goes to the whole control plane)."""
+    if scope["type"] != "http" or scope["path"] != TOKEN_PATH or scope["method"] != "POST":
+        return False
+    return b"json" not in dict(scope["headers"]).get(b"content-type", b"").lower()
+
+
 def combined():
-    """Both planes in one process: control-plane prefixes go to Flask, the rest to the data plane."""
+    """Both planes in one process: control-plane prefixes go to Flask, the rest to the data plane.
+    Token requests are served by the token endpoint alone, the rest of the control plane is built
+    on its first request: most workers never hold it (docs/performance.md)."""
     gw = Gateway()
     data, control = data_plane(gw), built_on_first_request(lambda: control_plane(gw))
+    token = built_on_first_request(lambda: token_plane(gw))
 
     async def app(scope, receive, send):
+        if token_request(scope):
+            return await token(scope, receive, send)
         if scope["type"] == "http" and scope["path"].startswith(CONTROL_PREFIXES):
             return await control(scope, receive, send)
         return await data(scope, receive, send)

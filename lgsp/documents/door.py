@@ -19,8 +19,8 @@ from starlette.requests import Request
 
 from lgsp.delivery.accept import wake_workers
 from lgsp.documents import edxml, routing
-from lgsp.doors.rest import exchange_from
-from lgsp.doors.rest import render as rest_render
+from lgsp.doors.rest_exchange import exchange_from
+from lgsp.doors.rest_exchange import render as rest_render
 from lgsp.errors import ExchangeError
 from lgsp.gateway import Gateway
 from lgsp.pipeline.authorize import authorize

@@ -9,9 +9,8 @@ the pipeline. Requests the spec refuses still go through `pipeline.serve`
 from __future__ import annotations
 
 import logging
-from typing import Any, Mapping
+from typing import Any
 
-import orjson
 from connexion import AsyncApp, ConnexionMiddleware
 from connexion import request as current_request
 from connexion.exceptions import BadRequestProblem, ProblemException, UnsupportedMediaTypeProblem
@@ -24,22 +23,16 @@ from starlette.responses import Response
 
 from lgsp import bulk, personal_id, specs
 from lgsp.delivery import accept as messages
-from lgsp.doors import routes
 from lgsp.doors.request_guard import allowed_methods
 from lgsp.doors.request_guard import unreadable as unreadable_body
-from lgsp.errors import ExchangeError, problem
+from lgsp.doors.rest_exchange import exchange_from, render
+from lgsp.errors import ExchangeError
 from lgsp.gateway import Gateway
 from lgsp.pipeline.authorize import missing_purpose_sentence
-from lgsp.pipeline.exchange import Exchange, request_id_from
-from lgsp.pipeline.identify import bearer_token
 from lgsp.pipeline.run import PIPELINES, Rendered, serve
 from lgsp.pipeline.validate import check_enterprise_code
-from lgsp.tls.peer import thumbprint_of
 
 log = logging.getLogger(__name__)
-
-JSON = "application/json"
-PROBLEM = "application/problem+json"
 
 # The operation of openapi/services.v1.yaml: the service is named in the path.
 GENERIC = "services.call"
@@ -47,38 +40,6 @@ GENERIC = "services.call"
 # Authentication is a pipeline stage shared with the SOAP door, so connexion's
 # own security middleware is left out; routing and validation stay.
 MIDDLEWARES = [m for m in ConnexionMiddleware.default_middlewares if m is not SecurityMiddleware]
-
-
-def render(ex: Exchange) -> Rendered:
-    headers = {"X-Request-ID": ex.request_id, "Cache-Control": "no-store"}
-    if ex.error is None:
-        headers["Content-Type"] = JSON
-        return 200, headers, orjson.dumps(ex.answer)
-    headers["Content-Type"] = PROBLEM
-    headers.update(ex.error.headers)
-    body = problem(ex.error.code, ex.error.detail, ex.request_id, status=ex.error.status)
-    return ex.error.status, headers, orjson.dumps(body)
-
-
-def exchange_from(req: ConnexionRequest, service: str | None, params: dict[str, Any]) -> Exchange:
-    return exchange_of(req.headers, req.scope, service, params)
-
-
-def exchange_of(h: Mapping[str, str], scope: dict[str, Any], service: str | None, params: dict[str, Any]) -> Exchange:
-    """The exchange of a request, from its header fields and ASGI scope (connexion's or the fast path's)."""
-    return Exchange(
-        door="rest",
-        request_id=request_id_from(h.get("x-request-id")),
-        service_name=service,
-        params=params,
-        token=bearer_token(h.get("authorization")),
-        purpose=h.get("x-purpose") or None,
-        officer=h.get("x-on-behalf-of") or None,
-        request_bytes=int(h.get("content-length") or 0),
-        claimed_request_id=h.get("x-request-id"),
-        source=(scope.get("client") or (None,))[0],
-        certificate=thumbprint_of(scope),
-    )
 
 
 def _response(rendered: Rendered) -> Response:
@@ -203,11 +164,6 @@ def refusal_for(exc: Exception, subject: str | None = None, path: str | None = N
     if isinstance(exc, (ProblemException, HTTPException)) and status and 400 <= status < 500:
         return ExchangeError("request.invalid", str(getattr(exc, "detail", "") or "The request is not valid."))
     return ExchangeError("internal.error", "The LGSP could not complete the exchange; it has been logged.")
-
-
-def fast_path(gateway: Gateway) -> routes.FastPath | None:
-    """The shared APIs' plain reads without connexion (lgsp/doors/routes.py), unless LGSP_REST_FAST_PATH=0."""
-    return routes.FastPath(gateway, render, exchange_of) if routes.enabled() else None
 
 
 def add_shared_apis(app: AsyncApp, gateway: Gateway) -> RestDoor:

@@ -210,7 +210,7 @@ def test_an_answer_whose_other_persons_cannot_be_recorded_is_not_given(lgsp_env)
     the exchange meant to store with its record (an accepted message) is stored."""
     from types import SimpleNamespace
 
-    from lgsp.doors.rest import render
+    from lgsp.doors.rest_exchange import render
     from lgsp.pipeline.exchange import Exchange
     from lgsp.pipeline.run import serve
     from lgsp.registry import Service

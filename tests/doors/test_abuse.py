@@ -160,15 +160,17 @@ def in_process_gateway() -> Iterator[str]:
 
 def test_rest_answer_that_cannot_be_rendered_is_an_audited_internal_error(gateway, token, monkeypatch):
     from lgsp.doors import rest as rest_door
+    from lgsp.doors import rest_exchange
 
-    original = rest_door.render
+    original = rest_exchange.render
 
     def broken(ex):
         if ex.error is None:
             raise RuntimeError("the renderer broke on this answer")
         return original(ex)
 
-    monkeypatch.setattr(rest_door, "render", broken)
+    monkeypatch.setattr(rest_door, "render", broken)  # connexion's handlers
+    monkeypatch.setattr(rest_exchange, "render", broken)  # the fast path's
     rid = f"render-rest-{uuid.uuid4().hex[:8]}"
     with in_process_gateway() as url:
         r = httpx.get(f"{url}/api/codelists/v1/gender", headers={"Authorization": f"Bearer {token}",
