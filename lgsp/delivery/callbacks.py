@@ -21,9 +21,8 @@ import hashlib
 import hmac
 import logging
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import httpx
 import orjson
 from sqlalchemy import Engine, bindparam, or_, select, update
 
@@ -31,6 +30,9 @@ from lgsp import egress
 from lgsp.crypto import derive_key
 from lgsp.delivery.policy import Policy
 from lgsp.storage.schema import delivery_messages as M
+
+if TYPE_CHECKING:
+    import httpx
 
 log = logging.getLogger(__name__)
 BATCH = 50
@@ -119,12 +121,16 @@ async def send_pending(gw: Any) -> None:
         return
     if not rows:
         return
+    import httpx  # here, not at import: the data plane imports this module and never sends (5.7 MiB with its CLI's deps)
+
     policy = Policy.from_environment()
     async with httpx.AsyncClient(timeout=TIMEOUT, follow_redirects=False) as client:
         await asyncio.gather(*(_send(gw, client, policy, row, view(row, gw.settings.public_url)) for row in rows))
 
 
 async def _send(gw: Any, client: httpx.AsyncClient, policy: Policy, row: Any, status: dict[str, Any]) -> None:
+    import httpx
+
     tries = row.callback_attempts + 1
     started = time.perf_counter()
     answered, reason, permanent = None, None, False
