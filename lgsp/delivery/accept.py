@@ -386,11 +386,11 @@ def message_options(headers: Any) -> dict[str, str]:
                               ("callback_url", headers.get("x-callback-url"))) if v}
 
 
-async def serve_message(ex: Exchange, gw: Any, render: Callable[[Exchange], Any],
-                        headers: Any) -> tuple[int, dict[str, str], bytes]:
+async def serve_message(ex: Exchange, gw: Any, render: Callable[[Exchange], Any], headers: Any,
+                        stages: tuple[Stage, ...] = ACCEPT) -> tuple[int, dict[str, str], bytes]:
     """A message of the REST door through its pipeline (answered 202), the workers woken once it is stored."""
     ex.message_options = message_options(headers)
-    rendered = await serve(ex, gw, accepted(render), stages=ACCEPT)
+    rendered = await serve(ex, gw, accepted(render), stages=stages)
     if ex.error is None:
         wake_workers(gw)
     return rendered

@@ -121,7 +121,7 @@ async def send_pending(gw: Any) -> None:
         return
     if not rows:
         return
-    import httpx  # here, not at import: the data plane imports this module and never sends (5.7 MiB with its CLI's deps)
+    import httpx  # here, not at import: the data plane imports this module and never sends (5.7 MiB)
 
     policy = Policy.from_environment()
     async with httpx.AsyncClient(timeout=TIMEOUT, follow_redirects=False) as client:

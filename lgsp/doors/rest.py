@@ -82,19 +82,13 @@ class RestDoor:
         return handle
 
     def _message_handler(self, service: str):
-        stages, rendering = messages.stages_for(service), messages.accepted(render)
+        stages = messages.stages_for(service) or messages.ACCEPT
 
         async def handle(body: dict | None = None, **params: Any) -> Response:
             if isinstance(body, dict):
                 params.update(body)
             ex = exchange_from(current_request, service, params)
-            h = current_request.headers
-            ex.message_options = {k: v for k, v in (("idempotency_key", h.get("idempotency-key")),
-                                                    ("callback_url", h.get("x-callback-url"))) if v}
-            rendered = await serve(ex, self.gateway, rendering, stages=stages)
-            if ex.error is None:
-                messages.wake_workers(self.gateway)
-            return _response(rendered)
+            return _response(await messages.serve_message(ex, self.gateway, render, current_request.headers, stages))
 
         handle.__name__ = service.replace(".", "_")
         return handle
