@@ -383,12 +383,12 @@ class AuditWriter:
     def _insert_alone(self, rows: list[dict[str, Any]]) -> bool:
         """A group of records only (most groups, every group of a lone request) on PostgreSQL: one
         multi-row INSERT in autocommit, which is its own transaction, durable (synchronous_commit=on)
-        when the statement returns. No BEGIN and COMMIT around it: a third of the writer's CPU per group
-        at one exchange at a time (benchmarks/results/2026-12-01-perfcpu.md). False, and nothing done, when
-        the connection is in a transaction (the pool's pre-ping of a new connection leaves one open)."""
+        when the statement returns. No BEGIN and COMMIT around it, and no pipeline: psycopg spends about
+        half the CPU on it (benchmarks/results/2026-12-01-perfcpu.md). False, and nothing done, when the
+        connection is in a transaction (the pool's pre-ping of a new connection leaves one open)."""
         conn = self._connection()
-        driver = conn.connection.driver_connection
-        if driver.info.transaction_status != _PG_IDLE:
+        driver: Any = conn.connection.driver_connection
+        if driver is None or driver.info.transaction_status != _PG_IDLE:
             return False
         try:
             driver.autocommit = True
@@ -444,7 +444,7 @@ class _RecordInsert:
         # (position, processor) of the columns that need one: two or three of twenty-five.
         self._encode = [(i, p) for i, p in enumerate(processors) if p is not None]
 
-    def params(self, row: Mapping[str, Any]) -> tuple:
+    def params(self, row: Mapping[str, Any]) -> tuple[Any, ...]:
         values = [row[name] for name in _RECORD_COLUMNS]
         for i, process in self._encode:
             values[i] = process(values[i])

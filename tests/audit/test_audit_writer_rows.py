@@ -7,7 +7,7 @@ from __future__ import annotations
 import datetime as dt
 
 import pytest
-from sqlalchemy import insert, select, text
+from sqlalchemy import insert, text
 
 from lgsp.audit.verify import verify_database
 from lgsp.audit.writer import _RECORD_COLUMNS, AuditWriter, _RecordInsert, read_chain
