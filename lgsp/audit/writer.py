@@ -369,8 +369,8 @@ class AuditWriter:
 
     def _insert_group(self, rows: list[dict[str, Any]], bodies: list[dict[str, Any]], seals: list[dict[str, Any]],
                       statements: list[Stored]) -> None:
-        if not (bodies or seals or statements) and self.engine.dialect.name == "postgresql" and (
-                self._insert_alone(rows)):
+        if len(rows) == 1 and not (bodies or seals or statements) and self.engine.dialect.name == "postgresql" and (
+                self._insert_alone(rows[0])):
             return
         with self._write_lock, self._transaction() as conn:
             self._insert_records(conn, rows)
@@ -380,19 +380,21 @@ class AuditWriter:
                 conn.execute(_INSERT_SEALS, seals)
             _run_statements(conn, statements)
 
-    def _insert_alone(self, rows: list[dict[str, Any]]) -> bool:
-        """A group of records only (most groups, every group of a lone request) on PostgreSQL: one
-        multi-row INSERT in autocommit, which is its own transaction, durable (synchronous_commit=on)
-        when the statement returns. No BEGIN and COMMIT around it, and no pipeline: psycopg spends about
-        half the CPU on it (benchmarks/results/2026-12-01-perfcpu.md). False, and nothing done, when the
-        connection is in a transaction (the pool's pre-ping of a new connection leaves one open)."""
+    def _insert_alone(self, row: dict[str, Any]) -> bool:
+        """A lone record (a group of one: every group at one exchange at a time) on PostgreSQL: its
+        INSERT in autocommit, its own transaction, durable (synchronous_commit=on) when the statement
+        returns. No BEGIN and COMMIT around it, and no pipeline: psycopg spends about half the CPU on it
+        (benchmarks/results/2026-12-01-perfcpu.md). Larger groups keep one transaction in a pipeline:
+        one prepared single-row INSERT for any group size (a multi-row VALUES per size measured worse
+        at 50 connections). False, and nothing done, when the connection is in a transaction (the
+        pool's pre-ping of a new connection leaves one open)."""
         conn = self._connection()
         driver: Any = conn.connection.driver_connection
         if driver is None or driver.info.transaction_status != _PG_IDLE:
             return False
         try:
             driver.autocommit = True
-            self._insert_records.at_once(conn, rows)
+            self._insert_records(conn, [row])
             driver.autocommit = False
             conn.commit()  # ends SQLAlchemy's own (autobegun) transaction; nothing is sent: the server is idle
         except BaseException:
@@ -436,9 +438,8 @@ class _RecordInsert:
     def __init__(self, engine: Engine):
         dialect = engine.dialect
         mark = "?" if dialect.paramstyle == "qmark" else "%s"
-        self._head = f"INSERT INTO {audit_records.name} ({', '.join(_RECORD_COLUMNS)}) VALUES "
-        self._values = f"({', '.join([mark] * len(_RECORD_COLUMNS))})"
-        self.sql = self._head + self._values
+        self.sql = (f"INSERT INTO {audit_records.name} ({', '.join(_RECORD_COLUMNS)}) "
+                    f"VALUES ({', '.join([mark] * len(_RECORD_COLUMNS))})")
         processors = [audit_records.c[name].type.dialect_impl(dialect).bind_processor(dialect)
                       for name in _RECORD_COLUMNS]
         # (position, processor) of the columns that need one: two or three of twenty-five.
@@ -452,12 +453,6 @@ class _RecordInsert:
 
     def __call__(self, conn: Connection, rows: list[dict[str, Any]]) -> None:
         conn.exec_driver_sql(self.sql, [self.params(row) for row in rows])
-
-    def at_once(self, conn: Connection, rows: list[dict[str, Any]]) -> None:
-        """The rows in one statement (VALUES (…), (…)): atomic even outside a transaction. A group is at
-        most batch_max rows, 25 parameters each: far below the drivers' limits."""
-        params = [value for row in rows for value in self.params(row)]
-        conn.exec_driver_sql(self._head + ", ".join([self._values] * len(rows)), tuple(params))
 
 
 def _pipeline(conn: Connection) -> contextlib.AbstractContextManager[Any]:
