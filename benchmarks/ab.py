@@ -7,7 +7,7 @@ both, in alternating order. Printed: the median over the rounds of CPU ms per an
 gateway's processes, from /proc), req/s and p99, and B/A.
 
     .venv/bin/python benchmarks/ab.py --base /path/to/other/checkout [--rounds 5] [--duration 5]
-        [--connections 50] [--workers 2] [--rows rest,soap,business]
+        [--connections 50] [--workers 2] [--rows rest,soap,business] [--postgres URL]
 """
 from __future__ import annotations
 
@@ -25,13 +25,14 @@ from machine import cpu_model, free_port, speed_probe
 from lgsp.demo import stop
 
 
-def start(work: Path, up: int, workers: int, code: Path | None) -> bench.Gateway:
-    """A gateway on this checkout's code, or on the code of `code` (put first on the path of its processes)."""
+def start(work: Path, up: int, workers: int, code: Path | None, postgres: str | None) -> bench.Gateway:
+    """A gateway on this checkout's code, or on the code of `code` (put first on the path of its processes);
+    its audit on SQLite, or in a fresh database of the PostgreSQL server `postgres`."""
     saved = os.environ.get("PYTHONPATH")
     if code is not None:
         os.environ["PYTHONPATH"] = str(code)
     try:
-        return bench.start_lgsp(work, up, workers, None)
+        return bench.start_lgsp(work, up, workers, bench.fresh_postgres_database(postgres) if postgres else None)
     finally:
         if code is not None:
             if saved is None:
@@ -48,6 +49,7 @@ def main() -> None:
     ap.add_argument("--connections", type=int, default=50)
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--rows", default="rest,soap,business")
+    ap.add_argument("--postgres", metavar="URL", help="both gateways on this PostgreSQL server (a database each)")
     args = ap.parse_args()
     if not (args.base / "lgsp" / "__init__.py").exists():
         sys.exit(f"{args.base} is not a checkout of the LGSP")
@@ -61,9 +63,9 @@ def main() -> None:
         enterprise, token_answer, details = bench.record_business(work)
         up, hop = free_port(), free_port()
         procs.append(bench.start_nginx(work, answer, token_answer, details, up, hop))
-        a = start(work, up, args.workers, args.base.resolve())
+        a = start(work, up, args.workers, args.base.resolve(), args.postgres)
         procs.append(a.proc)
-        b = start(work, up, args.workers, None)
+        b = start(work, up, args.workers, None, args.postgres)
         procs.append(b.proc)
         index = {"rest": 0, "soap": 1, "business": 2}
         rows = [index[r] for r in args.rows.split(",")]
@@ -80,6 +82,7 @@ def main() -> None:
                     runs.setdefault((row, side), []).append(
                         bench.measure(targets[side][row], args.connections, once, progress))
         print(f"\nA = {args.base.resolve()}, B = this checkout; {args.workers} workers, "
+              f"{'PostgreSQL' if args.postgres else 'SQLite'}, "
               f"{args.connections} connections, median of {args.rounds} interleaved runs of {args.duration} s\n")
         print(f"{'row':28} {'A CPU ms':>9} {'B CPU ms':>9} {'B/A':>6} {'A req/s':>8} {'B req/s':>8} "
               f"{'A p99':>7} {'B p99':>7} non-2xx")

@@ -10,7 +10,8 @@ in alternating order, and the median CPU µs per call of each piece is printed s
 The pieces use the code's public functions, so both checkouts run the same calls on the same data:
 a recorded population answer (SOAP) parsed into its dict, a SOAP door request read and its answer
 written, the metrics and log line of an exchange (prometheus multiprocess mode, as with several
-workers), and durable audit commits on SQLite (synchronous=FULL) with 50 exchanges waiting at once.
+workers), and durable audit commits on SQLite (synchronous=FULL) with 50 exchanges waiting at once and
+with one (and on PostgreSQL, synchronous_commit=on, with --postgres URL).
 """
 from __future__ import annotations
 
@@ -70,7 +71,14 @@ def pieces(answer_file: Path, n: int, work: Path) -> dict[str, float]:
     out["SOAP door: write an answer"] = per_call(lambda: door.renderer(req)(ex), n)
     ex.client, ex.service = SimpleNamespace(client_id="bench-client"), SimpleNamespace()  # type: ignore[assignment]
     out["metrics and log line of an exchange"] = per_call(lambda: observe(ex), n)
-    out["audit commit, 50 waiting (SQLite FULL)"] = audit_commit(work, n)
+    sqlite = f"sqlite:///{work / 'audit.db'}"
+    out["audit commit, 50 waiting (SQLite FULL)"] = audit_commit(sqlite, n, 50)
+    out["audit commit, 1 waiting (SQLite FULL)"] = audit_commit(sqlite, n // 10, 1)
+    postgres = os.environ.get("LGSP_BENCH_POSTGRES")
+    if postgres:  # a fresh database per child, on the server --postgres names
+        database = bench.fresh_postgres_database(postgres)
+        out["audit commit, 50 waiting (PostgreSQL)"] = audit_commit(database, n, 50)
+        out["audit commit, 1 waiting (PostgreSQL)"] = audit_commit(database, n // 10, 1)
     return out
 
 
@@ -96,13 +104,14 @@ def fast_path(n: int) -> float:
     return per_call(one, n)
 
 
-def audit_commit(work: Path, n: int) -> float:
+def audit_commit(url: str, n: int, waiting: int) -> float:
+    """CPU of this process (the exchanges' loop and the writer thread) per durable commit of a record,
+    `waiting` exchanges at once; a database server's own CPU is not counted."""
     from lgsp.audit.writer import AuditRecord, AuditWriter
-    from lgsp.storage.db import engine_for
-    from lgsp.storage.schema import metadata
+    from lgsp.storage.db import engine_for, upgrade
 
-    engine = engine_for(f"sqlite:///{work / 'audit.db'}")
-    metadata.create_all(engine)
+    engine = engine_for(url)
+    upgrade(url)
     writer = AuditWriter(engine, seal_every=100_000, seal_seconds=3600)
     record: AuditRecord = {"at": dt.datetime.now(dt.timezone.utc), "kind": "exchange", "request_id": "r1",
                            "door": "rest", "outcome": "ok", "status": 200, "latency_ms": 1.0, "fields": ["full_name"],
@@ -110,12 +119,13 @@ def audit_commit(work: Path, n: int) -> float:
 
     async def rounds(count: int) -> None:
         for _ in range(count):
-            await asyncio.gather(*(writer.commit(record.copy()) for _ in range(50)))
+            await asyncio.gather(*(writer.commit(record.copy()) for _ in range(waiting)))
 
     asyncio.run(rounds(2))
+    count = max(n // waiting, 4)
     start = time.process_time()
-    asyncio.run(rounds(max(n // 50, 4)))
-    cpu = (time.process_time() - start) * 1e6 / (max(n // 50, 4) * 50)
+    asyncio.run(rounds(count))
+    cpu = (time.process_time() - start) * 1e6 / (count * waiting)
     writer.close()
     return cpu
 
@@ -125,6 +135,7 @@ def main() -> None:
     ap.add_argument("--base", type=Path, help="directory of the checkout to compare against (A)")
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--n", type=int, default=2000, help="calls per piece per round")
+    ap.add_argument("--postgres", metavar="URL", help="also time audit commits on this PostgreSQL server")
     ap.add_argument("--child", type=Path, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
@@ -140,7 +151,7 @@ def main() -> None:
         runs: dict[str, list[dict[str, float]]] = {s: [] for s in sides}
         for r in range(args.rounds):
             for side in sorted(sides, reverse=r % 2 == 1):
-                env = dict(os.environ)
+                env = dict(os.environ, **({"LGSP_BENCH_POSTGRES": args.postgres} if args.postgres else {}))
                 if sides[side] is not None:
                     env["PYTHONPATH"] = str(sides[side])
                 out = subprocess.run([sys.executable, __file__, "--child", str(answer), "--n", str(args.n)], env=env,

@@ -182,8 +182,9 @@ class Gateway:
     credentials: tuple[str, str] = ("", "")  # the benchmark client's id and secret
 
     def issue_token(self) -> None:
+        # A worker's first token costs seconds on a loaded box (scrypt, first request): httpx's 5 s is short.
         self.token = httpx.post(f"{self.url}/oauth/token", data={"grant_type": "client_credentials"},
-                                auth=self.credentials).json()["access_token"]
+                                auth=self.credentials, timeout=60).json()["access_token"]
 
     def durability(self) -> str:
         code = ("from lgsp.config import settings; from lgsp.storage import engine_for; "

@@ -148,6 +148,7 @@ class AuditWriter:
         self._stopping = False
         self._maintain_at = 0.0  # partitions ahead and statistics: at start, then hourly (lgsp.storage.maintenance)
         self._conn: Connection | None = None  # the writer thread's own connection (see _connection)
+        self._insert_records = _RecordInsert(engine)
         self._used_at = 0.0
         self._thread.start()
 
@@ -368,13 +369,38 @@ class AuditWriter:
 
     def _insert_group(self, rows: list[dict[str, Any]], bodies: list[dict[str, Any]], seals: list[dict[str, Any]],
                       statements: list[Stored]) -> None:
+        if len(rows) == 1 and not (bodies or seals or statements) and self.engine.dialect.name == "postgresql" and (
+                self._insert_alone(rows[0])):
+            return
         with self._write_lock, self._transaction() as conn:
-            conn.execute(_INSERT_RECORDS, rows)
+            self._insert_records(conn, rows)
             if bodies:
                 conn.execute(_INSERT_BODIES, bodies)
             if seals:
                 conn.execute(_INSERT_SEALS, seals)
             _run_statements(conn, statements)
+
+    def _insert_alone(self, row: dict[str, Any]) -> bool:
+        """A lone record (a group of one: every group at one exchange at a time) on PostgreSQL: its
+        INSERT in autocommit, its own transaction, durable (synchronous_commit=on) when the statement
+        returns. No BEGIN and COMMIT around it, and no pipeline: psycopg spends about half the CPU on it
+        (benchmarks/results/2026-12-01-perfcpu.md). Larger groups keep one transaction in a pipeline:
+        one prepared single-row INSERT for any group size (a multi-row VALUES per size measured worse
+        at 50 connections). False, and nothing done, when the connection is in a transaction (the
+        pool's pre-ping of a new connection leaves one open)."""
+        conn = self._connection()
+        driver: Any = conn.connection.driver_connection
+        if driver is None or driver.info.transaction_status != _PG_IDLE:
+            return False
+        try:
+            driver.autocommit = True
+            self._insert_records(conn, [row])
+            driver.autocommit = False
+            conn.commit()  # ends SQLAlchemy's own (autobegun) transaction; nothing is sent: the server is idle
+        except BaseException:
+            self._drop_connection()  # never reused, so never left in autocommit
+            raise
+        return True
 
     def _committed(self, row: dict[str, Any]) -> bool:
         """Whether the record `row` is in the database (asked on a pooled connection; raises if it cannot be)."""
@@ -395,8 +421,38 @@ def _inline(statement: Any) -> Any:
     return statement.inline() if isinstance(statement, Insert) else statement
 
 
-_INSERT_RECORDS, _INSERT_BODIES, _INSERT_SEALS = (insert(t).inline() for t in
-                                                  (audit_records, audit_bodies, audit_seals))
+_PG_IDLE = 0  # psycopg.pq.TransactionStatus.IDLE (psycopg is imported only where PostgreSQL is used)
+_INSERT_BODIES, _INSERT_SEALS = (insert(t).inline() for t in (audit_bodies, audit_seals))
+# Every column of a record row, in the order of _RecordInsert's parameters.
+_RECORD_COLUMNS = (*HASHED_FIELDS, "hash")
+
+
+class _RecordInsert:
+    """The INSERT of a group's records, sent to the driver as one executemany of tuples.
+
+    Through SQLAlchemy Core each row's parameters were rebuilt per row (bind processors looked up,
+    parameter dicts constructed: a third of the writer thread's CPU). Here the SQL is written once and
+    each row encoded with the same bind processors the dialect would use (SQLite's datetime text,
+    JSON text, psycopg's Json), so the stored values are exactly what SQLAlchemy stored."""
+
+    def __init__(self, engine: Engine):
+        dialect = engine.dialect
+        mark = "?" if dialect.paramstyle == "qmark" else "%s"
+        self.sql = (f"INSERT INTO {audit_records.name} ({', '.join(_RECORD_COLUMNS)}) "
+                    f"VALUES ({', '.join([mark] * len(_RECORD_COLUMNS))})")
+        processors = [audit_records.c[name].type.dialect_impl(dialect).bind_processor(dialect)
+                      for name in _RECORD_COLUMNS]
+        # (position, processor) of the columns that need one: two or three of twenty-five.
+        self._encode = [(i, p) for i, p in enumerate(processors) if p is not None]
+
+    def params(self, row: Mapping[str, Any]) -> tuple[Any, ...]:
+        values = [row[name] for name in _RECORD_COLUMNS]
+        for i, process in self._encode:
+            values[i] = process(values[i])
+        return tuple(values)
+
+    def __call__(self, conn: Connection, rows: list[dict[str, Any]]) -> None:
+        conn.exec_driver_sql(self.sql, [self.params(row) for row in rows])
 
 
 def _pipeline(conn: Connection) -> contextlib.AbstractContextManager[Any]:
