@@ -9,7 +9,7 @@ import pytest
 from prometheus_client import REGISTRY
 from sqlalchemy import select
 
-from lgsp.audit.writer import GENESIS, AuditUnavailable, AuditWriter, read_chain
+from lgsp.audit.writer import GENESIS, AuditRecord, AuditUnavailable, AuditWriter, read_chain
 from lgsp.errors import ExchangeError
 from lgsp.storage import engine_for
 from lgsp.storage.schema import audit_records
@@ -17,9 +17,9 @@ from lgsp.traffic import grouped_audit
 from lgsp.traffic.grouped_audit import commit_refusal, groupable
 
 
-def refusal(n: int) -> dict:
-    return {"at": dt.datetime.now(dt.timezone.utc), "kind": "exchange", "request_id": f"flood-{uuid.uuid4().hex[:8]}-{n}",
-            "door": "rest", "client_id": "greedy", "service": "population.citizen.get", "outcome": "refused",
+def refusal(n: int) -> AuditRecord:
+    return {"at": dt.datetime.now(dt.timezone.utc), "kind": "exchange", "door": "rest",
+            "request_id": f"flood-{uuid.uuid4().hex[:8]}-{n}", "client_id": "greedy", "service": "population.citizen.get", "outcome": "refused",
             "status": 429, "error_code": "rate.limited", "latency_ms": 0.5}
 
 
@@ -47,7 +47,7 @@ def test_a_flood_of_refusals_is_committed_in_one_group_each_record_durable_befor
     records = [refusal(n) for n in range(40)]
     seen_durable = []
 
-    async def one(record: dict) -> None:
+    async def one(record: AuditRecord) -> None:
         await commit_refusal(writer, record)
         seen_durable.append(stored(writer.engine, record["request_id"]))  # as the door would answer now
 
