@@ -17,7 +17,7 @@ import weakref
 from lgsp.audit.writer import AuditRecord, AuditUnavailable, AuditWriter
 from lgsp.errors import ExchangeError
 
-LINGER = 0.02      # s a refusal's record waits for others: ~2–4 records a group at 100–200 refusals/s a worker
+LINGER = 0.05      # s a refusal's record waits for others: ~5 records a group at 90 refusals/s a worker
 GROUP_MAX = 64     # records a group holds before it is committed without waiting more
 
 _groups: weakref.WeakKeyDictionary[AuditWriter, RefusalGroup] = weakref.WeakKeyDictionary()
