@@ -267,6 +267,7 @@ class Run:
     idle: Phase
     greedy: Phase
     anonymous: Phase   # the greedy client's flood without a token: refused at identify (401), each audited
+    greedy_commits: tuple[float, float] = (0.0, 0.0)   # audit transactions and records in the greedy phase
 
 
 # The rule for leaving a pair out of the verdict, fixed before any run: its ratio measures the box, not us, when
@@ -377,7 +378,9 @@ def summary(run: Run, rate: int, good: float, duration: float) -> list[str]:
               f"Greedy alone ({rate * 10}/s for {duration:g} s): {admitted(g)} admitted, {g.statuses.get(429, 0)} "
               f"refused, {g.statuses.get(0, 0)} without an answer; p99 of its admitted calls "
               f"{pct(g.latencies, 99):.1f} ms; CPU pressure {run.greedy.pressure:.0f} %; the gateway's threads "
-              f"waited for a CPU {run.greedy.waited * 1000:.0f} ms per second.",
+              f"waited for a CPU {run.greedy.waited * 1000:.0f} ms per second; its records went to the audit in "
+              f"{run.greedy_commits[0]:.0f} transactions ({run.greedy_commits[1] / (run.greedy_commits[0] or 1):.1f} "
+              f"records each).",
               f"Gateway CPU per admitted call (A phases): {ok_cpu * 1000:.3f} ms; **per refusal (greedy alone): "
               f"{per_refusal * 1000:.3f} ms**; of these in the threads beside the event loops (audit writer, thread "
               f"pool): {ok_threads * 1000:.3f} ms and {per_refusal_threads * 1000:.3f} ms; counter store (Redis "
@@ -401,6 +404,20 @@ async def warm_up(client: Client, rate: int) -> None:
         await asyncio.gather(*(client.one(time.perf_counter(), tally) for _ in range(min(rate, 8))))
         client.close()
         await asyncio.sleep(1.5)
+
+
+async def audit_commits(url: str) -> tuple[float, float]:
+    """The audit writers' transactions and the records in them so far, all workers (the gateway's /metrics)."""
+    async with httpx.AsyncClient() as client:
+        text = (await client.get(f"{url}/metrics", timeout=30)).text
+    found = {"count": 0.0, "sum": 0.0}
+    for line in text.splitlines():
+        if line.startswith("lgsp_audit_batch_records_"):
+            name, value = line.split(" ")[0], float(line.rsplit(" ", 1)[1])
+            kind = name.removeprefix("lgsp_audit_batch_records_").split("{")[0]
+            if kind in found:
+                found[kind] += value
+    return found["count"], found["sum"]
 
 
 def profiler(gateway: int, duration: float, out: Path | None) -> subprocess.Popen | None:
@@ -430,15 +447,16 @@ async def measure(url: str, tokens: dict[str, str], rate: int, good: float, dura
         done.append((order, measured["A"], measured["B"]))
     await asyncio.sleep(calm)
     idle = await phase(clients, {}, duration, gateway, store, sim)  # the gateway's own background CPU
-    spy = profiler(gateway, duration, profile)
+    spy, commits = profiler(gateway, duration, profile), await audit_commits(url)
     greedy = await phase(clients, {"greedy": rate * 10.0}, duration, gateway, store, sim)
     if spy is not None:
         spy.wait()
+    transactions, records = (after - before for after, before in zip(await audit_commits(url), commits, strict=True))
     await asyncio.sleep(calm)
     anonymous = await phase(clients, {"anonymous": rate * 10.0}, duration, gateway, store, sim)
     for c in clients.values():
         c.close()
-    return Run(done, idle, greedy, anonymous)
+    return Run(done, idle, greedy, anonymous, (transactions, records))
 
 
 def redis_pid(url: str) -> int | None:
