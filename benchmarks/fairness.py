@@ -16,9 +16,10 @@ machine's CPU pressure (Linux PSI "some": share of the phase in which a runnable
 a CPU) and the time the gateway's own threads were ready to run but waited for a CPU (schedstat).
 Then one idle phase (the gateway's background CPU) and one greedy-only phase (py-spy on the
 gateway during it with --profile) give the gateway's CPU per refusal (its CPU less the admitted
-calls at the well-behaved price, over the refusals); one more phase sends the same flood without a token (refused at identify,
-401, audited like any refusal) for the floor of what an audited refusal costs on this path.
-Also printed: the counter store's own CPU (Redis) and the load generator's own CPU.
+calls at the well-behaved price, over the refusals); one more phase sends the same flood without
+a token (refused at identify, 401, audited like any refusal) for the floor of what an audited
+refusal costs on this path. Also printed: the counter store's own CPU (Redis), the load
+generator's own CPU, and the audit transactions of the greedy phase (records per transaction).
 The greedy client's admitted calls in each B phase are checked against its policy: at most
 RATE per second plus one burst of RATE (its bucket is full when a phase starts).
 
@@ -313,8 +314,8 @@ def verdict(low: float, high: float) -> str:
 
 def verdict_lines(run: Run, kept: list[tuple[list[float], list[float]]]) -> list[str]:
     lines = [f"Rule fixed before the run: a pair is left out when the machine's other work differed between its two "
-             f"phases by more than {SPOILED_CORES} cores, or its A phase saw a CPU pressure over {SPOILED_PRESSURE:g} %."
-             f" Kept {len(kept)} of {len(run.pairs)} pairs."]
+             f"phases by more than {SPOILED_CORES} cores, or its A phase saw a CPU pressure over "
+             f"{SPOILED_PRESSURE:g} %. Kept {len(kept)} of {len(run.pairs)} pairs."]
     if kept:
         ratio, (low, high) = pooled(kept), confidence(kept)
         calls = sum(len(a) for a, _ in kept)

@@ -33,7 +33,6 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from machine import cpu_model, speed_probe  # noqa: E402
-
 from prometheus_client import REGISTRY  # noqa: E402
 
 from lgsp.audit.writer import AuditRecord, AuditWriter  # noqa: E402
