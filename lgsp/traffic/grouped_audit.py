@@ -6,8 +6,8 @@ costs the audit writer a whole transaction (its per-group work is most of a reco
 holds the database's write lock that the other clients' records wait for. Here a refusal's
 record waits up to LINGER seconds in its event loop for others, and they go to the writer as
 one group (`commit_all`: consecutive in the chain, one transaction). Each refusal is still
-answered only once its record is durable; the refused client waits a few milliseconds more,
-the clients within their limits not at all (their records never wait here).
+answered only once its record is durable; the refused client waits up to LINGER more, the
+clients within their limits not at all (their records never wait here).
 """
 from __future__ import annotations
 
