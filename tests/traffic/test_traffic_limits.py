@@ -583,6 +583,34 @@ def test_refusals_answered_by_the_worker_keep_their_headers_and_are_each_audited
     assert sorted(refused) == sorted(r.headers["x-request-id"] for r in answers[2:])  # one record each
 
 
+def test_a_concurrent_flood_of_refusals_has_each_record_committed_before_its_answer(limited, population_sim):
+    """Refusals' records are committed in groups (lgsp.traffic.grouped_audit): still one record each, in the
+    database by the time its 429 arrives, and the flood never reaches the backend."""
+    admin = limited.extra["admin"]
+    cid, secret = new_client(limited, "flood")
+    admin.set_policy(f"client:{cid}", {"rate_per_second": 0.1, "burst": 1})
+    settle()
+    token = get_token(limited, cid, secret)
+    assert lookup(limited, token).status_code == 200
+    before_backend = backend_calls(population_sim)
+
+    def refused_and_recorded(_: int) -> tuple[str, bool]:
+        r = lookup(limited, token)
+        assert_problem(r, 429, "rate.limited")
+        assert r.headers["ratelimit"] and r.headers["retry-after"]
+        rid = r.headers["x-request-id"]
+        return rid, audit_of(limited, rid)["error_code"] == "rate.limited"  # asked the moment the answer came
+
+    with ThreadPoolExecutor(8) as pool:
+        results = list(pool.map(refused_and_recorded, range(40)))
+    assert all(recorded for _, recorded in results)
+    assert backend_calls(population_sim) == before_backend, "a refused call reached the backend"
+    with limited.extra["engine"].connect() as conn:
+        refused = conn.execute(select(audit_records.c.request_id).where(
+            audit_records.c.client_id == cid, audit_records.c.error_code == "rate.limited")).scalars().all()
+    assert sorted(refused) == sorted(rid for rid, _ in results)  # one record each
+
+
 def test_a_burst_of_exchanges_waits_for_a_redis_connection_rather_than_going_uncounted(redis_url):
     """More exchanges at once than the client keeps connections (redis-py's default pool refuses the 101st)
     must queue for a connection: a refused connection would count the store as down and, with a fail-open
