@@ -66,6 +66,7 @@ class Load:
         self.order: dict[str, list[str]] = {}                 # dossier → message ids in acceptance order
         self.lock = threading.Lock()
         self.stop = threading.Event()
+        self.errors: list[str] = []
 
     def messages(self, no: str):
         yield f"{no}-d", "/api/portal/v1/dossiers", dossier(no), ("dossier.sync", 1)
@@ -73,6 +74,17 @@ class Load:
             # Distinct steps: the portal has no step id, so the portal adapter tells steps apart by their content.
             body = step(f"s{i}", handled_at=f"2026-11-30T09:{i:02d}:00+07:00", content=f"Bước xử lý {i}")
             yield f"{no}-s{i}", f"/api/portal/v1/dossiers/{no}/progress", body, ("dossier.progress", f"s{i}")
+
+    def _sender(self, numbers: list[str]) -> None:
+        try:
+            self.send_all(numbers)
+        except BaseException as exc:  # a sender that stops must fail the test with its reason, not stall it
+            self.errors.append(repr(exc))
+            raise
+
+    def acked_at_least(self, n: int) -> bool:
+        assert not self.errors, f"a sender stopped: {self.errors[0]}"
+        return len(self.acked) >= n
 
     def send_all(self, numbers: list[str]) -> None:
         with httpx.Client(timeout=10) as client:
@@ -98,7 +110,7 @@ class Load:
     def run(self, prefix: str, threads: int = 4) -> list[threading.Thread]:
         numbers = [f"{prefix}-{i:03d}" for i in range(DOSSIERS)]
         groups = [numbers[i::threads] for i in range(threads)]
-        out = [threading.Thread(target=self.send_all, args=(g,), daemon=True) for g in groups]
+        out = [threading.Thread(target=self._sender, args=(g,), daemon=True) for g in groups]
         for t in out:
             t.start()
         return out
@@ -195,7 +207,7 @@ def test_kill_9_of_the_gateway_mid_acceptance_loses_no_acknowledged_message(rig_
     threads = load.run("KG")
     for _ in range(2):
         acked = len(load.acked)
-        wait_until(lambda n=acked: len(load.acked) >= n + 15, timeout=60)
+        wait_until(lambda n=acked: load.acked_at_least(n + 15), timeout=60)
         os.kill(rig.gateway.proc.pid, signal.SIGKILL)  # mid-acceptance: requests in flight get no answer
         rig.gateway.proc.wait(10)
         rig.start_gateway()
