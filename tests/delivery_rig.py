@@ -184,8 +184,9 @@ __all__ = ["PURPOSE", "Rig", "dossier", "headers", "make_rig", "step", "wait_for
 
 
 @contextlib.contextmanager
-def running_rig(log_dir: Path, name: str) -> Iterator[Rig]:
-    """A gateway with its delivery worker over a fresh database (PostgreSQL when the suite runs on it)."""
+def running_rig(log_dir: Path, name: str, worker_in_process: bool = True) -> Iterator[Rig]:
+    """A gateway (with its delivery worker unless told otherwise) over a fresh database (PostgreSQL when
+    the suite runs on it)."""
     from lgsp.audit.writer import close_writers
     from lgsp.storage import engine_for, upgrade
 
@@ -193,7 +194,7 @@ def running_rig(log_dir: Path, name: str) -> Iterator[Rig]:
     url, drop = postgres_database(pg) if pg else (f"sqlite:///{log_dir / f'{name}.db'}", None)
     upgrade(url)
     rig = make_rig(url, log_dir)
-    rig.start_gateway()
+    rig.start_gateway(worker_in_process=worker_in_process)
     try:
         yield rig
     finally:

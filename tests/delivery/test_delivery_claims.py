@@ -8,8 +8,8 @@ import time
 
 import httpx
 import pytest
-from delivery_rig import dossier, headers, make_rig, wait_until
-from helpers import free_port, postgres_database
+from delivery_rig import dossier, headers, running_rig, wait_until
+from helpers import free_port
 from sqlalchemy import func, select
 
 from lgsp.storage import engine_for
@@ -20,22 +20,8 @@ BURST = 40
 
 @pytest.fixture
 def rig(tmp_path, lgsp_env):
-    from lgsp.audit.writer import close_writers
-    from lgsp.storage import upgrade
-
-    pg = os.environ.get("LGSP_TEST_DATABASE_URL")
-    url, drop = postgres_database(pg) if pg else (f"sqlite:///{tmp_path / 'claims.db'}", None)
-    upgrade(url)
-    rig = make_rig(url, tmp_path)
-    try:
-        rig.start_gateway(worker_in_process=False)  # the only worker is the one each test starts
-        yield rig
-    finally:
-        rig.stop()
-        close_writers()
-        engine_for(url).dispose()
-        if drop:
-            drop()
+    with running_rig(tmp_path, "claims", worker_in_process=False) as made:  # the only worker is each test's own
+        yield made
 
 
 def _claims(url: str, taken: str) -> float:

@@ -18,13 +18,13 @@ import contextlib
 import os
 import subprocess
 import sys
-import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import httpx
+from delivery_rig import wait_until
 from helpers import Server, free_port, get_token, postgres_database, start_server
 from sqlalchemy import func, select
 
@@ -92,15 +92,7 @@ class World:
                                 env={**os.environ, **self.env, **env})
         return Server("", proc, log)
 
-    @staticmethod
-    def wait_until(predicate: Callable[[], Any], timeout: float = 30.0) -> Any:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            value = predicate()
-            if value:
-                return value
-            time.sleep(0.1)
-        raise AssertionError("condition not reached in time")
+    wait_until = staticmethod(wait_until)
 
 
 @contextlib.contextmanager
