@@ -207,7 +207,8 @@ def test_kill_9_of_the_gateway_mid_acceptance_loses_no_acknowledged_message(rig_
     threads = load.run("KG")
     for _ in range(2):
         acked = len(load.acked)
-        wait_until(lambda n=acked: load.acked_at_least(n + 15), timeout=60)
+        # 15 more acknowledged, or all of them: a fast gateway can take the whole load before the next kill.
+        wait_until(lambda n=acked: load.acked_at_least(min(n + 15, DOSSIERS * 7)), timeout=60)
         os.kill(rig.gateway.proc.pid, signal.SIGKILL)  # mid-acceptance: requests in flight get no answer
         rig.gateway.proc.wait(10)
         rig.start_gateway()
