@@ -175,14 +175,21 @@ class AuditWriter:
         await self._wait(records, statements)
 
     def _wait(self, records: AuditRecord | list[AuditRecord], statements: Sequence[Stored]) -> asyncio.Future[None]:
-        """An event-loop future the writer settles with the rest of its group, in one call into the loop
-        (not a thread future per exchange, each waking the loop on its own)."""
-        waiter = _Waiter(asyncio.get_running_loop())
+        return self.queue_all([(records, statements)])[0]
+
+    def queue_all(self, entries: Sequence[tuple[AuditRecord | list[AuditRecord], Sequence[Stored]]]
+                  ) -> list[asyncio.Future[None]]:
+        """Several commits handed over at once, so the writer takes them into the same transaction; each
+        entry's event-loop future settles on its own (a StoreConflict fails only its entry). The writer
+        settles a group's futures in one call into each loop, not a wake-up per exchange."""
+        loop = asyncio.get_running_loop()
+        items = [(records, _Waiter(loop), tuple(statements)) for records, statements in entries]
         if self._stopping:
-            waiter.future.set_exception(AuditUnavailable("audit writer stopped"))
+            for _, waiter, _ in items:
+                waiter.future.set_exception(AuditUnavailable("audit writer stopped"))
         else:
-            self._queue.put((records, waiter, tuple(statements)))
-        return waiter.future
+            self._queue.put(items)
+        return [waiter.future for _, waiter, _ in items]
 
     def commit_sync(self, record: AuditRecord, timeout: float = 30, statements: Sequence[Stored] = ()) -> None:
         self.submit(record, statements).result(timeout)
@@ -215,7 +222,7 @@ class AuditWriter:
                 continue
             if first is None:
                 break
-            batch = [first]
+            batch = first if isinstance(first, list) else [first]  # a list: entries queued together (queue_all)
             while len(batch) < self.batch_max:
                 try:
                     item = self._queue.get_nowait()
@@ -224,7 +231,7 @@ class AuditWriter:
                 if item is None:
                     self._stopping = True
                     break
-                batch.append(item)
+                batch += item if isinstance(item, list) else [item]
             self._write(batch)
             if self._stopping and self._queue.empty():
                 break

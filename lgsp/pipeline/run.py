@@ -39,7 +39,7 @@ from lgsp.pipeline.stage import Stage, StageContext
 from lgsp.pipeline.subjects import companion_records
 from lgsp.pipeline.validate import validate
 from lgsp.storage.schema import audit_records
-from lgsp.traffic.grouped_audit import commit_refusal, groupable
+from lgsp.traffic.grouped_audit import commit_refusal, commit_with_refusals, groupable
 from lgsp.traffic.limit import limit
 
 log = logging.getLogger("lgsp.pipeline.exchange")
@@ -145,12 +145,10 @@ async def serve(ex: Exchange, gw: Gateway, render: Renderer, *, refusal: Exchang
             # ex.store: what the exchange stores with its record, in the same transaction (an accepted message);
             # nothing of it when the exchange ended in an error after the stage that prepared it.
             writer, stored = _writer(gw), (ex.store if ex.error is None else [])
-            if others:
-                await writer.commit_all([record, *others], stored)
-            elif groupable(ex.error):  # a flood's refusal: committed with the others of the next moment
+            if groupable(ex.error) and not others:  # a flood's refusal: rides in the next commit of this worker
                 await commit_refusal(writer, record)
-            else:
-                await writer.commit(record, stored)
+            else:  # the refusals waiting in this worker ride in its transaction
+                await commit_with_refusals(writer, [record, *others], stored)
         except StoreConflict:
             if ex.on_store_conflict is None:
                 raise AuditUnavailable("store conflict") from None

@@ -14,7 +14,7 @@ from lgsp.errors import ExchangeError
 from lgsp.storage import engine_for
 from lgsp.storage.schema import audit_records
 from lgsp.traffic import grouped_audit
-from lgsp.traffic.grouped_audit import commit_refusal, groupable
+from lgsp.traffic.grouped_audit import commit_refusal, commit_with_refusals, groupable
 
 
 def refusal(n: int) -> AuditRecord:
@@ -108,3 +108,56 @@ def test_only_a_floods_refusals_wait_for_a_group():
     assert not groupable(None)  # an answered exchange is committed at once
     assert not groupable(ExchangeError("purpose.missing", "why?"))
     assert not groupable(ExchangeError("upstream.unavailable", "down"))
+
+
+def admitted(n: int) -> AuditRecord:
+    return {**refusal(n), "request_id": f"calm-{uuid.uuid4().hex[:8]}-{n}", "client_id": "calm",
+            "outcome": "ok", "status": 200, "error_code": None}
+
+
+def test_waiting_refusals_ride_in_the_next_admitted_exchanges_transaction_without_waiting_the_linger(writer):
+    refusals, answer = [refusal(n) for n in range(10)], admitted(0)
+    waited: list[float] = []
+
+    async def one(record: AuditRecord) -> None:
+        begin = asyncio.get_running_loop().time()
+        await commit_refusal(writer, record)
+        waited.append(asyncio.get_running_loop().time() - begin)
+
+    async def flood() -> None:
+        tasks = [asyncio.ensure_future(one(r)) for r in refusals]
+        await asyncio.sleep(0)  # the refusals wait in their group
+        await commit_with_refusals(writer, [answer])
+        await asyncio.gather(*tasks)
+
+    count, total = groups()
+    asyncio.run(flood())
+    assert groups() == (count + 1, total + 11), "the refusals should have ridden in the admitted record's transaction"
+    assert max(waited) < grouped_audit.LINGER
+    assert all(stored(writer.engine, r["request_id"]) for r in [*refusals, answer])
+
+
+def test_an_admitted_exchange_with_no_refusals_waiting_commits_alone(writer):
+    count, total = groups()
+    asyncio.run(commit_with_refusals(writer, [admitted(1), admitted(2)]))  # an answer and another person's record
+    assert groups() == (count + 1, total + 2)
+
+
+def test_a_store_conflict_fails_only_its_exchange_not_the_refusals_riding_with_it(writer):
+    from lgsp.audit.writer import StoreConflict
+    from lgsp.storage.schema import audit_chain_bases
+
+    clash = (audit_chain_bases, {"chain": f"clash-{uuid.uuid4().hex[:8]}", "base_seq": 0, "base_hash": "0" * 64,
+                                 "at": dt.datetime.now(dt.timezone.utc)})  # a row the second insert repeats
+    refusals = [refusal(n) for n in range(3)]
+
+    async def flood() -> list:
+        tasks = [asyncio.ensure_future(commit_refusal(writer, r)) for r in refusals]
+        await asyncio.sleep(0)
+        await writer.commit(admitted(3), [clash])  # stored once
+        tasks.append(asyncio.ensure_future(commit_with_refusals(writer, [admitted(4)], [clash])))
+        return await asyncio.gather(*tasks, return_exceptions=True)
+
+    results = asyncio.run(flood())
+    assert results[:3] == [None] * 3 and isinstance(results[3], StoreConflict)
+    assert all(stored(writer.engine, r["request_id"]) for r in refusals)

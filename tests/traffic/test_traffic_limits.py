@@ -684,3 +684,31 @@ def test_redis_down_a_fail_open_client_is_still_held_to_its_policy_by_each_worke
         assert audit_of(gateway, refused[0].headers["x-request-id"])["error_code"] == "rate.limited"
     finally:
         server.stop()
+
+
+def test_a_burst_of_refusals_beside_admitted_calls_is_audited_whole_each_before_its_answer(limited):
+    """Refusals ride in the admitted exchanges' audit transactions (lgsp.traffic.grouped_audit): still
+    every refused call has its record, durable when its answer arrives."""
+    admin = limited.extra["admin"]
+    greedy, calm = new_client(limited, "flood"), new_client(limited, "calm")
+    admin.set_policy(f"client:{greedy[0]}", {"rate_per_second": 0.05, "burst": 2})
+    settle()
+    tokens = {"flood": get_token(limited, *greedy), "calm": get_token(limited, *calm)}
+    engine = limited.extra["engine"]
+
+    def one(i: int) -> tuple[str, int, bool]:
+        name = "calm" if i % 6 == 0 else "flood"
+        r = lookup(limited, tokens[name])
+        with engine.connect() as conn:  # looked up as soon as the answer is in: durable before it left
+            found = conn.execute(select(audit_records.c.status).where(
+                audit_records.c.request_id == r.headers["x-request-id"])).scalar_one_or_none()
+        return name, r.status_code, found == r.status_code
+
+    with ThreadPoolExecutor(8) as pool:
+        answers = list(pool.map(one, range(72)))
+    assert all(recorded for _, _, recorded in answers), "an answer left before its audit record was durable"
+    statuses = [status for name, status, _ in answers if name == "flood"]
+    assert statuses.count(429) == 58 and len(statuses) == 60
+    with engine.connect() as conn:
+        records = conn.execute(select(audit_records.c.status).where(audit_records.c.client_id == greedy[0])).all()
+    assert sorted(r.status for r in records) == sorted(statuses)  # one record each, refusals included
