@@ -7,14 +7,19 @@ per decision of this process (the worker's share; Redis's own CPU is not in it) 
 Median of --repeat rounds of --calls decisions each, one after another on one event loop.
 
 Then what auditing a flood's refusals costs a worker: refusals arriving at --audit-rate per second
-(default 90: the fairness benchmark's 180 refusals/s over two workers), each recorded by the real
-audit writer on a SQLite file, either committed one by one (`AuditWriter.commit`, as every exchange
-before lgsp/traffic/grouped_audit.py) or in groups (`commit_refusal`); rounds of the two alternate.
-Printed: CPU µs per refusal of the whole process (event loop and writer thread), transactions per
-refusal, and the p50/p99 wait for the commit (what the refusal's answer waits).
+(default 90: the fairness benchmark's 180 refusals/s over two workers) beside admitted exchanges at
+--admitted-rate (default 30: the well-behaved client's 40/s and the greedy client's 20/s over two
+workers), each recorded by the real audit writer on a SQLite file. The refusals are committed one
+by one (`AuditWriter.commit`, as every exchange before lgsp/traffic/grouped_audit.py), in groups of
+their own (`commit_refusal` with a 50 ms linger, the admitted ones committed apart: yesterday's
+way), or riding in the admitted exchanges' transactions (`commit_with_refusals`, linger LINGER);
+a round of the admitted exchanges alone is the baseline taken off. Rounds alternate. Printed:
+CPU µs per refusal of the whole process (event loop and writer thread) above the baseline,
+transactions per refusal above it, and the p50/p99 wait of refusals and of admitted exchanges
+for their commit (what their answers wait).
 
     .venv/bin/python benchmarks/limit_costs.py [--calls 3000] [--repeat 3] [--redis redis://127.0.0.1:63790/0]
-        [--audit-rate 90] [--audit-seconds 5]
+        [--audit-rate 90] [--admitted-rate 30] [--audit-seconds 5]
 
 Not a timed test: the figures of one run are compared with each other only.
 """
@@ -37,8 +42,9 @@ from prometheus_client import REGISTRY  # noqa: E402
 
 from lgsp.audit.writer import AuditRecord, AuditWriter  # noqa: E402
 from lgsp.storage import engine_for, upgrade  # noqa: E402
+from lgsp.traffic import grouped_audit  # noqa: E402
 from lgsp.traffic.counters import CounterStore, EmbeddedStore, Quota, Rate, RedisStore  # noqa: E402
-from lgsp.traffic.grouped_audit import commit_refusal  # noqa: E402
+from lgsp.traffic.grouped_audit import commit_refusal, commit_with_refusals  # noqa: E402
 from lgsp.traffic.limit import Limiter  # noqa: E402
 
 
@@ -67,53 +73,83 @@ async def costs(store: CounterStore, calls: int, repeat: int) -> list[tuple[str,
     return rows
 
 
-def refusal(n: int) -> AuditRecord:
-    return {"at": dt.datetime.now(dt.timezone.utc), "kind": "exchange", "request_id": f"bench-{n}", "door": "rest",
-            "client_id": "greedy", "service": "population.citizen.get", "outcome": "refused", "status": 429,
-            "error_code": "rate.limited", "latency_ms": 0.4, "response_bytes": 260, "response_sha256": "ab" * 32}
+def refusal(n: int, status: int = 429) -> AuditRecord:
+    return {"at": dt.datetime.now(dt.timezone.utc), "kind": "exchange", "request_id": f"bench-{status}-{n}",
+            "door": "rest", "client_id": "greedy", "service": "population.citizen.get",
+            "outcome": "refused" if status == 429 else "ok", "status": status,
+            "error_code": "rate.limited" if status == 429 else None, "latency_ms": 0.4, "response_bytes": 260,
+            "response_sha256": "ab" * 32}
 
 
-async def audited(writer: AuditWriter, grouped: bool, rate: float, seconds: float) -> tuple[float, float, list[float]]:
-    """CPU µs per refusal (all threads), transactions per refusal, and each refusal's wait for its commit (ms)."""
-    waits: list[float] = []
+# How refusals are committed: (label, refusal's commit, admitted exchange's commit, linger).
+MODES = {
+    "alone": ("admitted alone (baseline)", None, None, 0.0),
+    "each": ("one transaction each", "commit", "commit", 0.0),
+    "own": ("own groups, 50 ms", "group", "commit", 0.05),
+    "ride": (f"riding, linger {grouped_audit.LINGER * 1000:.0f} ms", "group", "ride", grouped_audit.LINGER),
+}
 
-    async def one(n: int) -> None:
-        begin = time.perf_counter()
-        await (commit_refusal(writer, refusal(n)) if grouped else writer.commit(refusal(n)))
-        waits.append((time.perf_counter() - begin) * 1000)
 
-    count = int(rate * seconds)
+async def audited(writer: AuditWriter, mode: str, rate: float, admitted_rate: float, seconds: float
+                  ) -> tuple[float, float, list[float], list[float]]:
+    """CPU s and transactions of the round, each refusal's and each admitted exchange's wait for its commit (ms)."""
+    _, refusal_commit, admitted_commit, grouped_audit.LINGER = MODES[mode]
+    waits: dict[int, list[float]] = {429: [], 200: []}
+
+    async def one(n: int, status: int) -> None:
+        begin, record = time.perf_counter(), refusal(n, status)
+        if status == 429:
+            await (commit_refusal(writer, record) if refusal_commit == "group" else writer.commit(record))
+        else:
+            await (commit_with_refusals(writer, [record]) if admitted_commit == "ride" else writer.commit(record))
+        waits[status].append((time.perf_counter() - begin) * 1000)
+
+    calls = sorted([(n / admitted_rate, n, 200) for n in range(int(admitted_rate * seconds))]
+                   + ([(n / rate, n, 429) for n in range(int(rate * seconds))] if refusal_commit else []))
     groups0, cpu, start = REGISTRY.get_sample_value("lgsp_audit_batch_records_count") or 0, time.process_time(), \
         time.perf_counter()
     tasks = []
-    for n in range(count):
-        await asyncio.sleep(max(0.0, start + n / rate - time.perf_counter()))
-        tasks.append(asyncio.create_task(one(n)))
+    for at, n, status in calls:
+        await asyncio.sleep(max(0.0, start + at - time.perf_counter()))
+        tasks.append(asyncio.create_task(one(n, status)))
     await asyncio.gather(*tasks)
     groups = (REGISTRY.get_sample_value("lgsp_audit_batch_records_count") or 0) - groups0
-    return (time.process_time() - cpu) / count * 1e6, groups / count, waits
+    return time.process_time() - cpu, groups, waits[429], waits[200]
 
 
-def audit_costs(rate: float, seconds: float, repeat: int) -> None:
+def audit_costs(rate: float, admitted_rate: float, seconds: float, repeat: int) -> None:
     url = f"sqlite:///{Path(tempfile.mkdtemp()) / 'audit.db'}"
     upgrade(url)
     writer = AuditWriter(engine_for(url))
-    results: dict[bool, list[tuple[float, float, list[float]]]] = {False: [], True: []}
+    linger = grouped_audit.LINGER
+    results: dict[str, list[tuple[float, float, list[float], list[float]]]] = {mode: [] for mode in MODES}
     try:
-        asyncio.run(audited(writer, False, rate, 1))  # warm up: connection, statements, seal key
+        asyncio.run(audited(writer, "each", rate, admitted_rate, 1))  # warm up: connection, statements, seal key
         for n in range(repeat):
-            for grouped in (n % 2 == 0, n % 2 != 0):  # alternating order: a drift of the box falls on both
-                results[grouped].append(asyncio.run(audited(writer, grouped, rate, seconds)))
+            order = list(MODES)[n % len(MODES):] + list(MODES)[:n % len(MODES)]  # rotated: a drift falls on all
+            for mode in order:
+                results[mode].append(asyncio.run(audited(writer, mode, rate, admitted_rate, seconds)))
     finally:
         writer.close()
-    print(f"\naudited refusals at {rate:g}/s, {seconds:g} s a round, median of {repeat} rounds; "
-          f"load average {os.getloadavg()[0]:.2f}")
-    print(f"{'commit':<28} {'CPU µs/refusal':>15} {'commits/refusal':>16} {'wait p50 ms':>12} {'wait p99 ms':>12}")
-    for grouped, label in ((False, "one transaction each"), (True, "grouped (commit_refusal)")):
-        runs = results[grouped]
-        waits = sorted(w for _, _, ws in runs for w in ws)
-        print(f"{label:<28} {statistics.median(r[0] for r in runs):15.1f} {statistics.median(r[1] for r in runs):16.2f}"
-              f" {waits[len(waits) // 2]:12.2f} {waits[int(len(waits) * 0.99)]:12.2f}")
+        grouped_audit.LINGER = linger
+    refusals = int(rate * seconds)
+    base_cpu = statistics.median(r[0] for r in results["alone"])
+    base_groups = statistics.median(r[1] for r in results["alone"])
+    print(f"\naudited refusals at {rate:g}/s beside admitted exchanges at {admitted_rate:g}/s, {seconds:g} s a round, "
+          f"median of {repeat} rounds; load average {os.getloadavg()[0]:.2f}")
+    print(f"{'refusals committed':<28} {'CPU µs/refusal':>15} {'commits/refusal':>16} {'refusal wait p50/p99 ms':>24}"
+          f" {'admitted wait p50/p99 ms':>25}")
+    for mode, (label, *_rest) in MODES.items():
+        runs = results[mode]
+        cpu = (statistics.median(r[0] for r in runs) - base_cpu) / refusals * 1e6
+        commits = (statistics.median(r[1] for r in runs) - base_groups) / refusals
+        no, ok = sorted(w for r in runs for w in r[2]), sorted(w for r in runs for w in r[3])
+        print(f"{label:<28} {cpu if mode != 'alone' else 0:15.1f} {commits if mode != 'alone' else 0:16.2f} "
+              f"{quantiles(no):>24} {quantiles(ok):>25}")
+
+
+def quantiles(waits: list[float]) -> str:
+    return f"{waits[len(waits) // 2]:.1f} / {waits[int(len(waits) * 0.99)]:.1f}" if waits else "-"
 
 
 def main() -> None:
@@ -122,6 +158,7 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--redis", help="Also measure this Redis.")
     parser.add_argument("--audit-rate", type=float, default=90, help="Refusals per second to audit (0: skip).")
+    parser.add_argument("--admitted-rate", type=float, default=30, help="Admitted exchanges per second beside them.")
     parser.add_argument("--audit-seconds", type=float, default=5)
     args = parser.parse_args()
     stores: list[tuple[str, CounterStore]] = [("embedded", EmbeddedStore(Path(tempfile.mkdtemp()) / "limits.sqlite"))]
@@ -136,7 +173,7 @@ def main() -> None:
         for label, cpu, wall in asyncio.run(costs(store, args.calls, args.repeat)):
             print(f"{name:<28} {label:<34} {cpu:8.1f} {wall:8.1f}")
     if args.audit_rate:
-        audit_costs(args.audit_rate, args.audit_seconds, args.repeat)
+        audit_costs(args.audit_rate, args.admitted_rate, args.audit_seconds, args.repeat)
 
 
 if __name__ == "__main__":
