@@ -149,7 +149,7 @@ class Queue:
         head_of_key = ~exists().where(earlier.c.msg_key == M.c.msg_key, earlier.c.seq < M.c.seq,
                                       earlier.c.status.in_(PENDING))
         return and_(
-            text(f"{M.name}.{PENDING_SQL}"),  # the partial index's own term: SQLite uses it only when it is in the query
+            text(f"{M.name}.{PENDING_SQL}"),  # the partial index's own term: SQLite uses it only if it is in the query
             or_(and_(M.c.status.in_(("accepted", "failed")), M.c.next_attempt_at <= at),
                 and_(M.c.status == "delivering", M.c.lease_until < at)),
             head_of_key,
@@ -203,7 +203,7 @@ class Queue:
                                            "lease_until": until} for r in rows])
             # Their worker was lost mid-attempt: the attempt is logged (its start is the lease's, less a lease).
             lost = [{"message_id": r.id, "attempt": r.attempts, "worker": r.lease_owner or "?",
-                     "started_at": utc(r.lease_until) - dt.timedelta(seconds=lease), "finished_at": at,
+                     "started_at": (utc(r.lease_until) or at) - dt.timedelta(seconds=lease), "finished_at": at,
                      "outcome": "abandoned", "reason": ABANDONED} for r in rows if r.status == "delivering"]
             if lost:
                 conn.execute(self._attempt_insert.on_conflict_do_nothing(), lost)  # a late finish came first
