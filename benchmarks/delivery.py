@@ -84,22 +84,50 @@ def _cpu_seconds(pids: list[int]) -> float:
     return sum(cpu_seconds(pid) for pid in pids)
 
 
+def server(rig) -> tuple[float, int]:
+    """PostgreSQL's side of our database (0, 0 on SQLite): CPU seconds of its backends serving it (from
+    /proc: the server runs on this machine; a backend that ended meanwhile is not counted) and the
+    transactions committed in it (reads included)."""
+    if not rig.db_url.startswith("postgresql"):
+        return 0.0, 0
+    from sqlalchemy import text
+
+    from lgsp.storage import engine_for
+
+    with engine_for(rig.db_url).connect() as conn:
+        pids = conn.execute(text("SELECT pid FROM pg_stat_activity WHERE datname = current_database() "
+                                 "AND pid <> pg_backend_pid()")).scalars().all()
+        commits = conn.execute(text("SELECT xact_commit FROM pg_stat_database WHERE datname = current_database()"
+                                    )).scalar() or 0
+    return _cpu_seconds([int(p) for p in pids]), int(commits)
+
+
+def _server_delta(before: tuple[float, int], after: tuple[float, int], messages: int) -> dict:
+    n = max(messages, 1)
+    return {"pg_cpu_ms": (after[0] - before[0]) * 1000 / n, "commits_per_message": (after[1] - before[1]) / n}
+
+
+def _pg(d: dict) -> str:
+    return f"  PG server CPU {d['pg_cpu_ms']:.2f} ms/message, {d['commits_per_message']:.2f} commits/message" \
+        if d.get("pg_cpu_ms") else ""
+
+
 def accept(rig, token: str, prefix: str, duration: int, connections: int) -> dict:
     script = Path(tempfile.mkstemp(suffix=".lua")[1])
     script.write_text(LUA)
     cmd = ["wrk", "-t2", f"-c{connections}", f"-d{duration}s", "--latency", "-s", str(script),
            "-H", f"Authorization: Bearer {token}", "-H", "X-Purpose: administrative-procedure",
            "-H", "Content-Type: application/json", rig.url, "--", prefix]
-    cpu0 = _cpu_seconds([rig.gateway.proc.pid])
+    cpu0, server0 = _cpu_seconds([rig.gateway.proc.pid]), server(rig)
     out = subprocess.run(cmd, capture_output=True, text=True, check=True, timeout=duration + 60).stdout
-    cpu = _cpu_seconds([rig.gateway.proc.pid]) - cpu0
+    cpu, server1 = _cpu_seconds([rig.gateway.proc.pid]) - cpu0, server(rig)
     script.unlink()
     non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
     p50 = re.search(r"50%\s+([\d.]+)(us|ms|s)", out)
     p99 = re.search(r"99%\s+([\d.]+)(us|ms|s)", out)
     stored = _count(rig, prefix)
     return {"stored": stored, "per_s": stored / duration, "non_2xx": int(non2xx.group(1)) if non2xx else 0,
-            "cpu_ms": cpu * 1000 / max(stored, 1),
+            "cpu_ms": cpu * 1000 / max(stored, 1), **_server_delta(server0, server1, stored),
             "p50_ms": _ms(p50), "p99_ms": _ms(p99), "wrk_requests": int(re.search(r"(\d+) requests in", out).group(1))}
 
 
@@ -115,16 +143,19 @@ def drain(rig, workers: int, backlog: int, prefix: str) -> dict:
         time.sleep(0.05)
     pids = [p.proc.pid for p in procs]
     cpu0, receiver0, done0 = _cpu_seconds(pids), _cpu_seconds([rig.receiver.proc.pid]), _delivered(rig, prefix)
+    server0 = server(rig)
     while _pending(rig) > 0:
         time.sleep(0.25)
     cpu, receiver = _cpu_seconds(pids) - cpu0, _cpu_seconds([rig.receiver.proc.pid]) - receiver0
+    server1 = server(rig)
     done = max(_delivered(rig, prefix) - done0, 1)
     for p in procs:
         p.stop()
     rig.workers.clear()
     elapsed = _span(rig, prefix)
     return {"workers": workers, "messages": backlog, "seconds": elapsed, "per_s": backlog / elapsed,
-            "cpu_ms": cpu * 1000 / done, "receiver_cpu_ms": receiver * 1000 / done}
+            "cpu_ms": cpu * 1000 / done, "receiver_cpu_ms": receiver * 1000 / done,
+            **_server_delta(server0, server1, done)}
 
 
 def beside(rig, token: str, workers: int, prefix: str, duration: int, connections: int, nice: int = 0) -> dict:
@@ -291,18 +322,19 @@ def main() -> None:
             a = accept(rig, token, f"A{workers}", args.duration, args.connections)
             lines.append(f"accept  {a['stored']:6d} stored in {args.duration} s = {a['per_s']:7.0f} messages/s   "
                          f"202 p50 {a['p50_ms']:.1f} ms  p99 {a['p99_ms']:.1f} ms  non-2xx {a['non_2xx']}  "
-                         f"CPU {a['cpu_ms']:.2f} ms/message  (wrk -c{args.connections}, load {os.getloadavg()[0]:.1f})")
+                         f"CPU {a['cpu_ms']:.2f} ms/message{_pg(a)}  (wrk -c{args.connections}, "
+                         f"load {os.getloadavg()[0]:.1f})")
             d = drain(rig, workers, a["stored"], f"A{workers}")
             lines.append(f"drain   {d['messages']:6d} by {workers} worker(s) in {d['seconds']:6.1f} s (first to last "
                          f"delivery) = "
                          f"{d['per_s']:7.0f} delivered/s  CPU {d['cpu_ms']:.2f} ms/message (receiver "
-                         f"{d['receiver_cpu_ms']:.2f})  (load {os.getloadavg()[0]:.1f})")
+                         f"{d['receiver_cpu_ms']:.2f}){_pg(d)}  (load {os.getloadavg()[0]:.1f})")
             print("\n".join(lines[-2:]), flush=True)
         for workers in (() if args.outage_only else [int(n) for n in args.beside.split(",") if int(n) > 0]):
             b = beside(rig, rig.token(), workers, f"B{workers}", args.duration, args.connections, args.worker_nice)
             lines.append(f"accept  {b['stored']:6d} stored in {args.duration} s = {b['per_s']:7.0f} messages/s   "
                          f"202 p50 {b['p50_ms']:.1f} ms  p99 {b['p99_ms']:.1f} ms  non-2xx {b['non_2xx']}  "
-                         f"CPU {b['cpu_ms']:.2f} ms/message  beside {workers} delivering worker(s) "
+                         f"CPU {b['cpu_ms']:.2f} ms/message{_pg(b)}  beside {workers} delivering worker(s) "
                          f"(nice {args.worker_nice}): "
                          f"{b['delivered_meanwhile']} delivered meanwhile, their CPU "
                          f"{b['workers_cpu_s'] * 1000 / max(b['delivered_meanwhile'], 1):.2f} ms/delivery, "

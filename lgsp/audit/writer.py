@@ -473,16 +473,16 @@ def _pipeline(conn: Connection) -> contextlib.AbstractContextManager[Any]:
 def _run_statements(conn, statements: list) -> None:
     """Run what was stored with a group's records. Rows to insert, given as (table, values), go in one
     executemany per table (a group of accepted messages is one INSERT); a prepared statement with its
-    parameters, (statement, params), in one executemany per statement; any other statement alone."""
+    parameters, (statement, params), in one executemany per statement; any other statement alone, once per
+    transaction however many items of the group hand over that same object (a wake-up NOTIFY)."""
     rows: dict[Any, list[dict]] = {}
     for statement in statements:
         if isinstance(statement, tuple):
             rows.setdefault(statement[0], []).append(statement[1])
     for target, values in rows.items():
         conn.execute(_inline(insert(target) if isinstance(target, Table) else target), values)
-    for statement in statements:
-        if not isinstance(statement, tuple):
-            conn.execute(_inline(statement))
+    for statement in {id(s): s for s in statements if not isinstance(s, tuple)}.values():
+        conn.execute(_inline(statement))
 
 
 class _Waiter:

@@ -1,14 +1,16 @@
 """The durable queue: messages, their dedupe keys and the delivery log, claimed with row locks.
 
 Claiming takes the oldest due messages that head their key (no earlier message of the same key
-is still pending), marks them `delivering` with a lease, and opens an attempt in the delivery log,
-in one transaction:
+is still pending) and marks them `delivering` with a lease, in one transaction:
 - PostgreSQL: `SELECT … FOR UPDATE OF m SKIP LOCKED`, so workers on any node share the queue
   without waiting on, or taking, each other's rows;
 - SQLite: one writer at a time (`BEGIN IMMEDIATE`, under the same file lock as the audit writer),
   so a claim is never made on a stale snapshot.
-A claim whose lease ran out (its worker was killed) is due again; its open attempt is closed as
-`abandoned` when the message is taken again.
+The delivery log has one row per attempt, written when the attempt finishes (with the attempt's
+audit record), not a row at its start finished later: one statement per attempt, not two. A claim
+whose lease ran out (its worker was killed) is due again; the lost attempt is logged `abandoned`
+when the message is taken again, and a late finish of that attempt (its worker was only slow)
+writes its real outcome over that row.
 """
 from __future__ import annotations
 
@@ -23,11 +25,13 @@ from typing import Any
 import orjson
 from cryptography.fernet import Fernet
 from prometheus_client import Counter
-from sqlalchemy import Engine, and_, bindparam, exists, insert, or_, select, update
+from sqlalchemy import Engine, and_, bindparam, exists, or_, select, text, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from lgsp.audit.writer import _FileLock
 from lgsp.crypto import fernet
-from lgsp.storage.schema import delivery_attempts, delivery_dedupe, delivery_messages
+from lgsp.storage.schema import PENDING_SQL, delivery_attempts, delivery_dedupe, delivery_messages
 
 M = delivery_messages
 claims = Counter("lgsp_delivery_claims", "Claim transactions of the delivery queue, by whether they took a message",
@@ -113,11 +117,13 @@ class Claim:
     accepted_at: dt.datetime
     expires_at: dt.datetime
     callback_url: str | None
+    claimed_at: dt.datetime
 
 
 _CLAIM_COLUMNS = (M.c.seq, M.c.id, M.c.client_id, M.c.service, M.c.destination, M.c.operation, M.c.msg_key,
                   M.c.request_id, M.c.purpose, M.c.officer, M.c.agency_code, M.c.payload, M.c.attempts,
-                  M.c.accepted_at, M.c.expires_at, M.c.callback_url, M.c.status)
+                  M.c.accepted_at, M.c.expires_at, M.c.callback_url, M.c.status, M.c.lease_owner,
+                  M.c.lease_until)
 
 
 class Queue:
@@ -132,12 +138,18 @@ class Queue:
         self._file_lock = _FileLock(database + ".write-lock") if database and database != ":memory:" else None
         self._thread_lock = threading.Lock()
         self._took = False  # the last claim took messages: under a steady load the next will find some too
+        self._attempt_insert = (sqlite_insert if self.sqlite else pg_insert)(delivery_attempts)
+        # The attempt's row at its finish; over the `abandoned` row of a lease taken meanwhile.
+        self._finish_attempt = self._attempt_insert.on_conflict_do_update(
+            index_elements=["message_id", "attempt"],
+            set_={c: getattr(self._attempt_insert.excluded, c) for c in _ATTEMPT_OUTCOME})
 
     def _due(self, at: dt.datetime):
         earlier = M.alias("earlier")
         head_of_key = ~exists().where(earlier.c.msg_key == M.c.msg_key, earlier.c.seq < M.c.seq,
                                       earlier.c.status.in_(PENDING))
         return and_(
+            text(f"{M.name}.{PENDING_SQL}"),  # the partial index's own term: SQLite uses it only if it is in the query
             or_(and_(M.c.status.in_(("accepted", "failed")), M.c.next_attempt_at <= at),
                 and_(M.c.status == "delivering", M.c.lease_until < at)),
             head_of_key,
@@ -189,16 +201,18 @@ class Queue:
             # One executemany per statement for the whole batch (a claim's cost is mostly per statement).
             conn.execute(_CLAIM_MESSAGE, [{"b_seq": r.seq, "attempts": r.attempts + 1, "lease_owner": self.worker,
                                            "lease_until": until} for r in rows])
-            lost = [{"b_message": r.id} for r in rows if r.status == "delivering"]  # their worker was lost mid-attempt
+            # Their worker was lost mid-attempt: the attempt is logged (its start is the lease's, less a lease).
+            lost = [{"message_id": r.id, "attempt": r.attempts, "worker": r.lease_owner or "?",
+                     "started_at": (utc(r.lease_until) or at) - dt.timedelta(seconds=lease), "finished_at": at,
+                     "outcome": "abandoned", "reason": ABANDONED} for r in rows if r.status == "delivering"]
             if lost:
-                conn.execute(_ABANDON_ATTEMPT, [{**x, "finished_at": at} for x in lost])
-            conn.execute(insert(delivery_attempts), [{"message_id": r.id, "attempt": r.attempts + 1,
-                                                      "worker": self.worker, "started_at": at} for r in rows])
+                conn.execute(self._attempt_insert.on_conflict_do_nothing(), lost)  # a late finish came first
             conn.commit()
         return [Claim(id=r.id, seq=r.seq, client_id=r.client_id, service=r.service, destination=r.destination,
                       operation=r.operation, msg_key=r.msg_key, request_id=r.request_id, purpose=r.purpose,
                       officer=r.officer, agency_code=r.agency_code, payload=r.payload, attempt=r.attempts + 1,
-                      accepted_at=utc(r.accepted_at), expires_at=utc(r.expires_at), callback_url=r.callback_url)
+                      accepted_at=utc(r.accepted_at), expires_at=utc(r.expires_at), callback_url=r.callback_url,
+                      claimed_at=at)
                 for r in rows]
 
     def retry_now(self, destination: str) -> None:
@@ -218,19 +232,18 @@ class Queue:
                    "error_code": error_code, "reason": reason, "answer": answer,
                    "finished_at": at if final else None, "next_attempt_at": next_attempt_at or at,
                    "callback_state": "pending" if final and claim.callback_url else None}
-        attempt = {"b_message": claim.id, "b_attempt": claim.attempt, "finished_at": at,
+        attempt = {"message_id": claim.id, "attempt": claim.attempt, "worker": self.worker,
+                   "started_at": claim.claimed_at, "finished_at": at,
                    "outcome": {"delivered": "delivered", "dead": "dead", "failed": "retry"}[status],
                    "error_code": error_code, "reason": reason, "latency_ms": latency_ms}
-        return [(_FINISH_MESSAGE, message), (_FINISH_ATTEMPT, attempt)]
+        return [(_FINISH_MESSAGE, message), (self._finish_attempt, attempt)]
 
 
 _CLAIM_MESSAGE = update(M).where(M.c.seq == bindparam("b_seq")).values(
     status="delivering", attempts=bindparam("attempts"), lease_owner=bindparam("lease_owner"),
     lease_until=bindparam("lease_until"))
-_ABANDON_ATTEMPT = update(delivery_attempts).where(
-    delivery_attempts.c.message_id == bindparam("b_message"), delivery_attempts.c.outcome.is_(None),
-).values(outcome="abandoned", finished_at=bindparam("finished_at"),
-         reason="The worker's lease ran out (worker stopped?).")
+ABANDONED = "The worker's lease ran out (worker stopped?)."
+_ATTEMPT_OUTCOME = ("worker", "started_at", "finished_at", "outcome", "error_code", "reason", "latency_ms")
 
 # Prepared once: the audit writer runs a group's finishes as one executemany each.
 _FINISH_MESSAGE = update(M).where(
@@ -240,7 +253,3 @@ _FINISH_MESSAGE = update(M).where(
          answer=bindparam("answer", type_=M.c.answer.type), finished_at=bindparam("finished_at"),
          next_attempt_at=bindparam("next_attempt_at"), callback_state=bindparam("callback_state"),
          callback_attempts=0, callback_next_at=None, lease_owner=None, lease_until=None)
-_FINISH_ATTEMPT = update(delivery_attempts).where(
-    delivery_attempts.c.message_id == bindparam("b_message"), delivery_attempts.c.attempt == bindparam("b_attempt"),
-).values(finished_at=bindparam("finished_at"), outcome=bindparam("outcome"), error_code=bindparam("error_code"),
-         reason=bindparam("reason"), latency_ms=bindparam("latency_ms"))

@@ -1,7 +1,7 @@
 """Cross-process wake-up: an accepted message wakes the delivery workers of every process and node.
 
 PostgreSQL: each acceptance group's transaction also runs `pg_notify('lgsp_delivery', '')`
-(delivered at commit, folded into one per transaction), and each worker listens on a connection of
+once (delivered at commit), and each worker listens on a connection of
 its own, so a message accepted by any gateway process is claimed within milliseconds instead of at
 the next poll. Polling (`LGSP_DELIVERY_POLL`) stays the fallback: a lost listener connection only
 delays a message to the next poll. SQLite: one machine, a short poll (and an acceptance in the
@@ -19,8 +19,9 @@ from lgsp.config_notify import Listener
 
 CHANNEL = "lgsp_delivery"
 
-# Prepared once: the audit writer runs a group's notifications as one executemany (PostgreSQL folds them).
-NOTIFY = text("SELECT pg_notify(:channel, '')")
+# One object for every acceptance: the audit writer runs it once per group's transaction, not once per
+# message (lgsp.audit.writer._run_statements); a worker needs one wake-up per commit, not one per message.
+NOTIFY = text(f"SELECT pg_notify('{CHANNEL}', '')")
 
 notifications = Counter("lgsp_delivery_notifications", "Wake-ups of a delivery worker by a PostgreSQL notification")
 listening = Gauge("lgsp_delivery_listening", "1 while the delivery worker listens for acceptances (PostgreSQL)",
@@ -31,9 +32,9 @@ def supported(engine: Engine) -> bool:
     return engine.dialect.name == "postgresql"
 
 
-def notify_statement(engine: Engine) -> list[tuple[Any, dict[str, str]]]:
+def notify_statement(engine: Engine) -> list[Any]:
     """What an acceptance adds to its transaction so that listening workers wake at its commit."""
-    return [(NOTIFY, {"channel": CHANNEL})] if supported(engine) else []
+    return [NOTIFY] if supported(engine) else []
 
 
 def listener(engine: Engine, wake: Callable[[], None]) -> Listener:

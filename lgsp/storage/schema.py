@@ -19,6 +19,7 @@ from sqlalchemy import (
     Table,
     Text,
     UniqueConstraint,
+    text,
 )
 
 metadata = MetaData()
@@ -268,6 +269,7 @@ agencies = Table(
 )
 
 # -- store-and-forward delivery (lgsp.delivery, migration 0014) ----------------------------
+PENDING_SQL = "status IN ('accepted', 'delivering', 'failed')"  # the states a claim looks at
 delivery_messages = Table(
     "delivery_messages", metadata,
     # Position in the queue: a key's messages are delivered in this order.
@@ -302,6 +304,8 @@ delivery_messages = Table(
     Index("ix_delivery_due", "status", "next_attempt_at"),
     Index("ix_delivery_key_seq", "msg_key", "seq"),
     Index("ix_delivery_callback", "callback_state", "callback_next_at"),
+    # Partial (migration 0019): a claim reads the pending rows in queue order, not the delivered ones.
+    Index("ix_delivery_pending", "seq", postgresql_where=text(PENDING_SQL), sqlite_where=text(PENDING_SQL)),
 )
 
 # What makes a second acceptance the first one: an Idempotency-Key, or the key + version.

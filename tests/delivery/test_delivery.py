@@ -160,6 +160,15 @@ def test_another_client_cannot_read_a_message(rig, token):
 
     other = get_token(rig.gateway, "other-shop", secret, scope="portal.message.get")
     assert_problem(httpx.get(r.json()["status_url"], headers=headers(other)), 404, "record.not_found")
+    # Ids are a per-process prefix and a counter (guessable from one's own): the next one is someone
+    # else's message too, and the SOAP door checks the owner as the REST one does.
+    mine = httpx.post(f"{rig.url}/api/portal/v1/dossiers", json=dossier("HS-0005b"), headers=headers(token)).json()
+    first, second = r.json()["message_id"], mine["message_id"]
+    assert first[:24] == second[:24] and int(second[24:], 16) > int(first[24:], 16)
+    assert_problem(httpx.get(mine["status_url"], headers=headers(other)), 404, "record.not_found")
+    soap = _call_service(rig, other, "portal.message.get", {"message_id": second})
+    assert soap.status_code == 500 and "record.not_found" in soap.text and "HS-0005b" not in soap.text
+    assert httpx.get(mine["status_url"], headers=headers(token)).status_code == 200
 
 
 def _call_service(rig, token, service: str, params: dict) -> httpx.Response:
@@ -323,7 +332,8 @@ def test_backoff_grows_with_jitter_and_the_maximum_age_ends_in_dead():
         at = now()
         return Claim(id="m", seq=1, client_id="c", service="s", destination="portal", operation="dossier.sync",
                      msg_key="k", request_id="r", purpose=None, officer=None, agency_code=None, payload="",
-                     attempt=3, accepted_at=at, expires_at=at + dt.timedelta(seconds=expires_in), callback_url=None)
+                     attempt=3, accepted_at=at, expires_at=at + dt.timedelta(seconds=expires_in), callback_url=None,
+                     claimed_at=at)
 
     status, next_at, _ = worker._outcome(claim(3600), UpstreamUnavailable("down"))
     assert status == "failed" and next_at > now()
