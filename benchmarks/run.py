@@ -18,7 +18,11 @@ audit record. Non-2xx answers are counted and fail the run.
         [--scaling 1,2,4] [--postgres URL] [--json FILE]
 
 --scaling re-runs the REST row at 50 connections with each worker count; --postgres adds the
-REST row with the audit on that PostgreSQL server (a fresh database is created in it).
+REST row with the audit on that PostgreSQL server (a fresh database is created in it). Its runs
+alternate with the SQLite REST row's (drift on a shared box hits both), each after a CHECKPOINT and
+a pause (--pg-pause), and print the server's side per request (benchmarks/pg_side.py): commits,
+rows written and read, CPU of the database's backends, WAL flushes. --only REGEX keeps the rows
+whose name matches (e.g. --only REST to compare the two databases quickly).
 
 Needs nginx and wrk (Debian packages); installs them with apt-get if missing and root.
 """
@@ -41,6 +45,7 @@ from typing import Any
 
 import httpx
 from machine import cpu_model, cpu_seconds, free_port, peak_rss_mib, speed_probe, wait
+from pg_side import PgSide
 
 from lgsp.demo import stop
 
@@ -308,17 +313,45 @@ class Target:
 
 
 def measure(target: Target, connections: int, args, progress: list[int]) -> dict:
-    runs = []
+    return summarise(target, connections, [one_run(target, connections, args, progress)
+                                           for _ in range(args.repeat)])
+
+
+def measure_pair(sqlite: Target, pg: Target, side: PgSide, connections: int, args,
+                 progress: list[int]) -> list[dict]:
+    """The same row on SQLite and PostgreSQL, their runs alternating; each PostgreSQL run after a
+    CHECKPOINT and a pause (so no run inherits the previous one's WAL and dirty pages), with the
+    server's side of the bill."""
+    runs: dict[str, list[dict]] = {sqlite.name: [], pg.name: []}
     for _ in range(args.repeat):
-        progress[0] += 1
-        print(f"  [{progress[0]}/{progress[1]}] {target.name}, {connections} connections…", flush=True)
-        before = cpu_seconds(target.server_pid)
-        run = wrk(target.url, connections, args.duration, target.script)
-        run["cpu_ms"] = (cpu_seconds(target.server_pid) - before) * 1000 / max(run["requests"], 1)
-        if target.gateway:
-            target.gateway.answered += run["requests"]
-        runs.append(run)
-    med = {k: statistics.median(r[k] for r in runs) for k in ("rps", "p50", "p90", "p99", "cpu_ms")}
+        runs[sqlite.name].append(one_run(sqlite, connections, args, progress))
+        side.checkpoint()
+        time.sleep(args.pg_pause)
+        before = side.read()
+        run = one_run(pg, connections, args, progress)
+        time.sleep(1.5)  # backends flush their statistics at most once a second
+        run.update(side.per_request(before, side.read(), run["requests"]))
+        runs[pg.name].append(run)
+    return [summarise(sqlite, connections, runs[sqlite.name]), summarise(pg, connections, runs[pg.name])]
+
+
+def one_run(target: Target, connections: int, args, progress: list[int]) -> dict:
+    progress[0] += 1
+    print(f"  [{progress[0]}/{progress[1]}] {target.name}, {connections} connections…", flush=True)
+    before = cpu_seconds(target.server_pid)
+    run = wrk(target.url, connections, args.duration, target.script)
+    run["cpu_ms"] = (cpu_seconds(target.server_pid) - before) * 1000 / max(run["requests"], 1)
+    if target.gateway:
+        target.gateway.answered += run["requests"]
+    return run
+
+
+PG_SIDE = ("pg_commits", "pg_rollbacks", "pg_rows_in", "pg_rows_read", "pg_cpu_ms", "pg_wal_syncs")
+
+
+def summarise(target: Target, connections: int, runs: list[dict]) -> dict:
+    keys = ("rps", "p50", "p90", "p99", "cpu_ms", *(k for k in PG_SIDE if k in runs[0]))
+    med = {k: statistics.median(r[k] for r in runs) for k in keys}
     return {"target": target.name, "connections": connections, **med,
             "database": target.gateway.database if target.gateway else None,
             "non2xx": sum(r["non2xx"] for r in runs), "requests": sum(r["requests"] for r in runs),
@@ -361,6 +394,9 @@ def main() -> None:
     ap.add_argument("--scaling", default="", help="worker counts for the scaling curve, e.g. 1,2,4")
     ap.add_argument("--postgres", metavar="URL", 
                     help="PostgreSQL server for the PostgreSQL row (e.g. the URL scripts/postgres prints)")
+    ap.add_argument("--pg-pause", type=float, default=11.0,
+                    help="seconds of quiet after the CHECKPOINT before each PostgreSQL run")
+    ap.add_argument("--only", default="", help="measure only the rows whose name matches this regex")
     ap.add_argument("--database-url", help="run every LGSP row on this database instead of SQLite")
     ap.add_argument("--json", type=Path, help="also write the results here")
     args = ap.parse_args()
@@ -384,20 +420,23 @@ def main() -> None:
         procs.append(gw.proc)
         gateways = [gw]
         conns = [int(c) for c in args.connections.split(",")]
+        pg_rest: Target | None = None
+        side: PgSide | None = None
+        if args.postgres:
+            pg_url = fresh_postgres_database(args.postgres)
+            pg = start_lgsp(work, up, args.workers, pg_url)
+            procs.append(pg.proc)
+            gateways.append(pg)
+            pg_rest, side = lgsp_targets(work, pg, " (PostgreSQL)", pid, enterprise)[0], PgSide(pg_url)
         plan: list[tuple[Target, int]] = []
         for t in (Target("upstream (nginx, recorded answer)", f"http://127.0.0.1:{up}/dancu", soap, nginx.pid),
                   Target("nginx proxy hop", f"http://127.0.0.1:{hop}/dancu", soap, nginx.pid),
                   *lgsp_targets(work, gw, "", pid, enterprise)):
-            plan += [(t, c) for c in conns]
+            if re.search(args.only, t.name):
+                plan += [(t, c) for c in conns]
         scaling = [int(w) for w in args.scaling.split(",") if w]
-        progress = [0, (len(plan) + len(scaling) + (2 if args.postgres else 0)) * args.repeat]
-        results = run_plan(plan, args, progress)
-        if args.postgres:
-            pg = start_lgsp(work, up, args.workers, fresh_postgres_database(args.postgres))
-            procs.append(pg.proc)
-            gateways.append(pg)
-            rest = lgsp_targets(work, pg, " (PostgreSQL)", pid, enterprise)[0]
-            results += run_plan([(rest, c) for c in conns], args, progress)
+        progress = [0, (len(plan) + len(scaling) + (len(conns) if pg_rest else 0)) * args.repeat]
+        results = run_plan(plan, args, progress, pg_rest, side)
         memory = {g.database: peak_rss_mib(g.proc.pid) for g in gateways}
         time.sleep(1.0)  # the audit writer's last group commit
         audit: list[dict[str, Any]] = [{"database": g.database, "durability": g.durability(), "audited": g.audited(),
@@ -415,12 +454,18 @@ def main() -> None:
         shutil.rmtree(work, ignore_errors=True)
 
 
-def run_plan(plan: list[tuple[Target, int]], args, progress: list[int]) -> list[dict]:
+def run_plan(plan: list[tuple[Target, int]], args, progress: list[int], pg_rest: Target | None = None,
+             side: PgSide | None = None) -> list[dict]:
+    """Each row measured in turn; the SQLite REST row with the PostgreSQL one, alternating, when given."""
     results = []
     for target, c in plan:
         if target.gateway:
             probe(target)
-        results.append(measure(target, c, args, progress))
+        if pg_rest and side and target.name == "LGSP REST":
+            probe(pg_rest)
+            results += measure_pair(target, pg_rest, side, c, args, progress)
+        else:
+            results.append(measure(target, c, args, progress))
     return results
 
 
@@ -461,7 +506,16 @@ def report(machine: dict, results: list[dict], memory: dict, audit: list[dict], 
             print(f"LGSP REST / nginx hop at {c} connections: {lg['rps'] / hop['rps']:.3f}x throughput")
         pg = by.get(("LGSP REST (PostgreSQL)", c))
         if lg and pg:
-            print(f"PostgreSQL / SQLite at {c} connections: {pg['rps'] / lg['rps']:.2f}x throughput")
+            print(f"PostgreSQL / SQLite at {c} connections: {pg['rps'] / lg['rps']:.2f}x throughput, "
+                  f"p50 {pg['p50']:.2f} vs {lg['p50']:.2f} ms, CPU/req {pg['cpu_ms']:.3f} vs {lg['cpu_ms']:.3f} ms")
+    pg_rows = [r for r in results if "pg_commits" in r]
+    if pg_rows:
+        print("\nPostgreSQL server's side per answered request (this database only; WAL flushes server-wide):")
+        print(f"{'conns':>5} {'commits':>8} {'rollbacks':>9} {'rows in':>8} {'rows read':>9} "
+              f"{'backend CPU ms':>14} {'WAL flushes':>11}")
+        for r in pg_rows:
+            print(f"{r['connections']:>5} {r['pg_commits']:>8.2f} {r['pg_rollbacks']:>9.2f} {r['pg_rows_in']:>8.2f} "
+                  f"{r['pg_rows_read']:>9.2f} {r['pg_cpu_ms']:>14.3f} {r['pg_wal_syncs']:>11.3f}")
     if curve:
         print("\nscaling curve (LGSP REST, 50 connections):")
         print(f"{'workers':>7} {'req/s':>9} {'req/s per worker':>17} {'p99 ms':>8} {'CPU ms/req':>10}")
