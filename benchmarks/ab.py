@@ -24,7 +24,6 @@ from machine import cpu_model, free_port, speed_probe
 
 from lgsp.demo import stop
 
-
 # The installed top-level names and the checkout's folders behind them (pyproject.toml's package-dir).
 PACKAGES = {"lgsp": "lgsp", "lgsp_adapters": "adapters", "lgsp_openapi": "openapi", "lgsp_wsdl": "wsdl",
             "lgsp_schemas": "schemas"}

@@ -59,7 +59,7 @@ class OneWriteTransport:
 class OneWriteHttpTools(BoundedHttpTools):
     """uvicorn's httptools protocol (with the head bound), writing each answer's head and body at once."""
 
-    def connection_made(self, transport) -> None:  # type: ignore[override]
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
         self.transport = OneWriteTransport(transport)  # type: ignore[assignment]
 

@@ -5,6 +5,7 @@ import asyncio
 import socket
 import threading
 import time
+from typing import Any, cast
 
 import uvicorn
 
@@ -28,7 +29,7 @@ class Recorder:
 
 def test_head_waits_for_its_body():
     raw = Recorder()
-    t = OneWriteTransport(raw)
+    t = OneWriteTransport(cast(Any, raw))
     t.write(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n")
     assert raw.writes == []
     t.write(b"{}")
@@ -40,7 +41,7 @@ def test_head_waits_for_its_body():
 
 def test_continue_is_never_held_and_a_bodiless_answer_is_flushed():
     raw = Recorder()
-    t = OneWriteTransport(raw)
+    t = OneWriteTransport(cast(Any, raw))
     t.write(b"HTTP/1.1 100 Continue\r\n\r\n")
     assert raw.writes == [b"HTTP/1.1 100 Continue\r\n\r\n"]
     t.write(b"HTTP/1.1 204 No Content\r\n\r\n")
@@ -54,7 +55,7 @@ def test_continue_is_never_held_and_a_bodiless_answer_is_flushed():
 
 def test_large_body_is_not_copied_behind_the_head():
     raw = Recorder()
-    t = OneWriteTransport(raw)
+    t = OneWriteTransport(cast(Any, raw))
     t.write(b"HTTP/1.1 200 OK\r\n\r\n")
     t.write(b"x" * (COPY_LIMIT + 1))
     assert [len(w) for w in raw.writes] == [19, COPY_LIMIT + 1]
