@@ -24,13 +24,29 @@ from machine import cpu_model, free_port, speed_probe
 
 from lgsp.demo import stop
 
+# The installed top-level names and the checkout's folders behind them (pyproject.toml's package-dir).
+PACKAGES = {"lgsp": "lgsp", "lgsp_adapters": "adapters", "lgsp_openapi": "openapi", "lgsp_wsdl": "wsdl",
+            "lgsp_schemas": "schemas"}
+
+
+def import_path(work: Path, code: Path) -> Path:
+    """A directory whose packages are those of the checkout `code`, under their installed names: first on
+    the path of side A's processes, so it runs A's adapters, specs and WSDL too, not only A's lgsp (this
+    checkout's editable install maps lgsp_adapters & co. to its own folders)."""
+    shim = work / "side-a-path"
+    shim.mkdir(exist_ok=True)
+    for name, folder in PACKAGES.items():
+        if (code / folder).is_dir():
+            (shim / name).symlink_to(code / folder)
+    return shim
+
 
 def start(work: Path, up: int, workers: int, code: Path | None, postgres: str | None) -> bench.Gateway:
     """A gateway on this checkout's code, or on the code of `code` (put first on the path of its processes);
     its audit on SQLite, or in a fresh database of the PostgreSQL server `postgres`."""
     saved = os.environ.get("PYTHONPATH")
     if code is not None:
-        os.environ["PYTHONPATH"] = str(code)
+        os.environ["PYTHONPATH"] = str(import_path(work, code))
     try:
         return bench.start_lgsp(work, up, workers, bench.fresh_postgres_database(postgres) if postgres else None)
     finally:

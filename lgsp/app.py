@@ -222,8 +222,14 @@ def gateway_pages(gw: Gateway) -> dict[str, Page]:
     return {"/api": catalog, "/healthz": healthz, "/readyz": readyz, "/metrics": metrics_view}
 
 
-def data_plane(gateway: Gateway | None = None):
+def data_plane(gateway: Gateway | None = None) -> ASGIApp:
     gw = gateway or Gateway()
+    return ClientCertificate(HeaderLimit(data_routes(gw), gw), gw.settings)
+
+
+def data_routes(gw: Gateway) -> ASGIApp:
+    """The data plane without its outer layers (client certificate, header limit), which the
+    process's outermost app runs once per request."""
     logs.setup(gw.settings.log_level)
 
     @contextlib.asynccontextmanager
@@ -275,7 +281,7 @@ def data_plane(gateway: Gateway | None = None):
             return None
         return await app(scope, receive, send)
 
-    return ClientCertificate(HeaderLimit(data, gw), gw.settings)
+    return data
 
 
 async def control_plane_elsewhere(scope, receive, send) -> None:
@@ -331,7 +337,7 @@ def combined():
     Token requests are served by the token endpoint alone, the rest of the control plane is built
     on its first request: most workers never hold it (docs/performance.md)."""
     gw = Gateway()
-    data, control = data_plane(gw), built_on_first_request(lambda: control_plane(gw))
+    data, control = data_routes(gw), built_on_first_request(lambda: control_plane(gw))
     token = built_on_first_request(lambda: token_plane(gw))
 
     async def app(scope, receive, send):

@@ -24,6 +24,7 @@ from lgsp.config import settings as _settings
 from lgsp.crypto import derive_key
 from lgsp.egress import EgressRefused
 from lgsp.http import LazySession
+from lgsp.keepalive import Answer, ClientFailure, KeepAliveClient
 from lgsp.mapping.compile import load_mapping
 from lgsp.pipeline.grant_fields import Shape, schema_shape
 from lgsp.pipeline.minimize import PAGE
@@ -43,7 +44,7 @@ __all__ = [
     "UpstreamError", "UpstreamTimeout", "UpstreamUnavailable", "UpstreamFault", "UpstreamMalformed",
     "RecordNotFound", "NotAllowed",
     # talking to backends
-    "LazySession", "soap", "egress", "EgressRefused",
+    "LazySession", "KeepAliveClient", "Answer", "ClientFailure", "soap", "egress", "EgressRefused",
     # answers: declarative mapping, pages, fields a grant may name
     "load_mapping", "PAGE", "Shape", "schema_shape",
     # data shared with simulators

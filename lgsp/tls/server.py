@@ -19,7 +19,7 @@ from typing import Any
 from sqlalchemy import select
 
 from lgsp.config import Settings, settings
-from lgsp.doors.http_limits import BoundedHttpTools
+from lgsp.doors.one_write import OneWriteHttpTools
 from lgsp.tls import peer
 
 log = logging.getLogger(__name__)
@@ -91,9 +91,9 @@ class SelfSignedTrust:
             log.warning("self-signed client certificates could not be loaded", exc_info=True)
 
 
-class PeerAwareHttpTools(BoundedHttpTools):
-    """The gateway's HTTP protocol, telling each request its connection's peer address and client
-    certificate (uvicorn does not put them in the ASGI scope)."""
+class PeerAwareHttpTools(OneWriteHttpTools):
+    """The gateway's HTTP protocol (head bounded, answer in one write), telling each request its
+    connection's peer address and client certificate (uvicorn does not put them in the ASGI scope)."""
 
     def connection_made(self, transport) -> None:
         super().connection_made(transport)
