@@ -58,6 +58,7 @@ def pieces(answer_file: Path, n: int, work: Path) -> dict[str, float]:
 
     out = {"REST fast path: match, check, build exchange": fast_path(n)}
     content = answer_file.read_bytes()
+    out["population mapping: citizen.get to canonical"] = mapping(n)
     out["population answer: parse, body, to_dict"] = per_call(
         lambda: soap.to_dict(soap.body_of(soap.parse(content)).findall("{*}CongDan")[0]), n)
     contract = door.Contract(specs.wsdl_dir() / "lgsp" / "lgsp.wsdl")
@@ -80,6 +81,16 @@ def pieces(answer_file: Path, n: int, work: Path) -> dict[str, float]:
         out["audit commit, 50 waiting (PostgreSQL)"] = audit_commit(database, n, 50)
         out["audit commit, 1 waiting (PostgreSQL)"] = audit_commit(database, n // 10, 1)
     return out
+
+
+def mapping(n: int) -> float:
+    """The declarative mapping of one recorded citizen (the tests' legacy fixture) to canonical."""
+    from lgsp.mapping.compile import load_mapping
+    root = Path(__file__).resolve().parents[1]
+    given = json.loads((root / "tests" / "fixtures" / "population_citizen_legacy.input.json")
+                       .read_text(encoding="utf-8"))
+    compiled = load_mapping(root / "adapters" / "population" / "mapping.yaml")
+    return per_call(lambda: compiled.apply("citizen.get", given["CongDan"], given["meta"]), n)
 
 
 def fast_path(n: int) -> float:

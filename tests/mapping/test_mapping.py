@@ -12,7 +12,6 @@ from __future__ import annotations
 import copy
 import json
 import re
-import timeit
 import unicodedata
 
 import pytest
@@ -262,13 +261,6 @@ def test_spec_error_is_not_a_mapping_error():
     assert not issubclass(MappingSpecError, MappingError)
     with pytest.raises(MappingSpecError, match="source"):
         compile_mapping({"name": "t", "operations": {"op": {"fields": {"a": "A"}}}})
-
-
-def test_mapping_is_fast(m):
-    national, meta, _ = fixture("legacy")
-    n = 2000
-    per_call = min(timeit.repeat(lambda: m.apply("citizen.get", national, meta), number=n, repeat=3)) / n
-    assert per_call < 200e-6, f"{per_call * 1e6:.1f} µs per citizen"
 
 
 # -- the mapping file's schema: a wrong key is refused at load, naming the file and its line ----------
