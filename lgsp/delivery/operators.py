@@ -93,6 +93,13 @@ def _change(engine: Engine, actor: str, message_id: str, action: str, allowed: t
     wake = wakeup.notify_statement(engine) if action == "delivery.replay" else []  # workers anywhere take it now
     writer_for(engine).commit_sync(record, statements=[statement, *wake])
     after = store.read(engine, message_id)
+    if after is not None and after.status != record["detail"]["after"]["status"]:
+        # A worker claimed the message between our read and the guarded UPDATE, which then changed
+        # nothing: the trail gets a second record saying so, and the operator a refusal, not a 200.
+        correction = {**record, "at": store.now(), "outcome": "refused",
+                      "detail": {**record["detail"], "not_applied": True, "after": {"status": after.status}}}
+        writer_for(engine).commit_sync(correction)
+        raise OperatorError(refusal[0].format(status=after.status), refusal[1])
     return _summary(after)
 
 

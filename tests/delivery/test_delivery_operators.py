@@ -226,3 +226,40 @@ def test_console_shows_a_callback_key_to_an_admin_only(rig):
     assert missing.status_code == 404
     assert any(r.detail["actor"] == "console:console-admin" and r.detail["target"] == sender
                for r in _admin_records(rig, "delivery.callback_key"))
+
+
+def test_a_cancel_that_a_worker_overtakes_is_refused_and_recorded_as_not_applied(rig, monkeypatch):
+    """The operator's read saw a waiting message; a worker claimed it before the guarded UPDATE ran.
+    The answer is a 409-kind refusal, and the trail holds a second record saying nothing changed."""
+    from sqlalchemy import update
+
+    from lgsp.delivery import operators, store
+    from lgsp.storage.schema import delivery_messages
+
+    token = rig.token()
+    rig.faults("down")
+    try:
+        message = _send(rig, token, "OP-0005")
+        wait_until(lambda: _status(rig, token, message) == "failed")
+    finally:
+        rig.faults("normal")
+    engine = engine_for(rig.db_url)
+    stale = store.read(engine, message["message_id"])
+    with engine.begin() as conn:  # what a claim does, with a lease no worker will take over during the test
+        conn.execute(update(delivery_messages).where(delivery_messages.c.id == message["message_id"]).values(
+            status="delivering", lease_owner="test:overtaking", lease_until=store.now().replace(year=2099)))
+    reads = iter([stale])
+    real_read = store.read
+    monkeypatch.setattr(operators.store, "read", lambda e, mid: next(reads, None) or real_read(e, mid))
+    with pytest.raises(operators.OperatorError) as refused:
+        operators.cancel(engine, "test:operator", message["message_id"], "too late")
+    assert refused.value.code == "delivery.not_cancellable" and "delivering" in str(refused.value)
+    monkeypatch.undo()
+    assert store.read(engine, message["message_id"]).status == "delivering"
+    records = [r for r in _admin_records(rig, "delivery.cancel") if r.detail["target"] == message["message_id"]]
+    assert [r.outcome for r in records] == ["ok", "refused"]
+    assert records[-1].detail["not_applied"] is True and records[-1].detail["after"]["status"] == "delivering"
+    with engine.begin() as conn:  # hand the message back to the workers
+        conn.execute(update(delivery_messages).where(delivery_messages.c.id == message["message_id"]).values(
+            status="failed", lease_owner=None, lease_until=None, next_attempt_at=store.now()))
+    wait_until(lambda: _status(rig, token, message) == "delivered")
