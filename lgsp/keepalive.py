@@ -28,8 +28,9 @@ import ssl
 import time
 from collections import deque
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Mapping
-from urllib.parse import urlencode, urlsplit
+from urllib.parse import quote, urlencode, urlsplit
 
 import httptools
 
@@ -155,6 +156,22 @@ class _Connection(asyncio.Protocol):
             self.transport.close()
 
 
+@lru_cache(maxsize=256)
+def _parsed(url: str) -> tuple[Origin, str, str]:
+    """The origin, request target (path quoted, query kept) and Host value of a URL; cached, as an
+    adapter calls the same one or two URLs on every exchange."""
+    parts = urlsplit(url)
+    scheme = parts.scheme.lower()
+    try:
+        port = parts.port or (443 if scheme == "https" else 80)
+    except ValueError:
+        raise egress.EgressRefused(f"{url[:200]!r} is not a usable URL.") from None
+    target = quote(parts.path or "/", safe="/%:@!$&'()*+,;=-._~")
+    if parts.query:
+        target += "?" + quote(parts.query, safe="/%:@!$&'()*+,;=-._~?")
+    return (scheme, parts.hostname or "", port), target, parts.netloc.rpartition("@")[2]
+
+
 class KeepAliveClient:
     """Kept-alive HTTP/1.1 connections per origin, at most `limit` in use at once; made lazily inside
     the serving event loop, like lgsp.http.LazySession."""
@@ -174,18 +191,9 @@ class KeepAliveClient:
         Raises EgressRefused, TimeoutError or ClientFailure."""
         if method.upper() == "HEAD":
             raise ValueError("KeepAliveClient does not send HEAD requests")
-        parts = urlsplit(url)
-        scheme = parts.scheme.lower()
-        host = parts.hostname or ""
-        try:
-            port = parts.port or (443 if scheme == "https" else 80)
-        except ValueError:
-            raise egress.EgressRefused(f"{url[:200]!r} is not a usable URL.") from None
-        target = parts.path or "/"
-        query = "&".join(filter(None, (parts.query, urlencode(params) if params else "")))
-        if query:
-            target += "?" + query
-        netloc = parts.netloc.rpartition("@")[2]
+        origin, target, netloc = _parsed(url)
+        if params:
+            target += ("&" if "?" in target else "?") + urlencode(params)
         head = [f"{method.upper()} {target} HTTP/1.1\r\nHost: {netloc}\r\n"]
         for name, value in (headers or {}).items():
             if "\r" in value or "\n" in value or "\r" in name or "\n" in name:
@@ -196,7 +204,7 @@ class KeepAliveClient:
         if self._slots is None:
             self._slots = asyncio.Semaphore(self.limit)
         async with self._slots, asyncio.timeout(self.timeout):
-            conn = await self._connection((scheme, host, port))
+            conn = await self._connection(origin)
             try:
                 answer = await conn.send(request, limit)
             except BaseException:
@@ -204,11 +212,11 @@ class KeepAliveClient:
                 raise
             if conn.reusable():
                 conn.release()
-                self._idle.setdefault((scheme, host, port), deque()).append(conn)
+                self._idle.setdefault(origin, deque()).append(conn)
             else:
                 conn.close()
         if answer.status in egress.REDIRECTS:
-            raise egress.EgressRefused(f"{host} answered with a redirect (HTTP {answer.status}); "
+            raise egress.EgressRefused(f"{origin[1]} answered with a redirect (HTTP {answer.status}); "
                                        f"the LGSP does not follow redirects: configure the final address.")
         return answer
 

@@ -213,3 +213,15 @@ def test_header_values_cannot_inject_lines():
     with pytest.raises(ValueError, match="line break"):
         run(KeepAliveClient(limit=1, timeout=1, policy=LOOPBACK).request(
             "GET", "http://127.0.0.1:1/", headers={"X-A": "1\r\nX-B: 2"}))
+
+
+def test_request_target_is_quoted_and_params_appended():
+    async def main():
+        upstream = Upstream(lambda head, body: ok())
+        async with upstream as url:
+            client = KeepAliveClient(limit=1, timeout=5, policy=LOOPBACK)
+            await client.request("GET", f"{url}/a b?x=1", params={"msdn": "0101 2"})
+            await client.close()
+        assert upstream.requests[0].startswith(b"GET /a%20b?x=1&msdn=0101+2 HTTP/1.1\r\n")
+
+    run(main())
