@@ -332,7 +332,11 @@ def measure_pair(sqlite: Target, pg: Target, side: PgSide, connections: int, arg
         time.sleep(1.5)  # backends flush their statistics at most once a second
         run.update(side.per_request(before, side.read(), run["requests"]))
         runs[pg.name].append(run)
-    return [summarise(sqlite, connections, runs[sqlite.name]), summarise(pg, connections, runs[pg.name])]
+    pg_row = summarise(pg, connections, runs[pg.name])
+    # Each pair ran back to back: their ratios show how far the box's drift moves the comparison.
+    pg_row["pair_ratios"] = [p["rps"] / max(s["rps"], 1e-9)
+                             for s, p in zip(runs[sqlite.name], runs[pg.name], strict=True)]
+    return [summarise(sqlite, connections, runs[sqlite.name]), pg_row]
 
 
 def one_run(target: Target, connections: int, args, progress: list[int]) -> dict:
@@ -507,7 +511,9 @@ def report(machine: dict, results: list[dict], memory: dict, audit: list[dict], 
         pg = by.get(("LGSP REST (PostgreSQL)", c))
         if lg and pg:
             print(f"PostgreSQL / SQLite at {c} connections: {pg['rps'] / lg['rps']:.2f}x throughput, "
-                  f"p50 {pg['p50']:.2f} vs {lg['p50']:.2f} ms, CPU/req {pg['cpu_ms']:.3f} vs {lg['cpu_ms']:.3f} ms")
+                  f"p50 {pg['p50']:.2f} vs {lg['p50']:.2f} ms, CPU/req {pg['cpu_ms']:.3f} vs {lg['cpu_ms']:.3f} ms"
+                  + (f"; each alternating pair: {', '.join(f'{r:.2f}' for r in pg['pair_ratios'])}"
+                     if "pair_ratios" in pg else ""))
     pg_rows = [r for r in results if "pg_commits" in r]
     if pg_rows:
         print("\nPostgreSQL server's side per answered request (this database only; WAL flushes server-wide):")
