@@ -45,11 +45,12 @@ async def commit_with_refusals(writer: AuditWriter, records: list[AuditRecord], 
     """Commit an exchange's `records` (and `stored`), taking along in the same transaction the refusals
     waiting in this event loop; raise as `AuditWriter.commit_all` does, for these records only."""
     group = _groups.get(writer)
-    entry = (records if len(records) > 1 else records[0], stored)
-    if group is None or group.loop is not asyncio.get_running_loop() or not group.waiting:
-        await writer.queue_all([entry])[0]
+    if group is not None and group.loop is asyncio.get_running_loop() and group.waiting:
+        await group.commit_with((records if len(records) > 1 else records[0], stored))
+    elif len(records) > 1:
+        await writer.commit_all(records, stored)
     else:
-        await group.commit_with(entry)
+        await writer.commit(records[0], stored)
 
 
 class RefusalGroup:
