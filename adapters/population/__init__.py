@@ -122,15 +122,15 @@ TEMPLATE_VARIANTS = ({}, {"personal_id": "012345678"}, {"birth_date": "1985"},
 CHILD_TIMEOUT = 120  # seconds; an http(s) WSDL and its schemas are fetched by the child
 
 
-def prepare_in_child(location: str, endpoint: str, shapes: list[tuple[str, dict[str, Any]]]) -> dict[str, Any]:
-    """The SOAPActions and the templates of `shapes`, rendered by zeep in a child process
-    (adapters/population/wsdl.py), so that zeep's modules and the WSDL's objects leave with it."""
-    request = json.dumps({"wsdl": location, "endpoint": endpoint, "shapes": shapes})
-    done = subprocess.run([sys.executable, "-m", f"{__name__}.wsdl"], input=request, capture_output=True,
-                          text=True, timeout=CHILD_TIMEOUT, check=False)
+def prepare_in_child(asked: dict[str, Any]) -> dict[str, Any]:
+    """The SOAPActions and the envelopes of the shapes asked, rendered by zeep from the WSDL in a child
+    process (adapters/population/wsdl.py, run as a script: -P keeps its directory off the import path),
+    so that zeep's modules and the WSDL's objects leave with it."""
+    done = subprocess.run([sys.executable, "-P", str(Path(__file__).with_name("wsdl.py"))], input=json.dumps(asked),
+                          capture_output=True, text=True, timeout=CHILD_TIMEOUT, check=False)
     if done.returncode != 0:
         reason = (done.stderr.strip().splitlines() or ["no reason given"])[-1]
-        raise ValueError(f"The population WSDL {location[:200]!r} could not be loaded: {reason}")
+        raise ValueError(f"The population WSDL {asked['wsdl'][:200]!r} could not be loaded: {reason}")
     answer: dict[str, Any] = json.loads(done.stdout)
     return answer
 
@@ -318,9 +318,12 @@ class PopulationAdapter(Adapter):
                     context = CallContext(request_id="template", client_id="template", officer=officer)
                     shaped = _slotted(self._request_fields(operation, params, context, "template"), [])
                     shapes[(operation, repr(shaped))] = shaped
-        prepared = prepare_in_child(self._wsdl, self.endpoint, [(op, shaped) for (op, _), shaped in shapes.items()])
+        prepared = prepare_in_child({"wsdl": self._wsdl, "endpoint": self.endpoint, "directory": str(wsdl_directory()),
+                                     "operations": SOAP_OPERATIONS,
+                                     "shapes": [[op, shaped] for (op, _), shaped in shapes.items()]})
         self._actions = prepared["actions"]
-        self._templates = dict(zip(shapes, prepared["templates"], strict=True))
+        # Split once at the slots, so a value can never be mistaken for a slot.
+        self._templates = {key: _SLOT.split(text) for key, text in zip(shapes, prepared["envelopes"], strict=True)}
 
     @property
     def contract(self) -> Contract:
@@ -328,7 +331,7 @@ class PopulationAdapter(Adapter):
         if self._contract is None:
             from .wsdl import Contract
 
-            self._contract = Contract(self._wsdl, self.endpoint)
+            self._contract = Contract(self._wsdl, self.endpoint, str(wsdl_directory()), SOAP_OPERATIONS)
         return self._contract
 
     def _zeep_message(self, operation: str, fields: dict[str, Any]) -> bytes:

@@ -1,34 +1,44 @@
 """zeep and the WSDL: the contract check and the request templates of the population adapter.
 
-A worker does not import this module at start-up: the adapter runs it in a short-lived child
-process (`python -m <package>.wsdl`, JSON on stdin and stdout), which loads the WSDL with zeep (the
-contract check) and renders a template for every request shape the adapter sends, so zeep's ~15 MiB
-never lives in a worker. A worker imports it only for a shape no template covers (a list request).
+A worker does not import this module at start-up: the adapter runs it as a script in a short-lived
+child process (JSON on stdin and stdout), which loads the WSDL with zeep (the contract check) and
+renders the request of every shape the adapter sends with slots for values, so zeep (~12 MiB with
+requests) never lives in a worker. A worker imports it only for a shape no template covers (a list).
+The script imports zeep and nothing of the adapter's package (whose imports would double its CPU).
 """
 from __future__ import annotations
 
 import json
 import sys
 from contextlib import closing
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
+from urllib.request import url2pathname
 
 from lxml import etree
 from zeep import Client, Settings
 from zeep.transports import Transport
 
-from lgsp.sdk import egress
-
-from . import _SLOT, SOAP_OPERATIONS, _packaged
+SCHEMES = ("http", "https")
 
 
 class WsdlTransport(Transport):
     """zeep's loader for the WSDL and every schema it imports: files only from the adapter's
-    package, URLs only where the egress policy allows, and no redirects followed."""
+    package (`directory`), URLs only where the egress policy allows, and no redirects followed."""
+
+    def __init__(self, directory: str):
+        super().__init__()
+        self.directory = Path(directory)
 
     def load(self, url: str) -> bytes:
-        if urlsplit(url).scheme.lower() not in egress.SCHEMES:
-            return _packaged(url).read_bytes()
+        if urlsplit(url).scheme.lower() not in SCHEMES:
+            path = Path(url2pathname(urlsplit(url).path) if url.lower().startswith("file:") else url).resolve()
+            if not path.is_relative_to(self.directory):
+                raise ValueError(f"{url[:200]} is outside the adapter's package ({self.directory})")
+            return path.read_bytes()
+        from lgsp import egress  # only for a WSDL or schema on the network
+
         egress.check_url(url)
         response = self.session.get(url, timeout=self.load_timeout, allow_redirects=False)
         with closing(response):
@@ -41,31 +51,26 @@ class WsdlTransport(Transport):
 class Contract:
     """The WSDL loaded by zeep (strict, no DTDs or entities), bound to the adapter's endpoint."""
 
-    def __init__(self, location: str, endpoint: str):
-        self.client = Client(location, transport=WsdlTransport(),
+    def __init__(self, location: str, endpoint: str, directory: str, operations: dict[str, str]):
+        self.client = Client(location, transport=WsdlTransport(directory),
                              settings=Settings(strict=True, forbid_dtd=True, forbid_entities=True,
                                                forbid_external=True))
         binding = next(iter(self.client.wsdl.bindings.values()))  # the WSDL declares one SOAP 1.1 binding
         self.service = self.client.create_service(str(binding.name), endpoint)
-        self.actions = {op: binding.get(name).soapaction for op, name in SOAP_OPERATIONS.items()}
+        self.operations = operations  # the adapter's operation -> the WSDL's
+        self.actions = {op: binding.get(name).soapaction for op, name in operations.items()}
 
     def message(self, operation: str, fields: dict[str, Any]) -> bytes:
-        envelope = self.client.create_message(self.service, SOAP_OPERATIONS[operation], **fields)
+        envelope = self.client.create_message(self.service, self.operations[operation], **fields)
         return etree.tostring(envelope, xml_declaration=True, encoding="utf-8")
 
-    def template(self, operation: str, shaped: dict[str, Any]) -> list[str]:
-        """The envelope of a request whose values are slots, split once at the slots (so a value can
-        never be mistaken for one)."""
-        return _SLOT.split(self.message(operation, shaped).decode("utf-8"))
 
-
-def prepare(location: str, endpoint: str, shapes: list[tuple[str, dict[str, Any]]]) -> dict[str, Any]:
-    """The SOAPActions and one template per (operation, shaped request), in the order given."""
-    contract = Contract(location, endpoint)
-    return {"actions": contract.actions, "templates": [contract.template(op, shaped) for op, shaped in shapes]}
+def prepare(asked: dict[str, Any]) -> dict[str, Any]:
+    """The SOAPActions, and the envelope of each (operation, shaped request) asked, in order."""
+    contract = Contract(asked["wsdl"], asked["endpoint"], asked["directory"], asked["operations"])
+    return {"actions": contract.actions,
+            "envelopes": [contract.message(op, shaped).decode("utf-8") for op, shaped in asked["shapes"]]}
 
 
 if __name__ == "__main__":
-    asked = json.load(sys.stdin)
-    json.dump(prepare(asked["wsdl"], asked["endpoint"], [(op, shaped) for op, shaped in asked["shapes"]]),
-              sys.stdout)
+    json.dump(prepare(json.load(sys.stdin)), sys.stdout)
