@@ -117,7 +117,7 @@ class ZeepError(ValueError):
 
 # The single-person requests' shapes rendered at start-up: every value a slot, an officer named or not,
 # a 12-digit ID (SoDinhDanh) or a 9-digit one (SoCMND), a full birth date or a year only.
-TEMPLATE_VARIANTS = ({}, {"personal_id": "012345678"}, {"birth_date": "1985"},
+TEMPLATE_VARIANTS: tuple[dict[str, str], ...] = ({}, {"personal_id": "012345678"}, {"birth_date": "1985"},
                      {"personal_id": "012345678", "birth_date": "1985"})
 CHILD_TIMEOUT = 120  # seconds; an http(s) WSDL and its schemas are fetched by the child
 
