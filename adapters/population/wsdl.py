@@ -37,7 +37,7 @@ class WsdlTransport(Transport):
             if not path.is_relative_to(self.directory):
                 raise ValueError(f"{url[:200]} is outside the adapter's package ({self.directory})")
             return path.read_bytes()
-        from lgsp import egress  # only for a WSDL or schema on the network
+        from lgsp.sdk import egress  # only for a WSDL or schema on the network (the SDK costs ~0.7 s CPU)
 
         egress.check_url(url)
         response = self.session.get(url, timeout=self.load_timeout, allow_redirects=False)
