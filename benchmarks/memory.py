@@ -39,7 +39,7 @@ IMPORT_STEPS = [
     ("[not at start] the token endpoint (first token request)",
      "import lgsp.control.token_endpoint"),
     ("[not at start] connexion's shared APIs (first declined request)",
-     "from lgsp.gateway import Gateway; lgsp.app.shared_apis_app(Gateway())"),
+     "from lgsp.gateway import Gateway; gw = Gateway(); lgsp.app.shared_apis_app(gw, lgsp.app.gateway_pages(gw))"),
 ]
 # What the app factory must not load (lazily built on a request that needs it); checked after the factory.
 WATCHED = ("connexion", "flask", "jinja2", "requests", "rich", "zeep", "alembic", "signxml", "authlib",
@@ -120,7 +120,7 @@ def main() -> None:
                 sys.exit(f"{name}: {result['non2xx']} non-2xx answers under load")
             show(f"{args.duration} s of {name} at 50 connections")
         for path, name in (("/console/login", "console sign-in page"), ("/admin/v1/clients", "admin API (no token)")):
-            httpx.get(gw.url + path)
+            httpx.get(gw.url + path, timeout=60)  # builds the control plane: seconds on a busy box
             show(name)
     finally:
         stop(procs)

@@ -299,9 +299,9 @@ def control_plane(gateway: Gateway | None = None):
 
 
 def token_plane(gw: Gateway) -> ASGIApp:
-    from lgsp.control.token_endpoint import token_plane as create_token_plane  # Flask and authlib, not connexion
+    from lgsp.control.token_endpoint import token_plane as create_token_plane  # authlib, not Flask or connexion
 
-    return cast(ASGIApp, create_token_plane(gw.engine, gw.settings))  # a2wsgi's ASGI types, not Starlette's
+    return create_token_plane(gw.engine, gw.settings)
 
 
 def built_on_first_request(build: Callable[[], ASGIApp]) -> ASGIApp:
@@ -326,10 +326,11 @@ CONTROL_PREFIXES = ("/oauth/", "/.well-known/", "/admin", "/console", "/audit")
 
 def token_request(scope: Scope) -> bool:
     """A client's form-encoded token request: all the token endpoint alone serves (anything else at
-    its address, such as another method or a JSON body, goes to the whole control plane)."""
+    its address, such as another method or another body, goes to the whole control plane)."""
     if scope["type"] != "http" or scope["path"] != TOKEN_PATH or scope["method"] != "POST":
         return False
-    return b"json" not in dict(scope["headers"]).get(b"content-type", b"").lower()
+    content_type: bytes = dict(scope["headers"]).get(b"content-type", b"").split(b";")[0].strip().lower()
+    return content_type == b"application/x-www-form-urlencoded"
 
 
 def combined():

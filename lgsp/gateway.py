@@ -1,6 +1,7 @@
 """The per-process gateway: database engine, configuration registry, audit writer."""
 from __future__ import annotations
 
+import asyncio
 import gc
 
 from lgsp.audit.writer import AuditWriter, writer_for
@@ -22,7 +23,7 @@ class Gateway:
     async def start(self) -> None:
         self.audit = writer_for(self.engine)  # shared with admin actions: one chain per process
         await self.registry.start()
-        self.registry.build_adapters()
+        await asyncio.to_thread(self.registry.build_adapters)  # a population adapter's child process: ~1 s
         self.registry.compile_mappings()
         # Everything built so far (specs, WSDLs, mappings) lives as long as the
         # process: keep it out of the collector's way, and collect young objects

@@ -169,12 +169,15 @@ class Registry:
             wake.clear()
             try:
                 if await asyncio.to_thread(read_generation, self.engine) != self.snapshot.generation:
-                    await asyncio.to_thread(self.refresh)
-                    log.info("configuration loaded", extra={"fields": {"generation": self.snapshot.generation}})
+                    snap = await asyncio.to_thread(load_snapshot, self.engine)
+                    # New or changed connections' adapters are built off the event loop (the population
+                    # adapter renders its templates in a child process, ~1 s) before the snapshot that
+                    # names them is served: an exchange never waits for one to be built.
+                    built = await asyncio.to_thread(self._build_for, snap)
+                    self.snapshot = snap
+                    log.info("configuration loaded", extra={"fields": {"generation": snap.generation}})
                     await self._drop_stale_adapters()
-                    # Build new or changed connections' adapters off the event loop (a WSDL
-                    # load takes tens of ms), not in the first request that needs them.
-                    await asyncio.to_thread(self.build_adapters)
+                    self._adapters.update(built)
             except Exception:  # the database may blink; keep serving the last snapshot
                 log.warning("configuration refresh failed; serving the previous snapshot", exc_info=True)
 
@@ -193,6 +196,19 @@ class Registry:
             await asyncio.sleep(ADAPTER_DRAIN_SECONDS)
         finally:
             await adapter.aclose()
+
+    def _build_for(self, snap: Snapshot) -> dict[str, tuple[ConnectionSpec, Adapter]]:
+        """The adapters `snap` needs that are not built yet (on a worker thread: nothing shared is changed)."""
+        built = {}
+        for name, conn in snap.connections.items():
+            cached = self._adapters.get(name)
+            if not conn.enabled or (cached and cached[0] == conn):
+                continue
+            try:
+                built[name] = (conn, plugins.build(conn.adapter, conn.settings))
+            except Exception:
+                log.error("connection %s: adapter could not be built", name, exc_info=True)
+        return built
 
     def build_adapters(self) -> None:
         """Build every enabled connection's adapter now rather than on its first request."""

@@ -17,20 +17,19 @@ configuration.
 from __future__ import annotations
 
 import asyncio
+import json
 import re
+import subprocess
+import sys
 import uuid
-from contextlib import closing
 from importlib.resources import files
 from pathlib import Path
-from typing import Any, Mapping
+from typing import TYPE_CHECKING, Any, Mapping
 from urllib.parse import urlsplit
 from urllib.request import url2pathname
 from xml.sax.saxutils import escape
 
 from lxml import etree
-from zeep import Client, Settings
-from zeep.exceptions import Error as ZeepError
-from zeep.transports import Transport
 
 from lgsp.sdk import (
     Adapter,
@@ -49,6 +48,9 @@ from lgsp.sdk import (
     egress,
     soap,
 )
+
+if TYPE_CHECKING:
+    from .wsdl import Contract
 
 __version__ = "1.1.0"
 
@@ -110,20 +112,28 @@ def check_wsdl_location(location: str) -> None:
         _packaged(location)
 
 
-class WsdlTransport(Transport):
-    """zeep's loader for the WSDL and every schema it imports: files only from the adapter's
-    package, URLs only where the egress policy allows, and no redirects followed."""
+class ZeepError(ValueError):
+    """zeep's refusal of a request that does not fit the WSDL (zeep itself is imported only on demand)."""
 
-    def load(self, url: str) -> bytes:
-        if urlsplit(url).scheme.lower() not in egress.SCHEMES:
-            return _packaged(url).read_bytes()
-        egress.check_url(url)
-        response = self.session.get(url, timeout=self.load_timeout, allow_redirects=False)
-        with closing(response):
-            if response.is_redirect:
-                raise egress.EgressRefused(f"{url[:200]} answered with a redirect; the LGSP does not follow redirects.")
-            response.raise_for_status()
-            return response.content
+
+# The single-person requests' shapes rendered at start-up: every value a slot, an officer named or not,
+# a 12-digit ID (SoDinhDanh) or a 9-digit one (SoCMND), a full birth date or a year only.
+TEMPLATE_VARIANTS: tuple[dict[str, str], ...] = ({}, {"personal_id": "012345678"}, {"birth_date": "1985"},
+                     {"personal_id": "012345678", "birth_date": "1985"})
+CHILD_TIMEOUT = 120  # seconds; an http(s) WSDL and its schemas are fetched by the child
+
+
+def prepare_in_child(asked: dict[str, Any]) -> dict[str, Any]:
+    """The SOAPActions and the envelopes of the shapes asked, rendered by zeep from the WSDL in a child
+    process (adapters/population/wsdl.py, run as a script: -P keeps its directory off the import path),
+    so that zeep's modules and the WSDL's objects leave with it."""
+    done = subprocess.run([sys.executable, "-P", str(Path(__file__).with_name("wsdl.py"))], input=json.dumps(asked),
+                          capture_output=True, text=True, timeout=CHILD_TIMEOUT, check=False)
+    if done.returncode != 0:
+        reason = (done.stderr.strip().splitlines() or ["no reason given"])[-1]
+        raise ValueError(f"The population WSDL {asked['wsdl'][:200]!r} could not be loaded: {reason}")
+    answer: dict[str, Any] = json.loads(done.stdout)
+    return answer
 
 
 class PopulationAdapter(Adapter):
@@ -262,13 +272,8 @@ class PopulationAdapter(Adapter):
         self.timeout = float(self.settings.get("timeout", 10))
         self._limit = int(self.settings.get("max_connections", 100))
         self._headers = {"Content-Type": "text/xml; charset=utf-8", **(self.settings.get("headers") or {})}
-        # The WSDL is read once, from a file: nothing is fetched at call time.
-        self._client = Client(
-            self.settings.get("wsdl") or default_wsdl(), transport=WsdlTransport(),
-            settings=Settings(strict=True, forbid_dtd=True, forbid_entities=True, forbid_external=True))
-        binding = next(iter(self._client.wsdl.bindings.values()))  # the WSDL declares one SOAP 1.1 binding
-        self._service = self._client.create_service(str(binding.name), self.endpoint)
-        self._actions = {op: binding.get(name).soapaction for op, name in SOAP_OPERATIONS.items()}
+        self._wsdl = self.settings.get("wsdl") or default_wsdl()
+        self._contract: Contract | None = None  # zeep, loaded in this process only for a shape no template covers
         self._codes = {**self.DEFAULT_SERVICE_CODES, **(self.settings.get("service_codes") or {})}
         self._code_field = self.settings.get("service_code_field") or "MaDVC"
         self._http = KeepAliveClient(limit=self._limit, timeout=self.timeout)
@@ -300,17 +305,46 @@ class PopulationAdapter(Adapter):
         return fields
 
     def _prepare_templates(self) -> None:
-        """Render each operation's request template from the WSDL at start-up (zeep checks it against
-        the contract here), so no exchange waits for zeep: the common shape of every single-person
-        operation (a 12-digit ID, an officer named, a full birth date). Rarer shapes (a 9-digit ID,
-        a birth year only, no officer) are rendered by zeep once, on first use."""
-        context = CallContext(request_id="template", client_id="template", officer="template")
-        for operation, params in self.examples.items():
-            if operation not in LIST_OPERATIONS:
-                self._envelope(operation, self._request_fields(operation, params, context, "template"))
+        """Render the request templates from the WSDL at start-up, in a child process where zeep checks
+        them against the contract, so no exchange waits for zeep and no worker holds it: every shape of
+        every single-person operation (TEMPLATE_VARIANTS). A shape no template covers (a list) is
+        rendered by zeep in this process, imported then."""
+        shapes: dict[tuple[str, str], dict[str, Any]] = {}
+        for operation, example in self.examples.items():
+            if operation in LIST_OPERATIONS:
+                continue
+            for variant in TEMPLATE_VARIANTS:
+                params = {**example, **{k: v for k, v in variant.items() if k in example}}
+                for officer in ("template", None):
+                    context = CallContext(request_id="template", client_id="template", officer=officer)
+                    shaped = _slotted(self._request_fields(operation, params, context, "template"), [])
+                    shapes[(operation, repr(shaped))] = shaped
+        prepared = prepare_in_child({"wsdl": self._wsdl, "endpoint": self.endpoint, "directory": str(wsdl_directory()),
+                                     "operations": SOAP_OPERATIONS,
+                                     "shapes": [[op, shaped] for (op, _), shaped in shapes.items()]})
+        self._actions = prepared["actions"]
+        # Split once at the slots, so a value can never be mistaken for a slot.
+        self._templates = {key: _SLOT.split(text) for key, text in zip(shapes, prepared["envelopes"], strict=True)}
+
+    @property
+    def contract(self) -> Contract:
+        """zeep's view of the WSDL in this process, loaded on first use (not at start-up)."""
+        if self._contract is None:
+            from .wsdl import Contract
+
+            self._contract = Contract(self._wsdl, self.endpoint, str(wsdl_directory()), SOAP_OPERATIONS)
+        return self._contract
+
+    def _zeep_message(self, operation: str, fields: dict[str, Any]) -> bytes:
+        from zeep.exceptions import Error
+
+        try:
+            return self.contract.message(operation, fields)
+        except Error as exc:
+            raise ZeepError(str(exc)) from None
 
     def _envelope(self, operation: str, fields: dict[str, Any]) -> bytes:
-        """The request envelope, built by zeep from the WSDL once per shape of request.
+        """The request envelope, from the template of its shape (rendered by zeep from the WSDL once).
 
         zeep checks the structure and renders a template whose values are slots;
         each call only fills the slots (escaped), which saves ~150 µs of CPU.
@@ -320,10 +354,8 @@ class PopulationAdapter(Adapter):
         key = (operation, repr(shaped))
         parts = self._templates.get(key)
         if parts is None:
-            envelope = self._client.create_message(self._service, SOAP_OPERATIONS[operation], **shaped)
-            text = etree.tostring(envelope, xml_declaration=True, encoding="utf-8").decode("utf-8")
             # Split once at the slots, so a value can never be mistaken for a slot.
-            parts = self._templates[key] = _SLOT.split(text)
+            parts = self._templates[key] = _SLOT.split(self._zeep_message(operation, shaped).decode("utf-8"))
         out = [parts[0]]
         for i, value in enumerate(values):
             out += (escape(value), parts[i + 1])
@@ -392,8 +424,7 @@ class PopulationAdapter(Adapter):
 
 
     def _list_envelope(self, operation: str, fields: dict[str, Any]) -> bytes:
-        envelope = self._client.create_message(self._service, SOAP_OPERATIONS[operation], **fields)
-        return etree.tostring(envelope, xml_declaration=True, encoding="utf-8")
+        return self._zeep_message(operation, fields)
 
     def _household(self, household: etree._Element, where: dict) -> AdapterResult:
         if household.find("{*}ThanhVien") is None:

@@ -11,32 +11,40 @@ from __future__ import annotations
 
 import functools
 import logging
+from typing import Any
 
 from connexion import FlaskApp
 from connexion.exceptions import ProblemException
 from connexion.lifecycle import ConnexionResponse
 from connexion.middleware.exceptions import ExceptionMiddleware
 from connexion.options import SwaggerUIOptions
+from flask import Flask, Response, jsonify
+from flask import request as flask_request
+from flask.typing import ResponseReturnValue
 from sqlalchemy import Engine
+from sqlalchemy.exc import DataError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from werkzeug.routing import RequestRedirect
 
 from lgsp import specs
+from lgsp.audit.writer import AuditUnavailable
 from lgsp.config import Settings
-from lgsp.control import console
-from lgsp.control.token_endpoint import (
-    INTERNAL,
-    add_token_endpoints,
-    audit_refusal,
-    known_failure,
-    method_not_allowed,
-    problem_body,
-)
-from lgsp.doors.request_guard import RequestGuard
+from lgsp.control import JWKS_PATH, TOKEN_PATH, console
+from lgsp.control import records as control_audit
+from lgsp.control.auth import verified_caller
+from lgsp.control.token_endpoint import TokenRequest, TokenServer, metadata, problem_body, published_jwks
+from lgsp.doors.request_guard import RequestGuard, allowed_methods
+from lgsp.doors.request_guard import unreadable as unreadable_body
 from lgsp.doors.rest import MIDDLEWARES, refusal_for
 from lgsp.errors import ExchangeError
+from lgsp.pipeline.exchange import request_id_from
 from lgsp.pipeline.identify import bearer_token
+from lgsp.tls.peer import certificate_of_environ
 
 log = logging.getLogger(__name__)
+
+# Refusals of these APIs are audited (the console and the token endpoint keep their own records).
+AUDITED_PREFIXES = ("/admin/", "/audit/")
 
 def create_control_plane(engine: Engine, cfg: Settings) -> FlaskApp:
     middlewares = list(MIDDLEWARES)
@@ -61,6 +69,66 @@ def create_control_plane(engine: Engine, cfg: Settings) -> FlaskApp:
     app.register_blueprint(console.blueprint)
     add_token_endpoints(app, engine, cfg)
     return capp
+
+
+def add_token_endpoints(app: Flask, engine: Engine, cfg: Settings) -> None:
+    """The token endpoint, JWKS and metadata on the control plane's Flask app, with its error handlers."""
+    server = TokenServer(engine, cfg)
+
+    @app.post(TOKEN_PATH)
+    def issue_token() -> ResponseReturnValue:
+        req = flask_request
+        request = TokenRequest(req.url, req.headers, list(req.args.items(multi=True)),
+                               list(req.form.items(multi=True)), certificate_of_environ(req.environ))
+        status, headers, body = server.issue(request, flask_request.remote_addr)
+        return Response(body, status=status, headers=headers)
+
+    @app.get(JWKS_PATH)
+    def jwks() -> ResponseReturnValue:
+        resp = jsonify(published_jwks(engine))
+        resp.headers["Cache-Control"] = "public, max-age=60"
+        return resp
+
+    @app.get("/.well-known/oauth-authorization-server")
+    def oauth_metadata() -> ResponseReturnValue:
+        return jsonify(metadata(cfg))
+    _add_error_handlers(app, engine)
+
+
+def _add_error_handlers(app: Flask, engine: Engine) -> None:
+    """Every refusal and failure of these addresses as problem+json; refused admin and audit calls audited."""
+    @app.errorhandler(404)
+    def not_found(_e: Exception) -> ResponseReturnValue:
+        return problem_response(ExchangeError("request.not_found", "No such control-plane address."))
+
+    @app.errorhandler(405)
+    def not_allowed(_e: Exception) -> ResponseReturnValue:
+        return problem_response(method_not_allowed(flask_request.path))
+
+    @app.errorhandler(RequestRedirect)
+    def moved(exc: RequestRedirect) -> ResponseReturnValue:
+        return exc.get_response()  # carries its Location
+
+    @app.errorhandler(ExchangeError)
+    def refused(exc: ExchangeError) -> ResponseReturnValue:
+        from flask import g, request
+
+        return problem_response(audit_refusal(engine, request.method, request.path, request.headers, exc,
+                                              g.get("lgsp_caller")))
+
+    @app.errorhandler(Exception)
+    def failed(exc: Exception) -> ResponseReturnValue:
+        known = known_failure(exc)
+        if known is not None:
+            return problem_response(known)
+        app.logger.exception("control plane request failed")
+        return problem_response(INTERNAL)
+
+
+
+def problem_response(exc: ExchangeError) -> Response:
+    body, headers = problem_body(exc)
+    return Response(body, status=exc.status, headers=headers)
 
 
 def _http_problem(request, exc: StarletteHTTPException, respond=None):
@@ -101,3 +169,36 @@ def _problem(_request, exc: ExchangeError) -> ConnexionResponse:
     return ConnexionResponse(status_code=exc.status, body=body, headers=headers, content_type=headers["Content-Type"])
 
 
+INTERNAL = ExchangeError("internal.error", "The request could not be completed; it has been logged.")
+
+
+def method_not_allowed(path: str) -> ExchangeError:
+    allow = allowed_methods(path)
+    return ExchangeError("request.method_not_allowed",
+                         f"This address takes {allow} only." if allow else "This address does not take that method.",
+                         headers={"Allow": allow} if allow else None)
+
+
+def known_failure(exc: Exception) -> ExchangeError | None:
+    """Failures that are the request's fault, raised below the handlers (bytes, numbers out of range)."""
+    unreadable = unreadable_body(exc)
+    if unreadable is not None:
+        return unreadable
+    if isinstance(exc, DataError):  # a value the database cannot keep (too long, out of range)
+        return ExchangeError("request.invalid", "A value is longer or larger than the LGSP can keep.")
+    return None
+
+
+def audit_refusal(engine: Engine, method: str, path: str, headers: Any, exc: ExchangeError,
+                  caller: str | None = None) -> ExchangeError:
+    """Record a refused admin or audit API call (`headers`: werkzeug's or Starlette's); the answer is the
+    refusal, or 503 if it cannot be recorded."""
+    if not path.startswith(AUDITED_PREFIXES):
+        return exc
+    caller = caller or verified_caller(engine, headers.get("authorization"))
+    rid = headers.get("x-request-id")
+    try:
+        control_audit.refusal(engine, method, path, exc, caller, request_id_from(rid) if rid else None)
+    except AuditUnavailable:
+        return ExchangeError("audit.unavailable", "The audit log cannot be written, so the request was refused.")
+    return exc

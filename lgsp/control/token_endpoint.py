@@ -1,56 +1,83 @@
-"""The OAuth2 token endpoint (client credentials, RFC 6749 §4.4; JWT access tokens, RFC 9068), its
-JWKS and metadata: Flask and authlib, without connexion.
+"""The OAuth2 token endpoint (client credentials, RFC 6749 §4.4; JWT access tokens, RFC 9068) on
+authlib's framework-free server classes: `TokenServer.issue` answers one token request.
 
-The control plane (lgsp/control/plane.py) serves these beside its APIs; `token_plane` serves the
-token endpoint alone, so a combined worker that issues a token does not build the whole control
-plane (connexion, the console, the admin and audit APIs: ~25 MiB, docs/performance.md).
+The control plane (lgsp/control/plane.py) serves it, with the JWKS and metadata, among its Flask
+routes; `token_plane` serves it alone as a small ASGI app, so a combined worker that issues tokens
+holds neither Flask nor connexion (docs/performance.md).
 """
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
-from collections.abc import Callable
+from collections import defaultdict
+from collections.abc import Callable, Iterable
+from contextvars import ContextVar
 from typing import Any
+from urllib.parse import parse_qsl
 
-from a2wsgi import WSGIMiddleware
-from authlib.integrations.flask_oauth2 import AuthorizationServer  # type: ignore[import-untyped]
-from authlib.oauth2.rfc6749 import grants  # type: ignore[import-untyped]
+from authlib.oauth2.rfc6749 import AuthorizationServer, OAuth2Payload, OAuth2Request, grants  # type: ignore[import-untyped]
+from authlib.oauth2.rfc6749.util import extract_basic_authorization  # type: ignore[import-untyped]
 from authlib.oauth2.rfc9068 import JWTBearerTokenGenerator  # type: ignore[import-untyped]
-from flask import Flask, Response, jsonify
-from flask import request as flask_request
-from flask.typing import ResponseReturnValue
 from joserfc.jwk import KeySet
 from sqlalchemy import Engine
-from sqlalchemy.exc import DataError
-from werkzeug.exceptions import HTTPException as WerkzeugHTTPException
-from werkzeug.routing import RequestRedirect
+from starlette.datastructures import Headers
+from starlette.types import Receive, Scope, Send
 
 from lgsp import auth_throttle, keys, secret_check
-from lgsp.audit.writer import AuditUnavailable
 from lgsp.config import Settings
 from lgsp.control import JWKS_PATH, TOKEN_PATH
 from lgsp.control import records as control_audit
-from lgsp.control.auth import verified_caller
 from lgsp.control.clients import UnknownClient, query_client
-from lgsp.doors.request_guard import allowed_methods
-from lgsp.doors.request_guard import unreadable as unreadable_body
 from lgsp.errors import ExchangeError, problem
-from lgsp.pipeline.exchange import request_id_from
 from lgsp.tls import binding as tls_binding
-from lgsp.tls.peer import certificate_of_environ, certificates_reach
+from lgsp.tls.peer import CERT, certificates_reach
 
 log = logging.getLogger(__name__)
 
-# Refusals of these APIs are audited (the console and the token endpoint keep their own records).
-AUDITED_PREFIXES = ("/admin/", "/audit/")
+FORM = "application/x-www-form-urlencoded"
+MAX_FORM_BYTES = 500_000  # werkzeug's limit of a form, which the Flask endpoint had: 413 above it
+Answer = tuple[int, dict[str, str], bytes]  # status, headers, body
+
+# The client certificate of the token request being answered (for its token's cnf claim).
+_certificate: ContextVar[bytes | None] = ContextVar("lgsp_token_certificate", default=None)
 
 
-def _claimed_client_id(req: Any) -> str | None:
-    """The client id a token request names (HTTP Basic or form), before anything is checked."""
-    auth = req.authorization
-    if auth is not None and auth.type == "basic":
-        return auth.username or None
-    return req.form.get("client_id") or None
+class FormPayload(OAuth2Payload):  # type: ignore[misc]
+    """A token request's parameters: the query's, then the form's (as Flask's request.values)."""
+
+    def __init__(self, pairs: Iterable[tuple[str, str]]):
+        self._datalist: defaultdict[str, list[str]] = defaultdict(list)
+        for key, value in pairs:
+            self._datalist[key].append(value)
+        self._data = {key: values[0] for key, values in self._datalist.items()}
+
+    @property
+    def data(self) -> dict[str, str]:
+        return self._data
+
+    @property
+    def datalist(self) -> defaultdict[str, list[str]]:
+        return self._datalist
+
+
+class TokenRequest(OAuth2Request):  # type: ignore[misc]
+    """One token request, parsed by whichever server received it, with the certificate of its connection."""
+
+    def __init__(self, uri: str, headers: Any, query: list[tuple[str, str]],  # werkzeug's or Starlette's headers
+                 form: list[tuple[str, str]], certificate: bytes | None):
+        super().__init__("POST", uri, headers=headers)
+        self._args, self._form = dict(reversed(query)), dict(reversed(form))  # the first of each name
+        self.payload = FormPayload([*query, *form])
+        self.certificate = certificate
+
+    @property
+    def args(self) -> dict[str, str]:
+        return self._args
+
+    @property
+    def form(self) -> dict[str, str]:
+        return self._form
 
 
 class ClientCredentials(grants.ClientCredentialsGrant):  # type: ignore[misc]
@@ -76,150 +103,144 @@ class TokenGenerator(JWTBearerTokenGenerator):  # type: ignore[misc]
 
     def get_extra_claims(self, client: Any, grant_type: Any, user: Any, scope: Any) -> Any:
         # RFC 8705 §3: a certificate-bound client's token names the certificate it was issued over.
-        from flask import request
-
-        return tls_binding.confirmation(client.binding, certificate_of_environ(request.environ))
+        return tls_binding.confirmation(client.binding, _certificate.get())
 
 
 def _certificate_auth(method: str) -> Callable[[Any, Any], Any]:
     """An authlib client authentication method of RFC 8705 §2: the client names itself (client_id)
     and proves it with the certificate of the connection (or of the trusted proxy's header)."""
-    def authenticate(query_client: Any, request: Any) -> Any:
-        from flask import request as flask_req
-
+    def authenticate(query_client: Any, request: TokenRequest) -> Any:
         client_id = request.form.get("client_id")
         client = query_client(client_id) if client_id else None
         if client is None or client.binding is None or client.binding.method != method:
             return None
-        if not tls_binding.certificate_matches(client.binding, certificate_of_environ(flask_req.environ)):
+        if not tls_binding.certificate_matches(client.binding, request.certificate):
             return None
         return client
 
     return authenticate
 
 
-def add_token_endpoints(app: Flask, engine: Engine, cfg: Settings) -> None:
-    """The token endpoint, JWKS and metadata on a Flask app, with its error handlers (problem+json)."""
-    def save_token(token: dict[str, Any], request: Any) -> None:
+class TokenServer(AuthorizationServer):  # type: ignore[misc]
+    """authlib's authorization server with the client credentials grant only, the clients of the
+    database, and the active signing key; `issue` is the whole token endpoint."""
+
+    def __init__(self, engine: Engine, cfg: Settings):
+        super().__init__()
+        self.engine = engine
+        self.register_grant(ClientCredentials)
+        for method in tls_binding.METHODS:
+            self.register_client_auth_method(method, _certificate_auth(method))
+        self.register_token_generator("default", TokenGenerator(engine, cfg))
+
+    def query_client(self, client_id: str) -> Any:
+        return query_client(self.engine, client_id) or UnknownClient(client_id)
+
+    def save_token(self, token: dict[str, Any], request: TokenRequest) -> None:
         # Nothing is stored (tokens are self-contained JWTs), but each issue is recorded.
-        control_audit.token_issued(engine, request.client.get_client_id(), token.get("scope"), token.get("expires_in"))
+        control_audit.token_issued(self.engine, request.client.get_client_id(), token.get("scope"),
+                                   token.get("expires_in"))
 
-    server = AuthorizationServer(app, query_client=lambda cid: query_client(engine, cid) or UnknownClient(cid),
-                                 save_token=save_token)
-    server.register_grant(ClientCredentials)
-    for method in tls_binding.METHODS:
-        server.register_client_auth_method(method, _certificate_auth(method))
-    server.register_token_generator("default", TokenGenerator(engine, cfg))
+    def create_oauth2_request(self, request: TokenRequest) -> TokenRequest:
+        return request
 
-    @app.post(TOKEN_PATH)
-    def issue_token() -> ResponseReturnValue:
-        from flask import request
+    def create_json_request(self, request: Any) -> Any:
+        raise NotImplementedError("the token endpoint takes forms only")
 
-        client_id, source = _claimed_client_id(request), request.remote_addr
+    def handle_response(self, status: int, body: Any, headers: list[tuple[str, str]]) -> Answer:
+        return status, dict(headers), body.encode() if isinstance(body, str) else json.dumps(body).encode()
+
+    def send_signal(self, name: str, *args: Any, **kwargs: Any) -> None:
+        pass  # nothing listens
+
+    def issue(self, request: TokenRequest, source: str | None) -> Answer:
+        """A token, or the refusal (throttled callers first): blocking (database, secret check)."""
+        client_id = _claimed_client_id(request)
         wait = auth_throttle.retry_after("token", client_id, source)
         if wait is None:
+            token = _certificate.set(request.certificate)
             try:
-                response: Response = server.create_token_response()
+                status, headers, body = self.create_token_response(request)
             except secret_check.Busy:
                 wait = 1
+            finally:
+                _certificate.reset(token)
         if wait is not None:
-            return problem_response(ExchangeError("auth.throttled", f"Too many failed authentications; try again "
-                                                  f"in {wait} s.", headers={"Retry-After": str(wait)}))
-        if response.status_code == 401:  # invalid_client: a wrong or unknown id or secret
+            return problem_answer(ExchangeError("auth.throttled", f"Too many failed authentications; try again "
+                                                f"in {wait} s.", headers={"Retry-After": str(wait)}))
+        if status == 401:  # invalid_client: a wrong or unknown id or secret
             auth_throttle.failed("token", client_id, source)
-        return response
-
-    @app.get(JWKS_PATH)
-    def jwks() -> ResponseReturnValue:
-        resp = jsonify({"keys": keys.published_keys(keys.load_rows(engine))})
-        resp.headers["Cache-Control"] = "public, max-age=60"
-        return resp
-
-    @app.get("/.well-known/oauth-authorization-server")
-    def metadata() -> ResponseReturnValue:
-        # RFC 8414, so standard clients can discover the token endpoint and keys.
-        return jsonify({
-            "issuer": cfg.issuer,
-            "token_endpoint": cfg.public_url + TOKEN_PATH,
-            "jwks_uri": cfg.public_url + JWKS_PATH,
-            "grant_types_supported": ["client_credentials"],
-            # Certificate methods only where client certificates can reach this gateway (RFC 8705 §2.3, §3.3).
-            "token_endpoint_auth_methods_supported": ClientCredentials.TOKEN_ENDPOINT_AUTH_METHODS
-            if certificates_reach(cfg) else list(tls_binding.SECRET_METHODS),
-            **({"tls_client_certificate_bound_access_tokens": True} if certificates_reach(cfg) else {}),
-            # No authorization endpoint: no response type is offered (RFC 8414 §2 requires the member).
-            "response_types_supported": [],
-        })
-    _add_error_handlers(app, engine)
+        return status, headers, body
 
 
-def _add_error_handlers(app: Flask, engine: Engine) -> None:
-    """Every refusal and failure of these addresses as problem+json; refused admin and audit calls audited."""
-    @app.errorhandler(404)
-    def not_found(_e: Exception) -> ResponseReturnValue:
-        return problem_response(ExchangeError("request.not_found", "No such control-plane address."))
-
-    @app.errorhandler(405)
-    def not_allowed(_e: Exception) -> ResponseReturnValue:
-        return problem_response(method_not_allowed(flask_request.path))
-
-    @app.errorhandler(RequestRedirect)
-    def moved(exc: RequestRedirect) -> ResponseReturnValue:
-        return exc.get_response()  # carries its Location
-
-    @app.errorhandler(ExchangeError)
-    def refused(exc: ExchangeError) -> ResponseReturnValue:
-        from flask import g, request
-
-        return problem_response(audit_refusal(engine, request.method, request.path, request.headers, exc,
-                                              g.get("lgsp_caller")))
-
-    @app.errorhandler(Exception)
-    def failed(exc: Exception) -> ResponseReturnValue:
-        known = known_failure(exc)
-        if known is not None:
-            return problem_response(known)
-        app.logger.exception("control plane request failed")
-        return problem_response(INTERNAL)
+def _claimed_client_id(request: TokenRequest) -> str | None:
+    """The client id a token request names (HTTP Basic or form), before anything is checked."""
+    basic, _ = extract_basic_authorization(request.headers)
+    if basic is not None:
+        return basic or None
+    return request.form.get("client_id") or None
 
 
-def token_plane(engine: Engine, cfg: Settings) -> WSGIMiddleware:
-    """The token endpoint alone (ASGI): what the combined app serves a token request with, so that a
-    worker issuing tokens does not build the whole control plane (lgsp.app.combined)."""
-    app = Flask("lgsp.control.plane")
-    add_token_endpoints(app, engine, cfg)
-
-    @app.errorhandler(WerkzeugHTTPException)
-    def refused_by_http(exc: WerkzeugHTTPException) -> ResponseReturnValue:
-        # Worded as the control plane's connexion handlers word them (lgsp.doors.rest.refusal_for).
-        if exc.code == 413:
-            return problem_response(ExchangeError("request.too_large",
-                                                  "The request body is over the size limit of this API."))
-        if exc.code and 400 <= exc.code < 500:
-            return problem_response(ExchangeError("request.invalid", exc.description or "The request is not valid."))
-        return problem_response(INTERNAL)
-
-    return WSGIMiddleware(app.wsgi_app)  # type: ignore[arg-type]  # wsgiref's and a2wsgi's types of one thing
+def published_jwks(engine: Engine) -> dict[str, Any]:
+    return {"keys": keys.published_keys(keys.load_rows(engine))}
 
 
-INTERNAL = ExchangeError("internal.error", "The request could not be completed; it has been logged.")
+def metadata(cfg: Settings) -> dict[str, Any]:
+    """RFC 8414, so standard clients can discover the token endpoint and keys."""
+    return {
+        "issuer": cfg.issuer,
+        "token_endpoint": cfg.public_url + TOKEN_PATH,
+        "jwks_uri": cfg.public_url + JWKS_PATH,
+        "grant_types_supported": ["client_credentials"],
+        # Certificate methods only where client certificates can reach this gateway (RFC 8705 §2.3, §3.3).
+        "token_endpoint_auth_methods_supported": ClientCredentials.TOKEN_ENDPOINT_AUTH_METHODS
+        if certificates_reach(cfg) else list(tls_binding.SECRET_METHODS),
+        **({"tls_client_certificate_bound_access_tokens": True} if certificates_reach(cfg) else {}),
+        # No authorization endpoint: no response type is offered (RFC 8414 §2 requires the member).
+        "response_types_supported": [],
+    }
 
 
-def method_not_allowed(path: str) -> ExchangeError:
-    allow = allowed_methods(path)
-    return ExchangeError("request.method_not_allowed",
-                         f"This address takes {allow} only." if allow else "This address does not take that method.",
-                         headers={"Allow": allow} if allow else None)
+def token_plane(engine: Engine, cfg: Settings) -> Callable[[Scope, Receive, Send], Any]:
+    """The token endpoint alone (ASGI) for a client's form-encoded POST (lgsp.app.token_request): what a
+    combined worker serves a token request with, without Flask or the rest of the control plane."""
+    server = TokenServer(engine, cfg)
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        body = await _form_body(receive)
+        if body is None:
+            status, headers, answer = problem_answer(ExchangeError(
+                "request.too_large", "The request body is over the size limit of this API."))
+        else:
+            request = TokenRequest(cfg.public_url + TOKEN_PATH, Headers(scope=scope),
+                                   _pairs(scope.get("query_string", b"")), _pairs(body),
+                                   (scope.get("extensions") or {}).get(CERT))
+            source = (scope.get("client") or (None,))[0]
+            status, headers, answer = await asyncio.to_thread(server.issue, request, source)
+        raw = [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in headers.items()]
+        await send({"type": "http.response.start", "status": status,
+                    "headers": [*raw, (b"content-length", str(len(answer)).encode())]})
+        await send({"type": "http.response.body", "body": answer})
+
+    return app
 
 
-def known_failure(exc: Exception) -> ExchangeError | None:
-    """Failures that are the request's fault, raised below the handlers (bytes, numbers out of range)."""
-    unreadable = unreadable_body(exc)
-    if unreadable is not None:
-        return unreadable
-    if isinstance(exc, DataError):  # a value the database cannot keep (too long, out of range)
-        return ExchangeError("request.invalid", "A value is longer or larger than the LGSP can keep.")
-    return None
+async def _form_body(receive: Receive) -> bytes | None:
+    """The request body, or None once it is over MAX_FORM_BYTES."""
+    chunks, size, more = [], 0, True
+    while more:
+        message = await receive()
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > MAX_FORM_BYTES:
+            return None
+        chunks.append(chunk)
+        more = message.get("more_body", False)
+    return b"".join(chunks)
+
+
+def _pairs(raw: bytes) -> list[tuple[str, str]]:
+    return parse_qsl(raw.decode("utf-8", "replace"), keep_blank_values=True)
 
 
 def problem_body(exc: ExchangeError) -> tuple[bytes, dict[str, str]]:
@@ -227,25 +248,6 @@ def problem_body(exc: ExchangeError) -> tuple[bytes, dict[str, str]]:
     return json.dumps(problem(exc.code, exc.detail, None)).encode(), headers
 
 
-def problem_response(exc: ExchangeError) -> Response:
+def problem_answer(exc: ExchangeError) -> Answer:
     body, headers = problem_body(exc)
-    return app_response(body, exc.status, headers)
-
-
-def audit_refusal(engine: Engine, method: str, path: str, headers: Any, exc: ExchangeError,
-                  caller: str | None = None) -> ExchangeError:
-    """Record a refused admin or audit API call (`headers`: werkzeug's or Starlette's); the answer is the
-    refusal, or 503 if it cannot be recorded."""
-    if not path.startswith(AUDITED_PREFIXES):
-        return exc
-    caller = caller or verified_caller(engine, headers.get("authorization"))
-    rid = headers.get("x-request-id")
-    try:
-        control_audit.refusal(engine, method, path, exc, caller, request_id_from(rid) if rid else None)
-    except AuditUnavailable:
-        return ExchangeError("audit.unavailable", "The audit log cannot be written, so the request was refused.")
-    return exc
-
-
-def app_response(body: bytes, status: int, headers: dict[str, str]) -> Response:
-    return Response(body, status=status, headers=headers)
+    return exc.status, headers, body

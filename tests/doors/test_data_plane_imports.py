@@ -1,9 +1,11 @@
-"""A worker of `lgsp serve` holds neither connexion nor Flask (~20 MiB) until a request needs them.
+"""A worker of `lgsp serve` holds neither connexion nor Flask (~20 MiB) until a request needs them, and
+never zeep (its population templates are rendered by zeep in a child process at start-up).
 
-Its own pages, the SOAP door and the fast path's reads are served without them; the first request
-the fast path declines builds connexion's app, and is refused exactly as before. What a real worker
-process has loaded is read from outside, in /proc/<pid>/maps: Jinja2 and Werkzeug (which connexion
-and Flask import) load MarkupSafe's C module, and nothing else a worker imports does.
+Its own pages, the token endpoint, the SOAP door and the fast path's reads are served without them; the
+first request the fast path declines builds connexion's app, and is refused exactly as before. What a
+real worker process has loaded is read from outside, in /proc/<pid>/maps: Jinja2 and Werkzeug (which
+connexion and Flask import) load MarkupSafe's C module, and nothing else a worker imports does; zeep
+loads requests, whose charset_normalizer is a C module, and nothing else a worker imports does.
 """
 from __future__ import annotations
 
@@ -13,11 +15,12 @@ from pathlib import Path
 
 import httpx
 import pytest
-from helpers import free_port, start_server, wait_for_config
+from helpers import free_port, get_token, start_server, wait_for_config
 from test_rest_door_fast_path import PURPOSE, reader  # noqa: F401 - reader: a fixture, a token granted every fast-path read
 
 PERSON = "/api/population/v1/citizens/001085012345"
 MARKER = "markupsafe/_speedups"
+ZEEP_MARKER = "charset_normalizer/"
 
 
 def workers(pid: int) -> list[int]:
@@ -27,9 +30,9 @@ def workers(pid: int) -> list[int]:
     return [c for c in children if b"spawn_main" in Path(f"/proc/{c}/cmdline").read_bytes()]
 
 
-def loaded(pid: int) -> list[bool]:
-    """For each worker: whether it has MarkupSafe's C module (so Jinja2 or Werkzeug) mapped."""
-    return [MARKER in Path(f"/proc/{w}/maps").read_text() for w in workers(pid)]
+def loaded(pid: int, marker: str = MARKER) -> list[bool]:
+    """For each worker: whether it has MarkupSafe's C module (so Jinja2 or Werkzeug) mapped, or `marker`'s."""
+    return [marker in Path(f"/proc/{w}/maps").read_text() for w in workers(pid)]
 
 
 @pytest.fixture(scope="module")
@@ -63,6 +66,13 @@ def test_a_worker_serves_its_pages_and_fast_reads_without_connexion(gateway, lon
     assert r.status_code == 200, r.text
     assert r.json()  # the person's granted fields
     assert loaded(pid) == [False, False], "connexion or Flask loaded by a fast-path exchange"
+    cid = f"lean-{uuid.uuid4().hex[:6]}"
+    secret = gateway.extra["admin"].create_client(cid, "Lean worker", "000.00.37.H30")
+    gateway.extra["admin"].add_grant(cid, "codelists.list", ["codelists"], ["reference-data"])
+    for _ in range(4):  # on both workers, most likely
+        assert get_token(lone_gateway, cid, secret)
+    assert loaded(pid) == [False, False], "Flask loaded by a token request"
+    assert loaded(pid, ZEEP_MARKER) == [False, False], "zeep loaded by a worker"
 
     # The fast path declines a malformed purpose: connexion is built, and refuses it as the test gateway does.
     declined = _ask(lone_gateway.url, reader, "Not A Purpose!")
