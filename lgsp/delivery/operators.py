@@ -85,19 +85,20 @@ def _change(engine: Engine, actor: str, message_id: str, action: str, allowed: t
         raise OperatorError(f"No message {message_id!r}.", "admin.not_found")
     if row.status not in allowed:
         raise OperatorError(refusal[0].format(status=row.status), refusal[1])
-    record = {"at": store.now(), "kind": "admin", "outcome": "ok", "client_id": None, "service": None,
-              "detail": {"actor": actor, "action": action, "target": message_id,
-                         "before": {"status": row.status, "attempts": row.attempts},
-                         "after": {"status": "accepted" if action == "delivery.replay" else "cancelled",
-                                   "reason": reason}}}
+    target = "accepted" if action == "delivery.replay" else "cancelled"
+    detail: dict[str, Any] = {"actor": actor, "action": action, "target": message_id,
+                              "before": {"status": row.status, "attempts": row.attempts},
+                              "after": {"status": target, "reason": reason}}
+    record: Any = {"at": store.now(), "kind": "admin", "outcome": "ok", "client_id": None, "service": None,
+                   "detail": detail}
     wake = wakeup.notify_statement(engine) if action == "delivery.replay" else []  # workers anywhere take it now
     writer_for(engine).commit_sync(record, statements=[statement, *wake])
     after = store.read(engine, message_id)
-    if after is not None and after.status != record["detail"]["after"]["status"]:
+    if after is not None and after.status != target:
         # A worker claimed the message between our read and the guarded UPDATE, which then changed
         # nothing: the trail gets a second record saying so, and the operator a refusal, not a 200.
-        correction = {**record, "at": store.now(), "outcome": "refused",
-                      "detail": {**record["detail"], "not_applied": True, "after": {"status": after.status}}}
+        correction: Any = {**record, "at": store.now(), "outcome": "refused",
+                           "detail": {**detail, "not_applied": True, "after": {"status": after.status}}}
         writer_for(engine).commit_sync(correction)
         raise OperatorError(refusal[0].format(status=after.status), refusal[1])
     return _summary(after)

@@ -30,6 +30,17 @@ def _status(rig, token, message: dict) -> str:
     return httpx.get(message["status_url"], headers=headers(token)).json()["status"]
 
 
+def _sent_while(rig, token, fault: str, no: str, status: str) -> dict:
+    """A message sent while the portal simulator has `fault` on, once it has reached `status`."""
+    rig.faults(fault)
+    try:
+        message = _send(rig, token, no)
+        wait_until(lambda: _status(rig, token, message) == status)
+    finally:
+        rig.faults("normal")
+    return message
+
+
 def _admin_records(rig, action: str) -> list:
     with engine_for(rig.db_url).connect() as conn:
         rows = conn.execute(select(audit_records).where(audit_records.c.kind == "admin")).all()
@@ -38,12 +49,7 @@ def _admin_records(rig, action: str) -> list:
 
 def test_cli_replays_a_dead_message_and_cancels_a_waiting_one(rig):
     token = rig.token()
-    rig.faults("refuse")
-    try:
-        dead = _send(rig, token, "OP-0001")
-        wait_until(lambda: _status(rig, token, dead) == "dead")
-    finally:
-        rig.faults("normal")
+    dead = _sent_while(rig, token, "refuse", "OP-0001", "dead")
     env = {"LGSP_DATABASE_URL": rig.db_url}
     listed = lgsp_cli(env, "deliveries", "list", "--status", "dead").stdout
     assert dead["message_id"] in listed and "upstream.fault" in listed
@@ -118,12 +124,7 @@ def test_console_page_lists_and_replays(rig):
     from lgsp.control.admin import Admin
 
     token = rig.token()
-    rig.faults("refuse")
-    try:
-        dead = _send(rig, token, "OP-0004")
-        wait_until(lambda: _status(rig, token, dead) == "dead")
-    finally:
-        rig.faults("normal")
+    dead = _sent_while(rig, token, "refuse", "OP-0004", "dead")
     admin = Admin(engine_for(rig.db_url), "tests")
     secret = admin.create_client("ops-console", "Operations console", roles=("auditor", "integrator"))
     reader = admin.create_client("auditor-only", "Security team", roles=("auditor",))
@@ -237,12 +238,7 @@ def test_a_cancel_that_a_worker_overtakes_is_refused_and_recorded_as_not_applied
     from lgsp.storage.schema import delivery_messages
 
     token = rig.token()
-    rig.faults("down")
-    try:
-        message = _send(rig, token, "OP-0005")
-        wait_until(lambda: _status(rig, token, message) == "failed")
-    finally:
-        rig.faults("normal")
+    message = _sent_while(rig, token, "down", "OP-0005", "failed")
     engine = engine_for(rig.db_url)
     stale = store.read(engine, message["message_id"])
     with engine.begin() as conn:  # what a claim does, with a lease no worker will take over during the test
@@ -250,12 +246,13 @@ def test_a_cancel_that_a_worker_overtakes_is_refused_and_recorded_as_not_applied
             status="delivering", lease_owner="test:overtaking", lease_until=store.now().replace(year=2099)))
     reads = iter([stale])
     real_read = store.read
-    monkeypatch.setattr(operators.store, "read", lambda e, mid: next(reads, None) or real_read(e, mid))
+    monkeypatch.setattr(store, "read", lambda e, mid: next(reads, None) or real_read(e, mid))
     with pytest.raises(operators.OperatorError) as refused:
         operators.cancel(engine, "test:operator", message["message_id"], "too late")
     assert refused.value.code == "delivery.not_cancellable" and "delivering" in str(refused.value)
     monkeypatch.undo()
-    assert store.read(engine, message["message_id"]).status == "delivering"
+    now = store.read(engine, message["message_id"])
+    assert now is not None and now.status == "delivering"
     records = [r for r in _admin_records(rig, "delivery.cancel") if r.detail["target"] == message["message_id"]]
     assert [r.outcome for r in records] == ["ok", "refused"]
     assert records[-1].detail["not_applied"] is True and records[-1].detail["after"]["status"] == "delivering"
