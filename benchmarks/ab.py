@@ -73,6 +73,9 @@ def main() -> None:
     print(f"CPU: {cpu_model()}, {os.cpu_count()} CPUs; {speed_probe()}", flush=True)
     work = Path(tempfile.mkdtemp(prefix="lgsp-ab-"))
     work.chmod(0o755)
+    # `python -m` puts the working directory first on sys.path: run both sides from here, not from a
+    # checkout, or side A would import this checkout's lgsp beside its own specs.
+    os.chdir(work)
     procs: list = []
     try:
         pid, answer = bench.record_population(work)

@@ -243,7 +243,11 @@ def start_lgsp(work: Path, up_port: int, workers: int, database_url: str | None,
     proc = subprocess.Popen([*lgsp, "serve", "--port", str(port), "--workers", str(workers)], env=env,
                             stdout=open(home.with_suffix(".log"), "wb"), stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
-    wait(f"{url}/readyz")
+    try:
+        wait(f"{url}/readyz")
+    except BaseException:  # say why (wait() exits): the gateway's own last lines
+        print(home.with_suffix(".log").read_text(errors="replace")[-3000:], file=sys.stderr)
+        raise
     time.sleep(1.0)  # let every worker finish its start-up
     gw = Gateway(proc, env, url, "", "PostgreSQL" if database_url else "SQLite", credentials=(client, secret))
     if token:
