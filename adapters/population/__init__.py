@@ -123,10 +123,21 @@ TEMPLATE_VARIANTS: tuple[dict[str, str], ...] = ({}, {"personal_id": "012345678"
 CHILD_TIMEOUT = 120  # seconds; an http(s) WSDL and its schemas are fetched by the child
 
 
+_PREPARED: dict[str, dict[str, Any]] = {}
+
+
 def prepare_in_child(asked: dict[str, Any]) -> dict[str, Any]:
     """The SOAPActions and the envelopes of the shapes asked, rendered by zeep from the WSDL in a child
     process (adapters/population/wsdl.py, run as a script: -P keeps its directory off the import path),
-    so that zeep's modules and the WSDL's objects leave with it."""
+    so that zeep's modules and the WSDL's objects leave with it. Kept per process: a connection change
+    that only moves the endpoint (which no envelope or SOAPAction contains) rebuilds without a child."""
+    key = json.dumps({k: v for k, v in asked.items() if k != "endpoint"}, sort_keys=True)
+    if key not in _PREPARED:
+        _PREPARED[key] = _render_in_child(asked)
+    return _PREPARED[key]
+
+
+def _render_in_child(asked: dict[str, Any]) -> dict[str, Any]:
     done = subprocess.run([sys.executable, "-P", str(Path(__file__).with_name("wsdl.py"))], input=json.dumps(asked),
                           capture_output=True, text=True, timeout=CHILD_TIMEOUT, check=False)
     if done.returncode != 0:
