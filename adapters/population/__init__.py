@@ -17,6 +17,7 @@ configuration.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import re
 import subprocess
@@ -129,12 +130,24 @@ _PREPARED: dict[str, dict[str, Any]] = {}
 def prepare_in_child(asked: dict[str, Any]) -> dict[str, Any]:
     """The SOAPActions and the envelopes of the shapes asked, rendered by zeep from the WSDL in a child
     process (adapters/population/wsdl.py, run as a script: -P keeps its directory off the import path),
-    so that zeep's modules and the WSDL's objects leave with it. Kept per process: a connection change
-    that only moves the endpoint (which no envelope or SOAPAction contains) rebuilds without a child."""
-    key = json.dumps({k: v for k, v in asked.items() if k != "endpoint"}, sort_keys=True)
+    so that zeep's modules and the WSDL's objects leave with it. Kept per process for a packaged WSDL,
+    keyed by its files' content, so a connection change that only moves the endpoint (which no envelope
+    or SOAPAction contains) rebuilds without a child, and a changed file is rendered again. A WSDL on
+    the network is fetched and rendered every time: it may change at its source without a sign."""
+    if urlsplit(asked["wsdl"]).scheme.lower() in egress.SCHEMES:
+        return _render_in_child(asked)
+    key = json.dumps({k: v for k, v in asked.items() if k != "endpoint"}, sort_keys=True) + _content_digest()
     if key not in _PREPARED:
         _PREPARED[key] = _render_in_child(asked)
     return _PREPARED[key]
+
+
+def _content_digest() -> str:
+    """A digest of the adapter's packaged WSDL and schemas (a few kB: cheaper than one child)."""
+    digest = hashlib.sha256()
+    for path in sorted(wsdl_directory().glob("*.[wx]s*")):
+        digest.update(path.name.encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()
 
 
 def _render_in_child(asked: dict[str, Any]) -> dict[str, Any]:

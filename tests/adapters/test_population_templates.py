@@ -71,3 +71,31 @@ def test_a_filled_template_is_what_zeep_sends_and_fits_the_schema(adapter, schem
     assert schema.validate(body), schema.error_log
     if context.officer:  # the awkward value arrives as text, not as markup or a slot
         assert AWKWARD in [el.text for el in body.iter()]
+
+
+def test_rendered_templates_are_kept_by_content_not_by_name(tmp_path, monkeypatch):
+    """A connection change that moves only the endpoint reuses the rendering; a WSDL or schema file
+    changed in place is rendered again; a WSDL on the network is rendered every time."""
+    import shutil
+
+    import lgsp_adapters.population as population
+
+    for path in Path(default_wsdl()).parent.glob("*.[wx]s*"):
+        shutil.copy(path, tmp_path / path.name)
+    rendered: list[str] = []
+    monkeypatch.setattr(population, "wsdl_directory", lambda: tmp_path)
+    monkeypatch.setattr(population, "_PREPARED", {})
+    monkeypatch.setattr(population, "_render_in_child", lambda asked: rendered.append(asked["endpoint"]) or {})
+    asked = {"wsdl": str(tmp_path / "population.wsdl"), "directory": str(tmp_path), "operations": {}, "shapes": []}
+
+    population.prepare_in_child({**asked, "endpoint": "http://a.example/dancu"})
+    population.prepare_in_child({**asked, "endpoint": "http://b.example/dancu"})
+    assert rendered == ["http://a.example/dancu"]
+    schema = tmp_path / "population.xsd"
+    schema.write_bytes(schema.read_bytes() + b"\n<!-- changed -->\n")
+    population.prepare_in_child({**asked, "endpoint": "http://b.example/dancu"})
+    assert rendered == ["http://a.example/dancu", "http://b.example/dancu"]
+    online = {**asked, "wsdl": "http://wsdl.example/dancu?wsdl", "endpoint": "http://c.example/dancu"}
+    population.prepare_in_child(online)
+    population.prepare_in_child(online)
+    assert rendered[2:] == ["http://c.example/dancu"] * 2
