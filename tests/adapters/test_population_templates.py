@@ -85,7 +85,12 @@ def test_rendered_templates_are_kept_by_content_not_by_name(tmp_path, monkeypatc
     rendered: list[str] = []
     monkeypatch.setattr(population, "wsdl_directory", lambda: tmp_path)
     monkeypatch.setattr(population, "_PREPARED", {})
-    monkeypatch.setattr(population, "_render_in_child", lambda asked: rendered.append(asked["endpoint"]) or {})
+
+    def render(asked: dict) -> dict:
+        rendered.append(asked["endpoint"])
+        return {}
+
+    monkeypatch.setattr(population, "_render_in_child", render)
     asked = {"wsdl": str(tmp_path / "population.wsdl"), "directory": str(tmp_path), "operations": {}, "shapes": []}
 
     population.prepare_in_child({**asked, "endpoint": "http://a.example/dancu"})
