@@ -212,11 +212,7 @@ class Registry:
 
     def build_adapters(self) -> None:
         """Build every enabled connection's adapter now rather than on its first request."""
-        for name in self.snapshot.connections:
-            try:
-                self.adapter(name)
-            except Exception:
-                log.error("connection %s: adapter could not be built", name, exc_info=True)
+        self._adapters.update(self._build_for(self.snapshot))
 
     def compile_mappings(self) -> None:
         """Compile the built adapters' mappings now: the first exchange of each worker would

@@ -18,7 +18,7 @@ from connexion.exceptions import ProblemException
 from connexion.lifecycle import ConnexionResponse
 from connexion.middleware.exceptions import ExceptionMiddleware
 from connexion.options import SwaggerUIOptions
-from flask import Flask, Response, jsonify
+from flask import Flask, Response, g, jsonify
 from flask import request as flask_request
 from flask.typing import ResponseReturnValue
 from sqlalchemy import Engine
@@ -111,10 +111,8 @@ def _add_error_handlers(app: Flask, engine: Engine) -> None:
 
     @app.errorhandler(ExchangeError)
     def refused(exc: ExchangeError) -> ResponseReturnValue:
-        from flask import g, request
-
-        return problem_response(audit_refusal(engine, request.method, request.path, request.headers, exc,
-                                              g.get("lgsp_caller")))
+        return problem_response(audit_refusal(engine, flask_request.method, flask_request.path,
+                                              flask_request.headers, exc, g.get("lgsp_caller")))
 
     @app.errorhandler(Exception)
     def failed(exc: Exception) -> ResponseReturnValue:
@@ -123,7 +121,6 @@ def _add_error_handlers(app: Flask, engine: Engine) -> None:
             return problem_response(known)
         app.logger.exception("control plane request failed")
         return problem_response(INTERNAL)
-
 
 
 def problem_response(exc: ExchangeError) -> Response:
@@ -184,6 +181,8 @@ def known_failure(exc: Exception) -> ExchangeError | None:
     unreadable = unreadable_body(exc)
     if unreadable is not None:
         return unreadable
+    if isinstance(exc, AuditUnavailable):  # e.g. a token whose issue cannot be recorded
+        return ExchangeError("audit.unavailable", "The audit log cannot be written, so the request was refused.")
     if isinstance(exc, DataError):  # a value the database cannot keep (too long, out of range)
         return ExchangeError("request.invalid", "A value is longer or larger than the LGSP can keep.")
     return None

@@ -25,6 +25,7 @@ from starlette.datastructures import Headers
 from starlette.types import Receive, Scope, Send
 
 from lgsp import auth_throttle, keys, secret_check
+from lgsp.audit.writer import AuditUnavailable
 from lgsp.config import Settings
 from lgsp.control import JWKS_PATH, TOKEN_PATH
 from lgsp.control import records as control_audit
@@ -216,13 +217,26 @@ def token_plane(engine: Engine, cfg: Settings) -> Callable[[Scope, Receive, Send
                                    _pairs(scope.get("query_string", b"")), _pairs(body),
                                    (scope.get("extensions") or {}).get(CERT))
             source = (scope.get("client") or (None,))[0]
-            status, headers, answer = await asyncio.to_thread(server.issue, request, source)
+            status, headers, answer = await asyncio.to_thread(_issue_or_refuse, server, request, source)
         raw = [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in headers.items()]
         await send({"type": "http.response.start", "status": status,
                     "headers": [*raw, (b"content-length", str(len(answer)).encode())]})
         await send({"type": "http.response.body", "body": answer})
 
     return app
+
+
+def _issue_or_refuse(server: TokenServer, request: TokenRequest, source: str | None) -> Answer:
+    """`server.issue`, or problem+json if it fails (the token's record cannot be written, a defect)."""
+    try:
+        return server.issue(request, source)
+    except AuditUnavailable:
+        return problem_answer(ExchangeError("audit.unavailable",
+                                            "The audit log cannot be written, so no token was issued."))
+    except Exception:
+        log.exception("token request failed")
+        return problem_answer(ExchangeError("internal.error", "The token request could not be completed; "
+                                            "it has been logged."))
 
 
 async def _form_body(receive: Receive) -> bytes | None:

@@ -13,6 +13,7 @@ import pytest
 
 from lgsp import auth_throttle
 from lgsp.app import control_plane, token_plane, token_request
+from lgsp.audit.writer import AuditUnavailable
 from lgsp.control import TOKEN_PATH
 from lgsp.gateway import Gateway
 
@@ -123,3 +124,23 @@ def test_a_form_over_500_kb_is_refused_before_it_is_parsed(planes):
 def test_only_a_form_post_is_served_by_the_token_endpoint_alone(method, content_type, alone):
     headers = [(b"content-type", content_type)] if content_type else []
     assert token_request({"type": "http", "path": TOKEN_PATH, "method": method, "headers": headers}) is alone
+
+
+class FailingServer:
+    """A token server whose issue fails as a database outage or a defect would (a unit test's stand-in)."""
+
+    def __init__(self, failure: Exception):
+        self.failure = failure
+
+    def issue(self, request, source):
+        raise self.failure
+
+
+@pytest.mark.parametrize("failure,status,code", [(AuditUnavailable("down"), 503, "audit.unavailable"),
+                                                 (RuntimeError("a defect"), 500, "internal.error")])
+def test_a_failed_issue_is_answered_as_a_problem_without_its_trace(failure, status, code):
+    from lgsp.control.token_endpoint import _issue_or_refuse
+
+    got, headers, body = _issue_or_refuse(FailingServer(failure), None, "127.0.0.1")
+    assert (got, headers["Content-Type"], json.loads(body)["code"]) == (status, "application/problem+json", code)
+    assert "a defect" not in body.decode() and "Traceback" not in body.decode()
