@@ -141,6 +141,6 @@ class FailingServer:
 def test_a_failed_issue_is_answered_as_a_problem_without_its_trace(failure, status, code):
     from lgsp.control.token_endpoint import _issue_or_refuse
 
-    got, headers, body = _issue_or_refuse(FailingServer(failure), None, "127.0.0.1")
+    got, headers, body = _issue_or_refuse(FailingServer(failure), None, "127.0.0.1")  # type: ignore[arg-type]
     assert (got, headers["Content-Type"], json.loads(body)["code"]) == (status, "application/problem+json", code)
     assert "a defect" not in body.decode() and "Traceback" not in body.decode()
