@@ -32,7 +32,7 @@ from sqlalchemy.exc import DBAPIError, IntegrityError
 from lgsp import metrics
 from lgsp.audit import seals, syslog, witness
 from lgsp.config import settings
-from lgsp.storage import maintenance
+from lgsp.storage import checkpoints, maintenance
 from lgsp.storage.schema import audit_bodies, audit_records, audit_seals
 
 log = logging.getLogger(__name__)
@@ -132,6 +132,9 @@ class AuditWriter:
                  seal_every: int = 1000, seal_seconds: float = 10.0):
         self.engine = engine
         self._write_lock = _sqlite_write_lock(engine)
+        # SQLite: its commits never checkpoint the WAL (a checkpoint under the write lock stalls every worker)
+        self._checkpoints = checkpoints.for_sqlite_file(engine.url.database) if (
+            engine.url.get_backend_name() == "sqlite") else None
         self.batch_max = batch_max
         self.chain = chain or new_chain_id()
         self.seal_every = seal_every
@@ -237,6 +240,8 @@ class AuditWriter:
                 break
         self._seal_if_due(reason="shutdown")
         self._drop_connection()
+        if self._checkpoints is not None:
+            self._checkpoints.close()
         maintenance.at_close(self.engine, self._write_lock)
 
     # -- the writer's connection --------------------------------------------
@@ -253,6 +258,8 @@ class AuditWriter:
                 self._drop_connection()
         if self._conn is None:
             self._conn = self.engine.connect()
+            if self._checkpoints is not None:
+                self._checkpoints.detach(self._conn.connection.dbapi_connection)
         self._used_at = now
         return self._conn
 
@@ -365,6 +372,8 @@ class AuditWriter:
                 raise
             self._insert_group(rows, bodies, pending, statements)
         self._seq, self._head = seq, head
+        if self._checkpoints is not None:
+            self._checkpoints.due()
         if pending:
             self._mark_sealed(pending[-1]["seq"])
         metrics.audit_batch_records.observe(len(rows))

@@ -26,6 +26,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol, Sequence
 
+from lgsp.storage.checkpoints import Checkpointer
+
 log = logging.getLogger(__name__)
 _EPSILON = 1e-9
 
@@ -117,7 +119,9 @@ class EmbeddedStore:
     The transaction takes tens of microseconds, less than a hop to a thread would cost, so it is
     tried on the event loop without waiting for the lock; only when another worker holds it (a
     process descheduled mid-transaction on a busy machine) does the call wait, in a thread, so
-    the worker's other exchanges never stall behind the lock.
+    the worker's other exchanges never stall behind the lock. Nor does a commit checkpoint the WAL
+    on the event loop (its syncs take 5 to 100 ms on a busy disk): a thread does that
+    (lgsp.storage.checkpoints).
     """
 
     name = "embedded"
@@ -128,6 +132,7 @@ class EmbeddedStore:
         self._db: sqlite3.Connection | None = None     # waits for the lock (used in a thread)
         self._fast: sqlite3.Connection | None = None   # never waits (used on the event loop)
         self._pid = 0
+        self._checkpoints: Checkpointer | None = None
         self._since_clean = 0
         self._lock = threading.Lock()
 
@@ -139,11 +144,13 @@ class EmbeddedStore:
             db.execute("CREATE TABLE IF NOT EXISTS counters (key TEXT PRIMARY KEY, value REAL NOT NULL, "
                        "expires REAL NOT NULL) WITHOUT ROWID")
             self._db, self._fast, self._pid = db, self._open(0.0), os.getpid()
+            self._checkpoints = Checkpointer(self.path)  # this process's own: a thread does not survive a fork
         return self._db if wait else self._fast
 
     def _open(self, timeout: float) -> sqlite3.Connection:
         db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=timeout)
         db.execute("PRAGMA synchronous=NORMAL")  # survives a process crash; a power cut may lose the last counts
+        Checkpointer.detach(db)
         return db
 
     def take_sync(self, counters: Sequence[Counter], now: float | None = None) -> list[Count]:
@@ -176,6 +183,8 @@ class EmbeddedStore:
         except BaseException:
             db.execute("ROLLBACK")
             raise
+        if self._checkpoints is not None:
+            self._checkpoints.due()
         return [count for count, _ in results]
 
     async def take(self, counters: Sequence[Counter]) -> list[Count]:
@@ -204,6 +213,9 @@ class EmbeddedStore:
             if db is not None:
                 db.close()
         self._db = self._fast = None
+        if self._checkpoints is not None:
+            self._checkpoints.close()
+            self._checkpoints = None
 
 
 # -- Redis: several nodes ---------------------------------------------------------------------
