@@ -18,6 +18,7 @@ simply take turns (the second finds the checkpoint lock taken and tries again ne
 from __future__ import annotations
 
 import logging
+import os
 import sqlite3
 import threading
 from pathlib import Path
@@ -30,6 +31,10 @@ class Checkpointer:
     """One SQLite file's checkpoints, in a daemon thread started on first use."""
 
     EVERY = 0.5  # s between checkpoints while commits come in: a small WAL, each checkpoint short
+    # A passive checkpoint never stops writers, so under unbroken commits the WAL may never be wholly
+    # copied at a moment without a writer, and SQLite starts it again from its beginning only then:
+    # past this size, a TRUNCATE checkpoint waits for a gap between commits (a few ms) and empties it.
+    WAL_LIMIT = 64 * 1024 * 1024
 
     def __init__(self, path: str | Path):
         self.path = str(path)
@@ -37,6 +42,7 @@ class Checkpointer:
         self._thread: threading.Thread | None = None
         self._start = threading.Lock()
         self.runs = 0   # checkpoints done (tests)
+        self.truncations = 0
 
     @staticmethod
     def detach(dbapi_connection: Any) -> None:
@@ -69,10 +75,13 @@ class Checkpointer:
             self._due.clear()
             try:
                 if db is None:
-                    db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+                    db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=5.0)
                 db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+                if os.path.getsize(self.path + "-wal") > self.WAL_LIMIT:
+                    db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+                    self.truncations += 1
                 self.runs += 1
-            except sqlite3.Error as exc:  # another process checkpointing this file: the next turn catches up
+            except (sqlite3.Error, OSError) as exc:  # another process checkpointing this file: the next turn catches up
                 log.debug("checkpoint of %s: %s", self.path, exc)
             if self._stop.wait(self.EVERY):
                 break
