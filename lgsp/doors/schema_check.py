@@ -58,9 +58,28 @@ def compile_schema(schema: dict[str, Any]) -> Check:
     if "enum" in schema:
         allowed = frozenset(schema["enum"])
         checks.append(lambda v: isinstance(v, str) and v in allowed)
+    return _all(checks)
+
+
+def _all(checks: list[Check]) -> Check:
+    """One check doing all of these (no generator per value: this runs per field of every body)."""
+    if not checks:
+        return lambda v: True
     if len(checks) == 1:
         return checks[0]
-    return lambda v: all(c(v) for c in checks)
+    if len(checks) == 2:
+        first, second = checks
+        return lambda v: first(v) and second(v)
+    if len(checks) == 3:
+        first, second, third = checks
+        return lambda v: first(v) and second(v) and third(v)
+
+    def every(v: Any) -> bool:
+        for check in checks:
+            if not check(v):
+                return False
+        return True
+    return every
 
 
 def _compilable(schema: dict[str, Any]) -> bool:
@@ -119,14 +138,16 @@ def _array_checks(schema: dict[str, Any]) -> list[Check]:
 
 def _string_checks(schema: dict[str, Any]) -> list[Check]:
     out: list[Check] = []
-    low, high = schema.get("minLength"), schema.get("maxLength")
-    if low is not None:
-        out.append(lambda v: not isinstance(v, str) or len(v) >= low)
-    if high is not None:
-        out.append(lambda v: not isinstance(v, str) or len(v) <= high)
-    if "pattern" in schema:
-        search = re.compile(schema["pattern"]).search  # as jsonschema: found anywhere unless anchored
-        out.append(lambda v: not isinstance(v, str) or search(v) is not None)
+    low, high = schema.get("minLength", 0), schema.get("maxLength")
+    pattern = schema.get("pattern")
+    search = re.compile(pattern).search if pattern is not None else None  # as jsonschema: anywhere unless anchored
+    if low or high is not None or search is not None:
+        def check_string(v: Any) -> bool:
+            if not isinstance(v, str):
+                return True
+            n = len(v)
+            return n >= low and (high is None or n <= high) and (search is None or search(v) is not None)
+        out.append(check_string)
     fmt = schema.get("format")
     if fmt in _FORMATS.checkers:  # a format the checker does not know takes every value, as in Draft 4
         out.append(lambda v: _FORMATS.conforms(v, fmt))
