@@ -198,9 +198,11 @@ class Queue:
                 conn.rollback()
                 return []
             until = at + dt.timedelta(seconds=lease)
-            # One executemany per statement for the whole batch (a claim's cost is mostly per statement).
-            conn.execute(_CLAIM_MESSAGE, [{"b_seq": r.seq, "attempts": r.attempts + 1, "lease_owner": self.worker,
-                                           "lease_until": until} for r in rows])
+            # One UPDATE for the whole batch: its rows are locked (FOR UPDATE / BEGIN IMMEDIATE), so
+            # `attempts + 1` is each one's count read above. An executemany of one UPDATE per row was,
+            # on PostgreSQL, a pipelined statement per message: a fifth of the claim's CPU.
+            conn.execute(_CLAIM_MESSAGES, {"seqs": [r.seq for r in rows], "lease_owner": self.worker,
+                                           "lease_until": until})
             # Their worker was lost mid-attempt: the attempt is logged (its start is the lease's, less a lease).
             lost = [{"message_id": r.id, "attempt": r.attempts, "worker": r.lease_owner or "?",
                      "started_at": (utc(r.lease_until) or at) - dt.timedelta(seconds=lease), "finished_at": at,
@@ -239,8 +241,8 @@ class Queue:
         return [(_FINISH_MESSAGE, message), (self._finish_attempt, attempt)]
 
 
-_CLAIM_MESSAGE = update(M).where(M.c.seq == bindparam("b_seq")).values(
-    status="delivering", attempts=bindparam("attempts"), lease_owner=bindparam("lease_owner"),
+_CLAIM_MESSAGES = update(M).where(M.c.seq.in_(bindparam("seqs", expanding=True))).values(
+    status="delivering", attempts=M.c.attempts + 1, lease_owner=bindparam("lease_owner"),
     lease_until=bindparam("lease_until"))
 ABANDONED = "The worker's lease ran out (worker stopped?)."
 _ATTEMPT_OUTCOME = ("worker", "started_at", "finished_at", "outcome", "error_code", "reason", "latency_ms")
