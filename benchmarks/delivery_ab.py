@@ -41,7 +41,7 @@ def side(work: Path, name: str, base: Path | None, database_url: str | None, dro
     upgrade(url)  # this checkout's migrations: side A's schema may lack only what B adds
     folder = work / name
     folder.mkdir()
-    rig = make_rig(url, folder, LGSP_DELIVERY_BACKOFF="1", LGSP_DELIVERY_BACKOFF_CAP="300",
+    rig = make_rig(url, folder, LGSP_DELIVERY_CONCURRENCY="64", LGSP_DELIVERY_BACKOFF="1", LGSP_DELIVERY_BACKOFF_CAP="300",
                    LGSP_DELIVERY_LEASE="60", LGSP_DELIVERY_POLL="0.2", LGSP_LOG_LEVEL="WARNING")
     rig.env["LGSP_DATABASE_URL"] = url
     if base is not None:
