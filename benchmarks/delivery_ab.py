@@ -41,8 +41,9 @@ def side(work: Path, name: str, base: Path | None, database_url: str | None, dro
     upgrade(url)  # this checkout's migrations: side A's schema may lack only what B adds
     folder = work / name
     folder.mkdir()
-    rig = make_rig(url, folder, LGSP_DELIVERY_CONCURRENCY="64", LGSP_DELIVERY_BACKOFF="1", LGSP_DELIVERY_BACKOFF_CAP="300",
-                   LGSP_DELIVERY_LEASE="60", LGSP_DELIVERY_POLL="0.2", LGSP_LOG_LEVEL="WARNING")
+    rig = make_rig(url, folder, LGSP_DELIVERY_CONCURRENCY="64", LGSP_DELIVERY_BACKOFF="1",
+                   LGSP_DELIVERY_BACKOFF_CAP="300", LGSP_DELIVERY_LEASE="60", LGSP_DELIVERY_POLL="0.2",
+                   LGSP_LOG_LEVEL="WARNING")
     rig.env["LGSP_DATABASE_URL"] = url
     if base is not None:
         rig.env["PYTHONPATH"] = os.pathsep.join((str(import_path(folder, base)), str(RELAY)))
@@ -66,7 +67,8 @@ def main() -> None:
     os.environ.update({"LGSP_HOME": str(work), "LGSP_SECRET_KEY": secrets.token_urlsafe(32),
                        "LGSP_EGRESS_ALLOW": "127.0.0.0/8", "LGSP_LOG_LEVEL": "WARNING"})
     os.chdir(work)  # `python -m` puts the working directory first on sys.path: never a checkout
-    rigs, drops = {}, []
+    rigs: dict = {}
+    drops: list = []
     runs: dict[str, list[dict]] = {"A": [], "B": []}
     try:
         rigs["A"] = side(work, "A", args.base.resolve(), args.database_url, drops)

@@ -77,8 +77,11 @@ def seal_payload(params: dict[str, Any]) -> str:
 def open_payload(text: str) -> dict[str, Any]:
     if text.startswith(SEALED):
         raw = base64.urlsafe_b64decode(text[len(SEALED):])
-        return orjson.loads(_aead().decrypt(raw[:12], raw[12:], None))
-    return orjson.loads(_cipher().decrypt(text.encode()))
+        plain = _aead().decrypt(raw[:12], raw[12:], None)
+    else:
+        plain = _cipher().decrypt(text.encode())
+    params: dict[str, Any] = orjson.loads(plain)
+    return params
 
 
 def store_statements(message: dict[str, Any], client_id: str, dedupe_keys: list[str]) -> list[tuple]:

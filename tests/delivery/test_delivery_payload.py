@@ -1,6 +1,8 @@
 """A message's payload at rest: encrypted (AES-GCM), and payloads sealed before (Fernet) still open."""
 from __future__ import annotations
 
+import base64
+
 import orjson
 import pytest
 from cryptography.exceptions import InvalidTag
@@ -23,7 +25,7 @@ def test_payload_sealed_by_fernet_before_still_opens():
 
 def test_tampered_payload_refused():
     sealed = store.seal_payload({"dossier_no": "HS-3"})
-    body = bytearray(store.base64.urlsafe_b64decode(sealed[len(store.SEALED):]))
+    body = bytearray(base64.urlsafe_b64decode(sealed[len(store.SEALED):]))
     body[-1] ^= 1
     with pytest.raises(InvalidTag):
-        store.open_payload(store.SEALED + store.base64.urlsafe_b64encode(bytes(body)).decode())
+        store.open_payload(store.SEALED + base64.urlsafe_b64encode(bytes(body)).decode())
