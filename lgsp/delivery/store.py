@@ -14,8 +14,10 @@ writes its real outcome over that row.
 """
 from __future__ import annotations
 
+import base64
 import contextlib
 import datetime as dt
+import os
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -24,13 +26,14 @@ from typing import Any
 
 import orjson
 from cryptography.fernet import Fernet
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from prometheus_client import Counter
 from sqlalchemy import Engine, and_, bindparam, exists, or_, select, text, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from lgsp.audit.writer import _FileLock
-from lgsp.crypto import fernet
+from lgsp.crypto import derive_key, fernet
 from lgsp.storage.schema import PENDING_SQL, delivery_attempts, delivery_dedupe, delivery_messages
 
 M = delivery_messages
@@ -55,13 +58,30 @@ def _cipher() -> Fernet:
     return fernet()
 
 
+@cache
+def _aead() -> AESGCM:
+    return AESGCM(derive_key("lgsp/delivery-payload"))
+
+
+SEALED = "g1."  # AES-256-GCM (its own derived key); a payload without it is a Fernet token of before
+
+
 def seal_payload(params: dict[str, Any]) -> str:
-    """A message's params at rest: they name people (applicants), so they are kept encrypted."""
-    return _cipher().encrypt(orjson.dumps(params)).decode()
+    """A message's params at rest: they name people (applicants), so they are kept encrypted. AES-GCM
+    with a random 96-bit nonce in one call: Fernet (a cipher, padder and HMAC object per message) was
+    8 % of a gateway worker's CPU under acceptance load."""
+    nonce = os.urandom(12)
+    return SEALED + base64.urlsafe_b64encode(nonce + _aead().encrypt(nonce, orjson.dumps(params), None)).decode()
 
 
 def open_payload(text: str) -> dict[str, Any]:
-    return orjson.loads(_cipher().decrypt(text.encode()))
+    if text.startswith(SEALED):
+        raw = base64.urlsafe_b64decode(text[len(SEALED):])
+        plain = _aead().decrypt(raw[:12], raw[12:], None)
+    else:
+        plain = _cipher().decrypt(text.encode())
+    params: dict[str, Any] = orjson.loads(plain)
+    return params
 
 
 def store_statements(message: dict[str, Any], client_id: str, dedupe_keys: list[str]) -> list[tuple]:
@@ -198,9 +218,11 @@ class Queue:
                 conn.rollback()
                 return []
             until = at + dt.timedelta(seconds=lease)
-            # One executemany per statement for the whole batch (a claim's cost is mostly per statement).
-            conn.execute(_CLAIM_MESSAGE, [{"b_seq": r.seq, "attempts": r.attempts + 1, "lease_owner": self.worker,
-                                           "lease_until": until} for r in rows])
+            # One UPDATE for the whole batch: its rows are locked (FOR UPDATE / BEGIN IMMEDIATE), so
+            # `attempts + 1` is each one's count read above. An executemany of one UPDATE per row was,
+            # on PostgreSQL, a pipelined statement per message: a fifth of the claim's CPU.
+            conn.execute(_CLAIM_MESSAGES, {"seqs": [r.seq for r in rows], "lease_owner": self.worker,
+                                           "lease_until": until})
             # Their worker was lost mid-attempt: the attempt is logged (its start is the lease's, less a lease).
             lost = [{"message_id": r.id, "attempt": r.attempts, "worker": r.lease_owner or "?",
                      "started_at": (utc(r.lease_until) or at) - dt.timedelta(seconds=lease), "finished_at": at,
@@ -239,8 +261,8 @@ class Queue:
         return [(_FINISH_MESSAGE, message), (self._finish_attempt, attempt)]
 
 
-_CLAIM_MESSAGE = update(M).where(M.c.seq == bindparam("b_seq")).values(
-    status="delivering", attempts=bindparam("attempts"), lease_owner=bindparam("lease_owner"),
+_CLAIM_MESSAGES = update(M).where(M.c.seq.in_(bindparam("seqs", expanding=True))).values(
+    status="delivering", attempts=M.c.attempts + 1, lease_owner=bindparam("lease_owner"),
     lease_until=bindparam("lease_until"))
 ABANDONED = "The worker's lease ran out (worker stopped?)."
 _ATTEMPT_OUTCOME = ("worker", "started_at", "finished_at", "outcome", "error_code", "reason", "latency_ms")

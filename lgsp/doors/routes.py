@@ -16,7 +16,8 @@ request body, an integer query parameter, a new spec) is still served by connexi
 Messages (POST of a store-and-forward service, lgsp/delivery/accept.py) are the one kind of request
 with a body it takes: `application/json` with a declared length within the body limit, UTF-8 and
 not nested too deeply (request_guard), parsed, and valid against the operation's body schema, checked
-by jsonschema's Draft 4 validator with its format checker, as connexion checks it, compiled once here.
+by jsonschema's Draft 4 validator with its format checker, as connexion checks it, compiled once here
+into plain checks (lgsp.doors.schema_check).
 A body it has read and declines is left in the scope (`BODY_KEY`) for RequestGuard to hand to
 connexion, so connexion refuses it exactly as if the fast path had never seen it.
 
@@ -33,12 +34,12 @@ from typing import Any, Callable
 from urllib.parse import parse_qsl
 
 import orjson
-from jsonschema import Draft4Validator
 
 from lgsp import bulk, specs
 from lgsp.config import settings
 from lgsp.delivery import accept as messages
 from lgsp.doors.request_guard import BODY_KEY, Malformed, check_body, check_path
+from lgsp.doors.schema_check import compile_schema
 from lgsp.gateway import Gateway
 from lgsp.pipeline.exchange import Exchange
 from lgsp.pipeline.run import Rendered, internal_error, serve
@@ -171,7 +172,7 @@ def body_check(doc: dict[str, Any], op: dict[str, Any]) -> Callable[[Any], bool]
     inlined = _inlined(doc, schema, 0)
     if inlined is None:
         return None
-    return Draft4Validator(inlined, format_checker=Draft4Validator.FORMAT_CHECKER).is_valid
+    return compile_schema(inlined)
 
 
 def _inlined(doc: dict[str, Any], node: Any, depth: int) -> Any:
