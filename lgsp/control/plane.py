@@ -32,7 +32,14 @@ from lgsp.config import Settings
 from lgsp.control import JWKS_PATH, TOKEN_PATH, console
 from lgsp.control import records as control_audit
 from lgsp.control.auth import verified_caller
-from lgsp.control.token_endpoint import TokenRequest, TokenServer, metadata, problem_body, published_jwks
+from lgsp.control.token_endpoint import (
+    AUDIT_UNAVAILABLE,
+    TokenRequest,
+    TokenServer,
+    metadata,
+    problem_body,
+    published_jwks,
+)
 from lgsp.doors.request_guard import RequestGuard, allowed_methods
 from lgsp.doors.request_guard import unreadable as unreadable_body
 from lgsp.doors.rest import MIDDLEWARES, refusal_for
@@ -182,7 +189,7 @@ def known_failure(exc: Exception) -> ExchangeError | None:
     if unreadable is not None:
         return unreadable
     if isinstance(exc, AuditUnavailable):  # e.g. a token whose issue cannot be recorded
-        return ExchangeError("audit.unavailable", "The audit log cannot be written, so the request was refused.")
+        return AUDIT_UNAVAILABLE
     if isinstance(exc, DataError):  # a value the database cannot keep (too long, out of range)
         return ExchangeError("request.invalid", "A value is longer or larger than the LGSP can keep.")
     return None
@@ -199,5 +206,5 @@ def audit_refusal(engine: Engine, method: str, path: str, headers: Any, exc: Exc
     try:
         control_audit.refusal(engine, method, path, exc, caller, request_id_from(rid) if rid else None)
     except AuditUnavailable:
-        return ExchangeError("audit.unavailable", "The audit log cannot be written, so the request was refused.")
+        return AUDIT_UNAVAILABLE
     return exc

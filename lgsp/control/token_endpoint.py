@@ -226,13 +226,16 @@ def token_plane(engine: Engine, cfg: Settings) -> Callable[[Scope, Receive, Send
     return app
 
 
+# An answer that cannot be recorded is refused (here and on the control plane's Flask routes).
+AUDIT_UNAVAILABLE = ExchangeError("audit.unavailable", "The audit log cannot be written, so the request was refused.")
+
+
 def _issue_or_refuse(server: TokenServer, request: TokenRequest, source: str | None) -> Answer:
     """`server.issue`, or problem+json if it fails (the token's record cannot be written, a defect)."""
     try:
         return server.issue(request, source)
     except AuditUnavailable:
-        return problem_answer(ExchangeError("audit.unavailable",
-                                            "The audit log cannot be written, so no token was issued."))
+        return problem_answer(AUDIT_UNAVAILABLE)
     except Exception:
         log.exception("token request failed")
         return problem_answer(ExchangeError("internal.error", "The token request could not be completed; "
