@@ -29,6 +29,7 @@ from lgsp.mapping.compile import load_mapping
 from lgsp.pipeline.grant_fields import Shape, schema_shape
 from lgsp.pipeline.minimize import PAGE
 from lgsp.simkit import FAULT_MODES, Faults
+from lgsp.simkit import serve as serve_simulator
 from lgsp.storage import engine_for
 
 
@@ -48,7 +49,7 @@ __all__ = [
     # answers: declarative mapping, pages, fields a grant may name
     "load_mapping", "PAGE", "Shape", "schema_shape",
     # data shared with simulators
-    "codelists", "personal_id", "Faults", "FAULT_MODES",
+    "codelists", "personal_id", "Faults", "FAULT_MODES", "serve_simulator",
     # the discovery and settings checks the gateway applies, for an adapter's own tests
     "plugins",
     # adapters that store data (the provincial datastore)

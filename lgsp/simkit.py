@@ -3,6 +3,7 @@ behind `POST /_sim/faults` (normal, slow, down, malformed, fault; optionally for
 the next N requests only), which tests and the contract kit drive."""
 from __future__ import annotations
 
+import gc
 from dataclasses import dataclass
 from typing import Any
 
@@ -58,3 +59,14 @@ class Faults:
             except (ValueError, TypeError) as exc:
                 return JSONResponse({"error": str(exc) or "expected a JSON object"}, status_code=400)
         return JSONResponse(self.as_dict())
+
+
+def serve(app: Any, host: str, port: int) -> None:
+    """Run a simulator's app until stopped. Its data set lives as long as the process: frozen out of the
+    garbage collector's reach, or each full collection walks it all (60-80 ms pauses in the population
+    simulator, every ~12 s under load: latency its callers measured as the gateway's)."""
+    import uvicorn
+
+    gc.collect()
+    gc.freeze()
+    uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False)

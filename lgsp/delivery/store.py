@@ -28,7 +28,7 @@ import orjson
 from cryptography.fernet import Fernet
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from prometheus_client import Counter
-from sqlalchemy import Engine, and_, bindparam, exists, or_, select, text, update
+from sqlalchemy import BindParameter, ColumnElement, Engine, Select, and_, bindparam, exists, or_, select, text, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
@@ -146,6 +146,40 @@ _CLAIM_COLUMNS = (M.c.seq, M.c.id, M.c.client_id, M.c.service, M.c.destination, 
                   M.c.lease_until)
 
 
+def _due_messages() -> ColumnElement[bool]:
+    """The messages due at :at, each the head of its key. Built once: a statement built per look at the
+    queue (every LGSP_DELIVERY_POLL seconds, in every worker) left its alias and subquery's reference
+    cycles to the garbage collector, and cost its construction and cache key each time."""
+    at: BindParameter[dt.datetime] = bindparam("at")
+    earlier = M.alias("earlier")
+    head_of_key = ~exists().where(earlier.c.msg_key == M.c.msg_key, earlier.c.seq < M.c.seq,
+                                  earlier.c.status.in_(PENDING))
+    return and_(
+        text(f"{M.name}.{PENDING_SQL}"),  # the partial index's own term: SQLite uses it only if it is in the query
+        or_(and_(M.c.status.in_(("accepted", "failed")), M.c.next_attempt_at <= at),
+            and_(M.c.status == "delivering", M.c.lease_until < at)),
+        head_of_key,
+    )
+
+
+_DUE = _due_messages()
+_NOT_EXCLUDED = M.c.destination.not_in(bindparam("exclude", expanding=True))
+
+
+@cache
+def _look(exclude: bool) -> Select[Any]:
+    query = select(M.c.seq).where(_DUE).limit(1)
+    return query.where(_NOT_EXCLUDED) if exclude else query
+
+
+@cache
+def _claim_query(exclude: bool, lock_rows: bool) -> Select[Any]:
+    query = select(*_CLAIM_COLUMNS).where(_DUE).order_by(M.c.seq).limit(bindparam("limit"))
+    if exclude:
+        query = query.where(_NOT_EXCLUDED)
+    return query.with_for_update(skip_locked=True, of=M) if lock_rows else query
+
+
 class Queue:
     """The queue as one worker process uses it."""
 
@@ -163,17 +197,6 @@ class Queue:
         self._finish_attempt = self._attempt_insert.on_conflict_do_update(
             index_elements=["message_id", "attempt"],
             set_={c: getattr(self._attempt_insert.excluded, c) for c in _ATTEMPT_OUTCOME})
-
-    def _due(self, at: dt.datetime):
-        earlier = M.alias("earlier")
-        head_of_key = ~exists().where(earlier.c.msg_key == M.c.msg_key, earlier.c.seq < M.c.seq,
-                                      earlier.c.status.in_(PENDING))
-        return and_(
-            text(f"{M.name}.{PENDING_SQL}"),  # the partial index's own term: SQLite uses it only if it is in the query
-            or_(and_(M.c.status.in_(("accepted", "failed")), M.c.next_attempt_at <= at),
-                and_(M.c.status == "delivering", M.c.lease_until < at)),
-            head_of_key,
-        )
 
     def claim(self, limit: int, lease: float, exclude: Sequence[str] = ()) -> list[Claim]:
         """Up to `limit` due messages, each the head of its key, leased to this worker (none for the
@@ -197,23 +220,17 @@ class Queue:
         return taken
 
     def _any_due(self, exclude: Sequence[str]) -> bool:
-        query = select(M.c.seq).where(self._due(now())).limit(1)
-        if exclude:
-            query = query.where(M.c.destination.not_in(list(exclude)))
+        params = {"at": now(), **({"exclude": list(exclude)} if exclude else {})}
         with self.engine.connect() as conn:
-            return conn.execute(query).first() is not None
+            return conn.execute(_look(bool(exclude)), params).first() is not None
 
     def _claim(self, limit: int, lease: float, exclude: Sequence[str]) -> list[Claim]:
         at = now()
-        query = select(*_CLAIM_COLUMNS).where(self._due(at)).order_by(M.c.seq).limit(limit)
-        if exclude:
-            query = query.where(M.c.destination.not_in(list(exclude)))
-        if not self.sqlite:
-            query = query.with_for_update(skip_locked=True, of=M)
+        params = {"at": at, "limit": limit, **({"exclude": list(exclude)} if exclude else {})}
         with self.engine.connect() as conn:
             if self.sqlite:
                 conn.exec_driver_sql("BEGIN IMMEDIATE")
-            rows = conn.execute(query).all()
+            rows = conn.execute(_claim_query(bool(exclude), not self.sqlite), params).all()
             if not rows:
                 conn.rollback()
                 return []

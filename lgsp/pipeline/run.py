@@ -65,10 +65,18 @@ async def run_stages(ex: Exchange, gw: Gateway, stages: tuple[Stage, ...] = STAG
         for stage in stages:
             await stage(ex, ctx)
     except ExchangeError as exc:
-        ex.error = exc
+        ex.error = kept(exc)
     except Exception:
         log.exception("exchange failed unexpectedly", extra={"fields": {"request_id": ex.request_id}})
         ex.error = internal_error()
+
+
+def kept(error: ExchangeError) -> ExchangeError:
+    """A raised error as the exchange keeps it: without its traceback. The traceback's frames hold the
+    exchange, which holds the error: a reference cycle per refused exchange that only the garbage
+    collector frees, in pauses of 20-40 ms per collection under a flood of refusals
+    (benchmarks/results/2026-12-03-fairness.md)."""
+    return error.with_traceback(None)
 
 
 def internal_error() -> ExchangeError:
@@ -82,7 +90,7 @@ async def refuse(ex: Exchange, gw: Gateway, error: ExchangeError) -> None:
     with the token is reported first, as it would be by the full pipeline.
     """
     if error.code.startswith("auth."):  # the refusal is about the credentials themselves: say that
-        ex.error = error
+        ex.error = kept(error)
         return
     ctx = StageContext(gw, gw.registry.snapshot)
     try:
@@ -91,7 +99,7 @@ async def refuse(ex: Exchange, gw: Gateway, error: ExchangeError) -> None:
         await count_against_rate(ex, ctx)
     except ExchangeError as earlier_error:
         error = earlier_error
-    ex.error = error
+    ex.error = kept(error)
 
 
 async def count_against_rate(ex: Exchange, ctx: StageContext) -> None:
@@ -121,7 +129,7 @@ async def serve(ex: Exchange, gw: Gateway, render: Renderer, *, refusal: Exchang
     if refusal is None:
         await run_stages(ex, gw, stages)
     elif anonymous:
-        ex.error = refusal
+        ex.error = kept(refusal)
     else:
         await refuse(ex, gw, refusal)
     rendered = with_response_headers(ex, render_safely(ex, render))

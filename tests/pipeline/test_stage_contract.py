@@ -68,3 +68,34 @@ def test_the_audit_record_type_is_the_hashed_columns():
     keys = [k for k in AuditRecord.__annotations__ if k != BODY]
     assert (*WRITER_FIELDS, *keys) == HASHED_FIELDS
     assert BODY in AuditRecord.__annotations__
+
+
+def test_a_refused_exchange_is_freed_without_the_garbage_collector():
+    """A stage's refusal is kept on the exchange without its traceback: with it, the traceback's frames
+    held the exchange that held the error, a cycle per refusal that the collector freed in pauses of
+    20-40 ms under a flood of refusals (benchmarks/results/2026-12-03-fairness.md)."""
+    import gc
+    import weakref
+
+    from lgsp.errors import ExchangeError
+
+    def deep(n: int) -> None:
+        if n:
+            deep(n - 1)
+        raise ExchangeError("rate.limited", "over the limit")
+
+    async def over_limit(ex, ctx):
+        deep(3)
+
+    gw = SimpleNamespace(registry=SimpleNamespace(snapshot=Snapshot()))
+    gc.disable()
+    try:
+        ex = Exchange(door="rest", request_id="r-3", service_name="s", params={})
+        asyncio.run(run_stages(ex, gw, (over_limit,)))  # type: ignore[arg-type]
+        assert ex.error is not None and ex.error.code == "rate.limited"
+        assert ex.error.__traceback__ is None
+        freed = weakref.ref(ex)
+        del ex
+        assert freed() is None, "the refused exchange is still held (a reference cycle)"
+    finally:
+        gc.enable()

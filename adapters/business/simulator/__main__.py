@@ -5,7 +5,7 @@ import argparse
 import sys
 from typing import Sequence
 
-from lgsp.sdk import FAULT_MODES, Faults
+from lgsp.sdk import FAULT_MODES, Faults, serve_simulator
 
 from .app import API_BASE, DEFAULT_CLIENT, create_app
 from .data import STATUSES, Enterprise, generate
@@ -49,8 +49,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.token_ttl <= 0:
         print("--token-ttl must be positive", file=sys.stderr)
         return 2
-    import uvicorn
-
     faults = Faults()
     faults.configure(args.fault, args.delay, args.fault_count)
     app = create_app(args.enterprises, args.seed, admin_units=args.admin_units, faults=faults,
@@ -58,7 +56,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"business registration simulator: http://{args.host}:{args.port}{API_BASE} "
           f"(token: /token, {args.enterprises} enterprises, seed {args.seed}, token TTL {args.token_ttl:g} s, "
           f"faults {args.fault})", file=sys.stderr)
-    uvicorn.run(app, host=args.host, port=args.port, log_level="warning", access_log=False)
+    serve_simulator(app, args.host, args.port)
     return 0
 
 

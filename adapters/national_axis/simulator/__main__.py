@@ -5,7 +5,7 @@ import argparse
 import sys
 from typing import Sequence
 
-from lgsp.sdk import FAULT_MODES, Faults
+from lgsp.sdk import FAULT_MODES, Faults, serve_simulator
 
 from .app import API_BASE, create_app
 from .data import OTHER_SYSTEMS, PROVINCE_SYSTEM
@@ -26,14 +26,12 @@ def _args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _args(argv)
-    import uvicorn
-
     faults = Faults()
     faults.configure(args.fault, args.delay, args.fault_count)
     app = create_app(systems={args.system_id: args.secret, **OTHER_SYSTEMS}, faults=faults)
     print(f"national document exchange axis simulator: http://{args.host}:{args.port}{API_BASE} "
           f"(system {args.system_id}, faults {args.fault})", file=sys.stderr)
-    uvicorn.run(app, host=args.host, port=args.port, log_level="warning", access_log=False)
+    serve_simulator(app, args.host, args.port)
     return 0
 
 

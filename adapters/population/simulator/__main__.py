@@ -5,7 +5,7 @@ import argparse
 import sys
 from typing import Sequence
 
-from lgsp.sdk import FAULT_MODES, Faults
+from lgsp.sdk import FAULT_MODES, Faults, serve_simulator
 
 from .app import create_app
 from .data import Citizen, generate
@@ -44,14 +44,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         for c in dataset.citizens[: args.list]:
             print(_row(c))
         return 0
-    import uvicorn
-
     faults = Faults()
     faults.configure(args.fault, args.delay, args.fault_count)
     app = create_app(args.citizens, args.seed, admin_units=args.admin_units, faults=faults)
     print(f"population simulator: http://{args.host}:{args.port}/dancu "
           f"({args.citizens} citizens, seed {args.seed}, faults {args.fault})", file=sys.stderr)
-    uvicorn.run(app, host=args.host, port=args.port, log_level="warning", access_log=False)
+    serve_simulator(app, args.host, args.port)
     return 0
 
 

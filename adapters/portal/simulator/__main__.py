@@ -5,7 +5,7 @@ import argparse
 import sys
 from typing import Sequence
 
-from lgsp.sdk import Faults
+from lgsp.sdk import Faults, serve_simulator
 
 from .app import API_PATH, DEFAULT_ACCOUNT, PORTAL_MODES, create_app
 
@@ -29,15 +29,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.session_ttl <= 0:
         print("--session-ttl must be positive", file=sys.stderr)
         return 2
-    import uvicorn
-
     faults = Faults(modes=PORTAL_MODES)
     faults.configure(args.fault, args.delay, args.fault_count)
     account = {name: getattr(args, name) for name in ("dstcode", "madonvi", "username", "password")}
     app = create_app(account=account, session_ttl=args.session_ttl, faults=faults)
     print(f"portal simulator: http://{args.host}:{args.port}{API_PATH} (session TTL {args.session_ttl:g} s, "
           f"faults {args.fault})", file=sys.stderr)
-    uvicorn.run(app, host=args.host, port=args.port, log_level="warning", access_log=False)
+    serve_simulator(app, args.host, args.port)
     return 0
 
 
