@@ -32,8 +32,10 @@ The load generator is open loop and cheap: calls leave at their scheduled times 
 answers (a late answer never delays the next call), on raw keep-alive HTTP/1.1 connections with
 prebuilt request bytes and a minimal answer reader (a new connection only when all are busy).
 Latency is counted from the scheduled time, so a generator or gateway that falls behind shows in it.
-The generator's cyclic garbage collector is off during a phase (run between phases): its full
-collection paused the generator 70-100 ms once per B phase, a tail of the benchmark's own.
+Each client runs in a process of its own, as a real client is another machine (on one event loop the
+greedy client's calls delayed the well-behaved client's sends and reads), with its cyclic garbage
+collector off during a phase (run between phases): a full collection paused a generator 70-100 ms
+once per B phase, a tail of the benchmark's own.
 The gateway runs as `lgsp serve --workers 2` on SQLite with the embedded counter store (or Redis
 with --redis URL), in front of the population simulator.
 
@@ -49,8 +51,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import gc
 import math
+import multiprocessing
 import os
 import random
 import secrets
@@ -171,6 +175,61 @@ class Client:
         self.idle.clear()
 
 
+class Remote:
+    """A client's generator in a process of its own, as a real client is another machine. On one event loop
+    the two clients delayed each other: the greedy client's 200 calls/s and their answers held the
+    well-behaved client's sends and reads back, a latency that was the generator's, not the gateway's."""
+
+    def __init__(self, host: str, port: int, token: str | None):
+        context = multiprocessing.get_context("spawn")
+        self._conn, child = context.Pipe()
+        self.process = context.Process(target=client_process, args=(child, host, port, token), daemon=True)
+        self.process.start()
+
+    async def _call(self, *command: object) -> object:
+        self._conn.send(command)
+        return await asyncio.to_thread(self._conn.recv)
+
+    async def drive(self, per_second: float, duration: float) -> Tally:
+        return Tally(**await self._call("drive", per_second, duration))  # type: ignore[arg-type]
+
+    async def warm_up(self, rate: int) -> None:
+        await self._call("warm_up", rate)
+
+    def cpu(self) -> float:
+        return proc_cpu(self.process.pid)
+
+    def close(self) -> None:
+        self._conn.send(("close",))
+        self.process.join(10)
+
+
+def client_process(conn, host: str, port: int, token: str | None) -> None:
+    """A client's process: runs the parent's commands (drive a phase, warm up) on its own event loop."""
+    asyncio.run(_commands(conn, Client(host, port, token)))
+
+
+async def _commands(conn, client: Client) -> None:
+    while True:
+        command = await asyncio.to_thread(conn.recv)
+        if command[0] == "close":
+            client.close()
+            return
+        if command[0] == "warm_up":
+            await warm_up(client, command[1])
+            conn.send(None)
+            continue
+        # Its cyclic garbage collector is kept out of the phase: a full collection paused a generator for
+        # 70-100 ms once per B phase (240 calls/s allocate fast). Counted references free the rest.
+        gc.collect()
+        gc.disable()
+        try:
+            tally = await client.drive(command[1], command[2])
+        finally:
+            gc.enable()
+        conn.send(dataclasses.asdict(tally))  # plain data: the class is this script's, named otherwise in the parent
+
+
 def gateway_cpu(root: int) -> tuple[float, float, float]:
     """CPU seconds of the gateway's processes: their main threads (the event loops: doors, pipeline, limit stage)
     and their other threads (the audit writer, the thread pool, uvicorn's supervisor pings); and the seconds
@@ -205,7 +264,7 @@ class Phase:
     gateway_cpu: float   # s, all threads
     thread_cpu: float    # s, of it in threads other than the event loops (the audit writer above all)
     store_cpu: float     # s (Redis server; 0 for the embedded store, whose work is in the gateway's)
-    load_cpu: float      # s (this process: the generator)
+    load_cpu: float      # s (the generator: this process and the clients' processes)
     pressure: float      # CPU pressure during the phase (PSI "some": % of the phase some runnable task waited)
     load: float          # the machine's load average at the phase's end
     waited: float = 0.0  # s the gateway's threads were runnable but waited for a CPU
@@ -236,22 +295,9 @@ def proc_cpu(pid: int | None) -> float:
     return sum(int(f) for f in fields[11:13]) / TICK
 
 
-async def phase(clients: dict[str, Client], rates: dict[str, float], duration: float, gateway: int,
+async def phase(clients: dict[str, Remote], rates: dict[str, float], duration: float, gateway: int,
                 store: int | None, sim: int | None = None) -> Phase:
-    # The generator's own cyclic garbage collection is kept out of the phase: a full collection paused it for
-    # 70-100 ms once per B phase (240 calls/s allocate fast), delaying sends and reads alike, a tail that was the
-    # generator's, not the gateway's (a real client is another machine). Counted references free the rest.
-    gc.collect()
-    gc.disable()
-    try:
-        return await _phase(clients, rates, duration, gateway, store, sim)
-    finally:
-        gc.enable()
-
-
-async def _phase(clients: dict[str, Client], rates: dict[str, float], duration: float, gateway: int,
-                 store: int | None, sim: int | None) -> Phase:
-    (loops0, others0, waited0), store0, load0 = gateway_cpu(gateway), proc_cpu(store), time.process_time()
+    (loops0, others0, waited0), store0, load0 = gateway_cpu(gateway), proc_cpu(store), generator_cpu(clients)
     stall0, wall0, busy0, sim0 = stalled(), time.perf_counter(), machine_busy(), proc_cpu(sim)
     names = list(rates)
     tallies = await asyncio.gather(*(clients[n].drive(rates[n], duration) for n in names)) if names else \
@@ -261,10 +307,15 @@ async def _phase(clients: dict[str, Client], rates: dict[str, float], duration: 
     pressure = (stalled() - stall0) / (wall * 1e6) * 100
     ours = loops + others - loops0 - others0
     done = Phase(dict(zip(names, tallies, strict=True)), ours, others - others0, proc_cpu(store) - store0,
-                 time.process_time() - load0, pressure, os.getloadavg()[0], (waited - waited0) / wall)
+                 generator_cpu(clients) - load0, pressure, os.getloadavg()[0], (waited - waited0) / wall)
     spent = ours + done.store_cpu + done.load_cpu + proc_cpu(sim) - sim0
     done.outside = max(0.0, machine_busy() - busy0 - spent) / wall
     return done
+
+
+def generator_cpu(clients: dict[str, Remote]) -> float:
+    """CPU seconds of the load generator: this process and the clients' own."""
+    return time.process_time() + sum(c.cpu() for c in clients.values())
 
 
 # -- the report -------------------------------------------------------------------------------
@@ -484,10 +535,10 @@ def profiler(gateway: int, duration: float, out: Path | None) -> subprocess.Pope
 async def measure(url: str, tokens: dict[str, str], rate: int, good: float, duration: float, pairs: int,
                   gateway: int, store: int | None, profile: Path | None = None, sim: int | None = None) -> Run:
     host, port = url.split("//")[1].split(":")
-    clients = {n: Client(host, int(port), t) for n, t in tokens.items()}
+    clients = {n: Remote(host, int(port), t) for n, t in tokens.items()}
     calm = 1.5  # > burst / rate: the greedy bucket is full again before a phase starts
     alone, both = {"well-behaved": good}, {"well-behaved": good, "greedy": rate * 10.0}
-    await warm_up(clients["well-behaved"], int(good))
+    await clients["well-behaved"].warm_up(int(good))
     await phase(clients, both, 3, gateway, store, sim)
     done = []
     for n in range(pairs):
@@ -572,7 +623,8 @@ def main() -> None:
              f"{'in Redis' if args.redis else 'embedded (SQLite file)'}; greedy client limited to {args.rate}/s "
              f"(burst {args.rate}) sending {args.rate * 10}/s; well-behaved client sending {good:g}/s (its limit "
              f"{math.ceil(good * 2)}/s); {args.pairs} pairs of {args.duration:g} s phases (A: well-behaved alone, "
-             "B: both), alternating order; open-loop generator on the same machine; latency from each call's "
+             "B: both), alternating order; open-loop generator on the same machine, one process per client; latency "
+             "from each call's "
              "scheduled time.", ""]
     lines += summary(run, args.rate, good, args.duration)
     print("\n".join(lines))
