@@ -75,7 +75,7 @@ def kept(error: ExchangeError) -> ExchangeError:
     """A raised error as the exchange keeps it: without its traceback. The traceback's frames hold the
     exchange, which holds the error: a reference cycle per refused exchange that only the garbage
     collector frees, in pauses of 20-40 ms per collection under a flood of refusals
-    (benchmarks/results/2026-12-03-fairness.md)."""
+    (benchmarks/results/2026-12-01-fairness-gc.md)."""
     return error.with_traceback(None)
 
 

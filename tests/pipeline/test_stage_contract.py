@@ -73,7 +73,7 @@ def test_the_audit_record_type_is_the_hashed_columns():
 def test_a_refused_exchange_is_freed_without_the_garbage_collector():
     """A stage's refusal is kept on the exchange without its traceback: with it, the traceback's frames
     held the exchange that held the error, a cycle per refusal that the collector freed in pauses of
-    20-40 ms under a flood of refusals (benchmarks/results/2026-12-03-fairness.md)."""
+    20-40 ms under a flood of refusals (benchmarks/results/2026-12-01-fairness-gc.md)."""
     import gc
     import weakref
 
