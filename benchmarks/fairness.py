@@ -623,9 +623,8 @@ def main() -> None:
              f"{'in Redis' if args.redis else 'embedded (SQLite file)'}; greedy client limited to {args.rate}/s "
              f"(burst {args.rate}) sending {args.rate * 10}/s; well-behaved client sending {good:g}/s (its limit "
              f"{math.ceil(good * 2)}/s); {args.pairs} pairs of {args.duration:g} s phases (A: well-behaved alone, "
-             "B: both), alternating order; open-loop generator on the same machine, one process per client; latency "
-             "from each call's "
-             "scheduled time.", ""]
+             "B: both), alternating order; open-loop generator on the same machine, one process per client; "
+             "latency from each call's scheduled time.", ""]
     lines += summary(run, args.rate, good, args.duration)
     print("\n".join(lines))
 

@@ -180,6 +180,11 @@ def _claim_query(exclude: bool, lock_rows: bool) -> Select[Any]:
     return query.with_for_update(skip_locked=True, of=M) if lock_rows else query
 
 
+def _due_params(at: dt.datetime, exclude: Sequence[str]) -> dict[str, Any]:
+    """The parameters of _look and _claim_query: the time, and the destinations left out if any."""
+    return {"at": at, "exclude": list(exclude)} if exclude else {"at": at}
+
+
 class Queue:
     """The queue as one worker process uses it."""
 
@@ -220,17 +225,16 @@ class Queue:
         return taken
 
     def _any_due(self, exclude: Sequence[str]) -> bool:
-        params = {"at": now(), **({"exclude": list(exclude)} if exclude else {})}
         with self.engine.connect() as conn:
-            return conn.execute(_look(bool(exclude)), params).first() is not None
+            return conn.execute(_look(bool(exclude)), _due_params(now(), exclude)).first() is not None
 
     def _claim(self, limit: int, lease: float, exclude: Sequence[str]) -> list[Claim]:
         at = now()
-        params = {"at": at, "limit": limit, **({"exclude": list(exclude)} if exclude else {})}
         with self.engine.connect() as conn:
             if self.sqlite:
                 conn.exec_driver_sql("BEGIN IMMEDIATE")
-            rows = conn.execute(_claim_query(bool(exclude), not self.sqlite), params).all()
+            rows = conn.execute(_claim_query(bool(exclude), not self.sqlite),
+                                {**_due_params(at, exclude), "limit": limit}).all()
             if not rows:
                 conn.rollback()
                 return []
