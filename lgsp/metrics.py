@@ -35,6 +35,12 @@ audit_batch_records = Histogram(
     "lgsp_audit_batch_records", "Audit records committed per transaction (group commit)",
     buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512),
 )
+# What every exchange waits for before its answer leaves: its group's durable commit, the wait for the SQLite
+# write lock (held by another worker's commit) included. A slow disk shows here first.
+audit_commit_seconds = Histogram(
+    "lgsp_audit_commit_seconds", "Time for a group of audit records to become durable (write lock wait included)",
+    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
+)
 
 # Upstream protection (lgsp.traffic), per connection: a connection's name is the integrator's, never personal.
 # Breaker and bulkhead live in each worker process: with several workers the state gauge has one series

@@ -363,6 +363,7 @@ class AuditWriter:
                 row["hash"] = head = record_hash(row)
                 rows.append(row)
         pending = self._pending_seals(seq, head, None)
+        started = time.perf_counter()
         try:
             self._insert_group(rows, bodies, pending, statements)
         except DBAPIError as exc:
@@ -371,6 +372,7 @@ class AuditWriter:
             if not exc.connection_invalidated or self._committed(rows[0]):
                 raise
             self._insert_group(rows, bodies, pending, statements)
+        metrics.audit_commit_seconds.observe(time.perf_counter() - started)
         self._seq, self._head = seq, head
         if self._checkpoints is not None:
             self._checkpoints.due()

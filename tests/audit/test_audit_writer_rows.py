@@ -10,7 +10,7 @@ import pytest
 from sqlalchemy import insert, text
 
 from lgsp.audit.verify import verify_database
-from lgsp.audit.writer import _RECORD_COLUMNS, AuditWriter, _RecordInsert, read_chain
+from lgsp.audit.writer import _RECORD_COLUMNS, AuditUnavailable, AuditWriter, _RecordInsert, read_chain
 from lgsp.storage import engine_for
 from lgsp.storage.schema import audit_records
 
@@ -71,3 +71,32 @@ def test_a_chain_written_in_groups_verifies(engine):
     report = verify_database(engine)
     assert report.ok, report.findings
     assert [r["seq"] for r in read_chain(engine, writer.chain)] == list(range(1, 321))
+
+
+def test_every_durable_group_is_timed_for_operators(engine):
+    """lgsp_audit_commit_seconds (what every answer waits for; LgspAuditCommitsSlow reads it) counts each group
+    the writer commits, once it is durable, and nothing for a group that was not written."""
+    from prometheus_client import REGISTRY
+
+    def timed() -> tuple[float, float]:
+        return (REGISTRY.get_sample_value("lgsp_audit_commit_seconds_count") or 0.0,
+                REGISTRY.get_sample_value("lgsp_audit_commit_seconds_sum") or 0.0)
+
+    writer = AuditWriter(engine, chain="timed-test", seal_every=10_000, seal_seconds=3600)
+    count, total = timed()
+    try:
+        for n in range(3):
+            writer.commit_sync({"at": AT, "kind": "exchange", "request_id": f"t-{n}", "outcome": "ok"})
+        assert timed()[0] - count == 3 and timed()[1] > total
+        writer.engine.dispose()
+        with engine.begin() as conn:  # the table gone: the next group fails and is not counted as durable
+            conn.execute(text("ALTER TABLE audit_records RENAME TO audit_records_away"))
+        try:
+            with pytest.raises(AuditUnavailable):
+                writer.commit_sync({"at": AT, "kind": "exchange", "request_id": "t-lost", "outcome": "ok"}, timeout=10)
+        finally:
+            with engine.begin() as conn:
+                conn.execute(text("ALTER TABLE audit_records_away RENAME TO audit_records"))
+        assert timed()[0] - count == 3
+    finally:
+        writer.close()
