@@ -4,7 +4,9 @@ The greedy client's policy is RATE calls per second (burst = RATE) and it sends 
 The well-behaved client sends GOOD calls per second (default: max(2 × RATE, 40), so a phase
 holds enough samples for a p99) under a policy of 2 × GOOD (burst the same), so it is never
 refused itself. Phases of DURATION seconds come in PAIRS: the well-behaved client alone (A) and
-beside the greedy client (B), in alternating order (AB, BA, AB, …) so that a drift of the
+beside the greedy client (B), with a third phase (C) beside the greedy client sending exactly its
+limit, which splits the raise into what its admitted share costs (C/A) and what its refused excess
+costs (B/C); in alternating order (ABC, CBA, ABC, …) so that a drift of the
 machine's load falls on both sides. The verdict is the ratio of the p99s of all kept pairs' calls
 pooled, B over A (a p99 from pairs × phase calls, not from one phase's ~600, whose p99 is its 6
 slowest), with a 90 % range from a two-level bootstrap (pairs drawn again, then each drawn phase's
@@ -42,7 +44,7 @@ with --redis URL), in front of the population simulator.
     .venv/bin/python benchmarks/fairness.py [--duration 15] [--pairs 12] [--rate 20] [--good 40] [--redis URL]
         [--profile stacks.txt]
 
-The defaults take about 8.5 minutes; `--pairs 24` (about 16 minutes) on an idle box is what decides.
+The defaults take about 12 minutes; `--pairs 24` (about 23 minutes) on an idle box is what decides.
 
 Not a timed test: the machine is shared and noisy; the figures of one run are compared with
 each other only.
@@ -342,6 +344,7 @@ def admitted(t: Tally) -> int:
 @dataclass
 class Run:
     pairs: list[tuple[str, Phase, Phase]]   # (order, A: well-behaved alone, B: beside the greedy client)
+    at_limit: list[Phase]   # C, one per pair: the well-behaved client beside the greedy client sending at its limit
     idle: Phase
     greedy: Phase
     anonymous: Phase   # the greedy client's flood without a token: refused at identify (401), each audited
@@ -408,23 +411,38 @@ def verdict_lines(run: Run, kept: list[tuple[list[float], list[float]]]) -> list
     return lines
 
 
+def share_split(triples: list[tuple[list[float], list[float], list[float]]]) -> list[str]:
+    """How the raise divides, over the kept pairs' well-behaved latencies (A, B, C): the greedy client's admitted
+    share (C: it sends exactly its limit) and its excess (B over C: the same admitted calls, nine times as many
+    refused)."""
+    if len(triples) < MIN_KEPT or not all(c for *_, c in triples):
+        return []
+    share, (s_low, s_high) = pooled([(a, c) for a, _, c in triples]), confidence([(a, c) for a, _, c in triples])
+    excess, (e_low, e_high) = pooled([(c, b) for _, b, c in triples]), confidence([(c, b) for _, b, c in triples])
+    return [f"How it divides (C: the greedy client sending exactly its limit, {len(triples)} phases): its admitted "
+            f"share alone raises the well-behaved p99 by C/A {share:.2f} (90 % range {s_low:.2f}–{s_high:.2f}); its "
+            f"excess, refused, by B/C {excess:.2f} ({e_low:.2f}–{e_high:.2f})."]
+
+
 def summary(run: Run, rate: int, good: float, duration: float) -> list[str]:
-    lines = ["| pair | order | A: p50 ms | A: p99 ms | B: p50 ms | B: p99 ms | B/A p99 | CPU pressure A / B | "
-             "other work A / B (cores) | load A / B | gateway waited for a CPU A / B (ms/s) "
+    lines = ["| pair | order | A: p50 ms | A: p99 ms | B: p50 ms | B: p99 ms | B/A p99 | C: p99 ms "
+             "| CPU pressure A / B | other work A / B (cores) | load A / B | gateway waited for a CPU A / B (ms/s) "
              "| greedy admitted (≤ limit × s + burst) | greedy refused/s | no answer |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
-    ratios, over, kept = [], [], []
-    for n, (order, a, b) in enumerate(run.pairs, 1):
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    ratios, over, kept, triples = [], [], [], []
+    for n, ((order, a, b), c) in enumerate(zip(run.pairs, run.at_limit, strict=True), 1):
         wa, wb, g = a.tallies["well-behaved"], b.tallies["well-behaved"], b.tallies["greedy"]
         ratio = pct(wb.latencies, 99) / pct(wa.latencies, 99)
         ratios.append(ratio)
         if not spoiled(a, b) and wa.latencies and wb.latencies:
             kept.append((wa.latencies, wb.latencies))
+            triples.append((wa.latencies, wb.latencies, c.tallies["well-behaved"].latencies))
         allowed = rate * g.span + rate
         over.append(admitted(g) > allowed)
         lost = sum(t.statuses.get(0, 0) for t in (wa, wb, g))
         lines.append(f"| {n} | {order} | {pct(wa.latencies, 50):.1f} | {pct(wa.latencies, 99):.1f} "
                      f"| {pct(wb.latencies, 50):.1f} | {pct(wb.latencies, 99):.1f} | {ratio:.2f} "
+                     f"| {pct(c.tallies['well-behaved'].latencies, 99):.1f} "
                      f"| {a.pressure:.0f} % / {b.pressure:.0f} % "
                      f"| {a.outside:.2f} / {b.outside:.2f}{' (spoiled)' if spoiled(a, b) else ''} "
                      f"| {a.load:.1f} / {b.load:.1f} "
@@ -448,7 +466,7 @@ def summary(run: Run, rate: int, good: float, duration: float) -> list[str]:
     load = med([p.load_cpu / sum(answered(t) for t in p.tallies.values()) for p in phases])
     both_cpu = med([b.gateway_cpu / duration for _, _, b in run.pairs])
     middle = med(ratios)
-    lines += [""] + verdict_lines(run, kept)
+    lines += [""] + verdict_lines(run, kept) + share_split(triples)
     lines += [f"Well-behaved calls measured per phase (median): {samples:.0f}. Per pair (p99 of one phase ≈ the "
               f"{max(1, round(samples / 100)):.0f} slowest, noisy): median ratio {middle:.2f}; ratios: "
               + ", ".join(f"{r:.2f}" for r in ratios) + ".",
@@ -538,16 +556,17 @@ async def measure(url: str, tokens: dict[str, str], rate: int, good: float, dura
     clients = {n: Remote(host, int(port), t) for n, t in tokens.items()}
     calm = 1.5  # > burst / rate: the greedy bucket is full again before a phase starts
     alone, both = {"well-behaved": good}, {"well-behaved": good, "greedy": rate * 10.0}
+    loads = {"A": alone, "B": both, "C": {"well-behaved": good, "greedy": float(rate)}}
     await clients["well-behaved"].warm_up(int(good))
     await phase(clients, both, 3, gateway, store, sim)
     done = []
     for n in range(pairs):
-        order = "AB" if n % 2 == 0 else "BA"  # alternating: a drift of the box's load falls on both sides
+        order = "ABC" if n % 2 == 0 else "CBA"  # alternating: a drift of the box's load falls on every side
         measured = {}
         for side in order:
             await asyncio.sleep(calm)
-            measured[side] = await phase(clients, alone if side == "A" else both, duration, gateway, store, sim)
-        done.append((order, measured["A"], measured["B"]))
+            measured[side] = await phase(clients, loads[side], duration, gateway, store, sim)
+        done.append((order, measured["A"], measured["B"], measured["C"]))
     await asyncio.sleep(calm)
     idle = await phase(clients, {}, duration, gateway, store, sim)  # the gateway's own background CPU
     spy, commits = profiler(gateway, duration, profile), await audit_commits(url)
@@ -559,7 +578,8 @@ async def measure(url: str, tokens: dict[str, str], rate: int, good: float, dura
     anonymous = await phase(clients, {"anonymous": rate * 10.0}, duration, gateway, store, sim)
     for c in clients.values():
         c.close()
-    return Run(done, idle, greedy, anonymous, (transactions, records))
+    return Run([(order, a, b) for order, a, b, _ in done], [c for *_, c in done], idle, greedy, anonymous,
+               (transactions, records))
 
 
 def redis_pid(url: str) -> int | None:
@@ -623,7 +643,8 @@ def main() -> None:
              f"{'in Redis' if args.redis else 'embedded (SQLite file)'}; greedy client limited to {args.rate}/s "
              f"(burst {args.rate}) sending {args.rate * 10}/s; well-behaved client sending {good:g}/s (its limit "
              f"{math.ceil(good * 2)}/s); {args.pairs} pairs of {args.duration:g} s phases (A: well-behaved alone, "
-             "B: both), alternating order; open-loop generator on the same machine, one process per client; "
+             "B: both; with each pair a phase C: the greedy client sending exactly its limit), alternating order; "
+             "open-loop generator on the same machine, one process per client; "
              "latency from each call's scheduled time.", ""]
     lines += summary(run, args.rate, good, args.duration)
     print("\n".join(lines))

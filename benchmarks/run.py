@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import re
 import secrets
@@ -46,6 +47,7 @@ from typing import Any
 import httpx
 from machine import cpu_model, cpu_seconds, free_port, peak_rss_mib, speed_probe, wait
 from pg_side import PgSide
+from prometheus_client.parser import text_string_to_metric_families
 
 from lgsp.demo import stop
 
@@ -211,6 +213,14 @@ class Gateway:
         return int(subprocess.run([sys.executable, "-c", code], env=self.env, capture_output=True, text=True,
                                   check=True).stdout)
 
+    def commit_buckets(self) -> dict[float, float]:
+        """The audit writers' durable commits so far, all workers: {bucket upper bound in s: commits at most that
+        long} (the gateway's lgsp_audit_commit_seconds histogram)."""
+        text = httpx.get(f"{self.url}/metrics", timeout=30).text
+        return {float(sample.labels["le"]): sample.value for family in text_string_to_metric_families(text)
+                if family.name == "lgsp_audit_commit_seconds" for sample in family.samples
+                if sample.name.endswith("_bucket")}
+
 
 def start_lgsp(work: Path, up_port: int, workers: int, database_url: str | None, token: bool = True) -> Gateway:
     """A gateway with the benchmark's client and connections; its token issued unless token=False
@@ -347,18 +357,31 @@ def one_run(target: Target, connections: int, args, progress: list[int]) -> dict
     progress[0] += 1
     print(f"  [{progress[0]}/{progress[1]}] {target.name}, {connections} connections…", flush=True)
     before = cpu_seconds(target.server_pid)
+    commits = target.gateway.commit_buckets() if target.gateway else {}
     run = wrk(target.url, connections, args.duration, target.script)
     run["cpu_ms"] = (cpu_seconds(target.server_pid) - before) * 1000 / max(run["requests"], 1)
     if target.gateway:
         target.gateway.answered += run["requests"]
+        after = target.gateway.commit_buckets()
+        run.update(commit_quantiles({le: n - commits.get(le, 0.0) for le, n in after.items()}))
     return run
 
 
+def commit_quantiles(buckets: dict[float, float]) -> dict[str, float]:
+    """Commits in a run, and the bucket bounds (ms) under which half and 99 % of them became durable."""
+    total = buckets.get(math.inf, 0.0)
+    out = {"commits": total}
+    for name, q in (("commit_p50", 0.5), ("commit_p99", 0.99)):
+        out[name] = next((le * 1000 for le, n in sorted(buckets.items()) if total and n >= q * total), math.nan)
+    return out
+
+
+COMMITS = ("commits", "commit_p50", "commit_p99")
 PG_SIDE = ("pg_commits", "pg_rollbacks", "pg_rows_in", "pg_rows_read", "pg_cpu_ms", "pg_wal_syncs")
 
 
 def summarise(target: Target, connections: int, runs: list[dict]) -> dict:
-    keys = ("rps", "p50", "p90", "p99", "cpu_ms", *(k for k in PG_SIDE if k in runs[0]))
+    keys = ("rps", "p50", "p90", "p99", "cpu_ms", *(k for k in (*PG_SIDE, *COMMITS) if k in runs[0]))
     med = {k: statistics.median(r[k] for r in runs) for k in keys}
     return {"target": target.name, "connections": connections, **med,
             "database": target.gateway.database if target.gateway else None,
@@ -526,6 +549,15 @@ def report(machine: dict, results: list[dict], memory: dict, audit: list[dict], 
         for r in pg_rows:
             print(f"{r['connections']:>5} {r['pg_commits']:>8.2f} {r['pg_rollbacks']:>9.2f} {r['pg_rows_in']:>8.2f} "
                   f"{r['pg_rows_read']:>9.2f} {r['pg_cpu_ms']:>14.3f} {r['pg_wal_syncs']:>11.3f}")
+    commit_rows = [r for r in results if "commit_p99" in r]
+    if commit_rows:
+        print("\naudit commits during each LGSP run (what every answer waits for; lgsp_audit_commit_seconds, "
+              "the SQLite write lock's wait included; bucket bounds, medians of the runs):")
+        print(f"{'target':36} {'conns':>5} {'commits/s':>9} {'per commit':>10} {'p50 ms ≤':>9} {'p99 ms ≤':>9}")
+        for r in commit_rows:
+            print(f"{r['target']:36} {r['connections']:>5} {r['commits'] / args.duration:>9.0f} "
+                  f"{r['rps'] * args.duration / max(r['commits'], 1):>10.1f} {r['commit_p50']:>9g} "
+                  f"{r['commit_p99']:>9g}")
     if curve:
         print("\nscaling curve (LGSP REST, 50 connections):")
         print(f"{'workers':>7} {'req/s':>9} {'req/s per worker':>17} {'p99 ms':>8} {'CPU ms/req':>10}")
