@@ -71,7 +71,7 @@ from pathlib import Path
 import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from machine import cpu_model, free_port, process_tree, speed_probe, wait  # noqa: E402
+from machine import cpu_model, free_port, metric_samples, process_tree, speed_probe, wait  # noqa: E402
 
 PURPOSE = "administrative-procedure"
 CITIZEN = "001085012345"
@@ -529,16 +529,9 @@ async def warm_up(client: Client, rate: int) -> None:
 
 async def audit_commits(url: str) -> tuple[float, float]:
     """The audit writers' transactions and the records in them so far, all workers (the gateway's /metrics)."""
-    async with httpx.AsyncClient() as client:
-        text = (await client.get(f"{url}/metrics", timeout=30)).text
-    found = {"count": 0.0, "sum": 0.0}
-    for line in text.splitlines():
-        if line.startswith("lgsp_audit_batch_records_"):
-            name, value = line.split(" ")[0], float(line.rsplit(" ", 1)[1])
-            kind = name.removeprefix("lgsp_audit_batch_records_").split("{")[0]
-            if kind in found:
-                found[kind] += value
-    return found["count"], found["sum"]
+    samples = await asyncio.to_thread(metric_samples, url, "lgsp_audit_batch_records")
+    found = {s.name: s.value for s in samples}
+    return found.get("lgsp_audit_batch_records_count", 0.0), found.get("lgsp_audit_batch_records_sum", 0.0)
 
 
 def profiler(gateway: int, duration: float, out: Path | None) -> subprocess.Popen | None:
@@ -559,14 +552,15 @@ async def measure(url: str, tokens: dict[str, str], rate: int, good: float, dura
     loads = {"A": alone, "B": both, "C": {"well-behaved": good, "greedy": float(rate)}}
     await clients["well-behaved"].warm_up(int(good))
     await phase(clients, both, 3, gateway, store, sim)
-    done = []
+    done, at_limit = [], []
     for n in range(pairs):
         order = "ABC" if n % 2 == 0 else "CBA"  # alternating: a drift of the box's load falls on every side
         measured = {}
         for side in order:
             await asyncio.sleep(calm)
             measured[side] = await phase(clients, loads[side], duration, gateway, store, sim)
-        done.append((order, measured["A"], measured["B"], measured["C"]))
+        done.append((order, measured["A"], measured["B"]))
+        at_limit.append(measured["C"])
     await asyncio.sleep(calm)
     idle = await phase(clients, {}, duration, gateway, store, sim)  # the gateway's own background CPU
     spy, commits = profiler(gateway, duration, profile), await audit_commits(url)
@@ -578,8 +572,7 @@ async def measure(url: str, tokens: dict[str, str], rate: int, good: float, dura
     anonymous = await phase(clients, {"anonymous": rate * 10.0}, duration, gateway, store, sim)
     for c in clients.values():
         c.close()
-    return Run([(order, a, b) for order, a, b, _ in done], [c for *_, c in done], idle, greedy, anonymous,
-               (transactions, records))
+    return Run(done, at_limit, idle, greedy, anonymous, (transactions, records))
 
 
 def redis_pid(url: str) -> int | None:

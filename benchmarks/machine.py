@@ -42,6 +42,14 @@ def wait(url: str, timeout: float = 60) -> None:
     sys.exit(f"{url} did not come up in {timeout:.0f} s")
 
 
+def metric_samples(url: str, family: str) -> list:
+    """The samples of one metric family on a gateway's /metrics (all its workers)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = httpx.get(f"{url}/metrics", timeout=30).text
+    return [s for f in text_string_to_metric_families(text) if f.name == family for s in f.samples]
+
+
 def cpu_model() -> str:
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():

@@ -45,9 +45,8 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from machine import cpu_model, cpu_seconds, free_port, peak_rss_mib, speed_probe, wait
+from machine import cpu_model, cpu_seconds, free_port, metric_samples, peak_rss_mib, speed_probe, wait
 from pg_side import PgSide
-from prometheus_client.parser import text_string_to_metric_families
 
 from lgsp.demo import stop
 
@@ -216,10 +215,8 @@ class Gateway:
     def commit_buckets(self) -> dict[float, float]:
         """The audit writers' durable commits so far, all workers: {bucket upper bound in s: commits at most that
         long} (the gateway's lgsp_audit_commit_seconds histogram)."""
-        text = httpx.get(f"{self.url}/metrics", timeout=30).text
-        return {float(sample.labels["le"]): sample.value for family in text_string_to_metric_families(text)
-                if family.name == "lgsp_audit_commit_seconds" for sample in family.samples
-                if sample.name.endswith("_bucket")}
+        return {float(s.labels["le"]): s.value for s in metric_samples(self.url, "lgsp_audit_commit_seconds")
+                if s.name.endswith("_bucket")}
 
 
 def start_lgsp(work: Path, up_port: int, workers: int, database_url: str | None, token: bool = True) -> Gateway:
