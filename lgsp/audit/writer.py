@@ -15,6 +15,7 @@ import contextlib
 import datetime as dt
 import fcntl
 import hashlib
+import json
 import logging
 import os
 import queue
@@ -26,7 +27,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from typing import Any, Required, TypedDict
 
 import orjson
-from sqlalchemy import Connection, Engine, Executable, Insert, Table, insert, select
+from sqlalchemy import JSON, Connection, Engine, Executable, Insert, Table, insert, select
 from sqlalchemy.exc import DBAPIError, IntegrityError
 
 from lgsp import metrics
@@ -387,8 +388,8 @@ class AuditWriter:
 
     def _insert_group(self, rows: list[dict[str, Any]], bodies: list[dict[str, Any]], seals: list[dict[str, Any]],
                       statements: list[Stored]) -> None:
-        if len(rows) == 1 and not (bodies or seals or statements) and self.engine.dialect.name == "postgresql" and (
-                self._insert_alone(rows[0])):
+        if not (bodies or seals or statements) and self.engine.dialect.name == "postgresql" and (
+                self._insert_autocommit(rows)):
             return
         with self._write_lock, self._transaction() as conn:
             self._insert_records(conn, rows)
@@ -398,13 +399,11 @@ class AuditWriter:
                 conn.execute(_INSERT_SEALS, seals)
             _run_statements(conn, statements)
 
-    def _insert_alone(self, row: dict[str, Any]) -> bool:
-        """A lone record (a group of one: every group at one exchange at a time) on PostgreSQL: its
-        INSERT in autocommit, its own transaction, durable (synchronous_commit=on) when the statement
-        returns. No BEGIN and COMMIT around it, and no pipeline: psycopg spends about half the CPU on it
-        (benchmarks/results/2026-12-01-perfcpu.md). Larger groups keep one transaction in a pipeline:
-        one prepared single-row INSERT for any group size (a multi-row VALUES per size measured worse
-        at 50 connections). False, and nothing done, when the connection is in a transaction (the
+    def _insert_autocommit(self, rows: list[dict[str, Any]]) -> bool:
+        """A group of records alone on PostgreSQL (no bodies, seals or stored statements: nearly every
+        group) is one INSERT statement in autocommit: atomic and durable (synchronous_commit=on) when
+        it returns, with no BEGIN, COMMIT or pipeline around it, which cost psycopg more client CPU
+        than the INSERT itself. False, and nothing done, when the connection is in a transaction (the
         pool's pre-ping of a new connection leaves one open)."""
         conn = self._connection()
         driver: Any = conn.connection.driver_connection
@@ -412,7 +411,7 @@ class AuditWriter:
             return False
         try:
             driver.autocommit = True
-            self._insert_records(conn, [row])
+            self._insert_records(conn, rows)
             driver.autocommit = False
             conn.commit()  # ends SQLAlchemy's own (autobegun) transaction; nothing is sent: the server is idle
         except BaseException:
@@ -443,18 +442,32 @@ _PG_IDLE = 0  # psycopg.pq.TransactionStatus.IDLE (psycopg is imported only wher
 _INSERT_BODIES, _INSERT_SEALS = (insert(t).inline() for t in (audit_bodies, audit_seals))
 # Every column of a record row, in the order of _RecordInsert's parameters.
 _RECORD_COLUMNS = (*HASHED_FIELDS, "hash")
+_JSON_COLUMNS = frozenset(c.name for c in audit_records.c if isinstance(c.type, JSON))
 
 
 class _RecordInsert:
-    """The INSERT of a group's records, sent to the driver as one executemany of tuples.
+    """The INSERT of a group's records, written once, not through SQLAlchemy Core (which rebuilt each
+    row's parameters per row: bind processors looked up, parameter dicts constructed).
 
-    Through SQLAlchemy Core each row's parameters were rebuilt per row (bind processors looked up,
-    parameter dicts constructed: a third of the writer thread's CPU). Here the SQL is written once and
-    each row encoded with the same bind processors the dialect would use (SQLite's datetime text,
-    JSON text, psycopg's Json), so the stored values are exactly what SQLAlchemy stored."""
+    SQLite: one executemany of tuples, each column encoded by the dialect's own bind processor (the
+    datetime and JSON text SQLAlchemy stores). PostgreSQL: the whole group as one JSON parameter,
+    unpacked by json_to_recordset into typed columns, so any group is one prepared statement and
+    psycopg encodes one string (orjson) instead of each row's values: about half the client CPU of
+    an executemany, and one statement for the server. Either way the stored values are exactly what
+    SQLAlchemy stored (tests/audit/test_audit_writer_rows.py)."""
 
     def __init__(self, engine: Engine):
         dialect = engine.dialect
+        self._json = dialect.name == "postgresql"
+        if self._json:
+            # JSON columns travel as their text (json.dumps, which psycopg's Json adapter uses for
+            # SQLAlchemy) and are cast back, so the stored json text is byte for byte Core's.
+            kinds = {name: "text" if name in _JSON_COLUMNS else audit_records.c[name].type.compile(dialect=dialect)
+                     for name in _RECORD_COLUMNS}
+            values = ", ".join(f"{n}::json" if n in _JSON_COLUMNS else n for n in _RECORD_COLUMNS)
+            self.sql = (f"INSERT INTO {audit_records.name} ({', '.join(_RECORD_COLUMNS)}) SELECT {values} "
+                        f"FROM json_to_recordset(%s::json) AS r({', '.join(f'{n} {t}' for n, t in kinds.items())})")
+            return
         mark = "?" if dialect.paramstyle == "qmark" else "%s"
         self.sql = (f"INSERT INTO {audit_records.name} ({', '.join(_RECORD_COLUMNS)}) "
                     f"VALUES ({', '.join([mark] * len(_RECORD_COLUMNS))})")
@@ -469,8 +482,16 @@ class _RecordInsert:
             values[i] = process(values[i])
         return tuple(values)
 
+    def group(self, rows: list[dict[str, Any]]) -> str:
+        """The group as json_to_recordset reads it (PostgreSQL)."""
+        return orjson.dumps([{name: json.dumps(row[name]) if name in _JSON_COLUMNS else row[name]
+                              for name in _RECORD_COLUMNS} for row in rows]).decode()
+
     def __call__(self, conn: Connection, rows: list[dict[str, Any]]) -> None:
-        conn.exec_driver_sql(self.sql, [self.params(row) for row in rows])
+        if self._json:
+            conn.exec_driver_sql(self.sql, (self.group(rows),))
+        else:
+            conn.exec_driver_sql(self.sql, [self.params(row) for row in rows])
 
 
 def _pipeline(conn: Connection) -> contextlib.AbstractContextManager[Any]:
