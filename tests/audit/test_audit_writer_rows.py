@@ -99,3 +99,28 @@ def test_every_durable_group_is_timed_for_operators(engine):
         assert timed()[0] - count == 3
     finally:
         writer.close()
+
+
+def test_a_group_is_written_whole_or_not_at_all(engine):
+    """A group of records (on PostgreSQL one INSERT in autocommit, no transaction around it) is atomic:
+    one record the database refuses leaves none of the group stored, every one of its waiters is told,
+    and the chain goes on from where the database has it."""
+    import asyncio
+
+    writer = AuditWriter(engine, chain="whole-test", seal_every=10_000, seal_seconds=3600)
+    good = {"at": AT, "kind": "exchange", "outcome": "ok"}
+    try:
+        writer.commit_sync({**good, "request_id": "before"})
+
+        async def group() -> None:  # an exchange's records for several persons: one group
+            await writer.commit_all([{**good, "request_id": "g-1"}, {**good, "request_id": "g-2", "outcome": None},
+                                     {**good, "request_id": "g-3"}])
+
+        with pytest.raises(AuditUnavailable):
+            asyncio.run(group())
+        writer.commit_sync({**good, "request_id": "after"})
+    finally:
+        writer.close()
+    assert [(r["seq"], r["request_id"]) for r in read_chain(engine, "whole-test")] == [(1, "before"), (2, "after")]
+    report = verify_database(engine)
+    assert report.ok, report.findings
