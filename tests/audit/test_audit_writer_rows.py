@@ -10,7 +10,7 @@ import pytest
 from sqlalchemy import insert, text
 
 from lgsp.audit.verify import verify_database
-from lgsp.audit.writer import _RECORD_COLUMNS, AuditUnavailable, AuditWriter, _RecordInsert, read_chain
+from lgsp.audit.writer import _RECORD_COLUMNS, AuditRecord, AuditUnavailable, AuditWriter, _RecordInsert, read_chain
 from lgsp.storage import engine_for
 from lgsp.storage.schema import audit_records
 
@@ -108,7 +108,7 @@ def test_a_group_is_written_whole_or_not_at_all(engine):
     import asyncio
 
     writer = AuditWriter(engine, chain="whole-test", seal_every=10_000, seal_seconds=3600)
-    good = {"at": AT, "kind": "exchange", "outcome": "ok"}
+    good: AuditRecord = {"at": AT, "kind": "exchange", "outcome": "ok"}
     try:
         writer.commit_sync({**good, "request_id": "before"})
 
