@@ -4,6 +4,7 @@ SQLAlchemy Core: what is stored must be what Core's INSERT stored, column by col
 the tests run on (SQLite, or PostgreSQL when LGSP_TEST_DATABASE_URL is set)."""
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 
 import pytest
@@ -105,8 +106,6 @@ def test_a_group_is_written_whole_or_not_at_all(engine):
     """A group of records (on PostgreSQL one INSERT in autocommit, no transaction around it) is atomic:
     one record the database refuses leaves none of the group stored, every one of its waiters is told,
     and the chain goes on from where the database has it."""
-    import asyncio
-
     writer = AuditWriter(engine, chain="whole-test", seal_every=10_000, seal_seconds=3600)
     good: AuditRecord = {"at": AT, "kind": "exchange", "outcome": "ok"}
     try:
