@@ -9,6 +9,7 @@ only a message still waiting (accepted, failed) can be cancelled.
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Callable
 from typing import Any
 
 from sqlalchemy import Engine, select, update
@@ -79,7 +80,8 @@ def callback_key(engine: Engine, actor: str, client_id: str) -> str:
 
 
 def _change(engine: Engine, actor: str, message_id: str, action: str, allowed: tuple[str, ...], statement,
-            refusal: tuple[str, str], reason: str | None) -> dict[str, Any]:
+            refusal: tuple[str, str], reason: str | None,
+            applied: Callable[[Any], bool] | None = None) -> dict[str, Any]:
     row = store.read(engine, message_id)
     if row is None:
         raise OperatorError(f"No message {message_id!r}.", "admin.not_found")
@@ -94,7 +96,7 @@ def _change(engine: Engine, actor: str, message_id: str, action: str, allowed: t
     wake = wakeup.notify_statement(engine) if action == "delivery.replay" else []  # workers anywhere take it now
     writer_for(engine).commit_sync(record, statements=[statement, *wake])
     after = store.read(engine, message_id)
-    if after is not None and after.status != target:
+    if after is not None and not (applied(after) if applied else after.status == target):
         # A worker claimed the message between our read and the guarded UPDATE, which then changed
         # nothing: the trail gets a second record saying so, and the operator a refusal, not a 200.
         correction: Any = {**record, "at": store.now(), "outcome": "refused",
@@ -107,13 +109,16 @@ def _change(engine: Engine, actor: str, message_id: str, action: str, allowed: t
 def replay(engine: Engine, actor: str, message_id: str, reason: str | None = None) -> dict[str, Any]:
     """A dead or cancelled message back in the queue, its maximum age counted from now."""
     at = store.now()
+    expires = at + dt.timedelta(seconds=Policy.from_environment().max_age)
     statement = update(M).where(M.c.id == message_id, M.c.status.in_(("dead", "cancelled"))).values(
-        status="accepted", next_attempt_at=at, expires_at=at + dt.timedelta(seconds=Policy.from_environment().max_age),
+        status="accepted", next_attempt_at=at, expires_at=expires,
         finished_at=None, error_code=None, reason=None, callback_state=None, callback_attempts=0, callback_next_at=None,
         lease_owner=None, lease_until=None)
+    # The woken workers may claim (even deliver) the message before it is read back, so the mark that
+    # the UPDATE applied is the new maximum age, which no worker changes, not the status.
     return _change(engine, actor, message_id, "delivery.replay", ("dead", "cancelled"), statement,
                    ("The message is {status}: only a dead or cancelled message can be replayed.",
-                    "delivery.not_replayable"), reason)
+                    "delivery.not_replayable"), reason, applied=lambda after: store.utc(after.expires_at) == expires)
 
 
 def cancel(engine: Engine, actor: str, message_id: str, reason: str | None = None) -> dict[str, Any]:

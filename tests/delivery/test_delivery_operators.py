@@ -80,6 +80,31 @@ def test_cli_replays_a_dead_message_and_cancels_a_waiting_one(rig):
     assert _admin_records(rig, "delivery.cancel")
 
 
+def test_a_replay_the_worker_delivers_before_it_is_read_back_is_still_applied(rig, monkeypatch):
+    """The woken worker may claim and deliver the message between the replay's commit and its read-back:
+    the replay happened, so the operator gets its summary, not a refusal and a 'not applied' record."""
+    from lgsp.audit.writer import writer_for
+    from lgsp.delivery import operators
+
+    token = rig.token()
+    dead = _sent_while(rig, token, "refuse", "OP-0006", "dead")
+    engine = engine_for(rig.db_url)
+
+    class DeliveredBeforeReadBack:
+        def __init__(self, writer):
+            self.writer = writer
+
+        def commit_sync(self, record, timeout=30, statements=()):
+            self.writer.commit_sync(record, timeout, statements)
+            wait_until(lambda: _status(rig, token, dead) == "delivered")  # the real worker, on its own
+
+    monkeypatch.setattr(operators, "writer_for", lambda e: DeliveredBeforeReadBack(writer_for(e)))
+    summary = operators.replay(engine, "cli:tests", dead["message_id"], "portal fixed the procedure")
+    assert summary["status"] == "delivered"
+    mine = [r for r in _admin_records(rig, "delivery.replay") if r.detail["target"] == dead["message_id"]]
+    assert [r.outcome for r in mine] == ["ok"] and "not_applied" not in mine[0].detail
+
+
 def test_admin_api_needs_a_role_and_audits_each_action(rig):
     from lgsp.control.admin import Admin
 
