@@ -123,3 +123,36 @@ def test_a_group_is_written_whole_or_not_at_all(engine):
     assert [(r["seq"], r["request_id"]) for r in read_chain(engine, "whole-test")] == [(1, "before"), (2, "after")]
     report = verify_database(engine)
     assert report.ok, report.findings
+
+
+def test_the_records_of_one_event_loop_turn_reach_the_writer_as_one_group(engine):
+    """Exchanges whose records are queued in the same turn of their event loop are handed to the writer
+    together at the turn's end: one group, one commit, however long the turn ran (here each exchange
+    sleeps 10 ms after queueing, time in which the writer thread is free to take a lone record)."""
+    import time
+
+    from prometheus_client import REGISTRY
+
+    def groups() -> tuple[float, float]:
+        return (REGISTRY.get_sample_value("lgsp_audit_batch_records_count") or 0.0,
+                REGISTRY.get_sample_value("lgsp_audit_batch_records_sum") or 0.0)
+
+    writer = AuditWriter(engine, chain="turn-test", seal_every=10_000, seal_seconds=3600)
+    try:
+        writer.commit_sync({"at": AT, "kind": "exchange", "request_id": "first", "outcome": "ok"})  # start seal
+        before = groups()
+
+        async def turn() -> None:
+            waiting = []
+            for n in range(8):
+                waiting += writer.queue_all([({"at": AT, "kind": "exchange", "request_id": f"turn-{n}",
+                                               "outcome": "ok"}, ())])
+                time.sleep(0.01)  # the rest of a busy turn; the GIL is free meanwhile
+            await asyncio.gather(*waiting)
+
+        asyncio.run(turn())
+        after = groups()
+    finally:
+        writer.close()
+    assert (after[0] - before[0], after[1] - before[1]) == (1, 8)
+    assert [r["request_id"] for r in read_chain(engine, "turn-test")] == ["first", *(f"turn-{n}" for n in range(8))]
