@@ -191,8 +191,7 @@ class AuditWriter:
         loop = asyncio.get_running_loop()
         items = [(records, _Waiter(loop), tuple(statements)) for records, statements in entries]
         if self._stopping:
-            for _, waiter, _ in items:
-                waiter.future.set_exception(AuditUnavailable("audit writer stopped"))
+            _refuse(items)
         else:
             pending = self._turn.get(loop)
             if pending is None:  # the first of this turn: hand the turn's commits over once it ends
@@ -208,8 +207,7 @@ class AuditWriter:
         each group costs a fixed hand-over, statement and wake-up. A turn's end comes without a timer."""
         items = self._turn.pop(loop)
         if self._stopping:
-            for _, waiter, _ in items:
-                waiter.future.set_exception(AuditUnavailable("audit writer stopped"))
+            _refuse(items)
         else:
             self._queue.put(items)
 
@@ -533,6 +531,12 @@ def _run_statements(conn, statements: list) -> None:
         conn.execute(_inline(insert(target) if isinstance(target, Table) else target), values)
     for statement in {id(s): s for s in statements if not isinstance(s, tuple)}.values():
         conn.execute(_inline(statement))
+
+
+def _refuse(items: list[Any]) -> None:
+    """Tell the waiters of commits that came after the writer stopped."""
+    for _, waiter, _ in items:
+        waiter.future.set_exception(AuditUnavailable("audit writer stopped"))
 
 
 class _Waiter:

@@ -80,8 +80,7 @@ def callback_key(engine: Engine, actor: str, client_id: str) -> str:
 
 
 def _change(engine: Engine, actor: str, message_id: str, action: str, allowed: tuple[str, ...], statement,
-            refusal: tuple[str, str], reason: str | None,
-            applied: Callable[[Any], bool] | None = None) -> dict[str, Any]:
+            refusal: tuple[str, str], reason: str | None, applied: Callable[[Any], bool]) -> dict[str, Any]:
     row = store.read(engine, message_id)
     if row is None:
         raise OperatorError(f"No message {message_id!r}.", "admin.not_found")
@@ -96,7 +95,7 @@ def _change(engine: Engine, actor: str, message_id: str, action: str, allowed: t
     wake = wakeup.notify_statement(engine) if action == "delivery.replay" else []  # workers anywhere take it now
     writer_for(engine).commit_sync(record, statements=[statement, *wake])
     after = store.read(engine, message_id)
-    if after is not None and not (applied(after) if applied else after.status == target):
+    if after is not None and not applied(after):
         # A worker claimed the message between our read and the guarded UPDATE, which then changed
         # nothing: the trail gets a second record saying so, and the operator a refusal, not a 200.
         correction: Any = {**record, "at": store.now(), "outcome": "refused",
@@ -128,7 +127,7 @@ def cancel(engine: Engine, actor: str, message_id: str, reason: str | None = Non
         lease_owner=None, lease_until=None)
     return _change(engine, actor, message_id, "delivery.cancel", ("accepted", "failed"), statement,
                    ("The message is {status}: only a message still waiting (accepted, failed) can be cancelled.",
-                    "delivery.not_cancellable"), text)
+                    "delivery.not_cancellable"), text, applied=lambda after: after.status == "cancelled")
 
 
 # -- admin API (openapi/admin.v1.yaml) ---------------------------------------------------------
