@@ -17,6 +17,7 @@ from typing import Any
 from urllib.parse import parse_qsl
 
 from authlib.oauth2.rfc6749 import AuthorizationServer, OAuth2Payload, OAuth2Request, grants  # type: ignore[import-untyped]
+from authlib.oauth2.rfc6749.errors import InvalidClientError  # type: ignore[import-untyped]
 from authlib.oauth2.rfc6749.util import extract_basic_authorization  # type: ignore[import-untyped]
 from authlib.oauth2.rfc9068 import JWTBearerTokenGenerator  # type: ignore[import-untyped]
 from joserfc.jwk import KeySet
@@ -156,7 +157,10 @@ class TokenServer(AuthorizationServer):  # type: ignore[misc]
 
     def issue(self, request: TokenRequest, source: str | None) -> Answer:
         """A token, or the refusal (throttled callers first): blocking (database, secret check)."""
-        client_id = _claimed_client_id(request)
+        try:
+            client_id = _claimed_client_id(request)
+        except UnicodeDecodeError:  # HTTP Basic credentials that are not UTF-8: authlib cannot decode them
+            return self._unreadable_credentials(request, source)
         wait = auth_throttle.retry_after("token", client_id, source)
         if wait is None:
             token = _certificate.set(request.certificate)
@@ -167,11 +171,25 @@ class TokenServer(AuthorizationServer):  # type: ignore[misc]
             finally:
                 _certificate.reset(token)
         if wait is not None:
-            return problem_answer(ExchangeError("auth.throttled", f"Too many failed authentications; try again "
-                                                f"in {wait} s.", headers={"Retry-After": str(wait)}))
+            return _throttled(wait)
         if status == 401:  # invalid_client: a wrong or unknown id or secret
             auth_throttle.failed("token", client_id, source)
         return status, headers, body
+
+    def _unreadable_credentials(self, request: TokenRequest, source: str | None) -> Answer:
+        """invalid_client (401), as for a wrong secret, and counted as a failed authentication of the address."""
+        wait = auth_throttle.retry_after("token", None, source)
+        if wait is not None:
+            return _throttled(wait)
+        auth_throttle.failed("token", None, source)
+        answer: Answer = self.handle_error_response(request, InvalidClientError(
+            description="The client id and secret in the Authorization header are not UTF-8 text.", status_code=401))
+        return answer
+
+
+def _throttled(wait: int) -> Answer:
+    return problem_answer(ExchangeError("auth.throttled", f"Too many failed authentications; try again in {wait} s.",
+                                        headers={"Retry-After": str(wait)}))
 
 
 def _claimed_client_id(request: TokenRequest) -> str | None:

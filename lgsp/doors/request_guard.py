@@ -1,6 +1,7 @@
 """Requests whose bytes cannot be read as the contract says, refused before routing
 and validation, on both planes: control characters in the address, JSON bodies
-that are not UTF-8 or nest deeper than any of our documents does.
+that are not UTF-8, nest deeper than any of our documents does, or hold an integer
+too long for Python's int parser.
 
 Such requests used to reach the JSON parser or the router and end as 500s; now
 they raise `Malformed`, which each plane's error handler answers as
@@ -13,6 +14,7 @@ methods the address takes (`Allow`, RFC 9110).
 from __future__ import annotations
 
 import re
+import sys
 from functools import cache
 
 from lgsp import specs
@@ -23,6 +25,9 @@ MAX_JSON_DEPTH = 32
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _JSON_STRING = re.compile(rb'"(?:[^"\\]|\\.)*"', re.DOTALL)
 _BODY_METHODS = {"POST", "PUT", "PATCH"}
+# An integer longer than this is refused by Python's int parser (a guard against its quadratic cost), so
+# json.loads raises a plain ValueError on it; digits inside strings are left alone (second search).
+_LONG_NUMBER = re.compile(rb"[0-9]{%d,}" % (sys.get_int_max_str_digits() + 1)) if sys.get_int_max_str_digits() else None
 # Where the REST fast path (lgsp/doors/routes.py) leaves a body it read and declined, for connexion.
 BODY_KEY = "lgsp.body"
 
@@ -69,6 +74,8 @@ def check_body(body: bytes, content_type: str) -> None:
         raise Malformed("The body is not UTF-8 text; JSON must be sent as UTF-8 (RFC 8259).") from None
     if json_depth(body) > MAX_JSON_DEPTH:
         raise Malformed(f"The JSON body nests deeper than {MAX_JSON_DEPTH} levels.")
+    if _LONG_NUMBER is not None and _LONG_NUMBER.search(body) and _LONG_NUMBER.search(_JSON_STRING.sub(b'""', body)):
+        raise Malformed(f"A number in the JSON body has more than {sys.get_int_max_str_digits()} digits.")
 
 
 def check_path(path: str) -> None:

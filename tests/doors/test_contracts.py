@@ -81,6 +81,14 @@ def test_client_secret_post_with_a_wrong_secret_is_refused(gateway, callers):
     assert r.status_code == 401 and r.json()["error"] == "invalid_client"
 
 
+def test_basic_credentials_that_are_not_utf8_are_invalid_client_not_a_500(gateway):
+    # base64 of the byte 0xff: decodable base64, not decodable text.
+    r = httpx.post(f"{gateway.url}/oauth/token", data={"grant_type": "client_credentials"},
+                   headers={"Authorization": "Basic /w=="})
+    assert r.status_code == 401 and r.json()["error"] == "invalid_client", r.text
+    assert r.headers["WWW-Authenticate"].startswith("Basic")
+
+
 # -- the served documents say what the door requires -----------------------------------------
 
 @pytest.mark.parametrize("api", ["population", "business"])
@@ -225,6 +233,27 @@ def test_non_utf8_bodies_are_refused_on_both_planes(gateway, callers):
     r = httpx.post(f"{gateway.url}/admin/v1/clients", content=b'{"client_id": "\xff"}',
                    headers={**bearer(callers, "admin"), "Content-Type": "application/json"})
     assert r.status_code == 400 and r.json()["code"] == "request.malformed"
+
+
+def test_integers_too_long_to_read_are_refused_on_both_planes(gateway, callers):
+    # json.loads refuses an integer of more than 4300 digits with a plain ValueError (not a JSONDecodeError).
+    huge = b"9" * 5000
+    r = httpx.post(f"{gateway.url}/api/population/v1/citizens/verify",
+                   content=b'{"personal_id": ' + huge + b', "full_name": "A"}',
+                   headers={**bearer(callers, "client"), "X-Purpose": PURPOSE, "Content-Type": "application/json",
+                            "X-Request-ID": "ct-long-int"})
+    assert_problem(r, 400, "request.malformed")
+    assert "digits" in r.json()["detail"]
+    record = audit_of(gateway, "ct-long-int")
+    assert record["error_code"] == "request.malformed" and record["upstream"] is None
+    r = httpx.post(f"{gateway.url}/admin/v1/clients", content=b'{"client_id": "x", "n": ' + huge + b"}",
+                   headers={**bearer(callers, "admin"), "Content-Type": "application/json"})
+    assert r.status_code == 400 and r.json()["code"] == "request.malformed"
+    # The same digits inside a string are text, read as such: refused by the schema, not as unreadable.
+    r = httpx.post(f"{gateway.url}/api/population/v1/citizens/verify",
+                   content=b'{"personal_id": "' + huge + b'", "full_name": "A"}',
+                   headers={**bearer(callers, "client"), "X-Purpose": PURPOSE, "Content-Type": "application/json"})
+    assert r.status_code == 400 and r.json()["code"] != "request.malformed"
 
 
 @pytest.mark.parametrize("path", ["/admin/v1/clients/a%0D%0Ab", "/admin/v1/connections/x%0Ay"])
