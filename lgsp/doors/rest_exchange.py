@@ -55,12 +55,21 @@ def exchange_of(h: Mapping[str, str], scope: dict[str, Any], service: str | None
         params=params,
         token=bearer_token(h.get("authorization")),
         purpose=h.get("x-purpose") or None,
-        officer=h.get("x-on-behalf-of") or None,
+        officer=header_text(h.get("x-on-behalf-of")) or None,
         request_bytes=int(h.get("content-length") or 0),
         claimed_request_id=h.get("x-request-id"),
         source=(scope.get("client") or (None,))[0],
         certificate=thumbprint_of(scope),
     )
+
+
+def header_text(value: str | None) -> str | None:
+    """A header field's value read as UTF-8 text. ASGI servers hand the bytes over as latin-1, so an officer's
+    Vietnamese name sent as UTF-8 would be recorded as mojibake, or refused when one of its bytes reads as a
+    control character. Bytes that are not UTF-8 become lone surrogates, which the context check refuses."""
+    if value is None or value.isascii():
+        return value
+    return value.encode("latin-1").decode("utf-8", "surrogateescape")
 
 
 def fast_path(gateway: Gateway) -> routes.FastPath | None:

@@ -362,6 +362,29 @@ def test_an_oversize_officer_is_refused_and_the_refusal_still_recorded(gateway, 
     assert record["officer"] is None and record["error_code"] == "request.context_invalid"
 
 
+@pytest.mark.parametrize("fast_path", [True, False])
+def test_an_officer_named_in_utf8_is_recorded_as_written(gateway, callers, fast_path):
+    # "Trần" reads as latin-1 without a control character, "Nguyễn" with one (0x85): both were mangled or refused.
+    name = "Trần Thị Nguyễn"
+    rid = f"ct-officer-utf8-{fast_path}"
+    query = "" if fast_path else "?unknown=1"  # an unknown parameter: connexion answers (and refuses it)
+    r = httpx.get(f"{gateway.url}/api/population/v1/citizens/001085012345{query}",
+                  headers={**bearer(callers, "client"), "X-Purpose": PURPOSE, "X-On-Behalf-Of": name.encode(),
+                           "X-Request-ID": rid})
+    assert r.json().get("code") == (None if fast_path else "request.invalid"), r.text  # not request.context_invalid
+    assert audit_of(gateway, rid)["officer"] == name
+
+
+def test_an_officer_that_is_not_utf8_is_refused_and_the_refusal_recorded(gateway, callers):
+    r = httpx.get(f"{gateway.url}/api/population/v1/citizens/001090012345",
+                  headers={**bearer(callers, "client"), "X-Purpose": PURPOSE, "X-On-Behalf-Of": b"\xff\xfe",
+                           "X-Request-ID": "ct-officer-latin1"})
+    assert_problem(r, 400, "request.context_invalid")
+    assert "UTF-8" in r.json()["detail"]
+    record = audit_of(gateway, "ct-officer-latin1")
+    assert record["officer"] is None and record["error_code"] == "request.context_invalid"
+
+
 def test_concurrent_creation_of_the_same_object_is_a_conflict_not_a_500(gateway, callers):
     from concurrent.futures import ThreadPoolExecutor
 
