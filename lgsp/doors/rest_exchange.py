@@ -64,12 +64,17 @@ def exchange_of(h: Mapping[str, str], scope: dict[str, Any], service: str | None
 
 
 def header_text(value: str | None) -> str | None:
-    """A header field's value read as UTF-8 text. ASGI servers hand the bytes over as latin-1, so an officer's
-    Vietnamese name sent as UTF-8 would be recorded as mojibake, or refused when one of its bytes reads as a
-    control character. Bytes that are not UTF-8 become lone surrogates, which the context check refuses."""
+    """A header field's value as text: its bytes read as UTF-8 when they are UTF-8, else as ISO-8859-1 (how
+    ASGI servers hand them over, and what clients such as requests send). Read only as ISO-8859-1, an officer's
+    Vietnamese name sent as UTF-8 was recorded as mojibake, or refused when one of its bytes read as a C1
+    control character."""
     if value is None or value.isascii():
         return value
-    return value.encode("latin-1").decode("utf-8", "surrogateescape")
+    raw = value.encode("latin-1")
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return value
 
 
 def fast_path(gateway: Gateway) -> routes.FastPath | None:

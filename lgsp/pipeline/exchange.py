@@ -46,8 +46,8 @@ def context_problem(officer: str | None, purpose: str | None, claimed_request_id
     if purpose is not None and not _PURPOSE.match(purpose):
         return "The purpose (X-Purpose or <purpose>) must be a purpose code: 1 to 64 of A-Z a-z 0-9 . _ : / -."
     if officer is not None and (len(officer) > MAX_OFFICER or not _plain(officer)):
-        return (f"The officer (X-On-Behalf-Of or <on_behalf_of>) must be UTF-8 text of at most {MAX_OFFICER} "
-                "characters, without control characters.")
+        return (f"The officer (X-On-Behalf-Of or <on_behalf_of>) must be at most {MAX_OFFICER} characters, "
+                "without control characters.")
     return None
 
 
