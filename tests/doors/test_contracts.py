@@ -378,8 +378,8 @@ def test_an_officer_named_in_utf8_is_recorded_as_written(gateway, callers, fast_
 def test_an_officer_that_is_not_utf8_is_read_as_iso_8859_1(gateway, callers):
     # What requests sends for a str header; accepted as before, read as it was meant.
     r = httpx.get(f"{gateway.url}/api/population/v1/citizens/001085012345",
-                  headers={**bearer(callers, "client"), "X-Purpose": PURPOSE, "X-On-Behalf-Of": "José".encode("latin-1"),
-                           "X-Request-ID": "ct-officer-latin1"})
+                  headers={**bearer(callers, "client"), "X-Purpose": PURPOSE,
+                           "X-On-Behalf-Of": "José".encode("latin-1"), "X-Request-ID": "ct-officer-latin1"})
     assert r.status_code == 200, r.text
     assert audit_of(gateway, "ct-officer-latin1")["officer"] == "José"
 
