@@ -143,7 +143,9 @@ def decode_cursor(cursor: str, order: str) -> tuple[dt.datetime, int]:
     try:
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
         at, record_id, cursor_order = orjson.loads(raw)
-        position = (parse_time(at), int(record_id))
+        if type(record_id) is not int or not 0 <= record_id <= MAX_RECORD_ID:  # an id the database could hold
+            raise ValueError(record_id)
+        position = (parse_time(at), record_id)
     except (binascii.Error, ValueError, TypeError, InvalidQuery):
         raise InvalidQuery("The cursor is not one this API gave out; start again without it.") from None
     if cursor_order != order or position[0] is None:

@@ -293,6 +293,16 @@ def test_foreign_cursor_is_a_400_with_a_code(gateway, auditor_token):
                    400, "request.invalid")
 
 
+@pytest.mark.parametrize("record_id", ["2**63", "1e300", '"7"', "-1"])
+def test_a_forged_cursor_with_an_id_no_database_holds_is_a_400(gateway, auditor_token, record_id):
+    import base64
+
+    raw = f'["2026-12-02T08:00:00.000000Z",{record_id.replace("2**63", str(2**63))},"desc"]'.encode()
+    cursor = base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
+    body = assert_problem(api(gateway, "/records", auditor_token, cursor=cursor), 400, "request.invalid")
+    assert "cursor" in body["detail"]  # SQLite raised OverflowError on 2**63: a 500
+
+
 # -- citizen access report -----------------------------------------------------------------
 
 def test_access_report_lists_who_when_why_which_fields(gateway, world, auditor_token, citizens):
