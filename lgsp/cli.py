@@ -11,6 +11,9 @@ from pathlib import Path
 
 import click
 
+# An id a database row can have (64-bit): a larger one is a usage error, not an overflow in the driver.
+DATABASE_ID = click.IntRange(1, 2**63 - 1)
+
 # connexion imports Starlette's test client at start-up, which warns about httpx on every command.
 warnings.filterwarnings("ignore", message="Using `httpx` with `starlette.testclient`")
 
@@ -339,7 +342,7 @@ def grants_list(client_id) -> None:
 
 
 @grants.command("revoke")
-@click.argument("grant_id", type=int)
+@click.argument("grant_id", type=DATABASE_ID)
 @_fail_on_admin_error
 def grants_revoke(grant_id) -> None:
     _admin().revoke_grant(grant_id)
@@ -706,7 +709,7 @@ def _when(value: str | None):
 
 
 @audit.command("body")
-@click.argument("record_id", type=int)
+@click.argument("record_id", type=DATABASE_ID)
 def audit_body(record_id: int) -> None:
     """Decrypt the logged payload of one record (services with body logging `full`)."""
     from sqlalchemy import select

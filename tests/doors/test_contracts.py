@@ -270,6 +270,17 @@ def test_audit_record_ids_above_int64_are_refused(gateway, callers):
     assert r.status_code == 404 and r.json()["code"] == "record.not_found"
 
 
+def test_grant_ids_above_int64_are_refused(gateway, callers, lgsp_env):
+    r = httpx.delete(f"{gateway.url}/admin/v1/grants/{2**63}", headers=bearer(callers, "admin"))
+    assert r.status_code == 400 and r.json()["code"] == "request.invalid", r.text  # was a 500 (SQLite OverflowError)
+    r = httpx.delete(f"{gateway.url}/admin/v1/grants/{2**63 - 1}", headers=bearer(callers, "admin"))
+    assert r.status_code == 404, r.text
+    for args in (["grants", "revoke", str(2**63)], ["audit", "body", str(2**63)]):  # the CLI: a usage error
+        result = lgsp_cli(lgsp_env, *args, check=False)
+        assert result.returncode == 2 and "is not in the range" in result.stderr, result.stderr[-500:]
+        assert "Traceback" not in result.stderr
+
+
 @pytest.mark.parametrize("value", ["0999-01-01T00:00:00Z", "0001-01-01T00:00:00+01:00"])
 def test_audit_filters_before_year_1000_are_refused(gateway, callers, value):
     for path in ("/audit/v1/records", "/audit/v1/citizens/001090012345/accesses"):
