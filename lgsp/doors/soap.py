@@ -134,10 +134,10 @@ def read_request(contract: Contract, body: bytes, content_type: str) -> tuple[So
             values[name] = [values[name]]
     req.context = {k: values.pop(k) for k in CONTEXT_FIELDS if isinstance(values.get(k), str)}
     req.service = op.service
+    repeated = None
     if op.service_from:
         req.service = values.pop(op.service_from, None)
-        pairs = values.pop("param", [])
-        values = {p.get("name"): p.get("value", "") for p in (pairs if isinstance(pairs, list) else [pairs])}
+        values, repeated = _named_params(values.pop("param", []))
     req.params = values
     if not contract.schema.validate(element):  # the body element in place: lxml validates a subtree as a root
         pid = values.get("personal_id")
@@ -148,7 +148,25 @@ def read_request(contract: Contract, body: bytes, content_type: str) -> tuple[So
                 return req, ExchangeError(exc.code, exc.detail)
         error = contract.schema.error_log.last_error
         return req, ExchangeError("request.invalid", f"The request does not match the WSDL: {error.message}")
+    if repeated is not None:
+        return req, ExchangeError("request.invalid", f"The parameter {repeated!r} is given more than once.")
     return req, None
+
+
+def _named_params(pairs: Any) -> tuple[dict[str, Any], str | None]:
+    """CallService's <param> elements as a dict, and the first name given twice (refused, not settled by order).
+    Read before the schema check, so that a refusal still names what it could read: a <param> that is not a
+    <name> with text is left out here, and refused by the schema."""
+    params: dict[str, Any] = {}
+    repeated = None
+    for pair in pairs if isinstance(pairs, list) else [pairs]:
+        name = pair.get("name", "") if isinstance(pair, dict) else None
+        if not isinstance(name, str):
+            continue
+        if name in params and repeated is None:
+            repeated = name
+        params[name] = pair.get("value", "")
+    return params, repeated
 
 
 # -- writing an answer ----------------------------------------------------------------

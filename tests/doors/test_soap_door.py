@@ -160,6 +160,25 @@ def test_soap12_fault_has_sender_code(gateway):
     assert b"soap:Sender" in r.content and fault_of(r) == "auth.token_missing"
 
 
+PARAM = "<l:param><l:name>personal_id</l:name><l:value>{}</l:value></l:param>"
+ODD_PARAMS = {
+    "a name given twice": PARAM.format("{citizen}") + PARAM.format("001188012346"),
+    "a param that is text": "<l:param>personal_id</l:param>",
+    "a name with elements in it": "<l:param><l:name><l:x>1</l:x></l:name><l:value>v</l:value></l:param>",
+}
+
+
+@pytest.mark.parametrize("case", ODD_PARAMS)
+def test_call_service_params_that_are_not_one_name_and_value_are_refused(gateway, soap_client, citizen, case):
+    # The last of two names won, and a <param> that was not a name and a value was a soap:Server internal.error.
+    body = envelope(f"<l:CallService><l:service>population.citizen.get</l:service>"
+                    f"{ODD_PARAMS[case].format(citizen=citizen)}<l:purpose>{PURPOSE}</l:purpose></l:CallService>")
+    r = raw(gateway, body, Authorization=f"Bearer {token_for(gateway, *soap_client)}")
+    assert fault_of(r) == "request.invalid" and b"soap:Client" in r.content, r.text
+    record = audit_of(gateway, r.headers["x-request-id"])
+    assert record["outcome"] == "refused" and record["upstream"] is None
+
+
 def test_call_service_by_name(gateway, soap_client, citizen):
     client = zeep_client(gateway, token=token_for(gateway, *soap_client))
     result = client.service.CallService(service="population.citizen.get",
