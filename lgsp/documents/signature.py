@@ -186,6 +186,7 @@ def verify(data: Source, root: etree._Element, package: Package, trust: TrustSto
         raise refuse("document.certificate_untrusted", "no CA is trusted for document signatures: the operator "
                                                        "has not set LGSP_DOCUMENT_TRUSTED_CAS.")
     expected = _expected_parts(root)
+    _bound_to_positions(root, signature, expected)
     count = len(expected) + len(package.attachments)
     listed = len(signature.findall(f"{{{DS_NS}}}SignedInfo/{{{DS_NS}}}Reference"))
     if listed != count:  # before signxml digests anything: a file referenced 1,000 times is not decoded 1,000 times
@@ -248,6 +249,24 @@ def _signed_parts(results: list, expected: dict[str, str]) -> tuple[dict[str, et
     if missing:
         raise refuse("document.signature_invalid", f"the signature does not cover the package's {', '.join(missing)}.")
     return signed, files
+
+
+def _bound_to_positions(root: etree._Element, signature: etree._Element, expected: dict[str, str]) -> None:
+    """Against wrapping, before anything is digested: the XML references must be exactly ``#Id`` of the header and
+    the body at the standard's positions, and each of those Ids must name no other element of the package (under
+    any id attribute signxml resolves). Otherwise a forged header could sit at the position, another Id on it,
+    with the signed original hidden elsewhere: the signature verifies, and every field the re-derivation in
+    :func:`_compare` does not check (the subject, the dates, the signer's name) would be the forger's."""
+    uris = sorted(r.get("URI") or "" for r in signature.findall(f"{{{DS_NS}}}SignedInfo/{{{DS_NS}}}Reference")
+                  if not (r.get("URI") or "").lower().startswith("cid:"))
+    if not all(expected.values()) or uris != sorted(f"#{ident}" for ident in expected.values()):
+        _covers_other()
+    for ident in expected.values():
+        if len(_NAMED(root, ident=ident)) != 1:
+            _covers_other()
+
+
+_NAMED = etree.XPath("//*[@Id=$ident or @ID=$ident or @id=$ident or @xml:id=$ident]")
 
 
 def _covers_other() -> None:

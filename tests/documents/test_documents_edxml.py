@@ -140,26 +140,41 @@ def test_a_signature_over_the_header_only_does_not_cover_the_attachments(signer,
     refused("document.signature_invalid", data, trust)
 
 
-def test_wrapping_a_signed_header_away_and_forging_a_new_one_is_refused(package, trust):
-    """The signed MessageHeader is hidden in an extension slot; a forged header with other recipients and
-    another Id sits where the standard puts it. The signature itself verifies (its reference finds the
-    hidden original): only re-deriving From/To from the signed XML catches it."""
-    ns = {"e": edxml.EDXML_NS}
+NS = {"e": edxml.EDXML_NS}
+
+
+def wrapped(package: bytes, forge) -> bytes:
+    """The signed MessageHeader hidden in an extension slot, and where the standard puts it a copy with another
+    Id, changed by `forge`."""
     root = etree.fromstring(package)
-    header = root.find("e:edXMLEnvelope/e:edXMLHeader", ns)
-    original = header.find("e:MessageHeader", ns)
+    header = root.find("e:edXMLEnvelope/e:edXMLHeader", NS)
+    original = header.find("e:MessageHeader", NS)
     forged = etree.fromstring(etree.tostring(original))
     forged.set("Id", "forged")
-    forged.find("e:To/e:OrganId", ns).text = "000.00.99.H99"
-    hideout = etree.SubElement(root.find("e:edXMLEnvelope/e:edXMLHeader/e:TraceHeaderList/e:Bussiness", ns),
+    forge(forged)
+    hideout = etree.SubElement(root.find("e:edXMLEnvelope/e:edXMLHeader/e:TraceHeaderList/e:Bussiness", NS),
                                "{urn:example:ext}Hideout")
     header.replace(original, forged)
     hideout.append(original)
-    data = etree.tostring(root)
+    return etree.tostring(root)
+
+
+def test_wrapping_a_signed_header_away_and_forging_a_new_one_is_refused(package, trust):
+    """Other recipients in the forged header. The signature itself verifies (its reference finds the hidden
+    original): binding the references to the standard's positions catches it, and re-deriving From/To from the
+    signed XML would."""
+    data = wrapped(package, lambda forged: setattr(forged.find("e:To/e:OrganId", NS), "text", "000.00.99.H99"))
     pkg, _tree = edxml.read(data)  # schema-valid: the extension slot is skipped
     assert "000.00.99.H99" in pkg.recipients
     error = refused("document.signature_invalid", data, trust)
     assert "header" in error.detail
+
+
+def test_a_forged_header_that_keeps_the_routing_fields_is_refused_too(package, trust):
+    """Only the subject changed (From, To and the document id kept): the signature must cover the header at the
+    standard's position, not one hidden elsewhere."""
+    data = wrapped(package, lambda forged: setattr(forged.find("e:Subject", NS), "text", "Forged subject"))
+    assert "covers something other" in refused("document.signature_invalid", data, trust).detail
 
 
 def test_a_signature_that_leaves_out_one_attachment_is_refused(signer, trust):
