@@ -11,8 +11,10 @@ from pathlib import Path
 
 import click
 
-# An id a database row can have (64-bit): a larger one is a usage error, not an overflow in the driver.
+# Ids a database row can have (audit records: 64-bit; grants: a 32-bit column on PostgreSQL): a larger one is
+# a usage error, not an overflow in the driver.
 DATABASE_ID = click.IntRange(1, 2**63 - 1)
+GRANT_ID = click.IntRange(1, 2**31 - 1)
 
 # connexion imports Starlette's test client at start-up, which warns about httpx on every command.
 warnings.filterwarnings("ignore", message="Using `httpx` with `starlette.testclient`")
@@ -342,7 +344,7 @@ def grants_list(client_id) -> None:
 
 
 @grants.command("revoke")
-@click.argument("grant_id", type=DATABASE_ID)
+@click.argument("grant_id", type=GRANT_ID)
 @_fail_on_admin_error
 def grants_revoke(grant_id) -> None:
     _admin().revoke_grant(grant_id)
