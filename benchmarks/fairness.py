@@ -11,7 +11,8 @@ machine's load falls on both sides. The verdict is the ratio of the p99s of all 
 pooled, B over A (a p99 from pairs × phase calls, not from one phase's ~600, whose p99 is its 6
 slowest), with a 90 % range from a two-level bootstrap (pairs drawn again, then each drawn phase's
 calls): "meets the goal" only if the whole range is at most 1.20, "misses" if it is all above,
-else "undecided"; fewer than MIN_KEPT (3) kept pairs give no verdict at all. A pair is left out
+else "undecided"; fewer than MIN_KEPT (3) kept pairs give no verdict at all, nor does any answer
+other than 200 or 429 to a client holding a token (its token is issued to outlive the run). A pair is left out
 by a rule fixed in advance (SPOILED_CORES, SPOILED_PRESSURE): the machine's other work (its busy
 CPU from /proc/stat less the gateway's, the simulator's, the store's and the generator's)
 differed between its two phases by more than 0.2 cores, or the well-behaved client alone saw a
@@ -338,7 +339,20 @@ def answered(t: Tally) -> int:
 
 
 def admitted(t: Tally) -> int:
-    return sum(v for k, v in t.statuses.items() if k not in (429, 0))
+    return t.statuses.get(200, 0)
+
+
+def unexpected(run: "Run") -> dict[int, int]:
+    """Answers other than 200 and 429 to the clients that hold a token (an expired token's 401, a 5xx): a phase
+    with any of them measured something else than fairness, so the run gives no verdict."""
+    out: dict[int, int] = {}
+    phases = [p for _, a, b in run.pairs for p in (a, b)] + run.at_limit + [run.greedy]
+    for phase in phases:
+        for name, tally in phase.tallies.items():
+            for status, n in tally.statuses.items():
+                if name != "anonymous" and status not in (200, 429, 0):
+                    out[status] = out.get(status, 0) + n
+    return out
 
 
 @dataclass
@@ -397,7 +411,11 @@ def verdict_lines(run: Run, kept: list[tuple[list[float], list[float]]]) -> list
     lines = [f"Rule fixed before the run: a pair is left out when the machine's other work differed between its two "
              f"phases by more than {SPOILED_CORES} cores, or its A phase saw a CPU pressure over "
              f"{SPOILED_PRESSURE:g} %. Kept {len(kept)} of {len(run.pairs)} pairs."]
-    if len(kept) >= MIN_KEPT:
+    odd = unexpected(run)
+    if odd:
+        lines[0] += (" **No verdict: calls with a token got answers other than 200 and 429 ("
+                     + ", ".join(f"{n} × {status}" for status, n in sorted(odd.items())) + ").**")
+    elif len(kept) >= MIN_KEPT:
         ratio, (low, high) = pooled(kept), confidence(kept)
         calls = sum(len(a) for a, _ in kept)
         lines.append(f"**Well-behaved p99 beside the greedy client (pooled over the kept pairs: {calls} calls a side, "
@@ -601,7 +619,10 @@ def main() -> None:
     port, sim_port = free_port(), free_port()
     env = {"LGSP_HOME": str(work), "LGSP_DATABASE_URL": f"sqlite:///{work / 'lgsp.db'}",
            "LGSP_SECRET_KEY": secrets.token_urlsafe(32), "LGSP_PUBLIC_URL": f"http://127.0.0.1:{port}",
-           "LGSP_EGRESS_ALLOW": "127.0.0.0/8", "LGSP_LOG_LEVEL": "WARNING", "LGSP_REDIS_URL": args.redis or ""}
+           "LGSP_EGRESS_ALLOW": "127.0.0.0/8", "LGSP_LOG_LEVEL": "WARNING", "LGSP_REDIS_URL": args.redis or "",
+           # The tokens are fetched once and must outlive the run (3 phases a pair and 3 more, and margin): a
+           # client refreshing its token is not what is measured, and an expired one turns every call into a 401.
+           "LGSP_TOKEN_TTL": str(max(900, math.ceil((args.pairs * 3 + 3) * args.duration * 1.5) + 300))}
     probe = speed_probe()
     procs = []
     try:
