@@ -343,15 +343,14 @@ def admitted(t: Tally) -> int:
 
 
 def unexpected(run: "Run") -> dict[int, int]:
-    """Answers other than 200 and 429 to the clients that hold a token (an expired token's 401, a 5xx): a phase
-    with any of them measured something else than fairness, so the run gives no verdict."""
+    """Answers other than 200 and 429 in the phases whose clients hold a token (an expired token's 401, a 5xx):
+    a phase with any of them measured something else than fairness, so the run gives no verdict."""
     out: dict[int, int] = {}
     phases = [p for _, a, b in run.pairs for p in (a, b)] + run.at_limit + [run.greedy]
-    for phase in phases:
-        for name, tally in phase.tallies.items():
-            for status, n in tally.statuses.items():
-                if name != "anonymous" and status not in (200, 429, 0):
-                    out[status] = out.get(status, 0) + n
+    for tally in (t for phase in phases for t in phase.tallies.values()):
+        for status, n in tally.statuses.items():
+            if status not in (200, 429, 0):
+                out[status] = out.get(status, 0) + n
     return out
 
 
