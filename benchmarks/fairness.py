@@ -60,6 +60,7 @@ import argparse
 import asyncio
 import dataclasses
 import gc
+import json
 import math
 import multiprocessing
 import os
@@ -632,6 +633,9 @@ def main() -> None:
     parser.add_argument("--redis", help="Count in this Redis instead of the embedded store.")
     parser.add_argument("--profile", type=Path, help="py-spy the gateway during the greedy-only phase: folded "
                                                      "stacks per thread into this file (py-spy on the PATH).")
+    parser.add_argument("--save", type=Path, help="Also write every pair's well-behaved latencies (ms; A, B, C) "
+                                                  "and the phases' other work and pressure into this JSON file, "
+                                                  "to look at the tail again or pool runs later.")
     args = parser.parse_args()
     good = args.good or max(args.rate * 2, 40)
 
@@ -682,6 +686,17 @@ def main() -> None:
              "latency from each call's scheduled time.", ""]
     lines += summary(run, args.rate, good, args.duration)
     print("\n".join(lines))
+    if args.save:
+        args.save.write_text(json.dumps(saved(run)))
+
+
+def saved(run: Run) -> list[dict]:
+    """Each pair's well-behaved latencies per phase and what the spoiled rule looks at."""
+    def side(p: Phase) -> dict:
+        return {"ms": [round(x, 3) for x in p.tallies["well-behaved"].latencies], "outside": p.outside,
+                "pressure": p.pressure}
+    return [{"order": order, "A": side(a), "B": side(b), "C": side(c)}
+            for (order, a, b), c in zip(run.pairs, run.at_limit, strict=True)]
 
 
 if __name__ == "__main__":
