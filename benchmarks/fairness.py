@@ -49,7 +49,8 @@ with --redis URL), in front of the population simulator.
     .venv/bin/python benchmarks/fairness.py [--duration 15] [--pairs 12] [--rate 20] [--good 40] [--redis URL]
         [--profile stacks.txt]
 
-The defaults take about 12 minutes; `--pairs 24` (about 23 minutes) on an idle box is what decides.
+The defaults take about 12 minutes; `--pairs 48` (about 42 minutes) on an idle box is what decided (24 pairs
+left the range too wide: the box stalls now and then, in any phase).
 
 Not a timed test: the machine is shared and noisy; the figures of one run are compared with
 each other only.
