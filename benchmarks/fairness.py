@@ -47,7 +47,7 @@ The gateway runs as `lgsp serve --workers 2` on SQLite with the embedded counter
 with --redis URL), in front of the population simulator.
 
     .venv/bin/python benchmarks/fairness.py [--duration 15] [--pairs 12] [--rate 20] [--good 40] [--redis URL]
-        [--profile stacks.txt]
+        [--profile stacks.txt] [--save latencies.json]
 
 The defaults take about 12 minutes; `--pairs 48` (about 42 minutes) on an idle box is what decided (24 pairs
 left the range too wide: the box stalls now and then, in any phase).
@@ -685,10 +685,10 @@ def main() -> None:
              "B: both; with each pair a phase C: the greedy client sending exactly its limit), alternating order; "
              "open-loop generator on the same machine, one process per client; "
              "latency from each call's scheduled time.", ""]
+    if args.save:  # first: the measurements outlive a mistake in the report
+        args.save.write_text(json.dumps(saved(run)))
     lines += summary(run, args.rate, good, args.duration)
     print("\n".join(lines))
-    if args.save:
-        args.save.write_text(json.dumps(saved(run)))
 
 
 def saved(run: Run) -> list[dict]:
