@@ -416,7 +416,7 @@ def verdict(low: float, high: float) -> str:
     return "undecided at this run's precision (the range straddles the goal): run more or longer pairs"
 
 
-def verdict_lines(run: Run, excess: list[Sides], absent: list[Sides]) -> list[str]:
+def verdict_lines(run: Run, excess: list[Sides], absent: list[Sides], shares: list[Sides]) -> list[str]:
     """The goal's verdict on B over C (the flood against the same client at its limit), then B over A (against
     the greedy client absent) and C over A (its admitted share) for comparison, each with its 90 % range."""
     lines = [f"Rule fixed before the run: a pair is left out of a ratio when the machine's other work differed between "
@@ -427,7 +427,8 @@ def verdict_lines(run: Run, excess: list[Sides], absent: list[Sides]) -> list[st
     if odd:
         lines[0] += (" **No verdict: calls with a token got answers other than 200 and 429 ("
                      + ", ".join(f"{n} × {status}" for status, n in sorted(odd.items())) + ").**")
-    elif len(excess) >= MIN_KEPT:
+        return lines
+    if len(excess) >= MIN_KEPT:
         ratio, (low, high) = pooled(excess), confidence(excess)
         calls = sum(len(c) for c, _ in excess)
         lines.append(f"**The goal (B/C): the greedy client sending ten times its limit, against sending its limit, "
@@ -436,25 +437,19 @@ def verdict_lines(run: Run, excess: list[Sides], absent: list[Sides]) -> list[st
                      f"range {low:.2f}–{high:.2f}; goal at most {GOAL:.2f}: {verdict(low, high)}.**")
     else:
         lines[0] += f" No verdict (fewer than {MIN_KEPT} kept pairs)."
-    if len(absent) >= MIN_KEPT and not odd:
-        ratio, (low, high) = pooled(absent), confidence(absent)
-        lines.append(f"Beside the greedy client, against the well-behaved client alone (B/A, not the goal's reading: "
-                     f"it includes the share the greedy client's policy admits): {ratio:.2f}, 90 % range "
-                     f"{low:.2f}–{high:.2f} ({compared(low, high)} 1.20).")
+    beside = (("Beside the greedy client, against the well-behaved client alone (B/A, not the goal's reading: it "
+               "includes the share the greedy client's policy admits)", absent),
+              ("Its admitted share alone (C/A: capacity its policy grants, which no traffic control takes away)",
+               shares))
+    for label, pairs in beside:
+        if len(pairs) >= MIN_KEPT:
+            ratio, (low, high) = pooled(pairs), confidence(pairs)
+            lines.append(f"{label}: {ratio:.2f}, 90 % range {low:.2f}–{high:.2f} ({compared(low, high)} {GOAL:.2f}).")
     return lines
 
 
 def compared(low: float, high: float) -> str:
     return "all at most" if high <= GOAL else "all above" if low > GOAL else "straddling"
-
-
-def share_split(shares: list[Sides]) -> list[str]:
-    """What the greedy client's admitted share alone costs the well-behaved client (C over A): capacity its policy
-    gives it, which no traffic control takes away."""
-    if len(shares) < MIN_KEPT or not all(a and c for a, c in shares):
-        return []
-    ratio, (low, high) = pooled(shares), confidence(shares)
-    return [f"Its admitted share alone (C/A, {len(shares)} kept pairs): {ratio:.2f} (90 % range {low:.2f}–{high:.2f})."]
 
 
 def summary(run: Run, rate: int, good: float, duration: float) -> list[str]:
@@ -506,7 +501,7 @@ def summary(run: Run, rate: int, good: float, duration: float) -> list[str]:
     load = med([p.load_cpu / sum(answered(t) for t in p.tallies.values()) for p in phases])
     both_cpu = med([b.gateway_cpu / duration for _, _, b in run.pairs])
     middle = med(ratios)
-    lines += [""] + verdict_lines(run, excess, absent) + share_split(shares)
+    lines += [""] + verdict_lines(run, excess, absent, shares)
     lines += [f"Well-behaved calls measured per phase (median): {samples:.0f}. Per pair (p99 of one phase ≈ the "
               f"{max(1, round(samples / 100)):.0f} slowest, noisy): median B/C ratio {middle:.2f}; ratios: "
               + ", ".join(f"{r:.2f}" for r in ratios) + ".",
